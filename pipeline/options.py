@@ -1,0 +1,169 @@
+"""Command-line options of ``featurebeam extract``: parsed once, validated at launch, frozen.
+
+``ExtractOptions`` is the one ``PipelineOptions`` subclass; ``ExtractConfig.from_options`` checks every
+value (backbone, layers, inputs, output directory, flag combinations) and raises ``ConfigError`` with one
+line that says what to change, before any worker starts. Transforms never see ``PipelineOptions``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+
+from pipeline.backbones import BackboneSpec, resolve_backbone
+from transforms.inference import POOLINGS, pooled_dim
+from transforms.schema import ERRORS_DIR, FEATURES_DIR, MANIFEST_NAME, OutputSpec
+from transforms.sources import InputSpec, is_glob
+
+__all__ = ["ExtractOptions", "ExtractConfig", "ConfigError", "DEFAULT_RUNNER", "LOCAL_RUNNERS"]
+
+DEFAULT_RUNNER = "FnApiRunner"
+LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
+
+
+class ConfigError(ValueError):
+    """A launch-time problem with what the user asked for; the message says what to change."""
+
+
+class ExtractOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--input", action="append", metavar="INPUT",
+                            help="a directory of images (recursive; first-level subfolders are labels) or a glob; "
+                                 "repeatable")
+        parser.add_argument("--output", metavar="OUTDIR", help="where features/ and manifest.json are written")
+        parser.add_argument("--backbone", default="mobilenet_v2", help="backbone name (default: mobilenet_v2)")
+        parser.add_argument("--layer", action="append", metavar="NAME",
+                            help="layer to extract (repeatable; default: the backbone's feature layer)")
+        parser.add_argument("--pooling", default="avg", choices=POOLINGS,
+                            help="how a spatial feature map becomes a vector (default: avg)")
+        parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+        parser.add_argument("--num-shards", type=int, default=0,
+                            help="number of feature shards (default 0: chosen by the runner)")
+        parser.add_argument("--threads-per-worker", type=int, default=None,
+                            help="TensorFlow threads per worker process (default: cores / local workers)")
+        parser.add_argument("--overwrite", action="store_true",
+                            help="replace the features, errors and manifest already in OUTDIR")
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    inputs: tuple[InputSpec, ...]
+    output: str
+    backbone: BackboneSpec
+    outputs: tuple[OutputSpec, ...]
+    batch_size: int
+    num_shards: int
+    threads_per_worker: Optional[int]
+    overwrite: bool
+
+    @classmethod
+    def from_options(cls, options: PipelineOptions) -> "ExtractConfig":
+        o = options.view_as(ExtractOptions)
+        if not o.input:
+            raise ConfigError("--input is required (a directory of images or a glob)")
+        if not o.output:
+            raise ConfigError("--output is required (the directory to write features into)")
+        if o.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {o.batch_size}")
+        if o.num_shards < 0:
+            raise ConfigError(f"--num-shards must be 0 (automatic) or more, got {o.num_shards}")
+        if o.threads_per_worker is not None and o.threads_per_worker < 1:
+            raise ConfigError(f"--threads-per-worker must be at least 1, got {o.threads_per_worker}")
+        inputs = tuple(resolve_input(uri) for uri in o.input)
+        backbone = resolve_backbone(o.backbone)
+        outputs = resolve_outputs(backbone, o.layer or [backbone.default_layer], o.pooling)
+        output = absolute(o.output)
+        check_output_dir(output, o.overwrite)
+        threads = o.threads_per_worker or local_threads_per_worker(options)
+        return cls(inputs, output, backbone, outputs, o.batch_size, o.num_shards, threads, o.overwrite)
+
+
+def absolute(uri: str) -> str:
+    return uri if "://" in uri else os.path.abspath(os.path.expanduser(uri))
+
+
+def resolve_input(uri: str) -> InputSpec:
+    """Classify one ``--input`` and check, cheaply, that it names at least one file."""
+    uri = absolute(uri)
+    if is_glob(uri):
+        spec = InputSpec.glob(uri)
+    elif "://" not in uri and os.path.isfile(uri):
+        spec = InputSpec.glob(uri)  # a single file: a glob that matches itself
+    else:
+        if "://" not in uri and not os.path.isdir(uri):
+            raise ConfigError(f"input {uri} does not exist")
+        spec = InputSpec.directory(uri)
+    try:
+        (result,) = FileSystems.match([spec.pattern], limits=[1])
+    except Exception as e:
+        raise ConfigError(f"cannot list input {uri}: {e}") from None
+    if not result.metadata_list:
+        raise ConfigError(f"input {uri} matches no files")
+    return spec
+
+
+def resolve_outputs(backbone: BackboneSpec, layers: list[str], pooling: str) -> tuple[OutputSpec, ...]:
+    outputs = []
+    for layer in layers:
+        if layer not in backbone.layer_shapes:
+            raise ConfigError(f"backbone {backbone.name} has no layer {layer!r}; "
+                              f"choose from {', '.join(backbone.layer_shapes)}")
+        shape = backbone.layer_shapes[layer]
+        layer_pooling = pooling if len(shape) > 1 else "none"
+        outputs.append(OutputSpec(layer, layer, layer_pooling, pooled_dim(shape, layer_pooling)))
+    if len({o.name for o in outputs}) != len(outputs):
+        raise ConfigError("each --layer may be given once")
+    return tuple(outputs)
+
+
+def check_output_dir(output: str, overwrite: bool) -> None:
+    """Refuse a non-empty OUTDIR without --overwrite; prove the directory is writable."""
+    if "://" not in output:
+        if os.path.exists(output) and not os.path.isdir(output):
+            raise ConfigError(f"output {output} exists and is not a directory")
+        if os.path.isdir(output) and os.listdir(output) and not overwrite:
+            raise ConfigError(f"output {output} is not empty; pass --overwrite to replace its features")
+        try:
+            os.makedirs(output, exist_ok=True)
+            probe = os.path.join(output, ".featurebeam-write-test")
+            with open(probe, "wb"):
+                pass
+            os.remove(probe)
+        except OSError as e:
+            raise ConfigError(f"output {output} is not writable: {e.strerror or e}") from None
+    else:
+        (existing,) = FileSystems.match([FileSystems.join(output, "**")], limits=[1])
+        if existing.metadata_list and not overwrite:
+            raise ConfigError(f"output {output} is not empty; pass --overwrite to replace its features")
+
+
+def clear_previous_outputs(output: str) -> None:
+    """What --overwrite replaces: the features, the dead letters and the manifest, nothing else."""
+    paths = [FileSystems.join(output, MANIFEST_NAME), FileSystems.join(output, FEATURES_DIR),
+             FileSystems.join(output, ERRORS_DIR)]
+    existing = [p for p in paths if FileSystems.exists(p)]
+    if existing:
+        FileSystems.delete(existing)
+
+
+def runner_name(options: PipelineOptions) -> str:
+    runner = options.view_as(StandardOptions).runner
+    return runner if isinstance(runner, str) else type(runner).__name__
+
+
+def local_threads_per_worker(options: PipelineOptions) -> Optional[int]:
+    """Local runs share the machine's cores among worker processes (workers x threads <= cores)."""
+    if runner_name(options) not in LOCAL_RUNNERS:
+        return None
+    direct = options.view_as(DirectOptions)
+    cores = os.cpu_count() or 1
+    if direct.direct_running_mode == "multi_processing":
+        workers = direct.direct_num_workers
+        workers = cores if workers == 0 else max(1, workers)
+        return max(1, cores // workers)
+    return cores

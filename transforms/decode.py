@@ -1,0 +1,28 @@
+"""``DecodeImageFn``: Record -> ((key, label), uint8 image) for the backbone, or a Failure with the reason."""
+
+from __future__ import annotations
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from transforms.images import ImagePreprocessing, decode_image
+from transforms.records import FAILED, Failure, Record
+
+__all__ = ["DecodeImageFn"]
+
+
+class DecodeImageFn(beam.DoFn):
+    """Decodes, resizes and crops each image to the backbone's fixed input; bad images go to ``failed``."""
+
+    def __init__(self, preprocessing: ImagePreprocessing):
+        self._prep = preprocessing
+        self._decoded = Metrics.counter("featurebeam", "records_decoded")
+
+    def process(self, record: Record):
+        try:
+            image = decode_image(record.payload, self._prep)
+        except Exception as e:  # a bad file is this record's failure, never the job's
+            yield beam.pvalue.TaggedOutput(FAILED, Failure.from_exception(record.key, record.key, "decode", e))
+            return
+        self._decoded.inc()
+        yield (record.key, record.label), image

@@ -1,0 +1,39 @@
+"""``ExtractFeatures``: decoded records through the frozen backbone, batched, with failures kept apart."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+
+from transforms.decode import DecodeImageFn
+from transforms.inference import BackboneHandler
+from transforms.records import FAILED
+from transforms.schema import OutputSpec
+
+__all__ = ["ExtractFeatures"]
+
+
+class ExtractFeatures(beam.PTransform):
+    """Records -> ``{"embedded": ((key, label), {output: vector}), "failed": Failure}``.
+
+    1. decode each image to the backbone's fixed uint8 input (bad images go to ``failed``);
+    2. embed batches with ``RunInference`` over ``BackboneHandler`` (model loaded once per worker process).
+    """
+
+    def __init__(self, backbone, outputs: Sequence[OutputSpec], batch_size: int = 32,
+                 threads: Optional[int] = None):
+        super().__init__()
+        self._backbone = backbone
+        self._handler = KeyedModelHandler(BackboneHandler(backbone, outputs, batch_size, threads))
+
+    def expand(self, records):
+        decoded = records | "Decode images" >> beam.ParDo(
+            DecodeImageFn(self._backbone.preprocessing)).with_outputs(FAILED, main="images")
+        embedded = (
+            decoded.images
+            | "Embed with backbone" >> RunInference(self._handler)
+            | "Keep vectors" >> beam.MapTuple(lambda meta, result: (meta, result.inference))
+        )
+        return {"embedded": embedded, FAILED: decoded[FAILED]}

@@ -1,0 +1,96 @@
+"""Image decoding and the geometric half of a backbone's preprocessing, as pure functions.
+
+The backbone's eval transform is split in two: the geometry (resize, crop) runs here, on the worker's CPU,
+and produces a fixed-shape uint8 array; the arithmetic (scale, mean, std) runs inside the compiled graph
+(see ``ImagePreprocessing.normalize``), so uint8 is what crosses from decoding to inference.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["ImagePreprocessing", "ImageDecodeError", "decode_image", "resize_and_crop"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not an image this decoder can read; the message says why."""
+
+
+@dataclass(frozen=True)
+class ImagePreprocessing:
+    """A backbone's eval transform: resize the shorter side, centre-crop, then ``(x * scale - mean) / std``.
+
+    ``mean`` and ``std`` are per channel in the scaled units (torchvision: scale 1/255, ImageNet mean/std;
+    EfficientNet-Lite: scale 1, mean 127, std 128).
+    """
+
+    resize_shorter: int = 256
+    crop: int = 224
+    resample: str = "bilinear"
+    scale: float = 1.0 / 255.0
+    mean: tuple = (0.485, 0.456, 0.406)
+    std: tuple = (0.229, 0.224, 0.225)
+
+    def describe(self) -> dict:
+        return {
+            "resize_shorter_side": self.resize_shorter,
+            "resample": f"PIL {self.resample}",
+            "center_crop": self.crop,
+            "scale": self.scale,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "input": "uint8 RGB, normalised inside the graph",
+        }
+
+    def normalize(self, images_uint8):
+        """In-graph arithmetic: uint8 NHWC tensor -> float32 network input."""
+        import tensorflow as tf
+
+        x = tf.cast(images_uint8, tf.float32) * self.scale
+        mean = tf.constant(self.mean, tf.float32)
+        std = tf.constant(self.std, tf.float32)
+        return (x - mean) / std
+
+
+def _resample_filter(name: str):
+    from PIL import Image
+
+    return {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}[name]
+
+
+def resize_and_crop(image, prep: ImagePreprocessing) -> np.ndarray:
+    """torchvision's ``Resize(shorter)`` + ``CenterCrop(crop)`` on a PIL RGB image -> (crop, crop, 3) uint8."""
+    width, height = image.size
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = prep.resize_shorter, int(prep.resize_shorter * long / short)
+    new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+    if (new_w, new_h) != (width, height):
+        image = image.resize((new_w, new_h), _resample_filter(prep.resample))
+    top = int(round((new_h - prep.crop) / 2.0))
+    left = int(round((new_w - prep.crop) / 2.0))
+    image = image.crop((left, top, left + prep.crop, top + prep.crop))
+    return np.asarray(image, dtype=np.uint8)
+
+
+def decode_image(data: bytes, prep: ImagePreprocessing) -> np.ndarray:
+    """Encoded image bytes -> the backbone's fixed-shape uint8 RGB input, or ``ImageDecodeError``."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if not data:
+        raise ImageDecodeError("empty file (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image = ImageOps.exif_transpose(image)
+            image = image.convert("RGB")
+            return resize_and_crop(image, prep)
+    except UnidentifiedImageError:
+        raise ImageDecodeError("not an image (unrecognised file format)") from None
+    except Image.DecompressionBombError as e:
+        raise ImageDecodeError(f"image too large: {e}") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageDecodeError(f"damaged image: {e}") from None

@@ -1,0 +1,121 @@
+"""``BackboneHandler``: a Beam ``ModelHandler`` that runs a frozen backbone on uint8 image batches.
+
+Use it through ``RunInference`` (keyed: ``KeyedModelHandler(BackboneHandler(...))``). ``load_model()`` runs
+once per worker process (``RunInference`` shares the loaded model across the process's threads), builds
+the backbone from its spec and compiles one ``tf.function`` with a fixed input signature, so Beam's varying
+batch sizes never retrace. Normalisation happens inside that graph; pooling too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+from transforms.schema import OutputSpec
+
+__all__ = ["BackboneHandler", "LoadedBackbone", "pooled_dim", "configure_tensorflow_threads", "POOLINGS"]
+
+_LOG = logging.getLogger(__name__)
+POOLINGS = ("avg", "max", "none")
+
+
+def pooled_dim(shape: Sequence[int], pooling: str) -> int:
+    """Length of the vector that ``pooling`` makes of an activation of ``shape`` (batch dim excluded)."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; choose from {', '.join(POOLINGS)}")
+    if len(shape) == 1:
+        return int(shape[0])
+    if pooling == "none":
+        return int(np.prod(shape))
+    return int(shape[-1])
+
+
+def configure_tensorflow_threads(threads: Optional[int]) -> None:
+    """Size TensorFlow's thread pools; a no-op once the TF runtime has started in this process."""
+    import tensorflow as tf
+
+    if not threads:
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
+    except RuntimeError:
+        _LOG.warning("TensorFlow already initialised in this process; keeping its thread pools as they are")
+
+
+@dataclass
+class LoadedBackbone:
+    """The per-process model: a compiled function from a uint8 batch to ``{output name: (n, dim)}``."""
+
+    fn: Any
+    image_size: int
+
+    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        return {k: v.numpy() for k, v in self.fn(images).items()}
+
+
+class BackboneHandler(ModelHandler[np.ndarray, PredictionResult, LoadedBackbone]):
+    """Runs ``spec.load(layers)`` once per worker process and embeds batches of (H, W, 3) uint8 images.
+
+    Args:
+      spec: a backbone spec with ``load(layers)`` returning a Keras model from uint8 NHWC images to
+        ``{layer: activation}``, and ``preprocessing.crop`` (the square input size).
+      outputs: which layers to extract and how to pool each.
+      batch_size: upper bound of a batch handed to the compiled function.
+      threads: TensorFlow intra-op threads for this worker process (None: TensorFlow's default).
+    """
+
+    def __init__(self, spec, outputs: Sequence[OutputSpec], batch_size: int = 32, threads: Optional[int] = None):
+        super().__init__(min_batch_size=1, max_batch_size=batch_size)
+        self._spec = spec
+        self._outputs = tuple(outputs)
+        self._batch_size = batch_size
+        self._threads = threads
+
+    def load_model(self) -> LoadedBackbone:
+        import tensorflow as tf
+
+        configure_tensorflow_threads(self._threads)
+        layers = sorted({o.layer for o in self._outputs})
+        model = self._spec.load(layers)
+        size = self._spec.preprocessing.crop
+        outputs = self._outputs
+
+        @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)], autograph=False)
+        def embed(images):
+            activations = model(images, training=False)
+            result = {}
+            for out in outputs:
+                a = activations[out.layer]
+                if a.shape.rank == 4 and out.pooling == "avg":
+                    a = tf.reduce_mean(a, axis=[1, 2])
+                elif a.shape.rank == 4 and out.pooling == "max":
+                    a = tf.reduce_max(a, axis=[1, 2])
+                result[out.name] = tf.reshape(a, [tf.shape(a)[0], -1])
+            return result
+
+        embed.get_concrete_function()  # trace once, here, not in the first batch
+        _LOG.info("loaded backbone %s in process %d", getattr(self._spec, "name", "?"), os.getpid())
+        return LoadedBackbone(embed, size)
+
+    def run_inference(self, batch: Sequence[np.ndarray], model: LoadedBackbone,
+                      inference_args: Optional[dict] = None) -> Iterable[PredictionResult]:
+        images = np.stack(batch)
+        vectors = model(images)
+        for i in range(len(batch)):  # the image itself is not carried on: only its vectors are needed
+            yield PredictionResult(None, {name: v[i] for name, v in vectors.items()}, self.model_id)
+
+    @property
+    def model_id(self) -> str:
+        return getattr(self._spec, "name", "backbone")
+
+    def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
+        return sum(image.nbytes for image in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return "featurebeam"

@@ -1,0 +1,47 @@
+"""The elements that flow between the transforms: a raw record, and a failure that says why."""
+
+from __future__ import annotations
+
+import json
+from typing import NamedTuple, Optional
+
+__all__ = ["SourceFile", "Record", "Failure", "FAILED"]
+
+FAILED = "failed"  # tag of every transform's failure output
+
+
+class SourceFile(NamedTuple):
+    """A file that holds one input (loose files) or several (archives, manifests: later)."""
+
+    uri: str
+    label: Optional[str]
+
+
+class Record(NamedTuple):
+    """One input: its stable key (URI), raw payload (encoded image bytes) and label, if any."""
+
+    key: str
+    payload: bytes
+    label: Optional[str]
+
+
+class Failure(NamedTuple):
+    """A record that could not be processed: which one, at which stage, and why."""
+
+    key: str
+    source: str
+    stage: str
+    error_type: str
+    message: str
+
+    @property
+    def reason(self) -> str:
+        return f"{self.stage}: {self.error_type}"
+
+    def to_json(self) -> str:
+        return json.dumps(self._asdict(), ensure_ascii=False, sort_keys=True)
+
+    @classmethod
+    def from_exception(cls, key: str, source: str, stage: str, error: BaseException) -> "Failure":
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return cls(key, source, stage, type(error).__name__, message[:500])

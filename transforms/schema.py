@@ -1,0 +1,218 @@
+"""The output contract: how one feature record and the feature set's manifest look.
+
+Writer, readers, trainer and tests import this module, so they cannot drift apart (like a TFX feature
+spec). A feature record is a ``tf.train.Example`` with
+
+- ``key``   bytes, the stable id of the input (its URI, or ``URI#member`` inside an archive);
+- ``label`` bytes, absent when the input has no label;
+- one float list per extracted output, under the Example key that the manifest names for it.
+
+``manifest.json`` next to the ``features/`` directory describes the set completely: a reader needs nothing
+else to parse the shards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+from dataclasses import dataclass, field
+from typing import Iterator, Mapping, Sequence
+
+import numpy as np
+
+__all__ = [
+    "FORMAT_VERSION",
+    "KEY",
+    "LABEL",
+    "FEATURES_DIR",
+    "ERRORS_DIR",
+    "MANIFEST_NAME",
+    "OutputSpec",
+    "Manifest",
+    "FeatureRecord",
+    "encode_example",
+    "decode_example",
+    "tf_feature_description",
+    "read_records",
+    "read_manifest",
+    "write_manifest",
+]
+
+FORMAT_VERSION = 1
+KEY = "key"
+LABEL = "label"
+FEATURES_DIR = "features"
+ERRORS_DIR = "errors"
+MANIFEST_NAME = "manifest.json"
+SHARD_PREFIX = "part"
+SHARD_SUFFIX = ".tfrecord"
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """One extracted vector per record: which layer, how it was pooled, where it sits in the Example."""
+
+    name: str
+    layer: str
+    pooling: str
+    dim: int
+    dtype: str = "float32"
+
+    @property
+    def example_key(self) -> str:
+        return f"feature/{self.name}"
+
+    def to_json(self) -> dict:
+        return {**dataclasses.asdict(self), "example_key": self.example_key}
+
+    @classmethod
+    def from_json(cls, d: Mapping) -> "OutputSpec":
+        spec = cls(d["name"], d["layer"], d["pooling"], int(d["dim"]), d.get("dtype", "float32"))
+        if d.get("example_key", spec.example_key) != spec.example_key:
+            raise ValueError(f"manifest output {spec.name!r} names an unexpected Example key {d['example_key']!r}")
+        return spec
+
+
+@dataclass(frozen=True)
+class FeatureRecord:
+    key: str
+    label: str | None
+    vectors: Mapping[str, np.ndarray]
+
+
+def encode_example(key: str, label: str | None, vectors: Mapping[str, np.ndarray],
+                   outputs: Sequence[OutputSpec]) -> bytes:
+    """Serialise one record; every output in ``outputs`` must be present with its declared dim."""
+    from tensorflow.core.example import example_pb2
+
+    example = example_pb2.Example()
+    feature = example.features.feature
+    feature[KEY].bytes_list.value.append(key.encode("utf-8"))
+    if label is not None:
+        feature[LABEL].bytes_list.value.append(label.encode("utf-8"))
+    for out in outputs:
+        vector = np.asarray(vectors[out.name], dtype=np.float32).reshape(-1)
+        if vector.shape[0] != out.dim:
+            raise ValueError(f"output {out.name!r} of {key!r} has {vector.shape[0]} values, expected {out.dim}")
+        feature[out.example_key].float_list.value.extend(vector.tolist())
+    return example.SerializeToString()
+
+
+def decode_example(serialized: bytes, outputs: Sequence[OutputSpec]) -> FeatureRecord:
+    """Parse one serialised Example back into a ``FeatureRecord`` (protobuf only, no TF runtime)."""
+    from tensorflow.core.example import example_pb2
+
+    example = example_pb2.Example.FromString(serialized)
+    feature = example.features.feature
+    key = feature[KEY].bytes_list.value[0].decode("utf-8")
+    label = feature[LABEL].bytes_list.value[0].decode("utf-8") if LABEL in feature else None
+    vectors = {out.name: np.asarray(feature[out.example_key].float_list.value, dtype=np.float32)
+               for out in outputs}
+    return FeatureRecord(key, label, vectors)
+
+
+def tf_feature_description(outputs: Sequence[OutputSpec]) -> dict:
+    """The ``tf.io.parse_example`` spec of a feature record (label defaults to b"" when absent)."""
+    import tensorflow as tf
+
+    desc = {
+        KEY: tf.io.FixedLenFeature([], tf.string),
+        LABEL: tf.io.FixedLenFeature([], tf.string, default_value=b""),
+    }
+    for out in outputs:
+        desc[out.example_key] = tf.io.FixedLenFeature([out.dim], tf.float32)
+    return desc
+
+
+def read_records(path: str, outputs: Sequence[OutputSpec]) -> Iterator[FeatureRecord]:
+    """Fast TF-free reading of one local shard with tfrecord-lite."""
+    import tfrecord_lite
+
+    names = [KEY, LABEL] + [out.example_key for out in outputs]
+    for d in tfrecord_lite.tf_record_iterator(path, names=names):
+        labels = d.get(LABEL) or []
+        yield FeatureRecord(
+            key=d[KEY][0].decode("utf-8"),
+            label=labels[0].decode("utf-8") if len(labels) else None,
+            vectors={out.name: np.asarray(d[out.example_key], dtype=np.float32) for out in outputs},
+        )
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything needed to read and trust a feature set."""
+
+    backbone: Mapping            # name, weights_sha256, preprocessing, ...
+    outputs: Sequence[OutputSpec]
+    labels: Sequence[str]
+    counts: Mapping[str, int]    # inputs, embedded, failed
+    shards: Sequence[str]        # relative to the feature set's root
+    inputs: Mapping              # the input spec as given at launch
+    error_files: Sequence[str] = ()
+    failures_by_reason: Mapping[str, int] = field(default_factory=dict)
+    created: str = ""
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        d = {
+            "format_version": self.format_version,
+            "created": self.created or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "backbone": dict(self.backbone),
+            "outputs": [o.to_json() for o in self.outputs],
+            "labels": list(self.labels),
+            "counts": dict(self.counts),
+            "failures_by_reason": dict(self.failures_by_reason),
+            "shards": list(self.shards),
+            "error_files": list(self.error_files),
+            "inputs": dict(self.inputs),
+        }
+        return json.dumps(d, indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "Manifest":
+        d = json.loads(text)
+        if d.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"unsupported feature set format version {d.get('format_version')!r}")
+        return cls(
+            backbone=d["backbone"],
+            outputs=tuple(OutputSpec.from_json(o) for o in d["outputs"]),
+            labels=tuple(d["labels"]),
+            counts=d["counts"],
+            shards=tuple(d["shards"]),
+            inputs=d["inputs"],
+            error_files=tuple(d.get("error_files", ())),
+            failures_by_reason=d.get("failures_by_reason", {}),
+            created=d["created"],
+            format_version=d["format_version"],
+        )
+
+    @property
+    def layer(self) -> str:
+        return ",".join(o.layer for o in self.outputs)
+
+
+def _join(root: str, name: str) -> str:
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems.join(root, name)
+
+
+def write_manifest(root: str, manifest: Manifest) -> str:
+    from apache_beam.io.filesystems import FileSystems
+
+    path = _join(root, MANIFEST_NAME)
+    with FileSystems.create(path, mime_type="application/json") as f:
+        f.write(manifest.to_json().encode("utf-8"))
+    return path
+
+
+def read_manifest(root: str) -> Manifest:
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(_join(root, MANIFEST_NAME)) as f:
+        return Manifest.from_json(f.read().decode("utf-8"))
+
+
+def shard_paths(root: str, manifest: Manifest) -> list[str]:
+    return [_join(root, s) for s in manifest.shards]

@@ -1,0 +1,90 @@
+"""Shared fixtures: the reference outputs, the real photos, the real backbone, a small image folder."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def reference():
+    """Outputs of torchvision's own MobileNetV2 on scikit-learn's two sample photos (see data/REFERENCE.md)."""
+    with np.load(os.path.join(DATA, "imagenet_backbones.npz")) as d:
+        return {k: d[k] for k in d.files}
+
+
+@pytest.fixture(scope="session")
+def sample_photos() -> dict[str, bytes]:
+    """The raw JPEG files behind ``sklearn.datasets.load_sample_images()``, in the reference's order."""
+    import sklearn.datasets
+
+    folder = os.path.join(os.path.dirname(sklearn.datasets.__file__), "images")
+    photos = {}
+    for name in ("china.jpg", "flower.jpg"):
+        with open(os.path.join(folder, name), "rb") as f:
+            photos[name] = f.read()
+    return photos
+
+
+@pytest.fixture(scope="session")
+def mobilenet_spec():
+    from pipeline.backbones import resolve_backbone
+
+    return resolve_backbone("mobilenet_v2")
+
+
+@pytest.fixture(scope="session")
+def mobilenet_outputs():
+    from transforms.schema import OutputSpec
+
+    return (OutputSpec("features.18", "features.18", "avg", 1280), OutputSpec("classifier", "classifier", "none", 1000))
+
+
+@pytest.fixture(scope="session")
+def mobilenet(mobilenet_spec, mobilenet_outputs):
+    """The compiled uint8 -> {features.18, classifier} function, loaded the way a worker loads it."""
+    from transforms.inference import BackboneHandler
+
+    return BackboneHandler(mobilenet_spec, mobilenet_outputs, batch_size=8).load_model()
+
+
+def encode(image, fmt: str, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory, sample_photos):
+    """A small ImageFolder tree: two labelled classes of real photo variants, one unlabelled image at the
+    root, and two files that are not images (they must become recorded failures)."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("images")
+    china = Image.open(io.BytesIO(sample_photos["china.jpg"])).convert("RGB")
+    flower = Image.open(io.BytesIO(sample_photos["flower.jpg"])).convert("RGB")
+    files = {
+        "china/original.jpg": sample_photos["china.jpg"],
+        "china/left.png": encode(china.crop((0, 0, 400, 427)), "PNG"),
+        "china/gray.jpg": encode(china.convert("L"), "JPEG", quality=90),
+        "china/portrait.jpg": encode(china.crop((100, 0, 380, 427)), "JPEG", quality=92),
+        "flower/original.jpg": sample_photos["flower.jpg"],
+        "flower/small.png": encode(flower.resize((160, 107)), "PNG"),
+        "flower/rgba.png": encode(flower.convert("RGBA"), "PNG"),
+        "unlabelled.jpg": encode(flower.transpose(Image.FLIP_LEFT_RIGHT), "JPEG", quality=95),
+        "flower/notes.txt": b"these are flowers\n",
+        "china/empty.jpg": b"",
+    }
+    for rel, data in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return root

@@ -1,0 +1,43 @@
+"""A tiny stand-in backbone for pipeline tests where the real one adds nothing but minutes."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from transforms.images import ImagePreprocessing
+from transforms.schema import OutputSpec
+
+MEAN_COLOUR = OutputSpec("pixels", "pixels", "avg", 3)
+
+
+@dataclass(frozen=True)
+class MeanColourBackbone:
+    """"Embeds" an image as its mean RGB after a 32x32 resize-and-crop; logs each load's process id."""
+
+    load_log: str
+    name: str = "mean_colour"
+    preprocessing: ImagePreprocessing = ImagePreprocessing(resize_shorter=32, crop=32, scale=1.0,
+                                                           mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    layer_shapes: Mapping[str, tuple] = field(default_factory=lambda: {"pixels": (32, 32, 3)})
+    default_layer: str = "pixels"
+
+    def describe(self) -> dict:
+        return {"name": self.name, "weights_sha256": "0" * 64, "preprocessing": self.preprocessing.describe()}
+
+    def load(self, layers):
+        import keras
+
+        with open(self.load_log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        images = keras.Input((32, 32, 3), dtype="uint8")
+        pixels = keras.layers.Lambda(self.preprocessing.normalize)(images)
+        return keras.Model(images, {"pixels": pixels})
+
+
+def load_pids(log_path: str) -> list[int]:
+    if not os.path.exists(log_path):
+        return []
+    with open(log_path) as f:
+        return [int(line) for line in f if line.strip()]

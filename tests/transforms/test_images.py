@@ -1,0 +1,67 @@
+"""Decoding and the resize/crop geometry, without Beam."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import encode
+from transforms.images import ImageDecodeError, ImagePreprocessing, decode_image, resize_and_crop
+
+PREP = ImagePreprocessing()
+
+
+@pytest.mark.parametrize("size, resized", [
+    ((640, 427), (383, 256)),   # landscape: shorter side (height) to 256, width int(256 * 640 / 427)
+    ((427, 640), (256, 383)),   # portrait
+    ((300, 300), (256, 256)),
+    ((100, 50), (512, 256)),    # upscaled when smaller than the target
+], ids=["landscape", "portrait", "square", "small"])
+def test_resize_then_centre_crop_follows_torchvision(size, resized):
+    # A gradient image: the centre crop's first pixel tells where the crop was taken.
+    w, h = resized
+    image = Image.new("RGB", size)
+    out = resize_and_crop(image, PREP)
+    assert out.shape == (224, 224, 3) and out.dtype == np.uint8
+    top, left = int(round((h - 224) / 2.0)), int(round((w - 224) / 2.0))
+    ramp = Image.fromarray(np.tile(np.arange(size[0], dtype=np.uint8)[None, :, None] % 251, (size[1], 1, 3)))
+    expected = np.asarray(ramp.resize(resized, Image.BILINEAR))[top:top + 224, left:left + 224]
+    np.testing.assert_array_equal(resize_and_crop(ramp, PREP), expected)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "I;16"])
+def test_any_colour_mode_becomes_rgb(mode):
+    image = Image.new("RGB", (300, 200), (200, 100, 50)).convert(mode)
+    fmt = "JPEG" if mode == "CMYK" else "PNG"
+    out = decode_image(encode(image, fmt), PREP)
+    assert out.shape == (224, 224, 3)
+
+
+def test_exif_orientation_is_applied():
+    image = Image.new("RGB", (400, 300), (255, 0, 0))
+    image.paste((0, 0, 255), (0, 0, 400, 150))  # blue on top, red below
+    exif = Image.Exif()
+    exif[0x0112] = 3  # rotated 180 degrees: blue ends at the bottom when applied
+    out = decode_image(encode(image, "JPEG", exif=exif, quality=95), PREP)
+    assert out[-1, 112, 2] > 200 and out[0, 112, 0] > 200
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"", "empty file"),
+    (b"this is text, not pixels\n", "not an image"),
+    (encode(Image.new("RGB", (300, 300)), "JPEG")[:200], "damaged image"),
+], ids=["zero-bytes", "text", "truncated-jpeg"])
+def test_bad_files_raise_a_reason_a_person_understands(data, reason):
+    with pytest.raises(ImageDecodeError, match=reason):
+        decode_image(data, PREP)
+
+
+def test_normalisation_in_graph_matches_numpy():
+    import tensorflow as tf
+
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 4, 4, 3), dtype=np.uint8)
+    expected = (pixels / 255.0 - np.array(PREP.mean)) / np.array(PREP.std)
+    np.testing.assert_allclose(PREP.normalize(tf.constant(pixels)).numpy(), expected, atol=1e-6)

@@ -12,16 +12,19 @@ from dataclasses import dataclass
 from typing import Optional
 
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import (DirectOptions, GoogleCloudOptions, PipelineOptions,
+                                                  StandardOptions)
 
-from pipeline.backbones import BackboneSpec, resolve_backbone
+from pipeline.backbones import BackboneSpec, resolve_backbone, stage_backbone
 from transforms.inference import POOLINGS, pooled_dim
 from transforms.schema import ERRORS_DIR, FEATURES_DIR, MANIFEST_NAME, OutputSpec
 from transforms.sources import InputSpec, is_glob
 
-__all__ = ["ExtractOptions", "ExtractConfig", "ConfigError", "DEFAULT_RUNNER", "LOCAL_RUNNERS"]
+__all__ = ["ExtractOptions", "ExtractConfig", "ConfigError", "DEFAULT_RUNNER", "DEFAULT_LOCAL_FLAGS", "LOCAL_RUNNERS"]
 
 DEFAULT_RUNNER = "FnApiRunner"
+DEFAULT_LOCAL_FLAGS = (f"--runner={DEFAULT_RUNNER}", "--direct_running_mode=multi_threading",
+                       "--direct_num_workers=2")
 LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
 
 
@@ -76,6 +79,8 @@ class ExtractConfig:
             raise ConfigError(f"--threads-per-worker must be at least 1, got {o.threads_per_worker}")
         inputs = tuple(resolve_input(uri) for uri in o.input)
         backbone = resolve_backbone(o.backbone)
+        if runner_name(options) not in LOCAL_RUNNERS:
+            backbone = stage_backbone(backbone, remote_staging_location(options))
         outputs = resolve_outputs(backbone, o.layer or [backbone.default_layer], o.pooling)
         output = absolute(o.output)
         check_output_dir(output, o.overwrite)
@@ -149,6 +154,16 @@ def clear_previous_outputs(output: str) -> None:
     existing = [p for p in paths if FileSystems.exists(p)]
     if existing:
         FileSystems.delete(existing)
+
+
+def remote_staging_location(options: PipelineOptions) -> str:
+    """Where a remote runner's workers read the backbone's weights from."""
+    gcp = options.view_as(GoogleCloudOptions)
+    location = gcp.staging_location or gcp.temp_location
+    if not location:
+        raise ConfigError(f"runner {runner_name(options)} needs --temp_location (or --staging_location): "
+                          "the backbone's weights are staged there for the workers")
+    return location
 
 
 def runner_name(options: PipelineOptions) -> str:

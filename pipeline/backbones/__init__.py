@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 from transforms.images import ImagePreprocessing
 
-__all__ = ["BackboneSpec", "UnknownBackboneError", "resolve_backbone", "available_backbones"]
+__all__ = ["BackboneSpec", "UnknownBackboneError", "resolve_backbone", "available_backbones", "stage_backbone"]
 
 
 class UnknownBackboneError(ValueError):
@@ -144,3 +145,18 @@ def resolve_backbone(name: str) -> BackboneSpec:
         raise UnknownBackboneError(
             f"unknown backbone {name!r}; available: {', '.join(available_backbones())}") from None
     return resolver()
+
+
+def stage_backbone(spec: BackboneSpec, location: str) -> BackboneSpec:
+    """Copy the weights artifact, named by its hash, to ``location`` (e.g. a gs:// staging path) so that
+    remote workers read exactly what was hashed at launch; return the spec pointing there."""
+    from apache_beam.io.filesystems import FileSystems
+
+    name = f"{spec.weights_sha256[:16]}-{os.path.basename(spec.weights_path)}"
+    target = FileSystems.join(location, "featurebeam-weights", name)
+    if not FileSystems.exists(target):
+        with FileSystems.open(spec.weights_path, compression_type="uncompressed") as src, \
+                FileSystems.create(target, compression_type="uncompressed") as dst:
+            for chunk in iter(lambda: src.read(1 << 22), b""):
+                dst.write(chunk)
+    return dataclasses.replace(spec, weights_path=target)

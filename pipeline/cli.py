@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 import time
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported, here or in workers
 
@@ -122,7 +122,7 @@ def cmd_demo(argv: Sequence[str]) -> int:
 COMMANDS = {"extract": cmd_extract, "demo": cmd_demo}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print("usage: featurebeam {extract,demo} ...\n\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -17,7 +17,7 @@ def write_digits(directory: str) -> int:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    for i, (image, target) in enumerate(zip(digits.images, digits.target)):
+    for i, (image, target) in enumerate(zip(digits.images, digits.target, strict=True)):
         folder = os.path.join(directory, str(target))
         os.makedirs(folder, exist_ok=True)
         pixels = np.clip(image * (255.0 / 16.0), 0, 255).astype(np.uint8)
@@ -46,7 +46,7 @@ def run_demo(workdir: str, beam_argv: Sequence[str]) -> int:
     record = _first_record(schema.shard_paths(features, manifest), manifest.outputs)
     vector = record.vectors[manifest.outputs[0].name]
     print(f"  example   key {os.path.relpath(record.key, workdir)}, label {record.label}, "
-          f"{vector.shape[0]} values, first {np.round(vector[:4], 4).tolist()}")
+          f"{vector.shape[0]} values, first " + " ".join(f"{v:.4f}" for v in vector[:4]))
     return 0
 
 

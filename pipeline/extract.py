@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from typing import Iterable
+from collections.abc import Iterable
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional
 
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import (DirectOptions, GoogleCloudOptions, PipelineOptions,
-                                                  StandardOptions)
+from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, PipelineOptions, StandardOptions
 
 from pipeline.backbones import BackboneSpec, resolve_backbone, stage_backbone
 from transforms.inference import POOLINGS, pooled_dim
@@ -61,11 +59,11 @@ class ExtractConfig:
     outputs: tuple[OutputSpec, ...]
     batch_size: int
     num_shards: int
-    threads_per_worker: Optional[int]
+    threads_per_worker: int | None
     overwrite: bool
 
     @classmethod
-    def from_options(cls, options: PipelineOptions) -> "ExtractConfig":
+    def from_options(cls, options: PipelineOptions) -> ExtractConfig:
         o = options.view_as(ExtractOptions)
         if not o.input:
             raise ConfigError("--input is required (a directory of images or a glob)")
@@ -171,7 +169,7 @@ def runner_name(options: PipelineOptions) -> str:
     return runner if isinstance(runner, str) else type(runner).__name__
 
 
-def local_threads_per_worker(options: PipelineOptions) -> Optional[int]:
+def local_threads_per_worker(options: PipelineOptions) -> int | None:
     """Local runs share the machine's cores among worker processes (workers x threads <= cores)."""
     if runner_name(options) not in LOCAL_RUNNERS:
         return None

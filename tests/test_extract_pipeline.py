@@ -147,7 +147,7 @@ def test_output_reads_back_identically_with_tf_data_and_tfrecord_lite(tmp_path, 
     files = schema.shard_paths(config.output, manifest)
     parsed = [tf.io.parse_single_example(raw, spec) for raw in tf.data.TFRecordDataset(files)]
     assert len(parsed) == len(lite) == 8
-    for record, example in zip(lite, parsed):
+    for record, example in zip(lite, parsed, strict=True):
         assert example[schema.KEY].numpy().decode() == record.key
         assert example[schema.LABEL].numpy().decode() == (record.label or "")
         np.testing.assert_array_equal(example[MEAN_COLOUR.example_key].numpy(), record.vectors["pixels"])

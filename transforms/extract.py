@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
@@ -23,7 +23,7 @@ class ExtractFeatures(beam.PTransform):
     """
 
     def __init__(self, backbone, outputs: Sequence[OutputSpec], batch_size: int = 32,
-                 threads: Optional[int] = None):
+                 threads: int | None = None):
         super().__init__()
         self._backbone = backbone
         self._handler = KeyedModelHandler(BackboneHandler(backbone, outputs, batch_size, threads))

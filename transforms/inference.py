@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any
 
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
@@ -35,7 +36,7 @@ def pooled_dim(shape: Sequence[int], pooling: str) -> int:
     return int(shape[-1])
 
 
-def configure_tensorflow_threads(threads: Optional[int]) -> None:
+def configure_tensorflow_threads(threads: int | None) -> None:
     """Size TensorFlow's thread pools; a no-op once the TF runtime has started in this process."""
     import tensorflow as tf
 
@@ -70,7 +71,7 @@ class BackboneHandler(ModelHandler[np.ndarray, PredictionResult, LoadedBackbone]
       threads: TensorFlow intra-op threads for this worker process (None: TensorFlow's default).
     """
 
-    def __init__(self, spec, outputs: Sequence[OutputSpec], batch_size: int = 32, threads: Optional[int] = None):
+    def __init__(self, spec, outputs: Sequence[OutputSpec], batch_size: int = 32, threads: int | None = None):
         super().__init__(min_batch_size=1, max_batch_size=batch_size)
         self._spec = spec
         self._outputs = tuple(outputs)
@@ -104,7 +105,7 @@ class BackboneHandler(ModelHandler[np.ndarray, PredictionResult, LoadedBackbone]
         return LoadedBackbone(embed, size)
 
     def run_inference(self, batch: Sequence[np.ndarray], model: LoadedBackbone,
-                      inference_args: Optional[dict] = None) -> Iterable[PredictionResult]:
+                      inference_args: dict | None = None) -> Iterable[PredictionResult]:
         images = np.stack(batch)
         vectors = model(images)
         for i in range(len(batch)):  # the image itself is not carried on: only its vectors are needed

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 __all__ = ["SourceFile", "Record", "Failure", "FAILED"]
 
@@ -14,7 +14,7 @@ class SourceFile(NamedTuple):
     """A file that holds one input (loose files) or several (archives, manifests: later)."""
 
     uri: str
-    label: Optional[str]
+    label: str | None
 
 
 class Record(NamedTuple):
@@ -22,7 +22,7 @@ class Record(NamedTuple):
 
     key: str
     payload: bytes
-    label: Optional[str]
+    label: str | None
 
 
 class Failure(NamedTuple):
@@ -42,6 +42,6 @@ class Failure(NamedTuple):
         return json.dumps(self._asdict(), ensure_ascii=False, sort_keys=True)
 
     @classmethod
-    def from_exception(cls, key: str, source: str, stage: str, error: BaseException) -> "Failure":
+    def from_exception(cls, key: str, source: str, stage: str, error: BaseException) -> Failure:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         return cls(key, source, stage, type(error).__name__, message[:500])

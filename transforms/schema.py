@@ -16,8 +16,8 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -67,7 +67,7 @@ class OutputSpec:
         return {**dataclasses.asdict(self), "example_key": self.example_key}
 
     @classmethod
-    def from_json(cls, d: Mapping) -> "OutputSpec":
+    def from_json(cls, d: Mapping) -> OutputSpec:
         spec = cls(d["name"], d["layer"], d["pooling"], int(d["dim"]), d.get("dtype", "float32"))
         if d.get("example_key", spec.example_key) != spec.example_key:
             raise ValueError(f"manifest output {spec.name!r} names an unexpected Example key {d['example_key']!r}")
@@ -170,7 +170,7 @@ class Manifest:
         return json.dumps(d, indent=2, sort_keys=False) + "\n"
 
     @classmethod
-    def from_json(cls, text: str) -> "Manifest":
+    def from_json(cls, text: str) -> Manifest:
         d = json.loads(text)
         if d.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"unsupported feature set format version {d.get('format_version')!r}")

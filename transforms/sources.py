@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import posixpath
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -39,12 +39,12 @@ class InputSpec:
     root: str      # where labels are read from
 
     @classmethod
-    def directory(cls, uri: str) -> "InputSpec":
+    def directory(cls, uri: str) -> InputSpec:
         root = uri.rstrip("/")
         return cls("directory", root, f"{root}/**", root)
 
     @classmethod
-    def glob(cls, pattern: str) -> "InputSpec":
+    def glob(cls, pattern: str) -> InputSpec:
         prefix = pattern[: _GLOB_CHARS.search(pattern).start()]
         root = prefix if prefix.endswith("/") else posixpath.dirname(prefix)
         return cls("glob", pattern, pattern, root.rstrip("/"))
@@ -57,7 +57,7 @@ def is_glob(path: str) -> bool:
     return bool(_GLOB_CHARS.search(path))
 
 
-def label_from_path(root: str, uri: str) -> Optional[str]:
+def label_from_path(root: str, uri: str) -> str | None:
     """The first-level folder under ``root`` that holds ``uri``, or None for files directly in ``root``."""
     prefix = root.rstrip("/") + "/"
     if not uri.startswith(prefix):

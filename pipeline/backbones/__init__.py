@@ -7,12 +7,12 @@ Keras model from exactly that artifact (its hash is checked again there).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import os
-import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
 
 from transforms.images import ImagePreprocessing
 

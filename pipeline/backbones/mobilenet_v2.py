@@ -10,7 +10,7 @@ Layer names follow torchvision's module paths (``features.0`` ... ``features.18`
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 

@@ -10,7 +10,6 @@ all cores):
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import statistics
 import subprocess

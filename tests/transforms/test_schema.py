@@ -44,6 +44,7 @@ def test_manifest_json_round_trip():
 
 
 def test_manifest_of_another_format_version_is_refused():
-    text = Manifest({}, (), (), {}, (), {}, created="x").to_json().replace('"format_version": 1', '"format_version": 99')
+    text = Manifest({}, (), (), {}, (), {}, created="x").to_json()
+    text = text.replace('"format_version": 1', '"format_version": 99')
     with pytest.raises(ValueError, match="unsupported feature set format version 99"):
         Manifest.from_json(text)

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import datetime
-import os
 from collections.abc import Iterable
 
 import apache_beam as beam
@@ -102,8 +101,3 @@ def run_extraction(config: ExtractConfig, options: PipelineOptions) -> schema.Ma
             f"{counts['failed']} failed")
     return manifest
 
-
-def output_bytes(root: str, manifest: schema.Manifest) -> int:
-    if "://" in root:
-        return 0
-    return sum(os.path.getsize(os.path.join(root, s)) for s in manifest.shards)

@@ -14,8 +14,6 @@ import numpy as np
 
 __all__ = ["ImagePreprocessing", "ImageDecodeError", "decode_image", "resize_and_crop"]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-
 
 class ImageDecodeError(ValueError):
     """The bytes are not an image this decoder can read; the message says why."""

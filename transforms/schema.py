@@ -187,10 +187,6 @@ class Manifest:
             format_version=d["format_version"],
         )
 
-    @property
-    def layer(self) -> str:
-        return ",".join(o.layer for o in self.outputs)
-
 
 def _join(root: str, name: str) -> str:
     from apache_beam.io.filesystems import FileSystems

@@ -19,15 +19,15 @@ PREP = ImagePreprocessing()
     ((100, 50), (512, 256)),    # upscaled when smaller than the target
 ], ids=["landscape", "portrait", "square", "small"])
 def test_resize_then_centre_crop_follows_torchvision(size, resized):
-    # A gradient image: the centre crop's first pixel tells where the crop was taken.
+    # A pattern that varies along both axes, so a crop taken at the wrong place cannot match.
     w, h = resized
-    image = Image.new("RGB", size)
-    out = resize_and_crop(image, PREP)
-    assert out.shape == (224, 224, 3) and out.dtype == np.uint8
+    ys, xs = np.mgrid[0:size[1], 0:size[0]]
+    pattern = Image.fromarray(np.stack([(xs * 3 + ys * 7) % 251] * 3, axis=-1).astype(np.uint8))
     top, left = int(round((h - 224) / 2.0)), int(round((w - 224) / 2.0))
-    ramp = Image.fromarray(np.tile(np.arange(size[0], dtype=np.uint8)[None, :, None] % 251, (size[1], 1, 3)))
-    expected = np.asarray(ramp.resize(resized, Image.BILINEAR))[top:top + 224, left:left + 224]
-    np.testing.assert_array_equal(resize_and_crop(ramp, PREP), expected)
+    expected = np.asarray(pattern.resize(resized, Image.BILINEAR))[top:top + 224, left:left + 224]
+    out = resize_and_crop(pattern, PREP)
+    assert out.shape == (224, 224, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, expected)
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "I;16"])

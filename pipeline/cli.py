@@ -1,6 +1,8 @@
 """``featurebeam``: the command line.
 
     featurebeam extract --input DIR_OR_GLOB --output OUTDIR [--backbone NAME] [--batch-size N] [Beam flags]
+    featurebeam train --features DIR --output MODELDIR [--head linear|mlp ...] [--test-features DIR]
+    featurebeam predict --model MODELDIR --input DIR_OR_GLOB --output OUTDIR [Beam flags]
     featurebeam demo [--workdir DIR] [Beam flags]
 
 Every flag that is not featurebeam's own is handed to Apache Beam (``--runner``, ``--direct_num_workers``,
@@ -119,15 +121,95 @@ def cmd_demo(argv: Sequence[str]) -> int:
     return run_demo(own.workdir, beam_argv)
 
 
-COMMANDS = {"extract": cmd_extract, "demo": cmd_demo}
+def _train_parser() -> argparse.ArgumentParser:
+    from pipeline.train import HEADS
+
+    parser = argparse.ArgumentParser(
+        prog="featurebeam train", allow_abbrev=False,
+        description="Train classifier heads on extracted features; export the best as a serving model.")
+    parser.add_argument("--features", action="append", required=True, metavar="DIR",
+                        help="a feature set written by featurebeam extract (repeatable)")
+    parser.add_argument("--output", required=True, metavar="MODELDIR")
+    parser.add_argument("--head", action="append", choices=HEADS,
+                        help="head to train (repeatable; default: linear)")
+    parser.add_argument("--output-name", help="which extracted output to train on (default: the first)")
+    parser.add_argument("--test-features", action="append", default=[], metavar="DIR",
+                        help="a held-out feature set, reported apart (repeatable)")
+    parser.add_argument("--validation-fraction", type=float, default=0.2)
+    parser.add_argument("--class-weights", action="store_true", help="weight classes inversely to their frequency")
+    parser.add_argument("--memory-limit-mb", type=int, default=4096,
+                        help="feature sets larger than this stream from disk instead of loading (default: 4096)")
+    parser.add_argument("--overwrite", action="store_true")
+    return parser
+
+
+def format_training(report: dict, output: str) -> str:
+    lines = [f"featurebeam: trained {', '.join(report['heads'])} on {len(report['classes'])} classes "
+             f"in {report['seconds']:.1f} s ({report['mode']})"]
+    for name, head in report["heads"].items():
+        parts = [f"{split} {m['accuracy']:.4f} ({m['examples']})" for split, m in head["splits"].items()
+                 if m.get("examples")]
+        lines.append(f"  {name:7s} accuracy: " + ", ".join(parts))
+        unseen = head["splits"].get("test", {}).get("unseen_labels")
+        if unseen:
+            lines.append(f"  {name:7s} test labels never seen in training (not scored): "
+                         + ", ".join(f"{k} x {v}" for k, v in unseen.items()))
+    lines.append(f"  best head {report['best_head']} (validation accuracy); serving model {output}/serving")
+    lines.append(f"  metrics   {output}/metrics.json")
+    return "\n".join(lines)
+
+
+def cmd_train(argv: Sequence[str]) -> int:
+    from pipeline.train import TrainConfig, run_training
+
+    args = _train_parser().parse_args(argv)
+    config = TrainConfig(features=tuple(args.features), output=os.path.abspath(args.output),
+                         heads=tuple(dict.fromkeys(args.head or ["linear"])), output_name=args.output_name,
+                         test_features=tuple(args.test_features), validation_fraction=args.validation_fraction,
+                         class_weights=args.class_weights, memory_limit_mb=args.memory_limit_mb,
+                         overwrite=args.overwrite)
+    report = run_training(config, log=lambda m: print(m, file=sys.stderr))
+    print(format_training(report, config.output))
+    return 0
+
+
+def cmd_predict(argv: Sequence[str]) -> int:
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.predict import PredictConfig, run_prediction
+
+    parser = argparse.ArgumentParser(
+        prog="featurebeam predict", allow_abbrev=False,
+        description="Classify raw images with a model directory written by featurebeam train.",
+        epilog="Any Apache Beam option passes through, as for extract.")
+    parser.add_argument("--model", required=True, metavar="MODELDIR")
+    parser.add_argument("--input", action="append", required=True, metavar="INPUT")
+    parser.add_argument("--output", required=True, metavar="OUTDIR")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--overwrite", action="store_true")
+    own, beam_argv = split_flags(parser, argv)
+    config = PredictConfig.create(own.model, own.input, own.output, own.batch_size, own.overwrite)
+    start = time.monotonic()
+    summary = run_prediction(config, PipelineOptions(beam_argv))
+    accuracy = summary["accuracy_on_labelled"]
+    print(f"featurebeam: classified {summary['classified']} images ({summary['failed']} failed) "
+          f"in {time.monotonic() - start:.1f} s"
+          + (f"; accuracy on the {summary['labelled']} labelled ones {accuracy:.4f}" if accuracy is not None else ""))
+    print(f"  predictions {config.output}/predictions/part-*.jsonl")
+    return 0
+
+
+COMMANDS = {"extract": cmd_extract, "train": cmd_train, "predict": cmd_predict, "demo": cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: featurebeam {extract,demo} ...\n\n"
+        print("usage: featurebeam {extract,train,predict,demo} ...\n\n"
               "  extract  extract backbone features of images into sharded TFRecords + manifest.json\n"
-              "  demo     run the extraction on scikit-learn's digits\n\n"
+              "  train    train classifier heads on extracted features; export a serving model\n"
+              "  predict  classify raw images with a trained model directory\n"
+              "  demo     extract features of scikit-learn's digits and train a linear head on them\n\n"
               "Run 'featurebeam COMMAND --help' for a command's options.", file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     command, rest = argv[0], argv[1:]
@@ -135,11 +217,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         _extract_parser().print_help()
         return 0
     from pipeline.backbones import BackboneUnavailableError, UnknownBackboneError
+    from pipeline.feature_sets import FeatureSetError
     from pipeline.options import ConfigError
 
     try:
         return COMMANDS[command](rest)
-    except (UsageError, ConfigError, UnknownBackboneError, BackboneUnavailableError) as e:
+    except (UsageError, ConfigError, UnknownBackboneError, BackboneUnavailableError, FeatureSetError) as e:
         print(f"featurebeam {command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

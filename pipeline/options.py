@@ -145,10 +145,10 @@ def check_output_dir(output: str, overwrite: bool) -> None:
             raise ConfigError(f"output {output} is not empty; pass --overwrite to replace its features")
 
 
-def clear_previous_outputs(output: str) -> None:
-    """What --overwrite replaces: the features, the dead letters and the manifest, nothing else."""
-    paths = [FileSystems.join(output, MANIFEST_NAME), FileSystems.join(output, FEATURES_DIR),
-             FileSystems.join(output, ERRORS_DIR)]
+def clear_previous_outputs(output: str, names=(MANIFEST_NAME, FEATURES_DIR, ERRORS_DIR)) -> None:
+    """What --overwrite replaces: the job's own outputs (by default the features, dead letters and
+    manifest of an extraction), nothing else."""
+    paths = [FileSystems.join(output, name) for name in names]
     existing = [p for p in paths if FileSystems.exists(p)]
     if existing:
         FileSystems.delete(existing)

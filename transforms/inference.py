@@ -19,7 +19,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from transforms.schema import OutputSpec
 
-__all__ = ["BackboneHandler", "LoadedBackbone", "pooled_dim", "configure_tensorflow_threads", "POOLINGS"]
+__all__ = ["BackboneHandler", "LoadedBackbone", "pooled_dim", "pool", "configure_tensorflow_threads", "POOLINGS"]
 
 _LOG = logging.getLogger(__name__)
 POOLINGS = ("avg", "max", "none")
@@ -34,6 +34,17 @@ def pooled_dim(shape: Sequence[int], pooling: str) -> int:
     if pooling == "none":
         return int(np.prod(shape))
     return int(shape[-1])
+
+
+def pool(activation, pooling: str):
+    """In-graph: a (batch, ...) activation -> (batch, dim) vector, as ``pooled_dim`` describes."""
+    import tensorflow as tf
+
+    if activation.shape.rank == 4 and pooling == "avg":
+        activation = tf.reduce_mean(activation, axis=[1, 2])
+    elif activation.shape.rank == 4 and pooling == "max":
+        activation = tf.reduce_max(activation, axis=[1, 2])
+    return tf.reshape(activation, [tf.shape(activation)[0], -1])
 
 
 def configure_tensorflow_threads(threads: int | None) -> None:
@@ -90,15 +101,7 @@ class BackboneHandler(ModelHandler[np.ndarray, PredictionResult, LoadedBackbone]
         @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)], autograph=False)
         def embed(images):
             activations = model(images, training=False)
-            result = {}
-            for out in outputs:
-                a = activations[out.layer]
-                if a.shape.rank == 4 and out.pooling == "avg":
-                    a = tf.reduce_mean(a, axis=[1, 2])
-                elif a.shape.rank == 4 and out.pooling == "max":
-                    a = tf.reduce_max(a, axis=[1, 2])
-                result[out.name] = tf.reshape(a, [tf.shape(a)[0], -1])
-            return result
+            return {out.name: pool(activations[out.layer], out.pooling) for out in outputs}
 
         embed.get_concrete_function()  # trace once, here, not in the first batch
         _LOG.info("loaded backbone %s in process %d", getattr(self._spec, "name", "?"), os.getpid())

@@ -1,0 +1,182 @@
+"""Reading feature sets for training: validated against their manifests, split by a hash of the key.
+
+A feature set is a directory with ``manifest.json`` and ``features/part-*.tfrecord`` (see
+``transforms.schema``). Small local sets load into memory with tfrecord-lite; remote or large ones stream
+through ``tf.data`` (``stream_examples``) so nothing larger than a batch is held.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from transforms import schema
+
+__all__ = ["FeatureSetError", "FeatureTable", "open_feature_sets", "load_table", "validation_mask",
+           "stream_examples", "HASH_BUCKETS"]
+
+HASH_BUCKETS = 10_000
+
+
+class FeatureSetError(ValueError):
+    """A feature set that cannot be trained on; the message names the file."""
+
+
+@dataclass(frozen=True)
+class FeatureSource:
+    root: str
+    manifest: schema.Manifest
+    output: schema.OutputSpec
+
+    @property
+    def shards(self) -> list[str]:
+        return schema.shard_paths(self.root, self.manifest)
+
+
+@dataclass
+class FeatureTable:
+    """Rows of one output of one or more feature sets, in memory."""
+
+    keys: np.ndarray      # (n,) object (str)
+    labels: np.ndarray    # (n,) object (str or None)
+    x: np.ndarray         # (n, dim) float32
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def take(self, mask: np.ndarray) -> FeatureTable:
+        return FeatureTable(self.keys[mask], self.labels[mask], self.x[mask])
+
+
+def _read_manifest(root: str) -> schema.Manifest:
+    from apache_beam.io.filesystems import FileSystems
+
+    path = FileSystems.join(root, schema.MANIFEST_NAME)
+    if not FileSystems.exists(path):
+        raise FeatureSetError(f"{path} is missing: not a finished feature set (run featurebeam extract first)")
+    try:
+        return schema.read_manifest(root)
+    except (ValueError, KeyError, TypeError) as e:
+        raise FeatureSetError(f"{path} is not a valid manifest: {e}") from None
+
+
+def open_feature_sets(roots: Sequence[str], output_name: str | None = None) -> list[FeatureSource]:
+    """Check that every set has a manifest, the same backbone and the chosen output; return them."""
+    sources = []
+    for root in roots:
+        manifest = _read_manifest(root)
+        names = [o.name for o in manifest.outputs]
+        name = output_name or names[0]
+        if name not in names:
+            raise FeatureSetError(f"{root}: no output {name!r} in its manifest (it has {', '.join(names)})")
+        sources.append(FeatureSource(root, manifest, next(o for o in manifest.outputs if o.name == name)))
+    first = sources[0]
+    for other in sources[1:]:
+        if other.manifest.backbone.get("weights_sha256") != first.manifest.backbone.get("weights_sha256"):
+            raise FeatureSetError(f"{other.root} was extracted with other backbone weights than {first.root}")
+        if other.output != first.output:
+            raise FeatureSetError(f"{other.root}: output {other.output.name!r} differs from {first.root}'s "
+                                  f"({other.output} vs {first.output})")
+    return sources
+
+
+def _check_dim(vector, source: FeatureSource, path: str, key: str) -> None:
+    if len(vector) != source.output.dim:
+        raise FeatureSetError(f"{path}: record {key!r} has {len(vector)} values for output "
+                              f"{source.output.name!r}, but the manifest says {source.output.dim}")
+
+
+def _read_shard(source: FeatureSource, path: str):
+    """(keys, labels, rows) of one shard; tfrecord-lite for local files, tf.data elsewhere."""
+    key_name, vec_name = schema.KEY, source.output.example_key
+    keys, labels, rows = [], [], []
+    try:
+        if "://" not in path:
+            import tfrecord_lite
+
+            for d in tfrecord_lite.tf_record_iterator(path, names=[key_name, schema.LABEL, vec_name]):
+                key = d[key_name][0].decode("utf-8")
+                vector = d.get(vec_name, [])
+                _check_dim(vector, source, path, key)
+                label = d.get(schema.LABEL) or []
+                keys.append(key)
+                labels.append(label[0].decode("utf-8") if len(label) else None)
+                rows.append(np.asarray(vector, np.float32))
+        else:
+            import tensorflow as tf
+
+            for raw in tf.data.TFRecordDataset(path):
+                record = schema.decode_example(raw.numpy(), [source.output])
+                _check_dim(record.vectors[source.output.name], source, path, record.key)
+                keys.append(record.key)
+                labels.append(record.label)
+                rows.append(record.vectors[source.output.name])
+    except FeatureSetError:
+        raise
+    except Exception as e:  # a damaged shard: name it
+        raise FeatureSetError(f"{path}: cannot read feature records ({type(e).__name__}: {e})") from None
+    return keys, labels, rows
+
+
+def load_table(sources: Sequence[FeatureSource]) -> FeatureTable:
+    """Every record of the chosen output, in memory; counts are checked against each manifest."""
+    keys, labels, rows = [], [], []
+    for source in sources:
+        n_before = len(keys)
+        for path in source.shards:
+            k, lab, r = _read_shard(source, path)
+            keys += k
+            labels += lab
+            rows += r
+        expected = source.manifest.counts.get("embedded")
+        if expected is not None and len(keys) - n_before != expected:
+            raise FeatureSetError(f"{os.path.join(source.root, schema.MANIFEST_NAME)}: manifest counts {expected} "
+                                  f"embedded records, the shards hold {len(keys) - n_before}")
+    dim = sources[0].output.dim
+    x = np.stack(rows).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
+    return FeatureTable(np.array(keys, dtype=object), np.array(labels, dtype=object), x)
+
+
+def validation_mask(keys: Sequence[str], fraction: float) -> np.ndarray:
+    """True for keys in the validation split: a stable hash of the key, not the order of records."""
+    import tensorflow as tf
+
+    if len(keys) == 0:
+        return np.zeros(0, bool)
+    buckets = tf.strings.to_hash_bucket_fast(tf.constant(list(keys), tf.string), HASH_BUCKETS).numpy()
+    return buckets < int(round(fraction * HASH_BUCKETS))
+
+
+def stream_examples(sources: Sequence[FeatureSource], vocabulary: Sequence[str], validation_fraction: float,
+                    split: str, batch_size: int, shuffle: bool = False, seed: int = 0):
+    """A tf.data pipeline of (x, class index) batches of one split, streamed from the shards.
+
+    Records without a label or with a label outside ``vocabulary`` are skipped here (training); the same
+    hash as ``validation_mask`` decides the split.
+    """
+    import tensorflow as tf
+
+    output = sources[0].output
+    files = [p for s in sources for p in s.shards]
+    spec = schema.tf_feature_description([output])
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(list(vocabulary)), tf.range(len(vocabulary), dtype=tf.int64)),
+        default_value=-1)
+    threshold = int(round(validation_fraction * HASH_BUCKETS))
+
+    def parse(raw):
+        ex = tf.io.parse_single_example(raw, spec)
+        bucket = tf.strings.to_hash_bucket_fast(ex[schema.KEY], HASH_BUCKETS)
+        return ex[output.example_key], table.lookup(ex[schema.LABEL]), bucket < threshold
+
+    want_validation = split == "validation"
+    ds = tf.data.TFRecordDataset(files, num_parallel_reads=tf.data.AUTOTUNE).map(
+        parse, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.filter(lambda x, y, is_val: tf.logical_and(y >= 0, tf.equal(is_val, want_validation)))
+    ds = ds.map(lambda x, y, is_val: (x, y))
+    if shuffle:
+        ds = ds.shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -13,8 +13,9 @@ from pipeline.demo import write_digits
 def test_digits_are_written_as_labelled_pngs(tmp_path):
     from sklearn.datasets import load_digits
 
+    assert write_digits(str(tmp_path / "held-out"), lambda i: i % 5 == 0) == 360
     assert write_digits(str(tmp_path)) == 1797
-    assert sorted(os.listdir(tmp_path)) == [str(d) for d in range(10)]
+    assert sorted(os.listdir(tmp_path)) == [str(d) for d in range(10)] + ["held-out"]
     assert sum(len(os.listdir(tmp_path / str(d))) for d in range(10)) == 1797
     digits = load_digits()
     first = np.asarray(Image.open(tmp_path / str(digits.target[0]) / "digit-0000.png"))

@@ -1,0 +1,239 @@
+"""featurebeam train: the linear probe against scikit-learn, the serving model, predict, and bad inputs."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from pipeline import heads
+from pipeline.feature_sets import FeatureSetError, load_table, open_feature_sets, validation_mask
+from pipeline.train import TrainConfig, run_training
+from tests.featuresets import blobs, write_feature_set
+
+QUIET = {"log": lambda message: None}
+
+
+@pytest.fixture(scope="module")
+def digits_features(tmp_path_factory):
+    """Real MobileNetV2 features of the digits: 4 in 5 for training, every 5th held out."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.demo import write_digits
+    from pipeline.extract import run_extraction
+    from pipeline.options import ExtractConfig
+
+    root = tmp_path_factory.mktemp("digits")
+    write_digits(str(root / "images" / "train"), lambda i: i % 5 != 0)
+    write_digits(str(root / "images" / "test"), lambda i: i % 5 == 0)
+    for split in ("train", "test"):
+        options = PipelineOptions(["--runner=FnApiRunner", "--input", str(root / "images" / split),
+                                   "--output", str(root / split)])
+        run_extraction(ExtractConfig.from_options(options), options)
+    return root
+
+
+@pytest.fixture(scope="module")
+def digits_model(digits_features, tmp_path_factory):
+    out = tmp_path_factory.mktemp("model") / "m"
+    report = run_training(TrainConfig(features=(str(digits_features / "train"),),
+                                      test_features=(str(digits_features / "test"),), output=str(out),
+                                      heads=("linear", "mlp")), **QUIET)
+    return out, report
+
+
+@pytest.mark.slow
+def test_linear_head_is_within_one_point_of_sklearn_with_the_same_sweep(digits_features, digits_model):
+    from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
+
+    _, report = digits_model
+    linear = report["heads"]["linear"]
+    train = load_table(open_feature_sets([str(digits_features / "train")]))
+    test = load_table(open_feature_sets([str(digits_features / "test")]))
+    classes = report["classes"]
+    y, y_test = (np.array([classes.index(label) for label in t.labels]) for t in (train, test))
+    val = validation_mask(train.keys, 0.2)
+
+    def sk(c, x, y_):
+        # Solved to convergence: with its default tol=1e-4, lbfgs stops far from the optimum at large C
+        # (objective 325 instead of 259 at C=56 on these features) and scores worse than the optimum does.
+        with threadpool_limits(1, user_api="blas"):
+            return LogisticRegression(C=c, max_iter=5000, tol=1e-8).fit(x, y_)
+
+    # The same optimum at each starting C of the sweep: our L-BFGS objective is as low as scikit-learn's.
+    def objective(w, b, c):
+        z = train.x[~val].astype(np.float64) @ w + b
+        z -= z.max(axis=1, keepdims=True)
+        log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return -c * log_p[np.arange(len(z)), y[~val]].sum() + 0.5 * (w * w).sum()
+
+    for c in heads.INITIAL_CS:
+        ours_fit = heads.fit_logistic(train.x[~val], y[~val], len(classes), c)
+        theirs = sk(c, train.x[~val], y[~val])
+        assert objective(ours_fit.weights, ours_fit.bias, c) <= objective(theirs.coef_.T, theirs.intercept_, c) * 1.001
+    # The head (the sweep's best C, refitted on train + validation) against scikit-learn with that C.
+    best_c = linear["hyperparameters"]["C"]
+    sk_accuracy = sk(best_c, train.x, y).score(test.x, y_test)
+    ours = linear["splits"]["test"]["accuracy"]
+    assert abs(ours - sk_accuracy) <= 0.01, (ours, sk_accuracy, best_c)
+    assert ours > 0.95
+    assert len(linear["hyperparameters"]["sweep"]) >= 7 + 2 * 3  # 7 starting points, then 4 halvings
+
+
+@pytest.mark.slow
+def test_model_directory_holds_heads_metrics_plots_and_serving_model(digits_model):
+    out, report = digits_model
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["best_head"] in ("linear", "mlp")
+    for name in ("linear", "mlp"):
+        head = metrics["heads"][name]
+        for split in ("train", "validation", "test"):
+            m = head["splits"][split]
+            assert m["examples"] == 360 if split == "test" else m["examples"] > 200
+            assert 0.9 < m["accuracy"] <= 1.0 and 0.9 < m["macro_f1"] <= 1.0
+            assert set(m["per_class"]) == {str(d) for d in range(10)}
+            assert np.array(m["confusion_matrix"]).sum() == m["examples"]
+        for png in ("confusion_validation.png", "confusion_test.png", "learning_curve.png"):
+            assert (out / "heads" / name / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (out / "heads" / name / "head.keras").exists()
+    mlp = metrics["heads"]["mlp"]["hyperparameters"]
+    assert 1 <= mlp["best_epoch"] <= mlp["epochs_run"]
+    assert (out / "serving" / "saved_model.pb").exists()
+    spec = json.loads((out / "model.json").read_text())
+    assert spec["classes"] == [str(d) for d in range(10)] and spec["head"] == metrics["best_head"]
+
+
+@pytest.mark.slow
+def test_serving_model_equals_backbone_then_head_computed_apart(digits_model, mobilenet, mobilenet_spec,
+                                                                sample_photos, digits_features):
+    import keras
+    import tensorflow as tf
+
+    from transforms.images import decode_image
+
+    out, report = digits_model
+    head = keras.saving.load_model(str(out / "heads" / report["best_head"] / "head.keras"), safe_mode=True)
+    serving = tf.saved_model.load(str(out / "serving"))
+    digit_files = sorted((digits_features / "images" / "test").rglob("*.png"))[:6]
+    raw = [*sample_photos.values(), *(p.read_bytes() for p in digit_files)]
+    images = np.stack([decode_image(b, mobilenet_spec.preprocessing) for b in raw])
+    apart = head(mobilenet(images)["features.18"]).numpy()
+
+    from_bytes = serving.signatures["serving_default"](image_bytes=tf.constant(raw))
+    probabilities = from_bytes["probabilities"].numpy()
+    # PNGs decode identically in TensorFlow and PIL; JPEG photos differ by at most one grey level on a
+    # fraction of a percent of pixels after the resize (see transforms/tf_images.py).
+    np.testing.assert_allclose(probabilities[2:], apart[2:], atol=1e-5)
+    np.testing.assert_allclose(probabilities[:2], apart[:2], atol=1e-2)
+    assert [b.decode() for b in from_bytes["label"].numpy()] == [report["classes"][i] for i in apart.argmax(1)]
+    assert from_bytes["class_names"].shape == (len(raw), 10)
+    np.testing.assert_allclose(serving.classify_images(images)["probabilities"].numpy(), apart, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_predict_on_a_folder_matches_the_serving_model(digits_model, digits_features, tmp_path, mobilenet_spec):
+    import tensorflow as tf
+
+    from pipeline.cli import main
+    from transforms.images import decode_image
+
+    out, report = digits_model
+    folder = tmp_path / "to-classify"
+    for p in sorted((digits_features / "images" / "test").rglob("*.png"))[:12]:
+        (folder / p.parent.name).mkdir(parents=True, exist_ok=True)
+        (folder / p.parent.name / p.name).write_bytes(p.read_bytes())
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    assert main(["predict", "--model", str(out), "--input", str(folder), "--output", str(tmp_path / "pred"),
+                 "--batch-size", "5"]) == 0
+
+    rows = [json.loads(line) for f in sorted((tmp_path / "pred" / "predictions").iterdir())
+            for line in f.read_text().splitlines() if line]
+    errors = [json.loads(line) for f in (tmp_path / "pred" / "errors").iterdir()
+              for line in f.read_text().splitlines() if line]
+    assert len(rows) == 12 and [e["key"] for e in errors] == [str(folder / "broken.png")]
+    serving = tf.saved_model.load(str(out / "serving"))
+    for row in rows:
+        image = decode_image(open(row["key"], "rb").read(), mobilenet_spec.preprocessing)
+        expected = serving.classify_images(image[None])["probabilities"].numpy()[0]
+        got = np.array([row["probabilities"][c] for c in report["classes"]])
+        np.testing.assert_allclose(got, expected, atol=1e-5)  # batches of 5 vs of 1: float32 rounding
+        assert row["predicted"] == report["classes"][int(expected.argmax())]
+        assert row["label"] == os.path.basename(os.path.dirname(row["key"]))
+
+
+def test_split_is_a_stable_hash_of_the_key_not_the_order():
+    keys = [f"gs://bucket/img-{i}.jpg" for i in range(2000)]
+    mask = validation_mask(keys, 0.2)
+    assert 0.17 < mask.mean() < 0.23
+    shuffled = np.random.default_rng(1).permutation(len(keys))
+    np.testing.assert_array_equal(validation_mask([keys[i] for i in shuffled], 0.2), mask[shuffled])
+
+
+@pytest.fixture(scope="module")
+def mobilenet_sha(mobilenet_spec):
+    return {"name": "mobilenet_v2", "weights_sha256": mobilenet_spec.weights_sha256}
+
+
+@pytest.mark.slow
+def test_several_shards_one_empty_train_and_a_test_only_label_is_reported(tmp_path, mobilenet_sha):
+    keys, labels, x = blobs(300, ["cat", "dog", "fox"], seed=3)
+    write_feature_set(str(tmp_path / "train"), keys, labels, x, shard_sizes=[120, 0, 180], backbone=mobilenet_sha)
+    t_keys, t_labels, t_x = blobs(40, ["cat", "dog", "fox"], seed=3)
+    t_labels = [label if i % 4 else "zebra" for i, label in enumerate(t_labels)]
+    t_keys = [k.replace("/3/", "/test/") for k in t_keys]
+    write_feature_set(str(tmp_path / "test"), t_keys, t_labels, t_x, backbone=mobilenet_sha)
+
+    report = run_training(TrainConfig(features=(str(tmp_path / "train"),), test_features=(str(tmp_path / "test"),),
+                                      output=str(tmp_path / "model")), **QUIET)
+    test = report["heads"]["linear"]["splits"]["test"]
+    assert report["classes"] == ["cat", "dog", "fox"]
+    assert test["unseen_labels"] == {"zebra": 10}
+    assert test["examples"] == 30 and test["accuracy"] == 1.0
+    assert report["heads"]["linear"]["splits"]["train"]["examples"] + \
+        report["heads"]["linear"]["splits"]["validation"]["examples"] == 300
+
+
+def test_missing_manifest_names_the_file(tmp_path):
+    (tmp_path / "features").mkdir()
+    with pytest.raises(FeatureSetError, match=f"{tmp_path}/manifest.json is missing"):
+        run_training(TrainConfig(features=(str(tmp_path),), output=str(tmp_path / "m")), **QUIET)
+
+
+def test_a_record_whose_dim_disagrees_with_the_manifest_names_the_shard(tmp_path):
+    keys, labels, x = blobs(20, ["a", "b"], dim=8)
+    write_feature_set(str(tmp_path), keys, labels, x, shard_sizes=[10, 10], dim_override={13: np.zeros(7)})
+    with pytest.raises(FeatureSetError, match=r"part-00001-of-00002\.tfrecord: record .* has 7 values .* says 8"):
+        load_table(open_feature_sets([str(tmp_path)]))
+
+
+def test_cli_reports_feature_set_errors_in_one_line(tmp_path, capsys):
+    from pipeline.cli import main
+
+    assert main(["train", "--features", str(tmp_path / "nothing"), "--output", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"featurebeam train: error: {tmp_path}/nothing/manifest.json is missing: not a finished " \
+                  "feature set (run featurebeam extract first)"
+
+
+@pytest.mark.slow
+def test_a_set_larger_than_the_memory_limit_streams_and_still_learns(tmp_path, mobilenet_sha):
+    keys, labels, x = blobs(600, ["a", "b", "c"], seed=5, spread=1.0)
+    write_feature_set(str(tmp_path / "train"), keys, labels, x, shard_sizes=[200, 200, 200], backbone=mobilenet_sha)
+    report = run_training(TrainConfig(features=(str(tmp_path / "train"),), output=str(tmp_path / "m"),
+                                      memory_limit_mb=0, heads=("linear", "mlp"), max_epochs=20), **QUIET)
+    assert report["mode"] == "streamed"
+    for name in ("linear", "mlp"):
+        assert report["heads"][name]["splits"]["validation"]["accuracy"] > 0.9
+    c = report["heads"]["linear"]["hyperparameters"]["C"]
+    assert math.isfinite(c) and c > 0
+
+
+def test_balanced_class_weights_give_each_class_the_same_total_weight():
+    y = np.array([0] * 90 + [1] * 10)
+    w = heads.class_weights(y, 2)
+    np.testing.assert_allclose(w, [100 / (2 * 90), 100 / (2 * 10)])
+    assert (w[y] * (y == 0)).sum() == pytest.approx((w[y] * (y == 1)).sum())

@@ -137,8 +137,9 @@ def _train_parser() -> argparse.ArgumentParser:
                         help="a held-out feature set, reported apart (repeatable)")
     parser.add_argument("--validation-fraction", type=float, default=0.2)
     parser.add_argument("--class-weights", action="store_true", help="weight classes inversely to their frequency")
-    parser.add_argument("--memory-limit-mb", type=int, default=4096,
-                        help="feature sets larger than this stream from disk instead of loading (default: 4096)")
+    parser.add_argument("--memory-limit-mb", type=int, default=2048,
+                        help="feature sets larger than this stream from disk instead of loading (default: 2048; "
+                             "in-memory training peaks near 1 GB + 3 x the features)")
     parser.add_argument("--overwrite", action="store_true")
     return parser
 

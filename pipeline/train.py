@@ -25,6 +25,7 @@ from pipeline import evaluation, heads
 from pipeline.feature_sets import (
     FeatureSetError,
     FeatureTable,
+    count_labels,
     load_table,
     open_feature_sets,
     stream_examples,
@@ -47,7 +48,7 @@ class TrainConfig:
     test_features: tuple[str, ...] = ()
     validation_fraction: float = 0.2
     class_weights: bool = False
-    memory_limit_mb: int = 4096
+    memory_limit_mb: int = 2048
     overwrite: bool = False
     hidden: int = 512
     dropout: float = 0.5
@@ -94,15 +95,16 @@ def _predict(model, x: np.ndarray) -> np.ndarray:
     return np.asarray(model.predict(x, batch_size=1024, verbose=0))
 
 
-def _fit_in_memory(name: str, config: TrainConfig, train: Split, val: Split, n_classes: int):
-    """Returns (keras head, hyper-parameters, curves, validation probabilities before any refit)."""
+def _fit_in_memory(name: str, config: TrainConfig, train: Split, val: Split, both: Split, n_classes: int):
+    """Returns (keras head, hyper-parameters, curves, validation probabilities before any refit).
+
+    ``both`` is train + validation (the whole labelled table, not a copy), for the linear head's refit."""
     weights = heads.class_weights(train.y, n_classes) if config.class_weights else None
     if name == "linear":
         sweep = heads.sweep_linear(train.x, train.y, val.x, val.y, n_classes,
                                    sample_weight=None if weights is None else weights[train.y])
         best_key = round(float(np.log10(sweep.best_c)), 6)
         val_probabilities = sweep.fits[best_key].predict_proba(val.x)
-        both = Split(np.concatenate([train.x, val.x]), np.concatenate([train.y, val.y]))
         w_both = None if weights is None else heads.class_weights(both.y, n_classes)[both.y]
         fit = heads.fit_logistic(both.x, both.y, n_classes, sweep.best_c, w_both, init=sweep.fits[best_key])
         cs = sorted(sweep.scores)
@@ -182,7 +184,8 @@ def run_training(config: TrainConfig, log=print) -> dict:
         classes = sorted(set(table.labels[labelled]))
         if len(classes) < 2:
             raise FeatureSetError(f"{config.features[0]}: training needs at least two labels, found {classes}")
-        table = table.take(labelled)
+        if not labelled.all():
+            table = table.take(labelled)
         y = _index(table.labels, classes)
         is_val = validation_mask(table.keys, config.validation_fraction)
         train, val = Split(table.x[~is_val], y[~is_val]), Split(table.x[is_val], y[is_val])
@@ -195,7 +198,8 @@ def run_training(config: TrainConfig, log=print) -> dict:
         for name in config.heads:
             log(f"featurebeam train: fitting the {name} head on {len(train.y)} records "
                 f"({len(val.y)} for validation, {len(classes)} classes)")
-            model, hyper, curves, val_probabilities = _fit_in_memory(name, config, train, val, len(classes))
+            model, hyper, curves, val_probabilities = _fit_in_memory(name, config, train, val, Split(table.x, y),
+                                                                     len(classes))
             splits = {"train": evaluation.split_metrics(train.y, _predict(model, train.x), classes),
                       "validation": evaluation.split_metrics(val.y, val_probabilities, classes)}
             for split_name, (split, extra) in tests.items():
@@ -207,6 +211,11 @@ def run_training(config: TrainConfig, log=print) -> dict:
         if len(classes) < 2:
             raise FeatureSetError(f"{config.features[0]}: training needs at least two labels, found {classes}")
         frac, batch = config.validation_fraction, 512
+        cw = None
+        if config.class_weights:
+            counts = count_labels(sources, classes, frac)
+            weights = heads.class_weights(np.repeat(np.arange(len(classes)), counts), len(classes))
+            cw = {i: float(w) for i, w in enumerate(weights)}
         train_ds = stream_examples(sources, classes, frac, "train", batch, shuffle=True, seed=config.seed)
         val_ds = stream_examples(sources, classes, frac, "validation", batch)
         both_ds = stream_examples(sources, classes, 0.0, "train", batch, shuffle=True, seed=config.seed)
@@ -216,20 +225,23 @@ def run_training(config: TrainConfig, log=print) -> dict:
             if name == "linear":
                 model, scores, best_c = heads.fit_linear_streaming(
                     train_ds, val_ds, output.dim, len(classes), int(n_records * (1 - frac)), refit_ds=both_ds,
-                    seed=config.seed)
+                    class_weight=cw, seed=config.seed)
                 hyper = {"solver": "Adam minibatches (streamed)", "C": best_c, "l2": 1.0 / best_c,
                          "sweep": {f"{c:.6g}": s for c, s in sorted(scores.items())}, "refit": "train + validation"}
                 curves = {"validation accuracy": (sorted(scores), [scores[c] for c in sorted(scores)])}
             else:
                 model, history, epochs, best_epoch = heads.fit_mlp(
                     train_ds, val_ds, output.dim, len(classes), hidden=config.hidden, dropout=config.dropout,
-                    max_epochs=config.max_epochs, seed=config.seed, normalizer_data=train_ds.map(lambda x, y: x))
+                    max_epochs=config.max_epochs, class_weight=cw, seed=config.seed,
+                    normalizer_data=train_ds.map(lambda x, y: x))
                 hyper = {"hidden": config.hidden, "dropout": config.dropout, "epochs_run": epochs,
                          "best_epoch": best_epoch}
                 curves = {k: (list(range(1, epochs + 1)), v) for k, v in history.items() if "loss" in k}
             splits = {"validation": evaluation.split_metrics(*_collect(val_ds, model), classes)}
             if test_ds is not None:
-                splits["test"] = evaluation.split_metrics(*_collect(test_ds, model), classes)
+                unseen = sorted({label for t in test_sources for label in t.manifest.labels} - set(classes))
+                splits["test"] = {**evaluation.split_metrics(*_collect(test_ds, model), classes),
+                                  "unseen_labels": {label: None for label in unseen}}
             report["heads"][name] = {"hyperparameters": hyper, "splits": splits}
             _write_head_outputs(config.output, name, model, report["heads"][name], curves, classes)
 

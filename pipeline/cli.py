@@ -154,7 +154,7 @@ def format_training(report: dict, output: str) -> str:
         unseen = head["splits"].get("test", {}).get("unseen_labels")
         if unseen:
             lines.append(f"  {name:7s} test labels never seen in training (not scored): "
-                         + ", ".join(f"{k} x {v}" for k, v in unseen.items()))
+                         + ", ".join(f"{k} x {v}" if isinstance(v, int) else k for k, v in unseen.items()))
     lines.append(f"  best head {report['best_head']} (validation accuracy); serving model {output}/serving")
     lines.append(f"  metrics   {output}/metrics.json")
     return "\n".join(lines)

@@ -152,8 +152,83 @@ def _write_head_outputs(root: str, name: str, model, metrics: dict, curves: dict
                                "mlp head: learning curves", os.path.join(folder, "learning_curve.png"))
 
 
+def _train_in_memory(config: TrainConfig, sources, test_sources, report: dict, log) -> list[str]:
+    table = load_table(sources)
+    labelled = np.array([label is not None for label in table.labels], bool)
+    classes = sorted(set(table.labels[labelled]))
+    if len(classes) < 2:
+        raise FeatureSetError(f"{config.features[0]}: training needs at least two labels, found {classes}")
+    if not labelled.all():
+        table = table.take(labelled)
+    y = _index(table.labels, classes)
+    is_val = validation_mask(table.keys, config.validation_fraction)
+    train, val = Split(table.x[~is_val], y[~is_val]), Split(table.x[is_val], y[is_val])
+    if len(train.y) == 0 or len(val.y) == 0:
+        raise FeatureSetError(f"{len(table)} labelled records are too few to split into train and validation")
+    report["unlabelled_skipped"] = int((~labelled).sum())
+    tests = {"test": _test_split(load_table(test_sources), classes)} if test_sources else {}
+    for name in config.heads:
+        log(f"featurebeam train: fitting the {name} head on {len(train.y)} records "
+            f"({len(val.y)} for validation, {len(classes)} classes)")
+        model, hyper, curves, val_probabilities = _fit_in_memory(name, config, train, val, Split(table.x, y),
+                                                                 len(classes))
+        splits = {"train": evaluation.split_metrics(train.y, _predict(model, train.x), classes),
+                  "validation": evaluation.split_metrics(val.y, val_probabilities, classes)}
+        for split_name, (split, extra) in tests.items():
+            splits[split_name] = {**evaluation.split_metrics(split.y, _predict(model, split.x), classes), **extra}
+        report["heads"][name] = {"hyperparameters": hyper, "splits": splits}
+        _write_head_outputs(config.output, name, model, report["heads"][name], curves, classes)
+    return classes
+
+
+def _train_streamed(config: TrainConfig, sources, test_sources, report: dict, log) -> list[str]:
+    classes = sorted({label for s in sources for label in s.manifest.labels})
+    if len(classes) < 2:
+        raise FeatureSetError(f"{config.features[0]}: training needs at least two labels, found {classes}")
+    dim, n_records = sources[0].output.dim, sum(int(s.manifest.counts.get("embedded", 0)) for s in sources)
+    frac, batch = config.validation_fraction, 512
+    cw = None
+    if config.class_weights:
+        counts = count_labels(sources, classes, frac)
+        weights = heads.class_weights(np.repeat(np.arange(len(classes)), counts), len(classes))
+        cw = {i: float(w) for i, w in enumerate(weights)}
+    train_ds = stream_examples(sources, classes, frac, "train", batch, shuffle=True, seed=config.seed)
+    val_ds = stream_examples(sources, classes, frac, "validation", batch)
+    both_ds = stream_examples(sources, classes, 0.0, "train", batch, shuffle=True, seed=config.seed)
+    test_ds = stream_examples(test_sources, classes, 0.0, "train", batch) if test_sources else None
+    for name in config.heads:
+        log(f"featurebeam train: fitting the {name} head on streamed features ({n_records} records)")
+        if name == "linear":
+            model, scores, best_c = heads.fit_linear_streaming(
+                train_ds, val_ds, dim, len(classes), int(n_records * (1 - frac)), refit_ds=both_ds,
+                class_weight=cw, seed=config.seed)
+            hyper = {"solver": "Adam minibatches (streamed)", "C": best_c, "l2": 1.0 / best_c,
+                     "sweep": {f"{c:.6g}": s for c, s in sorted(scores.items())}, "refit": "train + validation",
+                     "class_weights": "balanced" if cw else None}
+            curves = {"validation accuracy": (sorted(scores), [scores[c] for c in sorted(scores)])}
+        else:
+            model, history, epochs, best_epoch = heads.fit_mlp(
+                train_ds, val_ds, dim, len(classes), hidden=config.hidden, dropout=config.dropout,
+                max_epochs=config.max_epochs, class_weight=cw, seed=config.seed,
+                normalizer_data=train_ds.map(lambda x, y: x))
+            hyper = {"hidden": config.hidden, "dropout": config.dropout, "epochs_run": epochs,
+                     "best_epoch": best_epoch, "class_weights": "balanced" if cw else None}
+            curves = {k: (list(range(1, epochs + 1)), v) for k, v in history.items() if "loss" in k}
+        splits = {"validation": evaluation.split_metrics(*_collect(val_ds, model), classes)}
+        if test_ds is not None:
+            # Streaming skips test records whose label is unknown; the manifests name those labels.
+            unseen = sorted({label for t in test_sources for label in t.manifest.labels} - set(classes))
+            splits["test"] = {**evaluation.split_metrics(*_collect(test_ds, model), classes),
+                              "unseen_labels": {label: "not counted when streamed" for label in unseen}}
+        report["heads"][name] = {"hyperparameters": hyper, "splits": splits}
+        _write_head_outputs(config.output, name, model, report["heads"][name], curves, classes)
+    return classes
+
+
 def run_training(config: TrainConfig, log=print) -> dict:
     """Train, evaluate and export; returns the metrics dict that is also written to metrics.json."""
+    import keras
+
     from pipeline.backbones import resolve_backbone
     from pipeline.serving import export_serving_model
 
@@ -167,9 +242,14 @@ def run_training(config: TrainConfig, log=print) -> dict:
                 or t.output != output:
             raise FeatureSetError(f"{t.root}: test features come from another backbone or output than "
                                   f"{sources[0].root}")
+    # The serving model needs the very weights the features came from: check before any training.
+    backbone = resolve_backbone(sources[0].manifest.backbone["name"])
+    if backbone.weights_sha256 != sources[0].manifest.backbone.get("weights_sha256"):
+        raise FeatureSetError(f"{sources[0].root}: the installed {backbone.name} weights differ from those the "
+                              "features were extracted with (sha256 mismatch); cannot build a serving model")
+
     n_records = sum(int(s.manifest.counts.get("embedded", 0)) for s in sources)
     in_memory = n_records * output.dim * 4 <= config.memory_limit_mb * 2 ** 20
-
     report = {"features": list(config.features), "test_features": list(config.test_features),
               "output": output.to_json(), "backbone": sources[0].manifest.backbone,
               "validation_fraction": config.validation_fraction, "split": "hash of key (tf Fingerprint64)",
@@ -178,84 +258,11 @@ def run_training(config: TrainConfig, log=print) -> dict:
         shutil.rmtree(config.output)
     os.makedirs(config.output, exist_ok=True)
 
-    if in_memory:
-        table = load_table(sources)
-        labelled = np.array([label is not None for label in table.labels], bool)
-        classes = sorted(set(table.labels[labelled]))
-        if len(classes) < 2:
-            raise FeatureSetError(f"{config.features[0]}: training needs at least two labels, found {classes}")
-        if not labelled.all():
-            table = table.take(labelled)
-        y = _index(table.labels, classes)
-        is_val = validation_mask(table.keys, config.validation_fraction)
-        train, val = Split(table.x[~is_val], y[~is_val]), Split(table.x[is_val], y[is_val])
-        if len(train.y) == 0 or len(val.y) == 0:
-            raise FeatureSetError(f"{len(table)} labelled records are too few to split into train and validation")
-        report["unlabelled_skipped"] = int((~labelled).sum())
-        tests = {}
-        if test_sources:
-            tests["test"] = _test_split(load_table(test_sources), classes)
-        for name in config.heads:
-            log(f"featurebeam train: fitting the {name} head on {len(train.y)} records "
-                f"({len(val.y)} for validation, {len(classes)} classes)")
-            model, hyper, curves, val_probabilities = _fit_in_memory(name, config, train, val, Split(table.x, y),
-                                                                     len(classes))
-            splits = {"train": evaluation.split_metrics(train.y, _predict(model, train.x), classes),
-                      "validation": evaluation.split_metrics(val.y, val_probabilities, classes)}
-            for split_name, (split, extra) in tests.items():
-                splits[split_name] = {**evaluation.split_metrics(split.y, _predict(model, split.x), classes), **extra}
-            report["heads"][name] = {"hyperparameters": hyper, "splits": splits}
-            _write_head_outputs(config.output, name, model, report["heads"][name], curves, classes)
-    else:
-        classes = sorted({label for s in sources for label in s.manifest.labels})
-        if len(classes) < 2:
-            raise FeatureSetError(f"{config.features[0]}: training needs at least two labels, found {classes}")
-        frac, batch = config.validation_fraction, 512
-        cw = None
-        if config.class_weights:
-            counts = count_labels(sources, classes, frac)
-            weights = heads.class_weights(np.repeat(np.arange(len(classes)), counts), len(classes))
-            cw = {i: float(w) for i, w in enumerate(weights)}
-        train_ds = stream_examples(sources, classes, frac, "train", batch, shuffle=True, seed=config.seed)
-        val_ds = stream_examples(sources, classes, frac, "validation", batch)
-        both_ds = stream_examples(sources, classes, 0.0, "train", batch, shuffle=True, seed=config.seed)
-        test_ds = stream_examples(test_sources, classes, 0.0, "train", batch) if test_sources else None
-        for name in config.heads:
-            log(f"featurebeam train: fitting the {name} head on streamed features ({n_records} records)")
-            if name == "linear":
-                model, scores, best_c = heads.fit_linear_streaming(
-                    train_ds, val_ds, output.dim, len(classes), int(n_records * (1 - frac)), refit_ds=both_ds,
-                    class_weight=cw, seed=config.seed)
-                hyper = {"solver": "Adam minibatches (streamed)", "C": best_c, "l2": 1.0 / best_c,
-                         "sweep": {f"{c:.6g}": s for c, s in sorted(scores.items())}, "refit": "train + validation"}
-                curves = {"validation accuracy": (sorted(scores), [scores[c] for c in sorted(scores)])}
-            else:
-                model, history, epochs, best_epoch = heads.fit_mlp(
-                    train_ds, val_ds, output.dim, len(classes), hidden=config.hidden, dropout=config.dropout,
-                    max_epochs=config.max_epochs, class_weight=cw, seed=config.seed,
-                    normalizer_data=train_ds.map(lambda x, y: x))
-                hyper = {"hidden": config.hidden, "dropout": config.dropout, "epochs_run": epochs,
-                         "best_epoch": best_epoch}
-                curves = {k: (list(range(1, epochs + 1)), v) for k, v in history.items() if "loss" in k}
-            splits = {"validation": evaluation.split_metrics(*_collect(val_ds, model), classes)}
-            if test_ds is not None:
-                unseen = sorted({label for t in test_sources for label in t.manifest.labels} - set(classes))
-                splits["test"] = {**evaluation.split_metrics(*_collect(test_ds, model), classes),
-                                  "unseen_labels": {label: None for label in unseen}}
-            report["heads"][name] = {"hyperparameters": hyper, "splits": splits}
-            _write_head_outputs(config.output, name, model, report["heads"][name], curves, classes)
-
+    train = _train_in_memory if in_memory else _train_streamed
+    classes = train(config, sources, test_sources, report, log)
     best = max(report["heads"], key=lambda n: report["heads"][n]["splits"]["validation"].get("accuracy", 0.0))
-    report["classes"] = classes
-    report["best_head"] = best
-    report["seconds"] = round(time.monotonic() - start, 2)
+    report.update(classes=classes, best_head=best, seconds=round(time.monotonic() - start, 2))
 
-    import keras
-
-    backbone = resolve_backbone(sources[0].manifest.backbone["name"])
-    if backbone.weights_sha256 != sources[0].manifest.backbone.get("weights_sha256"):
-        raise FeatureSetError(f"the installed {backbone.name} weights differ from those the features were "
-                              "extracted with (sha256 mismatch); cannot build a serving model")
     head = keras.saving.load_model(os.path.join(config.output, "heads", best, "head.keras"), safe_mode=True)
     export_serving_model(os.path.join(config.output, "serving"), backbone, output, head, classes)
     model_spec = {"backbone": backbone.describe(), "preprocessing": dataclasses.asdict(backbone.preprocessing),

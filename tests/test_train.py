@@ -256,3 +256,11 @@ def test_shards_read_through_beam_filesystems_equal_tfrecord_lite(tmp_path):
     assert [(r.key, r.label) for r in via_beam] == [(r.key, r.label) for r in via_lite] == expected
     for a, b in zip(via_beam, via_lite, strict=True):
         np.testing.assert_array_equal(a.vectors["features.18"], b.vectors["features.18"])
+
+
+def test_features_from_other_weights_are_refused_before_training(tmp_path):
+    keys, labels, x = blobs(40, ["a", "b"], dim=1280)
+    write_feature_set(str(tmp_path / "f"), keys, labels, x, backbone={"name": "mobilenet_v2", "weights_sha256": "0"})
+    with pytest.raises(FeatureSetError, match="sha256 mismatch"):
+        run_training(TrainConfig(features=(str(tmp_path / "f"),), output=str(tmp_path / "m")), **QUIET)
+    assert not (tmp_path / "m").exists()

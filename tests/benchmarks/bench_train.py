@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -34,18 +33,34 @@ def write_synthetic(root: str, records: int, dim: int, shards: int = 20) -> None
                       backbone={"name": backbone.name, "weights_sha256": backbone.weights_sha256})
 
 
+def _peak_rss_mb(pid: int) -> float | None:
+    """The process's resident-memory high-water mark (VmHWM: reset at exec, unlike ru_maxrss)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
 def run_train(features: str, out: str, extra: list[str]) -> dict:
     start = time.monotonic()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    subprocess.run([sys.executable, "-m", "pipeline", "train", "--features", features, "--output", out,
-                    "--overwrite", *extra], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "train", "--features", features, "--output", out,
+                             "--overwrite", *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peak_mb = 0.0
+    while proc.poll() is None:
+        peak_mb = max(peak_mb, _peak_rss_mb(proc.pid) or 0.0)
+        time.sleep(0.2)
+    if proc.returncode:
+        raise SystemExit(f"featurebeam train failed with status {proc.returncode}")
     seconds = time.monotonic() - start
-    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     with open(os.path.join(out, "metrics.json")) as f:
         metrics = json.load(f)
     linear = metrics["heads"]["linear"]
     return {"seconds": round(seconds, 1), "training_seconds": metrics["seconds"],
-            "peak_rss_mb": round(peak_mb, 1), "peak_rss_grew": peak_mb > before / 1024,
+            "peak_rss_mb": round(peak_mb, 1),
             "validation_accuracy": round(linear["splits"]["validation"]["accuracy"], 4),
             "C": linear["hyperparameters"]["C"], "fits": len(linear["hyperparameters"]["sweep"]) + 1}
 
@@ -61,7 +76,6 @@ def main() -> None:
         start = time.monotonic()
         write_synthetic(features, args.records, args.dim)
         written = time.monotonic() - start
-        # Streamed first: RUSAGE_CHILDREN keeps the largest child's peak, so the smaller run goes first.
         streamed = run_train(features, os.path.join(tmp, "streamed"), ["--memory-limit-mb", "0"])
         in_memory = run_train(features, os.path.join(tmp, "in-memory"), [])
     result = {"records": args.records, "dim": args.dim, "feature_bytes_mb": round(args.records * args.dim * 4 / 2**20),

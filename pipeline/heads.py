@@ -168,7 +168,7 @@ def fit_mlp(train, validation, dim: int, n_classes: int, hidden: int = 512, drop
                             callbacks=[stop], class_weight=class_weight, verbose=0, shuffle=True)
     else:
         history = model.fit(train, validation_data=validation, epochs=max_epochs, callbacks=[stop],
-                            class_weight=class_weight, verbose=0)
+                            class_weight=class_weight, verbose=0, shuffle=False)  # the dataset shuffles itself
     losses = history.history["val_loss"]
     return model, history.history, len(losses), int(np.argmin(losses)) + 1
 
@@ -197,9 +197,10 @@ def fit_linear_streaming(train_ds, val_ds, dim: int, n_classes: int, n_train: in
     scores = {}
     for c in initial:
         model = build(c)
-        model.fit(train_ds, epochs=epochs, class_weight=class_weight, verbose=0)
+        model.fit(train_ds, epochs=epochs, class_weight=class_weight, verbose=0, shuffle=False)
         scores[c] = float(model.evaluate(val_ds, verbose=0, return_dict=True)["accuracy"])
     best_c = max(scores, key=lambda k: (scores[k], -k))
     model = build(best_c)
-    model.fit(refit_ds if refit_ds is not None else train_ds, epochs=epochs, class_weight=class_weight, verbose=0)
+    model.fit(refit_ds if refit_ds is not None else train_ds, epochs=epochs, class_weight=class_weight, verbose=0,
+              shuffle=False)
     return model, scores, best_c

@@ -3,6 +3,7 @@
     featurebeam extract --input DIR_OR_GLOB --output OUTDIR [--backbone NAME] [--batch-size N] [Beam flags]
     featurebeam train --features DIR --output MODELDIR [--head linear|mlp ...] [--test-features DIR]
     featurebeam predict --model MODELDIR --input DIR_OR_GLOB --output OUTDIR [Beam flags]
+    featurebeam inspect OUTDIR [--check]
     featurebeam demo [--workdir DIR] [Beam flags]
 
 Every flag that is not featurebeam's own is handed to Apache Beam (``--runner``, ``--direct_num_workers``,
@@ -200,16 +201,33 @@ def cmd_predict(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"extract": cmd_extract, "train": cmd_train, "predict": cmd_predict, "demo": cmd_demo}
+def cmd_inspect(argv: Sequence[str]) -> int:
+    from pipeline.inspect_features import format_inspection, inspect_feature_set
+
+    parser = argparse.ArgumentParser(prog="featurebeam inspect", allow_abbrev=False,
+                                     description="Summarise a feature set; with --check, verify it.")
+    parser.add_argument("output", metavar="OUTDIR", help="a feature set written by featurebeam extract")
+    parser.add_argument("--check", action="store_true",
+                        help="verify every record against the manifest; exit 1 on any mismatch")
+    parser.add_argument("--samples", type=int, default=3, help="sample records to show (default: 3)")
+    args = parser.parse_args(argv)
+    result = inspect_feature_set(args.output, samples=args.samples)
+    print(format_inspection(result, args.check))
+    return 1 if args.check and result.problems else 0
+
+
+COMMANDS = {"extract": cmd_extract, "train": cmd_train, "predict": cmd_predict, "inspect": cmd_inspect,
+            "demo": cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: featurebeam {extract,train,predict,demo} ...\n\n"
+        print("usage: featurebeam {extract,train,predict,inspect,demo} ...\n\n"
               "  extract  extract backbone features of images into sharded TFRecords + manifest.json\n"
               "  train    train classifier heads on extracted features; export a serving model\n"
               "  predict  classify raw images with a trained model directory\n"
+              "  inspect  summarise a feature set; --check verifies it against its manifest\n"
               "  demo     extract features of scikit-learn's digits and train a linear head on them\n\n"
               "Run 'featurebeam COMMAND --help' for a command's options.", file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2

@@ -89,19 +89,6 @@ def _check_dim(vector, source: FeatureSource, path: str, key: str) -> None:
                               f"{source.output.name!r}, but the manifest says {source.output.dim}")
 
 
-def _raw_records(path: str):
-    """Serialized records of one shard through Beam's FileSystems (gs://, s3://, ...), CRCs checked."""
-    from apache_beam.io.filesystems import FileSystems
-    from apache_beam.io.tfrecordio import _TFRecordUtil
-
-    with FileSystems.open(path, compression_type="uncompressed") as f:
-        while True:
-            record = _TFRecordUtil.read_record(f)
-            if record is None:
-                return
-            yield record
-
-
 def _read_shard(source: FeatureSource, path: str):
     """(keys, labels, rows) of one shard; tfrecord-lite for local files, Beam's FileSystems elsewhere."""
     key_name, vec_name = schema.KEY, source.output.example_key
@@ -119,7 +106,7 @@ def _read_shard(source: FeatureSource, path: str):
                 labels.append(label[0].decode("utf-8") if len(label) else None)
                 rows.append(np.asarray(vector, np.float32))
         else:
-            for raw in _raw_records(path):
+            for raw in schema.iter_serialized(path):
                 record = schema.decode_example(raw, [source.output])
                 _check_dim(record.vectors[source.output.name], source, path, record.key)
                 keys.append(record.key)
@@ -193,7 +180,7 @@ def stream_examples(sources: Sequence[FeatureSource], vocabulary: Sequence[str],
     if all("://" not in f for f in files):
         ds = tf.data.TFRecordDataset(files, num_parallel_reads=2)
     else:  # TensorFlow may lack the object store's filesystem: read through Beam's
-        ds = tf.data.Dataset.from_generator(lambda: (r for f in files for r in _raw_records(f)),
+        ds = tf.data.Dataset.from_generator(lambda: (r for f in files for r in schema.iter_serialized(f)),
                                             output_signature=tf.TensorSpec([], tf.string))
     ds = ds.map(parse, num_parallel_calls=2)
     ds = ds.filter(lambda x, y, is_val: tf.logical_and(y >= 0, tf.equal(is_val, want_validation)))

@@ -243,14 +243,13 @@ def test_balanced_class_weights_give_each_class_the_same_total_weight():
 
 
 def test_shards_read_through_beam_filesystems_equal_tfrecord_lite(tmp_path):
-    from pipeline.feature_sets import _raw_records
     from transforms import schema
 
     keys, labels, x = blobs(30, ["a", "b"], dim=16)
     labels[3] = None
     manifest = write_feature_set(str(tmp_path), keys, labels, x, shard_sizes=[30])
     path = schema.shard_paths(str(tmp_path), manifest)[0]
-    via_beam = [schema.decode_example(raw, manifest.outputs) for raw in _raw_records(path)]
+    via_beam = [schema.decode_example(raw, manifest.outputs) for raw in schema.iter_serialized(path)]
     via_lite = list(schema.read_records(path, manifest.outputs))
     expected = list(zip(keys, labels, strict=True))
     assert [(r.key, r.label) for r in via_beam] == [(r.key, r.label) for r in via_lite] == expected

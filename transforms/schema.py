@@ -35,6 +35,7 @@ __all__ = [
     "decode_example",
     "tf_feature_description",
     "read_records",
+    "iter_serialized",
     "read_manifest",
     "write_manifest",
 ]
@@ -123,6 +124,20 @@ def tf_feature_description(outputs: Sequence[OutputSpec]) -> dict:
     for out in outputs:
         desc[out.example_key] = tf.io.FixedLenFeature([out.dim], tf.float32)
     return desc
+
+
+def iter_serialized(path: str) -> Iterator[bytes]:
+    """Serialized records of one shard through Beam's FileSystems (local, gs://, s3://), CRCs checked;
+    a truncated or corrupt record raises ``ValueError``."""
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.io.tfrecordio import _TFRecordUtil
+
+    with FileSystems.open(path, compression_type="uncompressed") as f:
+        while True:
+            record = _TFRecordUtil.read_record(f)
+            if record is None:
+                return
+            yield record
 
 
 def read_records(path: str, outputs: Sequence[OutputSpec]) -> Iterator[FeatureRecord]:

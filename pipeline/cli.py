@@ -92,7 +92,10 @@ def format_summary(manifest, output: str, seconds: float) -> str:
     lines.append(f"  shards    {len(manifest.shards)} in {output.rstrip('/')}/features/")
     lines.append(f"  manifest  {output.rstrip('/')}/manifest.json")
     for reason, n in sorted(manifest.failures_by_reason.items(), key=lambda kv: -kv[1])[:5]:
-        lines.append(f"  failed    {n} x {reason} (details in {output.rstrip('/')}/errors/)")
+        example = manifest.failure_examples.get(reason)
+        lines.append(f"  failed    {n} x {reason}" + (f", e.g. {example}" if example else ""))
+    if manifest.failures_by_reason:
+        lines.append(f"  errors    one JSON line per failed input in {output.rstrip('/')}/errors/")
     return "\n".join(lines)
 
 

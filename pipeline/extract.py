@@ -30,9 +30,27 @@ def _relative(root: str, paths: Iterable[str]) -> list[str]:
     return sorted(p[len(prefix):] if p.startswith(prefix) else p for p in paths)
 
 
+class CountWithExample(beam.CombineFn):
+    """(count, smallest key) of a group: how often a failure reason occurred, and one key that shows it."""
+
+    def create_accumulator(self):
+        return 0, None
+
+    def add_input(self, acc, key):
+        return acc[0] + 1, key if acc[1] is None else min(acc[1], key)
+
+    def merge_accumulators(self, accumulators):
+        accumulators = list(accumulators)
+        keys = [k for _, k in accumulators if k is not None]
+        return sum(n for n, _ in accumulators), min(keys) if keys else None
+
+    def extract_output(self, acc):
+        return acc
+
+
 def manifest_for(config: ExtractConfig, shards, error_files, n_inputs, n_embedded, reasons, labels,
                  created: str) -> schema.Manifest:
-    failures = dict(sorted(reasons))
+    failures = {reason: count for reason, (count, _) in sorted(reasons)}
     return schema.Manifest(
         backbone=config.backbone.describe(),
         outputs=config.outputs,
@@ -42,6 +60,7 @@ def manifest_for(config: ExtractConfig, shards, error_files, n_inputs, n_embedde
         inputs={"specs": [spec.to_json() for spec in config.inputs]},
         error_files=_relative(config.output, error_files),
         failures_by_reason=failures,
+        failure_examples={reason: example for reason, (_, example) in sorted(reasons)},
         created=created,
     )
 
@@ -64,8 +83,8 @@ def build_extraction(p: beam.Pipeline, config: ExtractConfig) -> None:
     n_inputs = read["sources"] | "Count inputs" >> beam.combiners.Count.Globally()
     n_embedded = extracted["embedded"] | "Count embedded" >> beam.combiners.Count.Globally()
     reasons = (failures
-               | "Failure reason" >> beam.Map(lambda f: f.reason)
-               | "Count failures by reason" >> beam.combiners.Count.PerElement())
+               | "Failure reason" >> beam.Map(lambda f: (f.reason, f.key))
+               | "Count failures by reason" >> beam.CombinePerKey(CountWithExample()))
     labels = (read["sources"]
               | "Label of input" >> beam.Map(lambda s: s.label)
               | "Labelled only" >> beam.Filter(lambda label: label is not None)

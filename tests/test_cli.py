@@ -102,3 +102,11 @@ def test_local_defaults_apply_only_to_what_the_user_left_out(given, expected):
     from pipeline.cli import with_local_defaults
 
     assert with_local_defaults(given) == expected
+
+
+@pytest.mark.slow
+def test_summary_counts_add_up_and_name_an_example_of_each_failure(tmp_path, image_folder, capsys):
+    assert main(["extract", "--input", str(image_folder), "--output", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "embedded 8 of 10 inputs (2 failed)" in out
+    assert f"failed    2 x decode: ImageDecodeError, e.g. {image_folder / 'china/empty.jpg'}" in out

@@ -98,6 +98,7 @@ def test_bad_files_become_recorded_failures_and_counts_add_up(tmp_path, image_fo
 
     assert manifest.counts == {"inputs": 10, "embedded": 8, "failed": 2}
     assert manifest.failures_by_reason == {"decode: ImageDecodeError": 2}
+    assert manifest.failure_examples == {"decode: ImageDecodeError": str(image_folder / "china/empty.jpg")}
     lines = [json.loads(line) for f in manifest.error_files
              for line in open(os.path.join(config.output, f)) if line.strip()]
     by_key = {os.path.relpath(d["key"], image_folder): d for d in lines}

@@ -166,6 +166,7 @@ class Manifest:
     inputs: Mapping              # the input spec as given at launch
     error_files: Sequence[str] = ()
     failures_by_reason: Mapping[str, int] = field(default_factory=dict)
+    failure_examples: Mapping[str, str] = field(default_factory=dict)  # reason -> one key that failed so
     created: str = ""
     format_version: int = FORMAT_VERSION
 
@@ -178,6 +179,7 @@ class Manifest:
             "labels": list(self.labels),
             "counts": dict(self.counts),
             "failures_by_reason": dict(self.failures_by_reason),
+            "failure_examples": dict(self.failure_examples),
             "shards": list(self.shards),
             "error_files": list(self.error_files),
             "inputs": dict(self.inputs),
@@ -198,6 +200,7 @@ class Manifest:
             inputs=d["inputs"],
             error_files=tuple(d.get("error_files", ())),
             failures_by_reason=d.get("failures_by_reason", {}),
+            failure_examples=d.get("failure_examples", {}),
             created=d["created"],
             format_version=d["format_version"],
         )

@@ -13,9 +13,10 @@ import os
 from dataclasses import dataclass
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
-from pipeline.options import ConfigError, check_output_dir, clear_previous_outputs, resolve_input
+from pipeline.options import ConfigError, absolute, check_output_dir, clear_previous_outputs, resolve_input
 from transforms.classify import ClassifierHandler
 from transforms.decode import DecodeImageFn
 from transforms.images import ImagePreprocessing
@@ -47,7 +48,7 @@ class PredictConfig:
             spec = json.load(f)
         prep = ImagePreprocessing(**{**spec["preprocessing"], "mean": tuple(spec["preprocessing"]["mean"]),
                                      "std": tuple(spec["preprocessing"]["std"])})
-        output = os.path.abspath(output)
+        output = absolute(output)
         check_output_dir(output, overwrite)
         return cls(os.path.abspath(model_dir), tuple(resolve_input(i) for i in inputs), output, prep,
                    batch_size, overwrite)
@@ -68,7 +69,7 @@ def build_prediction(p: beam.Pipeline, config: PredictConfig):
                | "Classify" >> RunInference(handler)
                | "Prediction to JSON" >> beam.MapTuple(lambda meta, result: _prediction_json(meta, result.inference))
                | "Write predictions" >> beam.io.WriteToText(
-                   os.path.join(config.output, PREDICTIONS_DIR, "part"), file_name_suffix=".jsonl"))
+                   FileSystems.join(config.output, PREDICTIONS_DIR, "part"), file_name_suffix=".jsonl"))
     failures = (read[FAILED], decoded[FAILED]) | "All failures" >> beam.Flatten()
     failures | "Write failures" >> WriteFailures(config.output)
     return written
@@ -84,18 +85,22 @@ def run_prediction(config: PredictConfig, options) -> dict:
 
 
 def _jsonl(folder: str):
-    if not os.path.isdir(folder):
-        return
-    for name in sorted(os.listdir(folder)):
-        with open(os.path.join(folder, name)) as f:
-            for line in f:
+    """JSON objects of every ``part-*.jsonl`` under ``folder`` (local or remote)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    (match,) = FileSystems.match([FileSystems.join(folder, "part-*.jsonl")])
+    for path in sorted(m.path for m in match.metadata_list):
+        with FileSystems.open(path, compression_type="uncompressed") as f:
+            for line in f.read().decode("utf-8").splitlines():
                 if line.strip():
                     yield json.loads(line)
 
 
 def summarize_predictions(output: str) -> dict:
-    predictions = list(_jsonl(os.path.join(output, PREDICTIONS_DIR)))
-    failed = list(_jsonl(os.path.join(output, ERRORS_DIR)))
+    from apache_beam.io.filesystems import FileSystems
+
+    predictions = list(_jsonl(FileSystems.join(output, PREDICTIONS_DIR)))
+    failed = list(_jsonl(FileSystems.join(output, ERRORS_DIR)))
     labelled = [r for r in predictions if r["label"] is not None]
     correct = sum(r["label"] == r["predicted"] for r in labelled)
     return {"classified": len(predictions), "failed": len(failed), "labelled": len(labelled),

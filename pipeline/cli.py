@@ -103,13 +103,13 @@ def cmd_extract(argv: Sequence[str]) -> int:
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from pipeline.extract import run_extraction
-    from pipeline.options import ExtractConfig
+    from pipeline.options import ExtractConfig, ExtractOptions
 
     split_flags(_extract_parser(), argv)  # rejects flags that neither featurebeam nor Beam knows
     options = PipelineOptions(with_local_defaults(argv))
     config = ExtractConfig.from_options(options)
     start = time.monotonic()
-    manifest = run_extraction(config, options)
+    manifest = run_extraction(config, options, progress=not options.view_as(ExtractOptions).quiet)
     print(format_summary(manifest, config.output, time.monotonic() - start))
     return 0
 

@@ -10,14 +10,17 @@
 from __future__ import annotations
 
 import datetime
+import tempfile
 from collections.abc import Iterable
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.options import ExtractConfig, clear_previous_outputs
+from pipeline.progress import ProgressLine
 from transforms import schema
 from transforms.extract import ExtractFeatures
+from transforms.progress import CountProgress
 from transforms.records import FAILED
 from transforms.sinks import WriteFailures, WriteFeatures
 from transforms.sources import ReadRecords
@@ -70,14 +73,24 @@ def _write_manifest(_, config, created, shards, error_files, n_inputs, n_embedde
     return schema.write_manifest(config.output, manifest)
 
 
-def build_extraction(p: beam.Pipeline, config: ExtractConfig) -> None:
-    """Add the whole extraction job to ``p``."""
+def _counted(pcoll, progress_dir, stage: str):
+    if not progress_dir:
+        return pcoll
+    return pcoll | f"Progress: {stage}" >> beam.ParDo(CountProgress(progress_dir, stage))
+
+
+def build_extraction(p: beam.Pipeline, config: ExtractConfig, progress_dir: str | None = None) -> None:
+    """Add the whole extraction job to ``p``; with ``progress_dir``, its steps also report progress there."""
     read = p | "Read records" >> ReadRecords(config.inputs)
-    extracted = read["records"] | "Extract features" >> ExtractFeatures(
+    _counted(read["sources"], progress_dir, "listed")
+    records = _counted(read["records"], progress_dir, "read")
+    extracted = records | "Extract features" >> ExtractFeatures(
         config.backbone, config.outputs, config.batch_size, config.threads_per_worker)
+    _counted(extracted["embedded"], progress_dir, "embedded")
     shards = extracted["embedded"] | "Write features" >> WriteFeatures(config.output, config.outputs,
                                                                       config.num_shards)
     failures = (read[FAILED], extracted[FAILED]) | "All failures" >> beam.Flatten()
+    _counted(failures, progress_dir, "failed")
     error_files = failures | "Write failures" >> WriteFailures(config.output)
 
     n_inputs = read["sources"] | "Count inputs" >> beam.combiners.Count.Globally()
@@ -106,12 +119,20 @@ class CountsMismatchError(RuntimeError):
     pass
 
 
-def run_extraction(config: ExtractConfig, options: PipelineOptions) -> schema.Manifest:
-    """Run the job to completion and return its manifest; the counts must add up."""
+def run_extraction(config: ExtractConfig, options: PipelineOptions, progress: bool = False,
+                   progress_every: float = 5.0) -> schema.Manifest:
+    """Run the job to completion and return its manifest; the counts must add up.
+
+    ``progress``: print a live progress line on stderr (local runners: the workers share this machine)."""
     if config.overwrite:
         clear_previous_outputs(config.output)
-    with beam.Pipeline(options=options) as p:
-        build_extraction(p, config)
+    if progress and config.threads_per_worker is not None:  # a local run
+        with tempfile.TemporaryDirectory(prefix="featurebeam-progress-") as progress_dir:
+            with ProgressLine(progress_dir, log_every=progress_every), beam.Pipeline(options=options) as p:
+                build_extraction(p, config, progress_dir)
+    else:
+        with beam.Pipeline(options=options) as p:
+            build_extraction(p, config)
     manifest = schema.read_manifest(config.output)
     counts = manifest.counts
     if counts["inputs"] != counts["embedded"] + counts["failed"]:

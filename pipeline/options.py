@@ -49,6 +49,7 @@ class ExtractOptions(PipelineOptions):
                             help="TensorFlow threads per worker process (default: cores / local workers)")
         parser.add_argument("--overwrite", action="store_true",
                             help="replace the features, errors and manifest already in OUTDIR")
+        parser.add_argument("--quiet", action="store_true", help="no live progress line on stderr")
 
 
 @dataclass(frozen=True)

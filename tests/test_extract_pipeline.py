@@ -152,3 +152,24 @@ def test_output_reads_back_identically_with_tf_data_and_tfrecord_lite(tmp_path, 
         assert example[schema.KEY].numpy().decode() == record.key
         assert example[schema.LABEL].numpy().decode() == (record.label or "")
         np.testing.assert_array_equal(example[MEAN_COLOUR.example_key].numpy(), record.vectors["pixels"])
+
+
+def test_progress_lines_come_from_worker_processes(tmp_path, many_images, worker_env, capsys):
+    root, _ = many_images
+    config = _config(tmp_path, [InputSpec.directory(str(root))], MeanColourBackbone(str(tmp_path / "l")))
+    run_extraction(config, PipelineOptions(TWO_PROCESSES), progress=True, progress_every=0.2)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("featurebeam: progress")]
+    assert lines, "no progress line"
+    assert lines[-1].startswith("featurebeam: progress  listed 40, read 40, embedded 40, failed 0")
+    embedded = [int(line.split("embedded ")[1].split(",")[0]) for line in lines]
+    assert embedded == sorted(embedded)  # never goes backwards
+
+
+def test_quiet_silences_the_progress_line(tmp_path, many_images, capsys):
+    from pipeline.cli import main
+
+    root, _ = many_images
+    assert main(["extract", "--input", str(root), "--output", str(tmp_path / "o"), "--quiet"]) == 0
+    assert "featurebeam: progress" not in capsys.readouterr().err
+    assert main(["extract", "--input", str(root), "--output", str(tmp_path / "o2")]) == 0
+    assert "featurebeam: progress  listed 40, read 40, embedded 40" in capsys.readouterr().err

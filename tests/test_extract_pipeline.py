@@ -173,3 +173,25 @@ def test_quiet_silences_the_progress_line(tmp_path, many_images, capsys):
     assert "featurebeam: progress" not in capsys.readouterr().err
     assert main(["extract", "--input", str(root), "--output", str(tmp_path / "o2")]) == 0
     assert "featurebeam: progress  listed 40, read 40, embedded 40" in capsys.readouterr().err
+
+
+def test_beam_metrics_under_one_namespace_add_up(tmp_path, image_folder, worker_env):
+    config = _config(tmp_path, [InputSpec.directory(str(image_folder))], MeanColourBackbone(str(tmp_path / "l")),
+                     batch_size=3)
+    p = beam.Pipeline(options=PipelineOptions(IN_PROCESS))
+    build_extraction(p, config)
+    result = p.run()
+    result.wait_until_finish()
+    metrics = result.metrics().query(MetricsFilter().with_namespace("featurebeam"))
+    counters = {c.key.metric.name: c.committed for c in metrics["counters"]}
+    distributions = {d.key.metric.name: d.committed for d in metrics["distributions"]}
+    assert counters["records_read"] == 10
+    assert counters["records_decoded"] == counters["records_embedded"] == 8
+    assert counters["records_failed"] == counters["failed decode: ImageDecodeError"] == 2
+    assert counters["bytes_read"] == sum(f.stat().st_size for f in image_folder.rglob("*") if f.is_file())
+    assert counters["feature_bytes_written"] > 0
+    # RunInference's own metrics land in the same namespace (BackboneHandler.get_metrics_namespace).
+    batch_sizes = distributions["inference_request_batch_size"]
+    assert batch_sizes.sum == 8 and batch_sizes.max <= 3
+    assert distributions["load_model_latency_milli_secs"].count == 1
+    assert distributions["inference_batch_latency_micro_secs"].count == batch_sizes.count

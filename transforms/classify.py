@@ -7,6 +7,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from transforms.records import METRICS_NAMESPACE
+
 __all__ = ["ClassifierHandler"]
 
 
@@ -39,4 +41,4 @@ class ClassifierHandler(ModelHandler[np.ndarray, PredictionResult, object]):
         return sum(image.nbytes for image in batch)
 
     def get_metrics_namespace(self) -> str:
-        return "featurebeam"
+        return METRICS_NAMESPACE

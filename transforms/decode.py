@@ -6,7 +6,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from transforms.images import ImagePreprocessing, decode_image
-from transforms.records import FAILED, Failure, Record
+from transforms.records import FAILED, METRICS_NAMESPACE, Failure, Record
 
 __all__ = ["DecodeImageFn"]
 
@@ -16,7 +16,7 @@ class DecodeImageFn(beam.DoFn):
 
     def __init__(self, preprocessing: ImagePreprocessing):
         self._prep = preprocessing
-        self._decoded = Metrics.counter("featurebeam", "records_decoded")
+        self._decoded = Metrics.counter(METRICS_NAMESPACE, "records_decoded")
 
     def process(self, record: Record):
         try:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from transforms.records import METRICS_NAMESPACE
 from transforms.schema import OutputSpec
 
 __all__ = ["BackboneHandler", "LoadedBackbone", "pooled_dim", "pool", "configure_tensorflow_threads", "POOLINGS"]
@@ -122,4 +123,4 @@ class BackboneHandler(ModelHandler[np.ndarray, PredictionResult, LoadedBackbone]
         return sum(image.nbytes for image in batch)
 
     def get_metrics_namespace(self) -> str:
-        return "featurebeam"
+        return METRICS_NAMESPACE

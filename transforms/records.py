@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from typing import NamedTuple
 
-__all__ = ["SourceFile", "Record", "Failure", "FAILED"]
+__all__ = ["SourceFile", "Record", "Failure", "FAILED", "METRICS_NAMESPACE"]
 
 FAILED = "failed"  # tag of every transform's failure output
+METRICS_NAMESPACE = "featurebeam"  # every Beam metric of the project, so the Dataflow UI groups them
 
 
 class SourceFile(NamedTuple):

@@ -6,9 +6,10 @@ from collections.abc import Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
 
 from transforms import schema
-from transforms.records import Failure
+from transforms.records import METRICS_NAMESPACE, Failure
 
 __all__ = ["WriteFeatures", "WriteFailures"]
 
@@ -26,14 +27,33 @@ class WriteFeatures(beam.PTransform):
         self._num_shards = num_shards
 
     def expand(self, embedded):
-        outputs = self._outputs
         return (
             embedded
-            | "Encode tf.train.Example" >> beam.MapTuple(
-                lambda meta, vectors: schema.encode_example(meta[0], meta[1], vectors, outputs))
+            | "Encode tf.train.Example" >> beam.ParDo(_EncodeExampleFn(self._outputs))
             | "Write TFRecord shards" >> beam.io.WriteToTFRecord(
                 self._prefix, file_name_suffix=schema.SHARD_SUFFIX, num_shards=self._num_shards)
         )
+
+
+class _EncodeExampleFn(beam.DoFn):
+    def __init__(self, outputs):
+        self._outputs = outputs
+        self._embedded = Metrics.counter(METRICS_NAMESPACE, "records_embedded")
+        self._bytes = Metrics.counter(METRICS_NAMESPACE, "feature_bytes_written")
+
+    def process(self, element):
+        (key, label), vectors = element
+        data = schema.encode_example(key, label, vectors, self._outputs)
+        self._embedded.inc()
+        self._bytes.inc(len(data))
+        yield data
+
+
+class _CountFailureFn(beam.DoFn):
+    def process(self, failure: Failure):
+        Metrics.counter(METRICS_NAMESPACE, "records_failed").inc()
+        Metrics.counter(METRICS_NAMESPACE, f"failed {failure.reason}").inc()
+        yield failure.to_json()
 
 
 class WriteFailures(beam.PTransform):
@@ -46,6 +66,6 @@ class WriteFailures(beam.PTransform):
     def expand(self, failures):
         return (
             failures
-            | "Failure to JSON" >> beam.Map(Failure.to_json)
+            | "Count and serialise failure" >> beam.ParDo(_CountFailureFn())
             | "Write JSON lines" >> beam.io.WriteToText(self._prefix, file_name_suffix=".jsonl")
         )

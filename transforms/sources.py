@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
 
-from transforms.records import FAILED, Failure, Record, SourceFile
+from transforms.records import FAILED, METRICS_NAMESPACE, Failure, Record, SourceFile
 
 __all__ = ["InputSpec", "label_from_path", "list_source_files", "ReadRecords", "ReadFileFn"]
 
@@ -76,6 +77,10 @@ def list_source_files(spec: InputSpec) -> Iterator[SourceFile]:
 class ReadFileFn(beam.DoFn):
     """SourceFile -> Record with the file's bytes; unreadable files go to the ``failed`` output."""
 
+    def __init__(self):
+        self._read = Metrics.counter(METRICS_NAMESPACE, "records_read")
+        self._bytes = Metrics.counter(METRICS_NAMESPACE, "bytes_read")
+
     def process(self, source: SourceFile):
         try:
             with FileSystems.open(source.uri, compression_type="uncompressed") as f:
@@ -83,6 +88,8 @@ class ReadFileFn(beam.DoFn):
         except Exception as e:  # any storage error is this record's failure, not the job's
             yield beam.pvalue.TaggedOutput(FAILED, Failure.from_exception(source.uri, source.uri, "read", e))
             return
+        self._read.inc()
+        self._bytes.inc(len(payload))
         yield Record(source.uri, payload, source.label)
 
 

@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint setup clean
+.PHONY: demo test lint setup browser clean
 
 setup: $(VENV)/.installed
 
@@ -19,10 +19,15 @@ $(VENV)/.installed: pyproject.toml setup.py weights-requirements.txt
 demo: setup
 	$(BIN)/featurebeam demo
 
+# The report test renders pages in Debian's headless Chromium (installed once, as root, from apt).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
 lint: setup
 	$(BIN)/ruff check .
 
-test: setup lint
+test: setup browser lint
 	$(BIN)/python -m pytest
 
 clean:

@@ -4,6 +4,7 @@
     featurebeam train --features DIR --output MODELDIR [--head linear|mlp ...] [--test-features DIR]
     featurebeam predict --model MODELDIR --input DIR_OR_GLOB --output OUTDIR [Beam flags]
     featurebeam inspect OUTDIR [--check]
+    featurebeam report OUTDIR [--model MODELDIR]
     featurebeam demo [--workdir DIR] [Beam flags]
 
 Every flag that is not featurebeam's own is handed to Apache Beam (``--runner``, ``--direct_num_workers``,
@@ -219,18 +220,36 @@ def cmd_inspect(argv: Sequence[str]) -> int:
     return 1 if args.check and result.problems else 0
 
 
+def cmd_report(argv: Sequence[str]) -> int:
+    from pipeline.report import build_report
+
+    parser = argparse.ArgumentParser(prog="featurebeam report", allow_abbrev=False,
+                                     description="Write one self-contained HTML page about a feature set.")
+    parser.add_argument("output", metavar="OUTDIR", help="a feature set written by featurebeam extract")
+    parser.add_argument("--model", metavar="MODELDIR", help="also show a trained model's metrics")
+    parser.add_argument("--html", metavar="FILE", help="where to write the page (default: OUTDIR/report.html)")
+    args = parser.parse_args(argv)
+    path = args.html or os.path.join(args.output, "report.html")
+    text = build_report(args.output, args.model)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    print(f"featurebeam: report written to {path} ({len(text) // 1024} KB)")
+    return 0
+
+
 COMMANDS = {"extract": cmd_extract, "train": cmd_train, "predict": cmd_predict, "inspect": cmd_inspect,
-            "demo": cmd_demo}
+            "report": cmd_report, "demo": cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: featurebeam {extract,train,predict,inspect,demo} ...\n\n"
+        print("usage: featurebeam {extract,train,predict,inspect,report,demo} ...\n\n"
               "  extract  extract backbone features of images into sharded TFRecords + manifest.json\n"
               "  train    train classifier heads on extracted features; export a serving model\n"
               "  predict  classify raw images with a trained model directory\n"
               "  inspect  summarise a feature set; --check verifies it against its manifest\n"
+              "  report   one self-contained HTML page: manifest, labels, PCA projection, failures, metrics\n"
               "  demo     extract features of scikit-learn's digits and train a linear head on them\n\n"
               "Run 'featurebeam COMMAND --help' for a command's options.", file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2

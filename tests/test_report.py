@@ -15,7 +15,7 @@ from tests.featuresets import blobs, write_feature_set
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--virtual-time-budget=5000"]
+                  "--virtual-time-budget=5000", "--enable-logging=stderr", "--v=0"]
 
 
 def _chromium():
@@ -27,13 +27,15 @@ def _chromium():
     return path
 
 
-def _body_attributes(html_path, tmp_path) -> str:
-    """Load the page in headless Chromium; return the <body ...> tag of the DOM after its scripts ran."""
+def _load(html_path, tmp_path) -> tuple[str, list[str]]:
+    """Load the page in headless Chromium; return the <body ...> tag of the DOM after its scripts ran, and
+    the page's console messages."""
     out = subprocess.run([_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
                           f"file://{html_path}"], capture_output=True, text=True, timeout=120)
     start = out.stdout.find("<body")
     assert start >= 0, out.stderr[-2000:]
-    return out.stdout[start:out.stdout.find(">", start) + 1]
+    console = [line for line in out.stderr.splitlines() if ":CONSOLE" in line]
+    return out.stdout[start:out.stdout.find(">", start) + 1], console
 
 
 def test_pca_finds_the_direction_of_largest_variance():
@@ -67,8 +69,9 @@ def test_report_renders_in_headless_chromium_with_its_projection(report_inputs, 
     assert 'id="projection-plot"' in text and "data:image/png;base64," in text
     assert "http://" not in text and "https://" not in text  # self-contained: nothing to fetch
     assert "Confusion matrix" in text and "best head: linear" in text
-    body = _body_attributes(page, tmp_path)
+    body, console = _load(page, tmp_path)
     assert 'data-ready="ok"' in body and 'data-errors="0"' in body and 'data-plots="2"' in body, body
+    assert console == []
 
 
 @pytest.mark.slow
@@ -81,5 +84,6 @@ def test_the_browser_check_sees_a_broken_plot_and_a_script_error(report_inputs, 
     broken = broken.replace("</body>", "<script>notDefinedAnywhere();</script></body>")
     page = tmp_path / "broken.html"
     page.write_text(broken)
-    body = _body_attributes(page, tmp_path)
+    body, console = _load(page, tmp_path)
     assert 'data-ready="broken"' in body and 'data-errors="1"' in body, body
+    assert any("Uncaught ReferenceError: notDefinedAnywhere" in line for line in console), console

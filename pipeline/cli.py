@@ -229,10 +229,12 @@ def cmd_report(argv: Sequence[str]) -> int:
     parser.add_argument("--model", metavar="MODELDIR", help="also show a trained model's metrics")
     parser.add_argument("--html", metavar="FILE", help="where to write the page (default: OUTDIR/report.html)")
     args = parser.parse_args(argv)
-    path = args.html or os.path.join(args.output, "report.html")
+    from apache_beam.io.filesystems import FileSystems
+
+    path = args.html or FileSystems.join(args.output, "report.html")
     text = build_report(args.output, args.model)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
+    with FileSystems.create(path, mime_type="text/html") as f:
+        f.write(text.encode("utf-8"))
     print(f"featurebeam: report written to {path} ({len(text) // 1024} KB)")
     return 0
 

@@ -1,4 +1,4 @@
-"""The embedded MobileNetV2 reproduces torchvision's own outputs (../shared/reference, copied to tests/data)."""
+"""The embedded MobileNetV2 reproduces torchvision's own outputs (reference outputs in tests/data, see REFERENCE.md)."""
 
 from __future__ import annotations
 

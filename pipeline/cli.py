@@ -112,6 +112,12 @@ def cmd_extract(argv: Sequence[str]) -> int:
     start = time.monotonic()
     manifest = run_extraction(config, options, progress=not options.view_as(ExtractOptions).quiet)
     print(format_summary(manifest, config.output, time.monotonic() - start))
+    counts = manifest.counts
+    if counts["inputs"] and counts["failed"] / counts["inputs"] > config.max_failure_fraction:
+        print(f"featurebeam extract: failed: {counts['failed']} of {counts['inputs']} inputs failed, more than "
+              f"--max-failure-fraction {config.max_failure_fraction:g}; the outputs written are kept "
+              f"(reasons in {config.output.rstrip('/')}/errors/)", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -50,6 +50,9 @@ class ExtractOptions(PipelineOptions):
         parser.add_argument("--overwrite", action="store_true",
                             help="replace the features, errors and manifest already in OUTDIR")
         parser.add_argument("--quiet", action="store_true", help="no live progress line on stderr")
+        parser.add_argument("--max-failure-fraction", type=float, default=1.0, metavar="F",
+                            help="end with a non-zero status when more than F of the inputs failed "
+                                 "(the outputs stay; default 1: never)")
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class ExtractConfig:
     num_shards: int
     threads_per_worker: int | None
     overwrite: bool
+    max_failure_fraction: float = 1.0
 
     @classmethod
     def from_options(cls, options: PipelineOptions) -> ExtractConfig:
@@ -74,6 +78,8 @@ class ExtractConfig:
             raise ConfigError(f"--batch-size must be at least 1, got {o.batch_size}")
         if o.num_shards < 0:
             raise ConfigError(f"--num-shards must be 0 (automatic) or more, got {o.num_shards}")
+        if not 0.0 <= o.max_failure_fraction <= 1.0:
+            raise ConfigError(f"--max-failure-fraction must be between 0 and 1, got {o.max_failure_fraction}")
         if o.threads_per_worker is not None and o.threads_per_worker < 1:
             raise ConfigError(f"--threads-per-worker must be at least 1, got {o.threads_per_worker}")
         inputs = tuple(resolve_input(uri) for uri in o.input)
@@ -84,7 +90,8 @@ class ExtractConfig:
         output = absolute(o.output)
         check_output_dir(output, o.overwrite)
         threads = o.threads_per_worker or local_threads_per_worker(options)
-        return cls(inputs, output, backbone, outputs, o.batch_size, o.num_shards, threads, o.overwrite)
+        return cls(inputs, output, backbone, outputs, o.batch_size, o.num_shards, threads, o.overwrite,
+                   o.max_failure_fraction)
 
 
 def absolute(uri: str) -> str:

@@ -110,3 +110,17 @@ def test_summary_counts_add_up_and_name_an_example_of_each_failure(tmp_path, ima
     out = capsys.readouterr().out
     assert "embedded 8 of 10 inputs (2 failed)" in out
     assert f"failed    2 x decode: ImageDecodeError, e.g. {image_folder / 'china/empty.jpg'}" in out
+
+
+@pytest.mark.slow
+def test_too_many_failures_end_with_a_clear_non_zero_status(tmp_path, image_folder, capsys):
+    out = tmp_path / "o"
+    assert main(["extract", "--input", str(image_folder), "--output", str(out), "--quiet",
+                 "--max-failure-fraction", "0.1"]) == 3
+    err = capsys.readouterr().err
+    assert "2 of 10 inputs failed, more than --max-failure-fraction 0.1; the outputs written are kept" in err
+    assert (out / "manifest.json").exists()
+    assert main(["extract", "--input", str(image_folder), "--output", str(out), "--quiet", "--overwrite",
+                 "--max-failure-fraction", "0.2"]) == 0
+    assert main(["extract", "--input", str(image_folder), "--output", str(out), "--max-failure-fraction", "2"]) == 2
+    assert "--max-failure-fraction must be between 0 and 1, got 2.0" in capsys.readouterr().err

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.feature_sets import _read_manifest
+from pipeline.feature_sets import read_feature_manifest
 from transforms import schema
 
 __all__ = ["Inspection", "inspect_feature_set", "format_inspection"]
@@ -44,7 +44,7 @@ def inspect_feature_set(root: str, samples: int = 3) -> Inspection:
     from apache_beam.io.filesystems import FileSystems
     from tensorflow.core.example import example_pb2
 
-    manifest = _read_manifest(root)
+    manifest = read_feature_manifest(root)
     result = Inspection(root, manifest)
     seen_keys: dict[str, str] = {}
     kinds = collections.Counter()

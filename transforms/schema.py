@@ -141,17 +141,21 @@ def iter_serialized(path: str) -> Iterator[bytes]:
 
 
 def read_records(path: str, outputs: Sequence[OutputSpec]) -> Iterator[FeatureRecord]:
-    """Fast TF-free reading of one local shard with tfrecord-lite."""
+    """Fast TF-free reading of one local shard with tfrecord-lite (raises ImportError without it)."""
     import tfrecord_lite
 
     names = [KEY, LABEL] + [out.example_key for out in outputs]
-    for d in tfrecord_lite.tf_record_iterator(path, names=names):
-        labels = d.get(LABEL) or []
-        yield FeatureRecord(
-            key=d[KEY][0].decode("utf-8"),
-            label=labels[0].decode("utf-8") if len(labels) else None,
-            vectors={out.name: np.asarray(d[out.example_key], dtype=np.float32) for out in outputs},
-        )
+
+    def records():
+        for d in tfrecord_lite.tf_record_iterator(path, names=names):
+            labels = d.get(LABEL) or []
+            yield FeatureRecord(
+                key=d[KEY][0].decode("utf-8"),
+                label=labels[0].decode("utf-8") if len(labels) else None,
+                vectors={out.name: np.asarray(d.get(out.example_key, []), dtype=np.float32) for out in outputs},
+            )
+
+    return records()
 
 
 @dataclass(frozen=True)

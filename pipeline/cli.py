@@ -104,13 +104,13 @@ def cmd_extract(argv: Sequence[str]) -> int:
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from pipeline.extract import run_extraction
-    from pipeline.options import ExtractConfig, ExtractOptions
+    from pipeline.options import ExtractConfig
 
     split_flags(_extract_parser(), argv)  # rejects flags that neither featurebeam nor Beam knows
     options = PipelineOptions(with_local_defaults(argv))
     config = ExtractConfig.from_options(options)
     start = time.monotonic()
-    manifest = run_extraction(config, options, progress=not options.view_as(ExtractOptions).quiet)
+    manifest = run_extraction(config, options, progress=not config.quiet)
     print(format_summary(manifest, config.output, time.monotonic() - start))
     counts = manifest.counts
     if counts["inputs"] and counts["failed"] / counts["inputs"] > config.max_failure_fraction:

@@ -66,6 +66,7 @@ class ExtractConfig:
     threads_per_worker: int | None
     overwrite: bool
     max_failure_fraction: float = 1.0
+    quiet: bool = False
 
     @classmethod
     def from_options(cls, options: PipelineOptions) -> ExtractConfig:
@@ -91,7 +92,7 @@ class ExtractConfig:
         check_output_dir(output, o.overwrite)
         threads = o.threads_per_worker or local_threads_per_worker(options)
         return cls(inputs, output, backbone, outputs, o.batch_size, o.num_shards, threads, o.overwrite,
-                   o.max_failure_fraction)
+                   o.max_failure_fraction, o.quiet)
 
 
 def absolute(uri: str) -> str:

@@ -1,6 +1,6 @@
 """The extraction job: input files -> decoded images -> backbone features -> TFRecord shards + manifest.
 
-1. ``ReadRecords`` lists the inputs on the workers, spreads them, reads each file;
+1. ``ReadRecords`` lists the inputs on the workers, expands manifests and archives, spreads the reading;
 2. ``ExtractFeatures`` decodes to the backbone's fixed uint8 input and embeds in batches (``RunInference``);
 3. ``WriteFeatures`` writes ``features/part-*.tfrecord``; ``WriteFailures`` writes ``errors/part-*.jsonl``;
 4. the last step writes ``manifest.json`` from the shards written and the counts, so a manifest exists only
@@ -52,7 +52,7 @@ class CountWithExample(beam.CombineFn):
 
 
 def manifest_for(config: ExtractConfig, shards, error_files, n_inputs, n_embedded, reasons, labels,
-                 created: str) -> schema.Manifest:
+                 created: str, splits=()) -> schema.Manifest:
     failures = {reason: count for reason, (count, _) in sorted(reasons)}
     return schema.Manifest(
         backbone=config.backbone.describe(),
@@ -60,16 +60,17 @@ def manifest_for(config: ExtractConfig, shards, error_files, n_inputs, n_embedde
         labels=sorted(labels),
         counts={"inputs": n_inputs, "embedded": n_embedded, "failed": sum(failures.values())},
         shards=_relative(config.output, shards),
-        inputs={"specs": [spec.to_json() for spec in config.inputs]},
+        inputs={"specs": [spec.to_json() for spec in config.inputs], "fields": config.fields.to_json()},
         error_files=_relative(config.output, error_files),
         failures_by_reason=failures,
         failure_examples={reason: example for reason, (_, example) in sorted(reasons)},
         created=created,
+        splits=sorted(splits),
     )
 
 
-def _write_manifest(_, config, created, shards, error_files, n_inputs, n_embedded, reasons, labels):
-    manifest = manifest_for(config, shards, error_files, n_inputs, n_embedded, reasons, labels, created)
+def _write_manifest(_, config, created, shards, error_files, n_inputs, n_embedded, reasons, labels, splits):
+    manifest = manifest_for(config, shards, error_files, n_inputs, n_embedded, reasons, labels, created, splits)
     return schema.write_manifest(config.output, manifest)
 
 
@@ -81,7 +82,7 @@ def _counted(pcoll, progress_dir, stage: str):
 
 def build_extraction(p: beam.Pipeline, config: ExtractConfig, progress_dir: str | None = None) -> None:
     """Add the whole extraction job to ``p``; with ``progress_dir``, its steps also report progress there."""
-    read = p | "Read records" >> ReadRecords(config.inputs)
+    read = p | "Read records" >> ReadRecords(config.inputs, config.fields, config.chunk_bytes)
     _counted(read["sources"], progress_dir, "listed")
     records = _counted(read["records"], progress_dir, "read")
     extracted = records | "Extract features" >> ExtractFeatures(
@@ -93,15 +94,21 @@ def build_extraction(p: beam.Pipeline, config: ExtractConfig, progress_dir: str 
     _counted(failures, progress_dir, "failed")
     error_files = failures | "Write failures" >> WriteFailures(config.output)
 
-    n_inputs = read["sources"] | "Count inputs" >> beam.combiners.Count.Globally()
+    n_inputs = ((read["records"], read[FAILED])
+                | "Inputs found" >> beam.Flatten()
+                | "Count inputs" >> beam.combiners.Count.Globally())
     n_embedded = extracted["embedded"] | "Count embedded" >> beam.combiners.Count.Globally()
     reasons = (failures
                | "Failure reason" >> beam.Map(lambda f: (f.reason, f.key))
                | "Count failures by reason" >> beam.CombinePerKey(CountWithExample()))
-    labels = (read["sources"]
-              | "Label of input" >> beam.Map(lambda s: s.label)
+    labels = (read["records"]
+              | "Label of input" >> beam.Map(lambda r: r.label)
               | "Labelled only" >> beam.Filter(lambda label: label is not None)
               | "Label vocabulary" >> beam.Distinct())
+    splits = (read["records"]
+              | "Split of input" >> beam.Map(lambda r: r.split)
+              | "With a split only" >> beam.Filter(lambda split: split is not None)
+              | "Split names" >> beam.Distinct())
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     _ = (p
          | "Start manifest" >> beam.Create([None])
@@ -112,7 +119,8 @@ def build_extraction(p: beam.Pipeline, config: ExtractConfig, progress_dir: str 
              n_inputs=beam.pvalue.AsSingleton(n_inputs),
              n_embedded=beam.pvalue.AsSingleton(n_embedded),
              reasons=beam.pvalue.AsList(reasons),
-             labels=beam.pvalue.AsList(labels)))
+             labels=beam.pvalue.AsList(labels),
+             splits=beam.pvalue.AsList(splits)))
 
 
 class CountsMismatchError(RuntimeError):

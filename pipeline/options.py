@@ -16,7 +16,8 @@ from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptio
 from pipeline.backbones import BackboneSpec, resolve_backbone, stage_backbone
 from transforms.inference import POOLINGS, pooled_dim
 from transforms.schema import ERRORS_DIR, FEATURES_DIR, MANIFEST_NAME, OutputSpec
-from transforms.sources import InputSpec, is_glob
+from transforms.sources import DEFAULT_CHUNK_BYTES, FORMATS, InputFields, InputSpec, is_glob
+from transforms.storage import bucket_exists, bucket_of, use_storage_emulator
 
 __all__ = ["ExtractOptions", "ExtractConfig", "ConfigError", "DEFAULT_RUNNER", "DEFAULT_LOCAL_FLAGS", "LOCAL_RUNNERS"]
 
@@ -34,8 +35,35 @@ class ExtractOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument("--input", action="append", metavar="INPUT",
-                            help="a directory of images (recursive; first-level subfolders are labels) or a glob; "
-                                 "repeatable")
+                            help="a directory of images (recursive; first-level subfolders are labels), a glob or "
+                                 "a file: loose images, .csv/.jsonl manifests, .tar shards, .tfrecord files; "
+                                 "local, gs:// or s3://; repeatable")
+        parser.add_argument("--input-format", default="auto", choices=("auto",) + FORMATS,
+                            help="how to read every --input (default auto: from the file extension; a directory "
+                                 "is loose files; text is never guessed)")
+        fields = InputFields()
+        parser.add_argument("--uri-field", default=None, metavar="NAME",
+                            help="manifest column with each file's URI (default: the first of uri, path, filepath, "
+                                 "file, filename, image); relative URIs resolve against the manifest's folder")
+        parser.add_argument("--label-field", default=fields.label, metavar="NAME",
+                            help=f"manifest/text column, or tar sample .json field, with the label "
+                                 f"(default: {fields.label})")
+        parser.add_argument("--split-field", default=fields.split, metavar="NAME",
+                            help=f"manifest/text column with the split, kept in each record (default: {fields.split})")
+        parser.add_argument("--text-field", default=fields.text, metavar="NAME",
+                            help=f"text inputs: the column with the text (default: {fields.text})")
+        parser.add_argument("--id-field", default=fields.id, metavar="NAME",
+                            help=f"text inputs: the column with a row id; keys are URI#id, else URI#ROW "
+                                 f"(default: {fields.id})")
+        parser.add_argument("--image-feature", default=fields.image_feature, metavar="NAME",
+                            help=f"TFRecord inputs: the bytes feature with the encoded image "
+                                 f"(default: {fields.image_feature})")
+        parser.add_argument("--label-feature", default=fields.label_feature, metavar="NAME",
+                            help=f"TFRecord inputs: the bytes or int64 feature with the label "
+                                 f"(default: {fields.label_feature})")
+        parser.add_argument("--read-chunk-mb", type=float, default=DEFAULT_CHUNK_BYTES / 2**20, metavar="MB",
+                            help="tar shards and TFRecord files are read in chunks of about this size, spread "
+                                 "over the workers (default: 64)")
         parser.add_argument("--output", metavar="OUTDIR", help="where features/ and manifest.json are written")
         parser.add_argument("--backbone", default="mobilenet_v2", help="backbone name (default: mobilenet_v2)")
         parser.add_argument("--layer", action="append", metavar="NAME",
@@ -67,6 +95,8 @@ class ExtractConfig:
     overwrite: bool
     max_failure_fraction: float = 1.0
     quiet: bool = False
+    fields: InputFields = InputFields()
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
 
     @classmethod
     def from_options(cls, options: PipelineOptions) -> ExtractConfig:
@@ -83,40 +113,77 @@ class ExtractConfig:
             raise ConfigError(f"--max-failure-fraction must be between 0 and 1, got {o.max_failure_fraction}")
         if o.threads_per_worker is not None and o.threads_per_worker < 1:
             raise ConfigError(f"--threads-per-worker must be at least 1, got {o.threads_per_worker}")
-        inputs = tuple(resolve_input(uri) for uri in o.input)
+        if o.read_chunk_mb <= 0:
+            raise ConfigError(f"--read-chunk-mb must be positive, got {o.read_chunk_mb:g}")
+        use_storage_options(options)
+        inputs = tuple(resolve_input(uri, o.input_format) for uri in o.input)
         backbone = resolve_backbone(o.backbone)
+        text = [spec.uri for spec in inputs if spec.format == "text"]
+        if text:
+            raise ConfigError(f"input {text[0]} is text, but backbone {backbone.name} embeds images; "
+                              "choose a text backbone")
         if runner_name(options) not in LOCAL_RUNNERS:
             backbone = stage_backbone(backbone, remote_staging_location(options))
         outputs = resolve_outputs(backbone, o.layer or [backbone.default_layer], o.pooling)
         output = absolute(o.output)
         check_output_dir(output, o.overwrite)
         threads = o.threads_per_worker or local_threads_per_worker(options)
+        fields = InputFields(o.uri_field, o.label_field, o.split_field, o.text_field, o.id_field,
+                             o.image_feature, o.label_feature)
         return cls(inputs, output, backbone, outputs, o.batch_size, o.num_shards, threads, o.overwrite,
-                   o.max_failure_fraction, o.quiet)
+                   o.max_failure_fraction, o.quiet, fields, int(o.read_chunk_mb * 2**20))
 
 
 def absolute(uri: str) -> str:
     return uri if "://" in uri else os.path.abspath(os.path.expanduser(uri))
 
 
-def resolve_input(uri: str) -> InputSpec:
-    """Classify one ``--input`` and check, cheaply, that it names at least one file."""
+def use_storage_options(options: PipelineOptions) -> None:
+    """Let the launcher's own listing and checks see object storage as the workers will (S3 endpoint and
+    keys, GCS emulator)."""
+    FileSystems.set_options(options)
+    use_storage_emulator()
+
+
+def _missing_bucket(uri: str) -> str | None:
+    found = bucket_of(uri)
+    if found and bucket_exists(uri, FileSystems._pipeline_options) is False:
+        scheme, bucket = found
+        return f"bucket {scheme}://{bucket} does not exist (or these credentials cannot see it)"
+    return None
+
+
+def resolve_input(uri: str, input_format: str = "auto") -> InputSpec:
+    """Classify one ``--input`` and check, cheaply, that it names at least one file (no data is read)."""
     uri = absolute(uri)
+    fmt = None if input_format == "auto" else input_format
     if is_glob(uri):
-        spec = InputSpec.glob(uri)
-    elif "://" not in uri and os.path.isfile(uri):
-        spec = InputSpec.glob(uri)  # a single file: a glob that matches itself
-    else:
-        if "://" not in uri and not os.path.isdir(uri):
+        spec = InputSpec.glob(uri, fmt)
+    elif "://" not in uri:
+        if os.path.isfile(uri):
+            spec = InputSpec.glob(uri, fmt)  # a single file: a glob that matches itself
+        elif os.path.isdir(uri):
+            spec = InputSpec.directory(uri, fmt or "files")
+        else:
             raise ConfigError(f"input {uri} does not exist")
-        spec = InputSpec.directory(uri)
+    else:
+        missing = _missing_bucket(uri)
+        if missing:
+            raise ConfigError(f"input {uri}: {missing}")
+        is_file = not uri.endswith("/") and FileSystems.exists(uri)
+        spec = InputSpec.glob(uri, fmt) if is_file else InputSpec.directory(uri, fmt or "files")
     try:
         (result,) = FileSystems.match([spec.pattern], limits=[1])
     except Exception as e:
-        raise ConfigError(f"cannot list input {uri}: {e}") from None
+        raise ConfigError(f"cannot list input {uri}: {_first_line(e)}") from None
     if not result.metadata_list:
         raise ConfigError(f"input {uri} matches no files")
     return spec
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__
 
 
 def resolve_outputs(backbone: BackboneSpec, layers: list[str], pooling: str) -> tuple[OutputSpec, ...]:
@@ -149,9 +216,22 @@ def check_output_dir(output: str, overwrite: bool) -> None:
         except OSError as e:
             raise ConfigError(f"output {output} is not writable: {e.strerror or e}") from None
     else:
-        (existing,) = FileSystems.match([FileSystems.join(output, "**")], limits=[1])
+        missing = _missing_bucket(output)
+        if missing:
+            raise ConfigError(f"output {output}: {missing}")
+        try:
+            (existing,) = FileSystems.match([FileSystems.join(output, "**")], limits=[1])
+        except Exception as e:
+            raise ConfigError(f"cannot list output {output}: {_first_line(e)}") from None
         if existing.metadata_list and not overwrite:
             raise ConfigError(f"output {output} is not empty; pass --overwrite to replace its features")
+        probe = FileSystems.join(output, ".featurebeam-write-test")
+        try:
+            with FileSystems.create(probe) as f:
+                f.write(b"")
+            FileSystems.delete([probe])
+        except Exception as e:
+            raise ConfigError(f"output {output} is not writable: {_first_line(e)}") from None
 
 
 def clear_previous_outputs(output: str, names=(MANIFEST_NAME, FEATURES_DIR, ERRORS_DIR)) -> None:

@@ -55,9 +55,12 @@ class PredictConfig:
 
 
 def _prediction_json(meta, inference) -> str:
-    key, label = meta
-    return json.dumps({"key": key, "label": label, "predicted": inference["label"],
-                       "probabilities": inference["probabilities"]}, sort_keys=True)
+    key, label, split = meta
+    prediction = {"key": key, "label": label, "predicted": inference["label"],
+                  "probabilities": inference["probabilities"]}
+    if split is not None:
+        prediction["split"] = split
+    return json.dumps(prediction, sort_keys=True)
 
 
 def build_prediction(p: beam.Pipeline, config: PredictConfig):

@@ -1,4 +1,4 @@
-"""``DecodeImageFn``: Record -> ((key, label), uint8 image) for the backbone, or a Failure with the reason."""
+"""``DecodeImageFn``: Record -> ((key, label, split), uint8 image) for the backbone, or a Failure with the reason."""
 
 from __future__ import annotations
 
@@ -25,4 +25,4 @@ class DecodeImageFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(FAILED, Failure.from_exception(record.key, record.key, "decode", e))
             return
         self._decoded.inc()
-        yield (record.key, record.label), image
+        yield (record.key, record.label, record.split), image

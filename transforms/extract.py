@@ -16,7 +16,7 @@ __all__ = ["ExtractFeatures"]
 
 
 class ExtractFeatures(beam.PTransform):
-    """Records -> ``{"embedded": ((key, label), {output: vector}), "failed": Failure}``.
+    """Records -> ``{"embedded": ((key, label, split), {output: vector}), "failed": Failure}``.
 
     1. decode each image to the backbone's fixed uint8 input (bad images go to ``failed``);
     2. embed batches with ``RunInference`` over ``BackboneHandler`` (model loaded once per worker process).

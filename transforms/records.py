@@ -5,25 +5,36 @@ from __future__ import annotations
 import json
 from typing import NamedTuple
 
-__all__ = ["SourceFile", "Record", "Failure", "FAILED", "METRICS_NAMESPACE"]
+__all__ = ["SourceFile", "FileRef", "Record", "Failure", "FAILED", "METRICS_NAMESPACE"]
 
 FAILED = "failed"  # tag of every transform's failure output
 METRICS_NAMESPACE = "featurebeam"  # every Beam metric of the project, so the Dataflow UI groups them
 
 
 class SourceFile(NamedTuple):
-    """A file that holds one input (loose files) or several (archives, manifests: later)."""
+    """A listed file and how to read it: one input (``files``) or many (a manifest, an archive, text)."""
 
     uri: str
     label: str | None
+    format: str = "files"
+
+
+class FileRef(NamedTuple):
+    """One input that is a whole file of its own: a loose file, or a row of a manifest."""
+
+    key: str
+    uri: str
+    label: str | None
+    split: str | None = None
 
 
 class Record(NamedTuple):
-    """One input: its stable key (URI), raw payload (encoded image bytes) and label, if any."""
+    """One input: its stable key, raw payload (encoded image bytes, or ``str`` for text), label and split."""
 
     key: str
-    payload: bytes
+    payload: bytes | str
     label: str | None
+    split: str | None = None
 
 
 class Failure(NamedTuple):

@@ -5,6 +5,7 @@ spec). A feature record is a ``tf.train.Example`` with
 
 - ``key``   bytes, the stable id of the input (its URI, or ``URI#member`` inside an archive);
 - ``label`` bytes, absent when the input has no label;
+- ``split`` bytes, absent unless the input named one (a manifest's split column, say);
 - one float list per extracted output, under the Example key that the manifest names for it.
 
 ``manifest.json`` next to the ``features/`` directory describes the set completely: a reader needs nothing
@@ -25,6 +26,7 @@ __all__ = [
     "FORMAT_VERSION",
     "KEY",
     "LABEL",
+    "SPLIT",
     "FEATURES_DIR",
     "ERRORS_DIR",
     "MANIFEST_NAME",
@@ -43,6 +45,7 @@ __all__ = [
 FORMAT_VERSION = 1
 KEY = "key"
 LABEL = "label"
+SPLIT = "split"
 FEATURES_DIR = "features"
 ERRORS_DIR = "errors"
 MANIFEST_NAME = "manifest.json"
@@ -80,10 +83,11 @@ class FeatureRecord:
     key: str
     label: str | None
     vectors: Mapping[str, np.ndarray]
+    split: str | None = None
 
 
 def encode_example(key: str, label: str | None, vectors: Mapping[str, np.ndarray],
-                   outputs: Sequence[OutputSpec]) -> bytes:
+                   outputs: Sequence[OutputSpec], split: str | None = None) -> bytes:
     """Serialise one record; every output in ``outputs`` must be present with its declared dim."""
     from tensorflow.core.example import example_pb2
 
@@ -92,6 +96,8 @@ def encode_example(key: str, label: str | None, vectors: Mapping[str, np.ndarray
     feature[KEY].bytes_list.value.append(key.encode("utf-8"))
     if label is not None:
         feature[LABEL].bytes_list.value.append(label.encode("utf-8"))
+    if split is not None:
+        feature[SPLIT].bytes_list.value.append(split.encode("utf-8"))
     for out in outputs:
         vector = np.asarray(vectors[out.name], dtype=np.float32).reshape(-1)
         if vector.shape[0] != out.dim:
@@ -108,9 +114,10 @@ def decode_example(serialized: bytes, outputs: Sequence[OutputSpec]) -> FeatureR
     feature = example.features.feature
     key = feature[KEY].bytes_list.value[0].decode("utf-8")
     label = feature[LABEL].bytes_list.value[0].decode("utf-8") if LABEL in feature else None
+    split = feature[SPLIT].bytes_list.value[0].decode("utf-8") if SPLIT in feature else None
     vectors = {out.name: np.asarray(feature[out.example_key].float_list.value, dtype=np.float32)
                for out in outputs}
-    return FeatureRecord(key, label, vectors)
+    return FeatureRecord(key, label, vectors, split)
 
 
 def tf_feature_description(outputs: Sequence[OutputSpec]) -> dict:
@@ -120,6 +127,7 @@ def tf_feature_description(outputs: Sequence[OutputSpec]) -> dict:
     desc = {
         KEY: tf.io.FixedLenFeature([], tf.string),
         LABEL: tf.io.FixedLenFeature([], tf.string, default_value=b""),
+        SPLIT: tf.io.FixedLenFeature([], tf.string, default_value=b""),
     }
     for out in outputs:
         desc[out.example_key] = tf.io.FixedLenFeature([out.dim], tf.float32)
@@ -144,15 +152,16 @@ def read_records(path: str, outputs: Sequence[OutputSpec]) -> Iterator[FeatureRe
     """Fast TF-free reading of one local shard with tfrecord-lite (raises ImportError without it)."""
     import tfrecord_lite
 
-    names = [KEY, LABEL] + [out.example_key for out in outputs]
+    names = [KEY, LABEL, SPLIT] + [out.example_key for out in outputs]
 
     def records():
         for d in tfrecord_lite.tf_record_iterator(path, names=names):
-            labels = d.get(LABEL) or []
+            labels, splits = d.get(LABEL) or [], d.get(SPLIT) or []
             yield FeatureRecord(
                 key=d[KEY][0].decode("utf-8"),
                 label=labels[0].decode("utf-8") if len(labels) else None,
                 vectors={out.name: np.asarray(d.get(out.example_key, []), dtype=np.float32) for out in outputs},
+                split=splits[0].decode("utf-8") if len(splits) else None,
             )
 
     return records()
@@ -172,6 +181,7 @@ class Manifest:
     failures_by_reason: Mapping[str, int] = field(default_factory=dict)
     failure_examples: Mapping[str, str] = field(default_factory=dict)  # reason -> one key that failed so
     created: str = ""
+    splits: Sequence[str] = ()   # split names the inputs carried (manifest split column, ...), if any
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:
@@ -181,6 +191,7 @@ class Manifest:
             "backbone": dict(self.backbone),
             "outputs": [o.to_json() for o in self.outputs],
             "labels": list(self.labels),
+            "splits": list(self.splits),
             "counts": dict(self.counts),
             "failures_by_reason": dict(self.failures_by_reason),
             "failure_examples": dict(self.failure_examples),
@@ -206,6 +217,7 @@ class Manifest:
             failures_by_reason=d.get("failures_by_reason", {}),
             failure_examples=d.get("failure_examples", {}),
             created=d["created"],
+            splits=tuple(d.get("splits", ())),
             format_version=d["format_version"],
         )
 

@@ -15,7 +15,7 @@ __all__ = ["WriteFeatures", "WriteFailures"]
 
 
 class WriteFeatures(beam.PTransform):
-    """``((key, label), {output: vector})`` -> ``OUTDIR/features/part-SSSSS-of-NNNNN.tfrecord``.
+    """``((key, label, split), {output: vector})`` -> ``OUTDIR/features/part-SSSSS-of-NNNNN.tfrecord``.
 
     Returns the PCollection of shard paths written.
     """
@@ -42,8 +42,8 @@ class _EncodeExampleFn(beam.DoFn):
         self._bytes = Metrics.counter(METRICS_NAMESPACE, "feature_bytes_written")
 
     def process(self, element):
-        (key, label), vectors = element
-        data = schema.encode_example(key, label, vectors, self._outputs)
+        (key, label, split), vectors = element
+        data = schema.encode_example(key, label, vectors, self._outputs, split)
         self._embedded.inc()
         self._bytes.inc(len(data))
         yield data

@@ -1,11 +1,15 @@
-"""Where records come from: input specs, listing on the workers, and reading each file's bytes.
+"""Where records come from: input specs, listing, expanding manifests and archives, reading the bytes.
 
-``ReadRecords`` turns input specs into ``Record``s:
+``ReadRecords`` turns input specs into ``Record``s in three steps, each on the workers:
 
-1. each spec becomes a match pattern (cheap; the launcher only checks that something matches);
-2. the workers list the files (``FileSystems.match``) and give each its label;
-3. a Reshuffle spreads the files over all workers;
-4. each file's bytes are read; a file that cannot be read becomes a ``Failure``.
+1. each spec's files are listed (``FileSystems.match``; the launcher only checks that something matches);
+2. each listed file is expanded into units of reading work: a loose file is one unit; a manifest gives one
+   unit per row; a tar shard or TFRecord file is indexed (headers only) and cut into chunks of consecutive
+   records; a text file gives its rows as records;
+3. a Reshuffle spreads the units over all workers, which read them, so a few big shards do not pin the job
+   to a few workers, and reading is separated from inference.
+
+Anything that cannot be listed, parsed or read becomes a ``Failure`` with its key and reason.
 """
 
 from __future__ import annotations
@@ -19,39 +23,59 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from transforms.records import FAILED, METRICS_NAMESPACE, Failure, Record, SourceFile
+from transforms import tables, tar_shards, tfrecords
+from transforms.records import FAILED, METRICS_NAMESPACE, Failure, FileRef, Record, SourceFile
+from transforms.tables import InputFields
 
-__all__ = ["InputSpec", "label_from_path", "list_source_files", "ReadRecords", "ReadFileFn"]
+__all__ = ["InputSpec", "InputFields", "FORMATS", "detect_format", "label_from_path", "list_source_files",
+           "ReadRecords", "ExpandSourceFn", "ReadUnitFn"]
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
+
+FORMATS = ("files", "manifest", "tar", "tfrecord", "text")
+_EXTENSION_FORMATS = {".tar": "tar", ".tfrecord": "tfrecord", ".tfrecords": "tfrecord", ".tfrec": "tfrecord",
+                      ".csv": "manifest", ".tsv": "manifest", ".jsonl": "manifest", ".ndjson": "manifest"}
+DEFAULT_CHUNK_BYTES = 64 << 20
+
+
+def detect_format(pattern: str) -> str:
+    """The format a glob or file name implies: ``.tar`` shards, ``.tfrecord`` files, ``.csv``/``.jsonl``
+    manifests, anything else loose files. Text is never guessed (a ``.jsonl`` is a manifest unless told)."""
+    name = pattern.rsplit("/", 1)[-1].lower()
+    for extension, fmt in _EXTENSION_FORMATS.items():
+        if name.endswith(extension):
+            return fmt
+    return "files"
 
 
 @dataclass(frozen=True)
 class InputSpec:
-    """One ``--input``: a directory (recursive) or a glob of files.
+    """One ``--input``: a directory (recursive) or a glob of files, and the format of those files.
 
-    Files in first-level subfolders of ``root`` take that folder's name as label (ImageFolder layout);
-    files directly in ``root`` have no label.
+    For loose files, files in first-level subfolders of ``root`` take that folder's name as label
+    (ImageFolder layout); files directly in ``root`` have no label. Other formats carry their own labels.
     """
 
     kind: str      # "directory" | "glob"
     uri: str       # as resolved at launch (absolute for local paths)
     pattern: str   # what FileSystems.match lists
     root: str      # where labels are read from
+    format: str = "files"
 
     @classmethod
-    def directory(cls, uri: str) -> InputSpec:
+    def directory(cls, uri: str, format: str = "files") -> InputSpec:
         root = uri.rstrip("/")
-        return cls("directory", root, f"{root}/**", root)
+        return cls("directory", root, f"{root}/**", root, format)
 
     @classmethod
-    def glob(cls, pattern: str) -> InputSpec:
-        prefix = pattern[: _GLOB_CHARS.search(pattern).start()]
+    def glob(cls, pattern: str, format: str | None = None) -> InputSpec:
+        prefix = pattern[: m.start()] if (m := _GLOB_CHARS.search(pattern)) else pattern
         root = prefix if prefix.endswith("/") else posixpath.dirname(prefix)
-        return cls("glob", pattern, pattern, root.rstrip("/"))
+        return cls("glob", pattern, pattern, root.rstrip("/"), format or detect_format(pattern))
 
     def to_json(self) -> dict:
-        return {"kind": self.kind, "uri": self.uri, "pattern": self.pattern, "label_root": self.root}
+        return {"kind": self.kind, "uri": self.uri, "pattern": self.pattern, "label_root": self.root,
+                "format": self.format}
 
 
 def is_glob(path: str) -> bool:
@@ -68,37 +92,119 @@ def label_from_path(root: str, uri: str) -> str | None:
 
 
 def list_source_files(spec: InputSpec) -> Iterator[SourceFile]:
-    """List the files of one input spec with their labels, in a stable order."""
+    """List the files of one input spec with their labels and format, in a stable order."""
     (result,) = FileSystems.match([spec.pattern])
     for path in sorted(m.path for m in result.metadata_list):
-        yield SourceFile(path, label_from_path(spec.root, path))
+        label = label_from_path(spec.root, path) if spec.format == "files" else None
+        yield SourceFile(path, label, spec.format)
 
 
-class ReadFileFn(beam.DoFn):
-    """SourceFile -> Record with the file's bytes; unreadable files go to the ``failed`` output."""
+def _open(uri: str):
+    return FileSystems.open(uri, compression_type="uncompressed")
 
-    def __init__(self):
-        self._read = Metrics.counter(METRICS_NAMESPACE, "records_read")
-        self._bytes = Metrics.counter(METRICS_NAMESPACE, "bytes_read")
+
+def expand_source(source: SourceFile, fields: InputFields, chunk_bytes: int):
+    """One listed file -> its units of reading work (``FileRef``, tar or TFRecord chunks, text ``Record``s)
+    and ``Failure``s, as a pure generator over the file's contents."""
+    if source.format == "files":
+        yield FileRef(source.uri, source.uri, source.label)
+        return
+    with _open(source.uri) as f:
+        if source.format == "manifest":
+            yield from tables.manifest_refs(source.uri, tables.iter_rows(source.uri, f), fields)
+        elif source.format == "text":
+            yield from tables.text_records(source.uri, tables.iter_rows(source.uri, f), fields)
+        elif source.format == "tar":
+            yield from tar_shards.chunk_samples(source.uri, tar_shards.index_tar(f), chunk_bytes)
+        elif source.format == "tfrecord":
+            yield from tfrecords.index_tfrecord(source.uri, f, chunk_bytes)
+        else:
+            raise ValueError(f"unknown input format {source.format!r}")
+
+
+def read_unit(unit, fields: InputFields) -> Iterator[Record | Failure]:
+    """One unit of reading work -> its ``Record``s (and ``Failure``s for what cannot be read)."""
+    if isinstance(unit, Record):
+        yield unit
+    elif isinstance(unit, FileRef):
+        with _open(unit.uri) as f:
+            yield Record(unit.key, f.read(), unit.label, unit.split)
+    elif isinstance(unit, tar_shards.TarChunk):
+        with _open(unit.uri) as f:
+            yield from tar_shards.read_tar_chunk(f, unit, fields)
+    elif isinstance(unit, tfrecords.TFRecordChunk):
+        with _open(unit.uri) as f:
+            yield from tfrecords.read_tfrecord_chunk(f, unit, fields)
+    else:
+        raise TypeError(f"not a unit of reading work: {type(unit).__name__}")
+
+
+def unit_keys(unit) -> list[str]:
+    """The keys of every record a unit holds (to record them all when the unit cannot be opened)."""
+    if isinstance(unit, (Record, FileRef)):
+        return [unit.key]
+    if isinstance(unit, tar_shards.TarChunk):
+        return [f"{unit.uri}#{s.member(tar_shards.IMAGE_EXTENSIONS).name}" for s in unit.samples]
+    return [f"{unit.uri}#{i}" for i in range(unit.first_index, unit.first_index + unit.count)]
+
+
+def _describe(error: BaseException) -> BaseException:
+    if isinstance(error, FileNotFoundError):
+        return FileNotFoundError(f"file does not exist: {error.filename or error}")
+    return error
+
+
+class ExpandSourceFn(beam.DoFn):
+    """SourceFile -> units of reading work; a file that cannot be opened or parsed goes to ``failed``."""
+
+    def __init__(self, fields: InputFields, chunk_bytes: int = DEFAULT_CHUNK_BYTES):
+        self._fields = fields
+        self._chunk_bytes = chunk_bytes
 
     def process(self, source: SourceFile):
         try:
-            with FileSystems.open(source.uri, compression_type="uncompressed") as f:
-                payload = f.read()
-        except Exception as e:  # any storage error is this record's failure, not the job's
-            yield beam.pvalue.TaggedOutput(FAILED, Failure.from_exception(source.uri, source.uri, "read", e))
-            return
-        self._read.inc()
-        self._bytes.inc(len(payload))
-        yield Record(source.uri, payload, source.label)
+            for unit in expand_source(source, self._fields, self._chunk_bytes):
+                yield beam.pvalue.TaggedOutput(FAILED, unit) if isinstance(unit, Failure) else unit
+        except Exception as e:  # a file we cannot read is this file's failure, not the job's
+            yield beam.pvalue.TaggedOutput(FAILED, Failure.from_exception(source.uri, source.uri, "read",
+                                                                          _describe(e)))
+
+
+class ReadUnitFn(beam.DoFn):
+    """Unit of reading work -> ``Record``s; what cannot be read goes to the ``failed`` output."""
+
+    def __init__(self, fields: InputFields):
+        self._fields = fields
+        self._read = Metrics.counter(METRICS_NAMESPACE, "records_read")
+        self._bytes = Metrics.counter(METRICS_NAMESPACE, "bytes_read")
+
+    def process(self, unit):
+        done = set()
+        try:
+            for item in read_unit(unit, self._fields):
+                done.add(item.key)
+                if isinstance(item, Failure):
+                    yield beam.pvalue.TaggedOutput(FAILED, item)
+                    continue
+                self._read.inc()
+                self._bytes.inc(len(item.payload))
+                yield item
+        except Exception as e:  # storage errors: every record of the unit not yet read fails with the reason
+            source = getattr(unit, "uri", unit.key)
+            for key in unit_keys(unit):
+                if key not in done:
+                    yield beam.pvalue.TaggedOutput(FAILED, Failure.from_exception(key, source, "read", _describe(e)))
 
 
 class ReadRecords(beam.PTransform):
     """Input specs -> ``{"sources": SourceFile, "records": Record, "failed": Failure}`` PCollections."""
 
-    def __init__(self, specs: Sequence[InputSpec]):
+    def __init__(self, specs: Sequence[InputSpec], fields: InputFields = InputFields(),
+                 chunk_bytes: int = DEFAULT_CHUNK_BYTES):
         super().__init__()
         self._specs = list(specs)
+        self._fields = fields
+        self._chunk_bytes = chunk_bytes
 
     def expand(self, pbegin):
         sources = (
@@ -106,9 +212,16 @@ class ReadRecords(beam.PTransform):
             | "Input specs" >> beam.Create(self._specs)
             | "List input files" >> beam.FlatMap(list_source_files)
         )
-        read = (
+        expanded = (
             sources
             | "Spread files over workers" >> beam.Reshuffle()
-            | "Read file bytes" >> beam.ParDo(ReadFileFn()).with_outputs(FAILED, main="records")
+            | "Expand manifests and archives" >> beam.ParDo(
+                ExpandSourceFn(self._fields, self._chunk_bytes)).with_outputs(FAILED, main="units")
         )
-        return {"sources": sources, "records": read.records, FAILED: read[FAILED]}
+        read = (
+            expanded.units
+            | "Spread reading over workers" >> beam.Reshuffle()
+            | "Read records" >> beam.ParDo(ReadUnitFn(self._fields)).with_outputs(FAILED, main="records")
+        )
+        failed = (expanded[FAILED], read[FAILED]) | "Reading failures" >> beam.Flatten()
+        return {"sources": sources, "records": read.records, FAILED: failed}

@@ -102,11 +102,9 @@ def chunk_samples(uri: str, samples, chunk_bytes: int) -> Iterator[TarChunk | Fa
             yield Failure(uri, uri, "read", "TarError", str(sample))
             continue
         if sample.member(IMAGE_EXTENSIONS) is None:
-            first = sample.members[0]
-            kind = "is not an image" if first.offset >= 0 else "is not a regular file"
-            names = ", ".join(m.name for m in sample.members)
-            yield Failure(f"{uri}#{first.name}", uri, "read", "NotAnImage",
-                          f"tar sample {sample.prefix!r} has no image member ({names} {kind}; "
+            names = ", ".join(m.name + ("" if m.offset >= 0 else " (not a regular file)") for m in sample.members)
+            yield Failure(f"{uri}#{sample.members[0].name}", uri, "read", "NotAnImage",
+                          f"tar sample {sample.prefix!r} has no image member (members: {names}; "
                           f"images end in .{', .'.join(IMAGE_EXTENSIONS)})")
             continue
         chunk.append(sample)

@@ -1,0 +1,110 @@
+"""Pack a folder of images into each input format the pipeline reads, so tests can compare them.
+
+Every packer returns ``{key the pipeline will give the record: path relative to the folder}``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import struct
+import tarfile
+from collections.abc import Callable
+
+from transforms.tfrecords import masked_crc32c
+
+
+def folder_files(root) -> list[str]:
+    """Every file under ``root``, relative, sorted."""
+    return sorted(os.path.relpath(os.path.join(d, f), root).replace(os.sep, "/")
+                  for d, _, files in os.walk(root) for f in files)
+
+
+def folder_label(rel: str) -> str | None:
+    return rel.split("/")[0] if "/" in rel else None
+
+
+def write_manifest(root, path: str, uri_of: Callable[[str], str], fmt: str = "csv", uri_field: str = "path",
+                   split_of: Callable[[str], str | None] = lambda rel: None) -> dict[str, str]:
+    """A manifest with one row per file: its URI (as ``uri_of(rel)`` writes it), label and split."""
+    rows = [{uri_field: uri_of(rel), "label": folder_label(rel) or "", "split": split_of(rel) or ""}
+            for rel in folder_files(root)]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        if fmt == "csv":
+            writer = csv.DictWriter(f, fieldnames=[uri_field, "label", "split"])
+            writer.writeheader()
+            writer.writerows(rows)
+        else:
+            for row in rows:
+                f.write(json.dumps({k: v for k, v in row.items() if v}) + "\n")
+    return {os.path.join(str(root), rel): rel for rel in folder_files(root)}
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 1_700_000_000
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_tar_shards(root, paths: list[str], shard_uri_of: Callable[[str], str] = lambda p: p) -> dict[str, str]:
+    """The folder's files spread round-robin over ``paths`` as WebDataset shards: each image member is named
+    by its relative path; its label goes in ``.cls`` (even positions) or a ``.json`` (odd positions)."""
+    keys = {}
+    tars = [tarfile.open(p, "w") for p in paths]
+    try:
+        for i, rel in enumerate(folder_files(root)):
+            tar, shard = tars[i % len(paths)], shard_uri_of(paths[i % len(paths)])
+            with open(os.path.join(root, rel), "rb") as f:
+                _add(tar, rel, f.read())
+            stem = rel.rsplit(".", 1)[0]
+            label = folder_label(rel)
+            if label is not None and i % 2 == 0:
+                _add(tar, f"{stem}.cls", label.encode())
+            elif label is not None:
+                _add(tar, f"{stem}.json", json.dumps({"label": label, "index": i}).encode())
+            keys[f"{shard}#{rel}"] = rel
+    finally:
+        for tar in tars:
+            tar.close()
+    return keys
+
+
+def tfrecord_frame(data: bytes) -> bytes:
+    length = struct.pack("<Q", len(data))
+    return length + struct.pack("<I", masked_crc32c(length)) + data + struct.pack("<I", masked_crc32c(data))
+
+
+def image_example(image: bytes | None, label: str | int | None, image_feature="image/encoded",
+                  label_feature="image/class/label") -> bytes:
+    from tensorflow.core.example import example_pb2
+
+    example = example_pb2.Example()
+    feature = example.features.feature
+    if image is not None:
+        feature[image_feature].bytes_list.value.append(image)
+    if isinstance(label, int):
+        feature[label_feature].int64_list.value.append(label)
+    elif label is not None:
+        feature[label_feature].bytes_list.value.append(label.encode())
+    return example.SerializeToString()
+
+
+def write_tfrecords(root, paths: list[str], uri_of: Callable[[str], str] = lambda p: p) -> dict[str, str]:
+    """The folder's files as tf.train.Examples (``image/encoded``, ``image/class/label``), round-robin
+    over ``paths``."""
+    keys, counts = {}, [0] * len(paths)
+    outs = [open(p, "wb") for p in paths]
+    try:
+        for i, rel in enumerate(folder_files(root)):
+            j = i % len(paths)
+            with open(os.path.join(root, rel), "rb") as f:
+                outs[j].write(tfrecord_frame(image_example(f.read(), folder_label(rel))))
+            keys[f"{uri_of(paths[j])}#{counts[j]}"] = rel
+            counts[j] += 1
+    finally:
+        for out in outs:
+            out.close()
+    return keys

@@ -149,7 +149,7 @@ def _missing_bucket(uri: str) -> str | None:
     found = bucket_of(uri)
     if found and bucket_exists(uri, FileSystems._pipeline_options) is False:
         scheme, bucket = found
-        return f"bucket {scheme}://{bucket} does not exist (or these credentials cannot see it)"
+        return f"bucket {scheme}://{bucket} does not exist"
     return None
 
 

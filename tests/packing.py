@@ -108,3 +108,53 @@ def write_tfrecords(root, paths: list[str], uri_of: Callable[[str], str] = lambd
         for out in outs:
             out.close()
     return keys
+
+
+def pack_layout(image_folder, local_root, uri_root: str) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """The image folder in every image format, written under ``local_root`` to be served from ``uri_root``
+    (the same directory, or a bucket prefix it is uploaded to):
+
+    - ``folder/``: the loose files;
+    - ``index.csv`` + ``copy/``: a manifest with relative paths, labels and splits, over a copy of the files;
+    - ``shards/shard-{0,1}.tar``: WebDataset shards;
+    - ``records/part-{0,1}.tfrecord``: tf.train.Examples.
+
+    Returns the ``--input`` of each format and, for each, ``{record key: original relative path}``.
+    """
+    import shutil
+
+    local_root, uri_root = str(local_root), str(uri_root).rstrip("/")
+
+    def uri(local_path: str) -> str:
+        return f"{uri_root}/{os.path.relpath(local_path, local_root).replace(os.sep, '/')}"
+
+    for sub in ("shards", "records"):
+        os.makedirs(os.path.join(local_root, sub), exist_ok=True)
+    shutil.copytree(image_folder, os.path.join(local_root, "folder"))
+    shutil.copytree(image_folder, os.path.join(local_root, "copy"))
+    keys = {"files": {f"{uri_root}/folder/{rel}": rel for rel in folder_files(image_folder)}}
+    write_manifest(image_folder, os.path.join(local_root, "index.csv"), lambda rel: f"copy/{rel}",
+                   split_of=split_of)
+    keys["manifest"] = {f"{uri_root}/copy/{rel}": rel for rel in folder_files(image_folder)}
+    keys["tar"] = write_tar_shards(image_folder, [os.path.join(local_root, f"shards/shard-{i}.tar") for i in range(2)],
+                                   uri)
+    keys["tfrecord"] = write_tfrecords(image_folder,
+                                       [os.path.join(local_root, f"records/part-{i}.tfrecord") for i in range(2)], uri)
+    inputs = {"files": f"{uri_root}/folder", "manifest": f"{uri_root}/index.csv",
+              "tar": f"{uri_root}/shards/shard-*.tar", "tfrecord": f"{uri_root}/records/part-*.tfrecord"}
+    return inputs, keys
+
+
+def records_by_format(records, keys: dict[str, dict[str, str]]) -> dict[str, dict]:
+    """{format: {original relative path: record}} for the records of a run over ``pack_layout``'s inputs."""
+    where = {key: (fmt, rel) for fmt, mapping in keys.items() for key, rel in mapping.items()}
+    out = {fmt: {} for fmt in keys}
+    for record in records:
+        fmt, rel = where[record.key]
+        out[fmt][rel] = record
+    return out
+
+
+def split_of(rel: str) -> str:
+    """The split ``pack_layout`` writes into its manifest for a file."""
+    return "test" if rel.startswith("china/p") else "train"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -28,73 +27,51 @@ def worker_env(monkeypatch):
 
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory, image_folder):
-    """The image folder as: a CSV manifest with relative paths (to a copy of the folder), a JSONL manifest with
-    absolute ones, two tar shards and two TFRecord files; and for each, which record key holds which file."""
     root = tmp_path_factory.mktemp("packed")
-    keys = {"files": {os.path.join(str(image_folder), rel): rel for rel in packing.folder_files(image_folder)}}
-    copy = root / "copy"
-    shutil.copytree(image_folder, copy)
-    keys["manifest-csv"] = packing.write_manifest(
-        copy, str(root / "index.csv"), lambda rel: f"copy/{rel}",
-        split_of=lambda rel: "test" if rel.startswith("china/p") else "train")
-    keys["manifest-jsonl"] = packing.write_manifest(
-        image_folder, str(root / "index.jsonl"), lambda rel: str(image_folder / rel), fmt="jsonl", uri_field="uri")
-    keys["tar"] = packing.write_tar_shards(image_folder, [str(root / f"shard-{i}.tar") for i in range(2)])
-    keys["tfrecord"] = packing.write_tfrecords(image_folder, [str(root / f"part-{i}.tfrecord") for i in range(2)])
-    inputs = {"files": str(image_folder), "manifest-csv": str(root / "index.csv"),
-              "manifest-jsonl": str(root / "index.jsonl"), "tar": str(root / "shard-*.tar"),
-              "tfrecord": str(root / "part-*.tfrecord")}
-    return inputs, keys
+    return packing.pack_layout(image_folder, root, str(root))
 
 
-def _by_kind(records, keys):
-    """{kind: {original relative path: record}} for every record the pipeline wrote."""
-    kind_of = {key: (kind, rel) for kind, mapping in keys.items() for key, rel in mapping.items()}
-    out = {kind: {} for kind in keys}
-    for r in records:
-        kind, rel = kind_of[r.key]
-        out[kind][rel] = r
-    return out
+def check_same_as_folder(manifest, records, keys) -> None:
+    """The assertions every run over ``packing.pack_layout``'s four inputs must pass."""
+    assert len({r.key for r in records}) == len(records) == 4 * GOOD
+    by_format = packing.records_by_format(records, keys)
+    folder = by_format.pop("files")
+    assert len(folder) == GOOD
+    for fmt, got in by_format.items():
+        assert sorted(got) == sorted(folder), fmt
+        for rel, record in got.items():
+            assert record.label == folder[rel].label, (fmt, rel)
+            for name, vector in folder[rel].vectors.items():
+                np.testing.assert_allclose(record.vectors[name], vector, atol=2e-5, err_msg=f"{fmt} {rel}")
+    assert {rel: r.split for rel, r in by_format["manifest"].items()} == {rel: packing.split_of(rel) for rel in folder}
+    assert manifest.splits == ("test", "train")
+    assert manifest.labels == ("china", "flower")
+    # the two non-images of each copy are recorded failures, nothing else is
+    assert manifest.counts == {"inputs": 4 * (GOOD + 2), "embedded": 4 * GOOD, "failed": 8}
+    assert manifest.failures_by_reason == {"decode: ImageDecodeError": 7, "read: NotAnImage": 1}
+    assert manifest.failure_examples["read: NotAnImage"].endswith(".tar#flower/notes.txt")
+    assert [s["format"] for s in manifest.inputs["specs"]] == ["files", "manifest", "tar", "tfrecord"]
 
 
-def test_each_format_gives_the_folders_features_and_labels(tmp_path, image_folder, packed, worker_env):
+def test_each_format_gives_the_folders_features_and_labels(tmp_path, packed, worker_env):
     inputs, keys = packed
-    specs = tuple(resolve_input(inputs[k]) for k in ("files", "manifest-csv", "tar", "tfrecord"))
-    assert [s.format for s in specs] == ["files", "manifest", "tar", "tfrecord"]
+    specs = tuple(resolve_input(inputs[k]) for k in ("files", "manifest", "tar", "tfrecord"))
     config = ExtractConfig(inputs=specs, output=str(tmp_path / "out"), backbone=MeanColourBackbone(str(tmp_path / "l")),
                            outputs=(MEAN_COLOUR,), batch_size=3, num_shards=0, threads_per_worker=1,
                            overwrite=False, chunk_bytes=100_000)  # several chunks per shard
     manifest = run_extraction(config, PipelineOptions(["--runner=FnApiRunner"]))
 
     records = [r for p in schema.shard_paths(config.output, manifest) for r in schema.read_records(p, manifest.outputs)]
-    assert len({r.key for r in records}) == len(records) == 4 * GOOD
-    by_kind = _by_kind(records, {k: keys[k] for k in ("files", "manifest-csv", "tar", "tfrecord")})
-    folder = by_kind.pop("files")
-    assert len(folder) == GOOD
-    for kind, got in by_kind.items():
-        assert sorted(got) == sorted(folder), kind
-        for rel, record in got.items():
-            assert record.label == folder[rel].label, (kind, rel)
-            np.testing.assert_array_equal(record.vectors["pixels"], folder[rel].vectors["pixels"], err_msg=kind)
-    assert {rel: r.split for rel, r in by_kind["manifest-csv"].items()} == {
-        rel: "test" if rel.startswith("china/p") else "train" for rel in folder}
-    assert manifest.splits == ("test", "train")
-    assert manifest.labels == ("china", "flower")
-
-    # the two non-images of each copy are recorded failures, nothing else is
-    assert manifest.counts == {"inputs": 4 * (GOOD + 2), "embedded": 4 * GOOD, "failed": 8}
-    assert manifest.failures_by_reason == {"decode: ImageDecodeError": 7, "read: NotAnImage": 1}
+    check_same_as_folder(manifest, records, keys)
     errors = [json.loads(line) for f in manifest.error_files for line in open(os.path.join(config.output, f))]
-    tar_notes = [e for e in errors if e["error_type"] == "NotAnImage"]
-    assert tar_notes[0]["key"].endswith(".tar#flower/notes.txt")
-    assert "'flower/notes' has no image member (members: flower/notes.txt" in tar_notes[0]["message"]
-    assert [s["format"] for s in manifest.inputs["specs"]] == ["files", "manifest", "tar", "tfrecord"]
+    (tar_notes,) = [e for e in errors if e["error_type"] == "NotAnImage"]
+    assert "'flower/notes' has no image member (members: flower/notes.txt" in tar_notes["message"]
 
 
-def test_jsonl_manifest_and_bad_rows(tmp_path, image_folder, packed, worker_env):
-    inputs, keys = packed
+def test_jsonl_manifest_and_bad_rows(tmp_path, image_folder, worker_env):
     index = tmp_path / "index.jsonl"
-    lines = open(inputs["manifest-jsonl"]).read().splitlines()
+    packing.write_manifest(image_folder, str(index), lambda rel: str(image_folder / rel), fmt="jsonl", uri_field="uri")
+    lines = index.read_text().splitlines()
     lines += ['{"uri": "missing/nowhere.jpg", "label": "ghost"}', "{not json", '{"label": "no-uri"}']
     index.write_text("\n".join(lines) + "\n")
     config = ExtractConfig(inputs=(resolve_input(str(index)),), output=str(tmp_path / "out"),

@@ -41,7 +41,7 @@ class TarSample(NamedTuple):
     def member(self, extensions) -> TarMember | None:
         for ext in extensions:
             for m in self.members:
-                if split_member_name(m.name)[1].lower() == ext:
+                if split_member_name(m.name)[1].lower().rsplit(".", 1)[-1] == ext:  # seg.png is a png
                     return m
         return None
 

@@ -75,6 +75,21 @@ def resize_and_crop(image, prep: ImagePreprocessing) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
+# A JPEG is decoded at 1/2, 1/4 or 1/8 scale (DCT scaling) only while its shorter side stays at least this many
+# times the backbone's resize target, so the antialiased resize that follows still does the real downsampling.
+DRAFT_MARGIN = 2
+
+
+def reduce_jpeg_decoding(image, prep: ImagePreprocessing) -> None:
+    """Let a large JPEG decode at reduced scale when the backbone needs far fewer pixels (no-op otherwise)."""
+    if image.format != "JPEG":
+        return
+    width, height = image.size
+    factor = DRAFT_MARGIN * prep.resize_shorter / max(1, min(width, height))
+    if factor <= 0.5:
+        image.draft(None, (max(1, int(width * factor)), max(1, int(height * factor))))
+
+
 def decode_image(data: bytes, prep: ImagePreprocessing) -> np.ndarray:
     """Encoded image bytes -> the backbone's fixed-shape uint8 RGB input, or ``ImageDecodeError``."""
     from PIL import Image, ImageOps, UnidentifiedImageError
@@ -83,6 +98,7 @@ def decode_image(data: bytes, prep: ImagePreprocessing) -> np.ndarray:
         raise ImageDecodeError("empty file (0 bytes)")
     try:
         with Image.open(io.BytesIO(data)) as image:
+            reduce_jpeg_decoding(image, prep)
             image = ImageOps.exif_transpose(image)
             image = image.convert("RGB")
             return resize_and_crop(image, prep)

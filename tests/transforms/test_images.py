@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -63,3 +65,23 @@ def test_normalisation_in_graph_matches_numpy():
     pixels = np.random.default_rng(0).integers(0, 256, (2, 4, 4, 3), dtype=np.uint8)
     expected = (pixels / 255.0 - np.array(PREP.mean)) / np.array(PREP.std)
     np.testing.assert_allclose(PREP.normalize(tf.constant(pixels)).numpy(), expected, atol=1e-6)
+
+
+def test_large_jpegs_decode_at_reduced_scale_with_nearly_the_same_result(sample_photos, mobilenet):
+    from transforms.images import reduce_jpeg_decoding
+
+    china = Image.open(io.BytesIO(sample_photos["china.jpg"])).convert("RGB")
+    big = encode(china.resize((2560, 1708), Image.BICUBIC), "JPEG", quality=95)
+    with Image.open(io.BytesIO(big)) as image:
+        reduce_jpeg_decoding(image, PREP)
+        assert image.size == (1280, 854)  # DCT scaling by 1/2: still at least twice the 256 the resize needs
+    with Image.open(io.BytesIO(sample_photos["china.jpg"])) as image:
+        reduce_jpeg_decoding(image, PREP)
+        assert image.size == (640, 427)   # a photo near the backbone's size decodes in full
+
+    reduced = decode_image(big, PREP)
+    with Image.open(io.BytesIO(big)) as image:
+        full = resize_and_crop(image.convert("RGB"), PREP)
+    assert np.abs(reduced.astype(int) - full.astype(int)).mean() < 1.0
+    a, b = (mobilenet(x[None])["features.18"][0] for x in (reduced, full))
+    assert float(np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b)) > 0.999

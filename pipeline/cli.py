@@ -28,6 +28,13 @@ class UsageError(ValueError):
     pass
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line (``UsageError``) instead of the usage text and an exit."""
+
+    def error(self, message):
+        raise UsageError(message)
+
+
 def _beam_flag_parser():
     from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
@@ -70,7 +77,7 @@ def with_local_defaults(argv: Sequence[str]) -> list[str]:
 def _extract_parser() -> argparse.ArgumentParser:
     from pipeline.options import ExtractOptions
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="featurebeam extract", allow_abbrev=False,
         description="Extract features of images with a frozen backbone into sharded TFRecords.",
         epilog="Any Apache Beam option passes through, e.g. --runner DataflowRunner, "
@@ -124,7 +131,7 @@ def cmd_extract(argv: Sequence[str]) -> int:
 def cmd_demo(argv: Sequence[str]) -> int:
     from pipeline.demo import run_demo
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="featurebeam demo", allow_abbrev=False,
         description="Write scikit-learn's digits as PNG files in class folders and extract their features.")
     parser.add_argument("--workdir", default="featurebeam-demo", help="where images and features go")
@@ -135,7 +142,7 @@ def cmd_demo(argv: Sequence[str]) -> int:
 def _train_parser() -> argparse.ArgumentParser:
     from pipeline.train import HEADS
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="featurebeam train", allow_abbrev=False,
         description="Train classifier heads on extracted features; export the best as a serving model.")
     parser.add_argument("--features", action="append", required=True, metavar="DIR",
@@ -190,7 +197,7 @@ def cmd_predict(argv: Sequence[str]) -> int:
 
     from pipeline.predict import PredictConfig, run_prediction
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="featurebeam predict", allow_abbrev=False,
         description="Classify raw images with a model directory written by featurebeam train.",
         epilog="Any Apache Beam option passes through, as for extract.")
@@ -214,7 +221,7 @@ def cmd_predict(argv: Sequence[str]) -> int:
 def cmd_inspect(argv: Sequence[str]) -> int:
     from pipeline.inspect_features import format_inspection, inspect_feature_set
 
-    parser = argparse.ArgumentParser(prog="featurebeam inspect", allow_abbrev=False,
+    parser = _Parser(prog="featurebeam inspect", allow_abbrev=False,
                                      description="Summarise a feature set; with --check, verify it.")
     parser.add_argument("output", metavar="OUTDIR", help="a feature set written by featurebeam extract")
     parser.add_argument("--check", action="store_true",
@@ -229,7 +236,7 @@ def cmd_inspect(argv: Sequence[str]) -> int:
 def cmd_report(argv: Sequence[str]) -> int:
     from pipeline.report import build_report
 
-    parser = argparse.ArgumentParser(prog="featurebeam report", allow_abbrev=False,
+    parser = _Parser(prog="featurebeam report", allow_abbrev=False,
                                      description="Write one self-contained HTML page about a feature set.")
     parser.add_argument("output", metavar="OUTDIR", help="a feature set written by featurebeam extract")
     parser.add_argument("--model", metavar="MODELDIR", help="also show a trained model's metrics")

@@ -31,7 +31,11 @@ def one_image(tmp_path, sample_photos):
     (["--layer", "features.99"], "backbone mobilenet_v2 has no layer 'features.99'"),
     (["--batch-size", "0"], "--batch-size must be at least 1"),
     (["--no-such-flag", "1"], "unknown option '--no-such-flag'"),
-], ids=["unknown-backbone", "unknown-layer", "batch-size", "unknown-flag"])
+    (["--input-format", "text"], "is text, but backbone mobilenet_v2 embeds images; choose a text backbone"),
+    (["--input-format", "zip"], "argument --input-format: invalid choice: 'zip'"),
+    (["--read-chunk-mb", "0"], "--read-chunk-mb must be positive"),
+], ids=["unknown-backbone", "unknown-layer", "batch-size", "unknown-flag", "text-on-image-backbone", "unknown-format",
+        "chunk-size"])
 def test_bad_configuration_is_one_line_at_launch(tmp_path, one_image, capsys, extra, message):
     code, out, err = _run(["extract", "--input", str(one_image), "--output", str(tmp_path / "o"), *extra], capsys)
     assert code == 2

@@ -69,7 +69,9 @@ def manifest_for(config: ExtractConfig, shards, error_files, n_inputs, n_embedde
     )
 
 
-def _write_manifest(_, config, created, shards, error_files, n_inputs, n_embedded, reasons, labels, splits):
+def _write_manifest(_, config, created, shards, error_files, n_read, n_unreadable, n_embedded, reasons, labels,
+                    splits):
+    n_inputs = n_read + n_unreadable  # every record found, whether or not its bytes could be read
     manifest = manifest_for(config, shards, error_files, n_inputs, n_embedded, reasons, labels, created, splits)
     return schema.write_manifest(config.output, manifest)
 
@@ -94,9 +96,9 @@ def build_extraction(p: beam.Pipeline, config: ExtractConfig, progress_dir: str 
     _counted(failures, progress_dir, "failed")
     error_files = failures | "Write failures" >> WriteFailures(config.output)
 
-    n_inputs = ((read["records"], read[FAILED])
-                | "Inputs found" >> beam.Flatten()
-                | "Count inputs" >> beam.combiners.Count.Globally())
+    # Counted where they are produced: a Flatten of the records would make the runner materialise every payload.
+    n_read = read["records"] | "Count records read" >> beam.combiners.Count.Globally()
+    n_unreadable = read[FAILED] | "Count unreadable" >> beam.combiners.Count.Globally()
     n_embedded = extracted["embedded"] | "Count embedded" >> beam.combiners.Count.Globally()
     reasons = (failures
                | "Failure reason" >> beam.Map(lambda f: (f.reason, f.key))
@@ -116,7 +118,8 @@ def build_extraction(p: beam.Pipeline, config: ExtractConfig, progress_dir: str 
              _write_manifest, config, created,
              shards=beam.pvalue.AsList(shards),
              error_files=beam.pvalue.AsList(error_files),
-             n_inputs=beam.pvalue.AsSingleton(n_inputs),
+             n_read=beam.pvalue.AsSingleton(n_read),
+             n_unreadable=beam.pvalue.AsSingleton(n_unreadable),
              n_embedded=beam.pvalue.AsSingleton(n_embedded),
              reasons=beam.pvalue.AsList(reasons),
              labels=beam.pvalue.AsList(labels),

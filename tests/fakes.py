@@ -41,3 +41,29 @@ def load_pids(log_path: str) -> list[int]:
         return []
     with open(log_path) as f:
         return [int(line) for line in f if line.strip()]
+
+
+POISON = (13, 13, 13)  # the colour that PoisonedBackbone cannot embed
+
+
+@dataclass(frozen=True)
+class PoisonedBackbone(MeanColourBackbone):
+    """MeanColourBackbone that fails, like a real model on an input it cannot handle, on any batch holding an
+    image of exactly the ``POISON`` colour."""
+
+    name: str = "poisoned"
+
+    def load(self, layers):
+        import keras
+        import tensorflow as tf
+
+        def check(images):
+            pixels = tf.reshape(tf.cast(images, tf.int32), [tf.shape(images)[0], -1, 3])
+            poisoned = tf.reduce_any(tf.reduce_all(tf.equal(pixels, tf.constant(POISON)), axis=[1, 2]))
+            with tf.control_dependencies([tf.debugging.Assert(tf.logical_not(poisoned), ["poisoned image"])]):
+                return self.preprocessing.normalize(tf.identity(images))
+
+        with open(self.load_log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        images = keras.Input((32, 32, 3), dtype="uint8")
+        return keras.Model(images, {"pixels": keras.layers.Lambda(check)(images)})

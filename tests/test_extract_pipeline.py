@@ -195,3 +195,24 @@ def test_beam_metrics_under_one_namespace_add_up(tmp_path, image_folder, worker_
     assert batch_sizes.sum == 8 and batch_sizes.max <= 3
     assert distributions["load_model_latency_milli_secs"].count == 1
     assert distributions["inference_batch_latency_micro_secs"].count == batch_sizes.count
+
+
+def test_an_image_the_backbone_fails_on_does_not_take_its_batch_with_it(tmp_path, worker_env):
+    from PIL import Image
+
+    from tests.fakes import POISON, PoisonedBackbone
+
+    root = tmp_path / "images"
+    root.mkdir()
+    for i in range(12):
+        Image.new("RGB", (40, 40), POISON if i == 5 else (i * 20, 100, 200 - i * 10)).save(root / f"{i:02d}.png")
+    config = _config(tmp_path, [InputSpec.directory(str(root))], PoisonedBackbone(str(tmp_path / "l")), batch_size=4)
+    result_manifest = run_extraction(config, PipelineOptions(IN_PROCESS))
+
+    manifest, records = _read_all(config.output)
+    assert manifest.counts == result_manifest.counts == {"inputs": 12, "embedded": 11, "failed": 1}
+    assert sorted(os.path.basename(r.key) for r in records) == [f"{i:02d}.png" for i in range(12) if i != 5]
+    assert manifest.failures_by_reason == {"embed: InvalidArgumentError": 1}
+    (error,) = [json.loads(line) for f in manifest.error_files for line in open(os.path.join(config.output, f))]
+    assert error["key"] == str(root / "05.png") and error["stage"] == "embed"
+    assert "poisoned image" in error["message"]

@@ -8,8 +8,8 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from transforms.decode import DecodeImageFn
-from transforms.inference import BackboneHandler
-from transforms.records import FAILED
+from transforms.inference import BackboneHandler, EmbeddingFailure
+from transforms.records import FAILED, Failure
 from transforms.schema import OutputSpec
 
 __all__ = ["ExtractFeatures"]
@@ -19,7 +19,8 @@ class ExtractFeatures(beam.PTransform):
     """Records -> ``{"embedded": ((key, label, split), {output: vector}), "failed": Failure}``.
 
     1. decode each image to the backbone's fixed uint8 input (bad images go to ``failed``);
-    2. embed batches with ``RunInference`` over ``BackboneHandler`` (model loaded once per worker process).
+    2. embed batches with ``RunInference`` over ``BackboneHandler`` (model loaded once per worker process);
+       an image the backbone fails on, even alone, goes to ``failed`` too.
     """
 
     def __init__(self, backbone, outputs: Sequence[OutputSpec], batch_size: int = 32,
@@ -34,6 +35,20 @@ class ExtractFeatures(beam.PTransform):
         embedded = (
             decoded.images
             | "Embed with backbone" >> RunInference(self._handler)
-            | "Keep vectors" >> beam.MapTuple(lambda meta, result: (meta, result.inference))
+            | "Keep vectors" >> beam.ParDo(_KeepVectorsFn()).with_outputs(FAILED, main="embedded")
         )
-        return {"embedded": embedded, FAILED: decoded[FAILED]}
+        failed = (decoded[FAILED], embedded[FAILED]) | "Decode or embed failures" >> beam.Flatten()
+        return {"embedded": embedded.embedded, FAILED: failed}
+
+
+class _KeepVectorsFn(beam.DoFn):
+    """(meta, PredictionResult) -> (meta, vectors), or a ``Failure`` for an image the backbone failed on."""
+
+    def process(self, element):
+        meta, result = element
+        if isinstance(result.inference, EmbeddingFailure):
+            key = meta[0]
+            yield beam.pvalue.TaggedOutput(FAILED, Failure(key, key, "embed", result.inference.error_type,
+                                                           result.inference.message))
+        else:
+            yield meta, result.inference

@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from transforms.records import METRICS_NAMESPACE
+from transforms.records import METRICS_NAMESPACE, error_message
 from transforms.schema import OutputSpec
 
-__all__ = ["BackboneHandler", "LoadedBackbone", "pooled_dim", "pool", "configure_tensorflow_threads", "POOLINGS"]
+__all__ = ["BackboneHandler", "LoadedBackbone", "EmbeddingFailure", "pooled_dim", "pool",
+           "configure_tensorflow_threads", "POOLINGS"]
 
 _LOG = logging.getLogger(__name__)
 POOLINGS = ("avg", "max", "none")
@@ -61,6 +63,18 @@ def configure_tensorflow_threads(threads: int | None) -> None:
         _LOG.warning("TensorFlow already initialised in this process; keeping its thread pools as they are")
 
 
+@dataclass(frozen=True)
+class EmbeddingFailure:
+    """What ``run_inference`` returns, in place of vectors, for an image the backbone failed on."""
+
+    error_type: str
+    message: str
+
+    @classmethod
+    def from_exception(cls, error: BaseException) -> EmbeddingFailure:
+        return cls(type(error).__name__, error_message(error))
+
+
 @dataclass
 class LoadedBackbone:
     """The per-process model: a compiled function from a uint8 batch to ``{output name: (n, dim)}``."""
@@ -89,6 +103,7 @@ class BackboneHandler(ModelHandler[np.ndarray, PredictionResult, LoadedBackbone]
         self._outputs = tuple(outputs)
         self._batch_size = batch_size
         self._threads = threads
+        self._retried_batches = Metrics.counter(METRICS_NAMESPACE, "batches_retried_one_by_one")
 
     def load_model(self) -> LoadedBackbone:
         import tensorflow as tf
@@ -110,10 +125,24 @@ class BackboneHandler(ModelHandler[np.ndarray, PredictionResult, LoadedBackbone]
 
     def run_inference(self, batch: Sequence[np.ndarray], model: LoadedBackbone,
                       inference_args: dict | None = None) -> Iterable[PredictionResult]:
-        images = np.stack(batch)
-        vectors = model(images)
-        for i in range(len(batch)):  # the image itself is not carried on: only its vectors are needed
-            yield PredictionResult(None, {name: v[i] for name, v in vectors.items()}, self.model_id)
+        """Vectors for each image of the batch; if the batch fails, each image is retried alone, and an
+        image that fails alone gets an ``EmbeddingFailure`` instead, so its neighbours are not lost."""
+        try:
+            vectors = model(np.stack(batch))
+            per_image = [{name: v[i] for name, v in vectors.items()} for i in range(len(batch))]
+        except Exception as batch_error:  # one bad input must not take its batch with it
+            _LOG.warning("a batch of %d failed (%s: %s); retrying its images one at a time", len(batch),
+                         type(batch_error).__name__, error_message(batch_error))
+            self._retried_batches.inc()
+            per_image = [self._embed_alone(model, image) for image in batch]
+        for result in per_image:  # the image itself is not carried on: only its vectors are needed
+            yield PredictionResult(None, result, self.model_id)
+
+    def _embed_alone(self, model: LoadedBackbone, image: np.ndarray):
+        try:
+            return {name: v[0] for name, v in model(image[None]).items()}
+        except Exception as e:
+            return EmbeddingFailure.from_exception(e)
 
     @property
     def model_id(self) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import NamedTuple
 
-__all__ = ["SourceFile", "FileRef", "Record", "Failure", "FAILED", "METRICS_NAMESPACE"]
+__all__ = ["SourceFile", "FileRef", "Record", "Failure", "FAILED", "METRICS_NAMESPACE", "error_message"]
 
 FAILED = "failed"  # tag of every transform's failure output
 METRICS_NAMESPACE = "featurebeam"  # every Beam metric of the project, so the Dataflow UI groups them
@@ -55,5 +55,15 @@ class Failure(NamedTuple):
 
     @classmethod
     def from_exception(cls, key: str, source: str, stage: str, error: BaseException) -> Failure:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        return cls(key, source, stage, type(error).__name__, message[:500])
+        return cls(key, source, stage, type(error).__name__, error_message(error))
+
+
+# Lines of an error message that say where, not what (TensorFlow's graph errors are mostly these).
+_NOISE = ("File ", "Detected at node", "Graph execution error", "[[", "Traceback")
+
+
+def error_message(error: BaseException, limit: int = 500) -> str:
+    """One line that says what went wrong: the first line of the message that is not a location."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    meaningful = [line for line in lines if not line.startswith(_NOISE)]
+    return (meaningful or lines or [type(error).__name__])[0][:limit]

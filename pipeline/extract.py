@@ -88,7 +88,7 @@ def build_extraction(p: beam.Pipeline, config: ExtractConfig, progress_dir: str 
     _counted(read["sources"], progress_dir, "listed")
     records = _counted(read["records"], progress_dir, "read")
     extracted = records | "Extract features" >> ExtractFeatures(
-        config.backbone, config.outputs, config.batch_size, config.threads_per_worker)
+        config.backbone, config.outputs, config.batch_size, config.threads_per_worker, config.max_pixels)
     _counted(extracted["embedded"], progress_dir, "embedded")
     shards = extracted["embedded"] | "Write features" >> WriteFeatures(config.output, config.outputs,
                                                                       config.num_shards)

@@ -14,6 +14,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, PipelineOptions, StandardOptions
 
 from pipeline.backbones import BackboneSpec, resolve_backbone, stage_backbone
+from transforms.images import DEFAULT_MAX_PIXELS
 from transforms.inference import POOLINGS, pooled_dim
 from transforms.schema import ERRORS_DIR, FEATURES_DIR, MANIFEST_NAME, OutputSpec
 from transforms.sources import DEFAULT_CHUNK_BYTES, FORMATS, InputFields, InputSpec, is_glob
@@ -61,6 +62,9 @@ class ExtractOptions(PipelineOptions):
         parser.add_argument("--label-feature", default=fields.label_feature, metavar="NAME",
                             help=f"TFRecord inputs: the bytes or int64 feature with the label "
                                  f"(default: {fields.label_feature})")
+        parser.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                            help="images with more pixels are recorded failures, refused from their header before "
+                                 f"decoding (default: {DEFAULT_MAX_PIXELS:,})")
         parser.add_argument("--read-chunk-mb", type=float, default=DEFAULT_CHUNK_BYTES / 2**20, metavar="MB",
                             help="tar shards and TFRecord files are read in chunks of about this size, spread "
                                  "over the workers (default: 64)")
@@ -97,6 +101,7 @@ class ExtractConfig:
     quiet: bool = False
     fields: InputFields = InputFields()
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     @classmethod
     def from_options(cls, options: PipelineOptions) -> ExtractConfig:
@@ -113,6 +118,8 @@ class ExtractConfig:
             raise ConfigError(f"--max-failure-fraction must be between 0 and 1, got {o.max_failure_fraction}")
         if o.threads_per_worker is not None and o.threads_per_worker < 1:
             raise ConfigError(f"--threads-per-worker must be at least 1, got {o.threads_per_worker}")
+        if o.max_image_pixels < 1:
+            raise ConfigError(f"--max-image-pixels must be at least 1, got {o.max_image_pixels}")
         if o.read_chunk_mb <= 0:
             raise ConfigError(f"--read-chunk-mb must be positive, got {o.read_chunk_mb:g}")
         use_storage_options(options)
@@ -131,7 +138,7 @@ class ExtractConfig:
         fields = InputFields(o.uri_field, o.label_field, o.split_field, o.text_field, o.id_field,
                              o.image_feature, o.label_feature)
         return cls(inputs, output, backbone, outputs, o.batch_size, o.num_shards, threads, o.overwrite,
-                   o.max_failure_fraction, o.quiet, fields, int(o.read_chunk_mb * 2**20))
+                   o.max_failure_fraction, o.quiet, fields, int(o.read_chunk_mb * 2**20), o.max_image_pixels)
 
 
 def absolute(uri: str) -> str:

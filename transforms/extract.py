@@ -8,6 +8,7 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from transforms.decode import DecodeImageFn
+from transforms.images import DEFAULT_MAX_PIXELS
 from transforms.inference import BackboneHandler, EmbeddingFailure
 from transforms.records import FAILED, Failure
 from transforms.schema import OutputSpec
@@ -24,14 +25,15 @@ class ExtractFeatures(beam.PTransform):
     """
 
     def __init__(self, backbone, outputs: Sequence[OutputSpec], batch_size: int = 32,
-                 threads: int | None = None):
+                 threads: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
         super().__init__()
         self._backbone = backbone
+        self._max_pixels = max_pixels
         self._handler = KeyedModelHandler(BackboneHandler(backbone, outputs, batch_size, threads))
 
     def expand(self, records):
         decoded = records | "Decode images" >> beam.ParDo(
-            DecodeImageFn(self._backbone.preprocessing)).with_outputs(FAILED, main="images")
+            DecodeImageFn(self._backbone.preprocessing, self._max_pixels)).with_outputs(FAILED, main="images")
         embedded = (
             decoded.images
             | "Embed with backbone" >> RunInference(self._handler)

@@ -8,11 +8,14 @@ and produces a fixed-shape uint8 array; the arithmetic (scale, mean, std) runs i
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ImagePreprocessing", "ImageDecodeError", "decode_image", "resize_and_crop"]
+__all__ = ["ImagePreprocessing", "ImageDecodeError", "decode_image", "resize_and_crop", "DEFAULT_MAX_PIXELS"]
+
+DEFAULT_MAX_PIXELS = 100_000_000  # larger images are refused before decoding (decompression bombs)
 
 
 class ImageDecodeError(ValueError):
@@ -62,17 +65,37 @@ def _resample_filter(name: str):
 
 
 def resize_and_crop(image, prep: ImagePreprocessing) -> np.ndarray:
-    """torchvision's ``Resize(shorter)`` + ``CenterCrop(crop)`` on a PIL RGB image -> (crop, crop, 3) uint8."""
+    """torchvision's ``Resize(shorter)`` + ``CenterCrop(crop)`` on a PIL RGB image -> (crop, crop, 3) uint8.
+
+    When the resized image would be huge (an absurd aspect ratio: 100000x10 resizes to 2560000x256), only the
+    crop's region is resampled (PIL's ``box``), which gives the same pixels to within 1 without the memory."""
     width, height = image.size
     short, long = (width, height) if width <= height else (height, width)
     new_short, new_long = prep.resize_shorter, int(prep.resize_shorter * long / short)
     new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
-    if (new_w, new_h) != (width, height):
-        image = image.resize((new_w, new_h), _resample_filter(prep.resample))
     top = int(round((new_h - prep.crop) / 2.0))
     left = int(round((new_w - prep.crop) / 2.0))
+    if new_w * new_h > 16 * prep.crop * prep.crop:
+        sx, sy = width / new_w, height / new_h
+        box = (left * sx, top * sy, (left + prep.crop) * sx, (top + prep.crop) * sy)
+        return np.asarray(image.resize((prep.crop, prep.crop), _resample_filter(prep.resample), box=box), np.uint8)
+    if (new_w, new_h) != (width, height):
+        image = image.resize((new_w, new_h), _resample_filter(prep.resample))
     image = image.crop((left, top, left + prep.crop, top + prep.crop))
     return np.asarray(image, dtype=np.uint8)
+
+
+def to_rgb(image):
+    """Any PIL mode -> RGB as torchvision's loader does (``convert("RGB")``: alpha dropped, palette and CMYK
+    mapped), except high-bit-depth greyscale, which PIL would clip to white: it is scaled to 8 bits."""
+    from PIL import Image
+
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        values = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        grey = np.clip(np.round(values * (255.0 / peak)), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    return image.convert("RGB")
 
 
 # A JPEG is decoded at 1/2, 1/4 or 1/8 scale (DCT scaling) only while its shorter side stays at least this many
@@ -90,20 +113,36 @@ def reduce_jpeg_decoding(image, prep: ImagePreprocessing) -> None:
         image.draft(None, (max(1, int(width * factor)), max(1, int(height * factor))))
 
 
-def decode_image(data: bytes, prep: ImagePreprocessing) -> np.ndarray:
-    """Encoded image bytes -> the backbone's fixed-shape uint8 RGB input, or ``ImageDecodeError``."""
+def decode_image(data: bytes, prep: ImagePreprocessing, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Encoded image bytes -> the backbone's fixed-shape uint8 RGB input, or ``ImageDecodeError``.
+
+    The first frame of animated or multi-page files is used; EXIF orientation is applied; an image of more
+    than ``max_pixels`` is refused from its header, before any pixel is decoded."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
+    Image.MAX_IMAGE_PIXELS = None  # PIL's own bomb check, replaced by the configurable one below
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            reduce_jpeg_decoding(image, prep)
-            image = ImageOps.exif_transpose(image)
-            image = image.convert("RGB")
-            return resize_and_crop(image, prep)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", UserWarning)  # "palette images with transparency ..."
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise ImageDecodeError(f"image too large: {width}x{height} is {width * height / 1e6:.0f} "
+                                           f"megapixels, over the limit of {max_pixels / 1e6:g} (--max-image-pixels)")
+                if width < 1 or height < 1:
+                    raise ImageDecodeError(f"image has no pixels ({width}x{height})")
+                reduce_jpeg_decoding(image, prep)
+                image = ImageOps.exif_transpose(image)
+                return resize_and_crop(to_rgb(image), prep)
+    except ImageDecodeError:
+        raise
     except UnidentifiedImageError:
         raise ImageDecodeError("not an image (unrecognised file format)") from None
+    except MemoryError:
+        raise ImageDecodeError("image too large to decode in this worker's memory") from None
     except Image.DecompressionBombError as e:
         raise ImageDecodeError(f"image too large: {e}") from None
     except (OSError, SyntaxError, ValueError) as e:

@@ -85,3 +85,18 @@ def test_large_jpegs_decode_at_reduced_scale_with_nearly_the_same_result(sample_
     assert np.abs(reduced.astype(int) - full.astype(int)).mean() < 1.0
     a, b = (mobilenet(x[None])["features.18"][0] for x in (reduced, full))
     assert float(np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b)) > 0.999
+
+
+def test_pixel_limit_is_configurable_and_checked_before_decoding():
+    png = encode(Image.new("RGB", (200, 100), (1, 2, 3)), "PNG")
+    assert decode_image(png, PREP, max_pixels=20_000).shape == (224, 224, 3)
+    with pytest.raises(ImageDecodeError, match=r"200x100 is 0 megapixels, over the limit of 0.019999"):
+        decode_image(png, PREP, max_pixels=19_999)
+
+
+def test_extreme_aspect_ratios_resample_only_the_crop_with_the_same_pixels(sample_photos):
+    photo = Image.open(io.BytesIO(sample_photos["flower.jpg"])).convert("RGB")
+    needle = photo.resize((4000, 200), Image.BILINEAR)   # resizes to 5120x256: above the direct path's budget
+    top, left = 16, (5120 - 224) // 2
+    direct = np.asarray(needle.resize((5120, 256), Image.BILINEAR).crop((left, top, left + 224, top + 224)))
+    assert np.abs(resize_and_crop(needle, PREP).astype(int) - direct).max() <= 1

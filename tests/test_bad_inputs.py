@@ -44,6 +44,24 @@ def _sixteen_bit_grey() -> bytes:
     return encode(Image.fromarray(np.full((40, 50), 40000, np.uint16)), "PNG")
 
 
+YCCK_CMYK = (40, 120, 200, 30)
+YCCK_RGB = tuple(Image.new("CMYK", (1, 1), YCCK_CMYK).convert("RGB").getpixel((0, 0)))
+
+
+def _ycck_jpeg() -> bytes:
+    """An Adobe YCCK JPEG (what Photoshop writes for CMYK): the stored components are YCbCr of (C, M, Y) and
+    inverted K. Pillow writes 4-component JPEGs as inverted CMYK, so give it the inverted components, then
+    set the Adobe marker's transform byte to 2 (YCCK)."""
+    c, m, y, k = YCCK_CMYK
+    ycc = np.asarray(Image.fromarray(np.array([[[c, m, y]]], np.uint8)).convert("YCbCr"))[0, 0]
+    stored = (int(ycc[0]), int(ycc[1]), int(ycc[2]), 255 - k)
+    data = bytearray(encode(Image.new("CMYK", (64, 48), tuple(255 - v for v in stored)), "JPEG", quality=100))
+    adobe = data.find(b"\xff\xeeAdobe".replace(b"\xeeA", b"\xee\x00\x0eA"))
+    assert adobe > 0 and data[adobe + 15] == 0
+    data[adobe + 15] = 2
+    return bytes(data)
+
+
 def _random_bytes() -> bytes:
     return np.random.default_rng(7).integers(0, 256, 5000, dtype=np.uint8).tobytes()
 
@@ -52,6 +70,7 @@ def _random_bytes() -> bytes:
 CORPUS = {
     "good.jpg": (lambda: encode(Image.new("RGB", (80, 60), ORANGE), "JPEG", quality=95), ORANGE),
     "cmyk.jpg": (lambda: encode(Image.new("RGB", (80, 60), ORANGE).convert("CMYK"), "JPEG", quality=95), ORANGE),
+    "ycck.jpg": (_ycck_jpeg, YCCK_RGB),
     "grey.jpg": (lambda: encode(Image.new("L", (80, 60), 90), "JPEG", quality=95), (90, 90, 90)),
     "sixteen-bit.png": (_sixteen_bit_grey, (155, 155, 155)),
     "palette-transparent.png": (_palette_with_transparency, BLUE),

@@ -88,9 +88,12 @@ def _extract_parser() -> argparse.ArgumentParser:
 
 def format_summary(manifest, output: str, seconds: float) -> str:
     c = manifest.counts
-    rate = c["embedded"] / seconds if seconds > 0 else 0.0
+    done_now = c["embedded"] - manifest.resumed_records if manifest.resumed_records else c["embedded"]
+    rate = max(0, done_now) / seconds if seconds > 0 else 0.0
     lines = [f"featurebeam: embedded {c['embedded']} of {c['inputs']} inputs ({c['failed']} failed) "
-             f"in {seconds:.1f} s ({rate:.1f} images/s)",
+             f"in {seconds:.1f} s ({rate:.1f} images/s)"
+             + (f"; {manifest.resumed_records} of them were committed by the interrupted run and skipped"
+                if manifest.resumed_records else ""),
              f"  backbone  {manifest.backbone['name']} (weights sha256 {manifest.backbone['weights_sha256'][:16]}...)"]
     for o in manifest.outputs:
         lines.append(f"  output    {o.name}: {o.dim} x {o.dtype}, pooling {o.pooling}, Example key {o.example_key!r}")

@@ -1,78 +1,64 @@
 """The extraction job: input files -> decoded images -> backbone features -> TFRecord shards + manifest.
 
-1. ``ReadRecords`` lists the inputs on the workers, expands manifests and archives, spreads the reading;
+1. ``ReadRecords`` lists the inputs on the workers, expands manifests and archives, spreads the reading
+   (on ``--resume``, keys an earlier run committed are skipped there);
 2. ``ExtractFeatures`` decodes to the backbone's fixed uint8 input and embeds in batches (``RunInference``);
-3. ``WriteFeatures`` writes ``features/part-*.tfrecord``; ``WriteFailures`` writes ``errors/part-*.jsonl``;
-4. the last step writes ``manifest.json`` from the shards written and the counts, so a manifest exists only
-   for a finished feature set.
+3. ``CommitFeatures`` writes and commits ``features/part-<id>.tfrecord`` shards, ``CommitFailures`` the dead
+   letters in ``errors/``, each with a commit record in ``commits/`` (see ``transforms/commits.py``);
+4. the last step, once every commit of the run is made, writes ``manifest.json`` from the commit records,
+   so a manifest exists only for a finished feature set.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import tempfile
-from collections.abc import Iterable
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.options import ExtractConfig, clear_previous_outputs
+from pipeline.options import ExtractConfig, clear_previous_outputs, run_settings
 from pipeline.progress import ProgressLine
-from transforms import schema
+from transforms import commits, schema
 from transforms.extract import ExtractFeatures
 from transforms.progress import CountProgress
 from transforms.records import FAILED
-from transforms.sinks import WriteFailures, WriteFeatures
-from transforms.sources import ReadRecords
+from transforms.sinks import CommitFailures, CommitFeatures
+from transforms.sources import SKIPPED, ReadRecords
 
-__all__ = ["build_extraction", "run_extraction", "manifest_for"]
-
-
-def _relative(root: str, paths: Iterable[str]) -> list[str]:
-    prefix = root.rstrip("/") + "/"
-    return sorted(p[len(prefix):] if p.startswith(prefix) else p for p in paths)
+__all__ = ["build_extraction", "run_extraction", "manifest_from_commits", "prepare_output"]
 
 
-class CountWithExample(beam.CombineFn):
-    """(count, smallest key) of a group: how often a failure reason occurred, and one key that shows it."""
-
-    def create_accumulator(self):
-        return 0, None
-
-    def add_input(self, acc, key):
-        return acc[0] + 1, key if acc[1] is None else min(acc[1], key)
-
-    def merge_accumulators(self, accumulators):
-        accumulators = list(accumulators)
-        keys = [k for _, k in accumulators if k is not None]
-        return sum(n for n, _ in accumulators), min(keys) if keys else None
-
-    def extract_output(self, acc):
-        return acc
-
-
-def manifest_for(config: ExtractConfig, shards, error_files, n_inputs, n_embedded, reasons, labels,
-                 created: str, splits=()) -> schema.Manifest:
-    failures = {reason: count for reason, (count, _) in sorted(reasons)}
+def manifest_from_commits(config: ExtractConfig, all_commits, n_inputs: int, created: str,
+                          n_resumed: int = 0) -> schema.Manifest:
+    """The manifest of a feature set, from its commit records and the number of inputs the job found."""
+    features = [c for c in all_commits if c.kind == schema.FEATURES_DIR]
+    errors = [c for c in all_commits if c.kind == schema.ERRORS_DIR]
+    reasons = commits.failure_reasons(errors)
     return schema.Manifest(
         backbone=config.backbone.describe(),
         outputs=config.outputs,
-        labels=sorted(labels),
-        counts={"inputs": n_inputs, "embedded": n_embedded, "failed": sum(failures.values())},
-        shards=_relative(config.output, shards),
+        labels=sorted({label for c in features for label in c.labels}),
+        counts={"inputs": n_inputs, "embedded": sum(c.records for c in features),
+                "failed": sum(c.records for c in errors)},
+        shards=sorted(c.path for c in features if c.records),
         inputs={"specs": [spec.to_json() for spec in config.inputs], "fields": config.fields.to_json()},
-        error_files=_relative(config.output, error_files),
-        failures_by_reason=failures,
-        failure_examples={reason: example for reason, (_, example) in sorted(reasons)},
+        error_files=sorted(c.path for c in errors if c.records),
+        failures_by_reason={reason: n for reason, (n, _) in reasons.items()},
+        failure_examples={reason: key for reason, (_, key) in reasons.items()},
         created=created,
-        splits=sorted(splits),
+        splits=sorted({split for c in features for split in c.splits}),
+        resumed_records=n_resumed,
     )
 
 
-def _write_manifest(_, config, created, shards, error_files, n_read, n_unreadable, n_embedded, reasons, labels,
-                    splits):
-    n_inputs = n_read + n_unreadable  # every record found, whether or not its bytes could be read
-    manifest = manifest_for(config, shards, error_files, n_inputs, n_embedded, reasons, labels, created, splits)
+def _write_manifest(_, config: ExtractConfig, created: str, n_read, n_unreadable, n_skipped, **barrier):
+    """After every commit of this run (the ``barrier`` side inputs): read all commit records, earlier runs'
+    included, make sure no key is committed twice, and write the manifest."""
+    all_commits = commits.drop_duplicates(config.output, commits.read_commits(config.output))
+    manifest = manifest_from_commits(config, all_commits, n_read + n_unreadable + n_skipped, created, n_skipped)
     return schema.write_manifest(config.output, manifest)
 
 
@@ -82,52 +68,71 @@ def _counted(pcoll, progress_dir, stage: str):
     return pcoll | f"Progress: {stage}" >> beam.ParDo(CountProgress(progress_dir, stage))
 
 
-def build_extraction(p: beam.Pipeline, config: ExtractConfig, progress_dir: str | None = None) -> None:
-    """Add the whole extraction job to ``p``; with ``progress_dir``, its steps also report progress there."""
-    read = p | "Read records" >> ReadRecords(config.inputs, config.fields, config.chunk_bytes)
+def build_extraction(p: beam.Pipeline, config: ExtractConfig, progress_dir: str | None = None,
+                     done_commits: tuple[str, ...] = ()) -> None:
+    """Add the whole extraction job to ``p``; with ``progress_dir``, its steps also report progress there.
+
+    ``done_commits``: commit records of an earlier run of the same job; their keys are skipped."""
+    done_keys = None
+    if done_commits:
+        done_keys = (p
+                     | "Earlier commit records" >> beam.Create(list(done_commits))
+                     | "Keys already committed" >> beam.FlatMap(_committed_keys))
+    read = p | "Read records" >> ReadRecords(config.inputs, config.fields, config.chunk_bytes, done_keys)
     _counted(read["sources"], progress_dir, "listed")
     records = _counted(read["records"], progress_dir, "read")
     extracted = records | "Extract features" >> ExtractFeatures(
         config.backbone, config.outputs, config.batch_size, config.threads_per_worker, config.max_pixels)
     _counted(extracted["embedded"], progress_dir, "embedded")
-    shards = extracted["embedded"] | "Write features" >> WriteFeatures(config.output, config.outputs,
-                                                                      config.num_shards)
+    feature_commits = extracted["embedded"] | "Commit features" >> CommitFeatures(
+        config.output, config.outputs, config.records_per_shard)
     failures = (read[FAILED], extracted[FAILED]) | "All failures" >> beam.Flatten()
     _counted(failures, progress_dir, "failed")
-    error_files = failures | "Write failures" >> WriteFailures(config.output)
+    error_commits = failures | "Commit failures" >> CommitFailures(config.output, config.records_per_shard)
 
     # Counted where they are produced: a Flatten of the records would make the runner materialise every payload.
     n_read = read["records"] | "Count records read" >> beam.combiners.Count.Globally()
     n_unreadable = read[FAILED] | "Count unreadable" >> beam.combiners.Count.Globally()
-    n_embedded = extracted["embedded"] | "Count embedded" >> beam.combiners.Count.Globally()
-    reasons = (failures
-               | "Failure reason" >> beam.Map(lambda f: (f.reason, f.key))
-               | "Count failures by reason" >> beam.CombinePerKey(CountWithExample()))
-    labels = (read["records"]
-              | "Label of input" >> beam.Map(lambda r: r.label)
-              | "Labelled only" >> beam.Filter(lambda label: label is not None)
-              | "Label vocabulary" >> beam.Distinct())
-    splits = (read["records"]
-              | "Split of input" >> beam.Map(lambda r: r.split)
-              | "With a split only" >> beam.Filter(lambda split: split is not None)
-              | "Split names" >> beam.Distinct())
+    n_skipped = read[SKIPPED] | "Count skipped" >> beam.combiners.Count.Globally()
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     _ = (p
          | "Start manifest" >> beam.Create([None])
          | "Write manifest" >> beam.Map(
              _write_manifest, config, created,
-             shards=beam.pvalue.AsList(shards),
-             error_files=beam.pvalue.AsList(error_files),
              n_read=beam.pvalue.AsSingleton(n_read),
              n_unreadable=beam.pvalue.AsSingleton(n_unreadable),
-             n_embedded=beam.pvalue.AsSingleton(n_embedded),
-             reasons=beam.pvalue.AsList(reasons),
-             labels=beam.pvalue.AsList(labels),
-             splits=beam.pvalue.AsList(splits)))
+             n_skipped=beam.pvalue.AsSingleton(n_skipped),
+             feature_commits=beam.pvalue.AsList(feature_commits),
+             error_commits=beam.pvalue.AsList(error_commits)))
+
+
+def _committed_keys(marker_path: str):
+    with FileSystems.open(marker_path) as f:
+        yield from commits.Commit.from_json(f.read().decode("utf-8")).keys
 
 
 class CountsMismatchError(RuntimeError):
     pass
+
+
+def prepare_output(config: ExtractConfig) -> tuple[str, ...]:
+    """Ready OUTDIR for the run; returns the commit records to resume from (none for a fresh run).
+
+    Fresh (``--overwrite``, or an empty OUTDIR): earlier outputs go, the run's settings are recorded.
+    ``--resume``: what the interrupted run left uncommitted goes; its commits stay and are skipped."""
+    if not config.resume:
+        if config.overwrite:
+            clear_previous_outputs(config.output)
+        with FileSystems.create(FileSystems.join(config.output, schema.RUN_NAME)) as f:
+            f.write(json.dumps(run_settings(config), indent=2).encode("utf-8"))
+        return ()
+    done = commits.read_commits(config.output)
+    leftovers = commits.uncommitted_files(config.output, done)
+    stale = [FileSystems.join(config.output, name) for name in (schema.MANIFEST_NAME,)
+             if FileSystems.exists(FileSystems.join(config.output, name))]
+    if leftovers or stale:
+        FileSystems.delete(leftovers + stale)
+    return tuple(FileSystems.join(config.output, schema.COMMITS_DIR, f"{c.id}.json") for c in done)
 
 
 def run_extraction(config: ExtractConfig, options: PipelineOptions, progress: bool = False,
@@ -135,15 +140,14 @@ def run_extraction(config: ExtractConfig, options: PipelineOptions, progress: bo
     """Run the job to completion and return its manifest; the counts must add up.
 
     ``progress``: print a live progress line on stderr (local runners: the workers share this machine)."""
-    if config.overwrite:
-        clear_previous_outputs(config.output)
+    done_commits = prepare_output(config)
     if progress and config.threads_per_worker is not None:  # a local run
         with tempfile.TemporaryDirectory(prefix="featurebeam-progress-") as progress_dir:
             with ProgressLine(progress_dir, log_every=progress_every), beam.Pipeline(options=options) as p:
-                build_extraction(p, config, progress_dir)
+                build_extraction(p, config, progress_dir, done_commits)
     else:
         with beam.Pipeline(options=options) as p:
-            build_extraction(p, config)
+            build_extraction(p, config, done_commits=done_commits)
     manifest = schema.read_manifest(config.output)
     counts = manifest.counts
     if counts["inputs"] != counts["embedded"] + counts["failed"]:
@@ -151,4 +155,3 @@ def run_extraction(config: ExtractConfig, options: PipelineOptions, progress: bo
             f"records were lost: {counts['inputs']} inputs but {counts['embedded']} embedded + "
             f"{counts['failed']} failed")
     return manifest
-

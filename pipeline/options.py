@@ -7,6 +7,7 @@ line that says what to change, before any worker starts. Transforms never see ``
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 
@@ -14,9 +15,19 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, PipelineOptions, StandardOptions
 
 from pipeline.backbones import BackboneSpec, resolve_backbone, stage_backbone
+from transforms.commits import DEFAULT_RECORDS_PER_COMMIT
 from transforms.images import DEFAULT_MAX_PIXELS
 from transforms.inference import POOLINGS, pooled_dim
-from transforms.schema import ERRORS_DIR, FEATURES_DIR, MANIFEST_NAME, OutputSpec
+from transforms.schema import (
+    COMMITS_DIR,
+    ERRORS_DIR,
+    FEATURES_DIR,
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    PENDING_DIR,
+    RUN_NAME,
+    OutputSpec,
+)
 from transforms.sources import DEFAULT_CHUNK_BYTES, FORMATS, InputFields, InputSpec, is_glob
 from transforms.storage import bucket_exists, bucket_of, use_storage_emulator
 
@@ -75,12 +86,16 @@ class ExtractOptions(PipelineOptions):
         parser.add_argument("--pooling", default="avg", choices=POOLINGS,
                             help="how a spatial feature map becomes a vector (default: avg)")
         parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
-        parser.add_argument("--num-shards", type=int, default=0,
-                            help="number of feature shards (default 0: chosen by the runner)")
+        parser.add_argument("--records-per-shard", type=int, default=DEFAULT_RECORDS_PER_COMMIT, metavar="N",
+                            help="records per feature shard; each shard is committed as soon as it is full, so an "
+                                 f"interrupted run keeps it (default: {DEFAULT_RECORDS_PER_COMMIT:,})")
         parser.add_argument("--threads-per-worker", type=int, default=None,
                             help="TensorFlow threads per worker process (default: cores / local workers)")
         parser.add_argument("--overwrite", action="store_true",
                             help="replace the features, errors and manifest already in OUTDIR")
+        parser.add_argument("--resume", action="store_true",
+                            help="finish an interrupted run into the same OUTDIR: what it committed is kept and "
+                                 "skipped, the rest is done; the settings must be the same")
         parser.add_argument("--quiet", action="store_true", help="no live progress line on stderr")
         parser.add_argument("--max-failure-fraction", type=float, default=1.0, metavar="F",
                             help="end with a non-zero status when more than F of the inputs failed "
@@ -94,7 +109,7 @@ class ExtractConfig:
     backbone: BackboneSpec
     outputs: tuple[OutputSpec, ...]
     batch_size: int
-    num_shards: int
+    records_per_shard: int
     threads_per_worker: int | None
     overwrite: bool
     max_failure_fraction: float = 1.0
@@ -102,6 +117,7 @@ class ExtractConfig:
     fields: InputFields = InputFields()
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
+    resume: bool = False
 
     @classmethod
     def from_options(cls, options: PipelineOptions) -> ExtractConfig:
@@ -112,8 +128,11 @@ class ExtractConfig:
             raise ConfigError("--output is required (the directory to write features into)")
         if o.batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {o.batch_size}")
-        if o.num_shards < 0:
-            raise ConfigError(f"--num-shards must be 0 (automatic) or more, got {o.num_shards}")
+        if o.records_per_shard < 1:
+            raise ConfigError(f"--records-per-shard must be at least 1, got {o.records_per_shard}")
+        if o.resume and o.overwrite:
+            raise ConfigError("--resume and --overwrite contradict each other: --resume keeps what OUTDIR holds "
+                              "and finishes it, --overwrite replaces it; choose one")
         if not 0.0 <= o.max_failure_fraction <= 1.0:
             raise ConfigError(f"--max-failure-fraction must be between 0 and 1, got {o.max_failure_fraction}")
         if o.threads_per_worker is not None and o.threads_per_worker < 1:
@@ -133,12 +152,52 @@ class ExtractConfig:
             backbone = stage_backbone(backbone, remote_staging_location(options))
         outputs = resolve_outputs(backbone, o.layer or [backbone.default_layer], o.pooling)
         output = absolute(o.output)
-        check_output_dir(output, o.overwrite)
+        if not o.resume:
+            check_output_dir(output, o.overwrite)
         threads = o.threads_per_worker or local_threads_per_worker(options)
         fields = InputFields(o.uri_field, o.label_field, o.split_field, o.text_field, o.id_field,
                              o.image_feature, o.label_feature)
-        return cls(inputs, output, backbone, outputs, o.batch_size, o.num_shards, threads, o.overwrite,
-                   o.max_failure_fraction, o.quiet, fields, int(o.read_chunk_mb * 2**20), o.max_image_pixels)
+        config = cls(inputs, output, backbone, outputs, o.batch_size, o.records_per_shard, threads, o.overwrite,
+                     o.max_failure_fraction, o.quiet, fields, int(o.read_chunk_mb * 2**20), o.max_image_pixels,
+                     o.resume)
+        if o.resume:
+            check_resumable(config)
+        return config
+
+
+def run_settings(config: ExtractConfig) -> dict:
+    """What decides a run's outputs: a resumed run must match it exactly (recorded in OUTDIR/run.json)."""
+    backbone = config.backbone.describe()
+    return {
+        "format_version": FORMAT_VERSION,
+        "backbone": {"name": backbone["name"], "weights_sha256": backbone["weights_sha256"]},
+        "outputs": [o.to_json() for o in config.outputs],
+        "inputs": [spec.to_json() for spec in config.inputs],
+        "fields": config.fields.to_json(),
+        "max_image_pixels": config.max_pixels,
+    }
+
+
+_SETTING_NAMES = {"backbone": "--backbone (or its weights)", "outputs": "--layer/--pooling",
+                  "inputs": "--input/--input-format", "fields": "the field options", "format_version":
+                  "the feature set format", "max_image_pixels": "--max-image-pixels"}
+
+
+def check_resumable(config: ExtractConfig) -> None:
+    """--resume needs an OUTDIR started by a run with the very same settings."""
+    path = FileSystems.join(config.output, RUN_NAME)
+    try:
+        with FileSystems.open(path) as f:
+            recorded = json.loads(f.read().decode("utf-8"))
+    except (OSError, ValueError):
+        raise ConfigError(f"nothing to resume in {config.output}: it has no {RUN_NAME} from an earlier run "
+                          "(drop --resume to start one)") from None
+    current = run_settings(config)
+    for name, value in current.items():
+        if recorded.get(name) != value:
+            raise ConfigError(f"cannot resume {config.output}: it was started with different "
+                              f"{_SETTING_NAMES.get(name, name)}; use the same settings, or --overwrite to "
+                              "start again")
 
 
 def absolute(uri: str) -> str:
@@ -213,7 +272,8 @@ def check_output_dir(output: str, overwrite: bool) -> None:
         if os.path.exists(output) and not os.path.isdir(output):
             raise ConfigError(f"output {output} exists and is not a directory")
         if os.path.isdir(output) and os.listdir(output) and not overwrite:
-            raise ConfigError(f"output {output} is not empty; pass --overwrite to replace its features")
+            raise ConfigError(f"output {output} is not empty; pass --overwrite to replace its features, or "
+                              "--resume to finish the run that wrote them")
         try:
             os.makedirs(output, exist_ok=True)
             probe = os.path.join(output, ".featurebeam-write-test")
@@ -231,7 +291,8 @@ def check_output_dir(output: str, overwrite: bool) -> None:
         except Exception as e:
             raise ConfigError(f"cannot list output {output}: {_first_line(e)}") from None
         if existing.metadata_list and not overwrite:
-            raise ConfigError(f"output {output} is not empty; pass --overwrite to replace its features")
+            raise ConfigError(f"output {output} is not empty; pass --overwrite to replace its features, or "
+                              "--resume to finish the run that wrote them")
         probe = FileSystems.join(output, ".featurebeam-write-test")
         try:
             with FileSystems.create(probe) as f:
@@ -241,7 +302,8 @@ def check_output_dir(output: str, overwrite: bool) -> None:
             raise ConfigError(f"output {output} is not writable: {_first_line(e)}") from None
 
 
-def clear_previous_outputs(output: str, names=(MANIFEST_NAME, FEATURES_DIR, ERRORS_DIR)) -> None:
+def clear_previous_outputs(output: str, names=(MANIFEST_NAME, RUN_NAME, FEATURES_DIR, ERRORS_DIR, COMMITS_DIR,
+                                              PENDING_DIR)) -> None:
     """What --overwrite replaces: the job's own outputs (by default the features, dead letters and
     manifest of an extraction), nothing else."""
     paths = [FileSystems.join(output, name) for name in names]

@@ -109,7 +109,7 @@ def test_every_bad_input_is_a_dead_letter_and_every_good_one_has_its_features(tm
     monkeypatch.setenv("PYTHONPATH", REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     config = ExtractConfig(inputs=(InputSpec.directory(str(corpus)),), output=str(tmp_path / "out"),
                            backbone=MeanColourBackbone(str(tmp_path / "l")), outputs=(MEAN_COLOUR,), batch_size=4,
-                           num_shards=0, threads_per_worker=1, overwrite=False)
+                           records_per_shard=1000, threads_per_worker=1, overwrite=False)
     manifest = run_extraction(config, PipelineOptions(["--runner=FnApiRunner"]))
 
     good = {name: expected for name, (_, expected) in CORPUS.items() if isinstance(expected, tuple)}

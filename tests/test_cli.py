@@ -73,11 +73,12 @@ def test_non_empty_output_needs_overwrite_which_replaces_only_our_files(tmp_path
 
     assert main(["extract", "--input", str(one_image), "--output", str(out), "--overwrite"]) == 0
     first = sorted(os.listdir(out / "features"))
-    assert main(["extract", "--input", str(one_image), "--output", str(out), "--overwrite", "--num-shards", "2"]) == 0
+    (one_image / "b.jpg").write_bytes((one_image / "a.jpg").read_bytes())
+    assert main(["extract", "--input", str(one_image), "--output", str(out), "--overwrite"]) == 0
     out_text = capsys.readouterr().out
-    assert "embedded 1 of 1 inputs (0 failed)" in out_text
-    assert sorted(os.listdir(out / "features")) == ["part-00000-of-00002.tfrecord", "part-00001-of-00002.tfrecord"]
-    assert first == ["part-00000-of-00001.tfrecord"]
+    assert "embedded 2 of 2 inputs (0 failed)" in out_text
+    second = sorted(os.listdir(out / "features"))
+    assert len(first) == 1 and 1 <= len(second) <= 2 and not set(first) & set(second)  # the first run's shard went
     assert (out / "keep.txt").read_text() == "user file"
 
 

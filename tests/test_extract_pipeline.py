@@ -48,7 +48,7 @@ def many_images(tmp_path_factory):
 
 def _config(tmp_path, inputs, backbone, batch_size=2, outputs=(MEAN_COLOUR,)):
     return ExtractConfig(inputs=tuple(inputs), output=str(tmp_path / "out"), backbone=backbone, outputs=outputs,
-                         batch_size=batch_size, num_shards=0, threads_per_worker=1, overwrite=False)
+                         batch_size=batch_size, records_per_shard=1000, threads_per_worker=1, overwrite=False)
 
 
 def _read_all(root):

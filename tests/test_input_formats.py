@@ -57,7 +57,7 @@ def test_each_format_gives_the_folders_features_and_labels(tmp_path, packed, wor
     inputs, keys = packed
     specs = tuple(resolve_input(inputs[k]) for k in ("files", "manifest", "tar", "tfrecord"))
     config = ExtractConfig(inputs=specs, output=str(tmp_path / "out"), backbone=MeanColourBackbone(str(tmp_path / "l")),
-                           outputs=(MEAN_COLOUR,), batch_size=3, num_shards=0, threads_per_worker=1,
+                           outputs=(MEAN_COLOUR,), batch_size=3, records_per_shard=1000, threads_per_worker=1,
                            overwrite=False, chunk_bytes=100_000)  # several chunks per shard
     manifest = run_extraction(config, PipelineOptions(["--runner=FnApiRunner"]))
 
@@ -76,7 +76,7 @@ def test_jsonl_manifest_and_bad_rows(tmp_path, image_folder, worker_env):
     index.write_text("\n".join(lines) + "\n")
     config = ExtractConfig(inputs=(resolve_input(str(index)),), output=str(tmp_path / "out"),
                            backbone=MeanColourBackbone(str(tmp_path / "l")), outputs=(MEAN_COLOUR,), batch_size=4,
-                           num_shards=0, threads_per_worker=1, overwrite=False)
+                           records_per_shard=1000, threads_per_worker=1, overwrite=False)
     manifest = run_extraction(config, PipelineOptions(["--runner=FnApiRunner"]))
 
     assert manifest.counts == {"inputs": GOOD + 5, "embedded": GOOD, "failed": 5}
@@ -99,7 +99,7 @@ def test_tfrecord_feature_names_are_configurable_and_missing_images_recorded(tmp
         f.write(packing.tfrecord_frame(packing.image_example(None, 3, "jpeg", "class")))
     config = ExtractConfig(inputs=(resolve_input(str(path)),), output=str(tmp_path / "out"),
                            backbone=MeanColourBackbone(str(tmp_path / "l")), outputs=(MEAN_COLOUR,), batch_size=4,
-                           num_shards=0, threads_per_worker=1, overwrite=False,
+                           records_per_shard=1000, threads_per_worker=1, overwrite=False,
                            fields=InputFields(image_feature="jpeg", label_feature="class"))
     manifest = run_extraction(config, PipelineOptions(["--runner=FnApiRunner"]))
 

@@ -48,6 +48,9 @@ LABEL = "label"
 SPLIT = "split"
 FEATURES_DIR = "features"
 ERRORS_DIR = "errors"
+COMMITS_DIR = "commits"    # one commit record per committed features/ or errors/ file
+PENDING_DIR = ".pending"   # files being written; never read
+RUN_NAME = "run.json"      # the settings a run was started with (what --resume must match)
 MANIFEST_NAME = "manifest.json"
 SHARD_PREFIX = "part"
 SHARD_SUFFIX = ".tfrecord"
@@ -182,6 +185,7 @@ class Manifest:
     failure_examples: Mapping[str, str] = field(default_factory=dict)  # reason -> one key that failed so
     created: str = ""
     splits: Sequence[str] = ()   # split names the inputs carried (manifest split column, ...), if any
+    resumed_records: int = 0     # inputs an interrupted earlier run had committed and the last run skipped
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:
@@ -193,6 +197,7 @@ class Manifest:
             "labels": list(self.labels),
             "splits": list(self.splits),
             "counts": dict(self.counts),
+            "resumed_records": self.resumed_records,
             "failures_by_reason": dict(self.failures_by_reason),
             "failure_examples": dict(self.failure_examples),
             "shards": list(self.shards),
@@ -218,6 +223,7 @@ class Manifest:
             failure_examples=d.get("failure_examples", {}),
             created=d["created"],
             splits=tuple(d.get("splits", ())),
+            resumed_records=int(d.get("resumed_records", 0)),
             format_version=d["format_version"],
         )
 

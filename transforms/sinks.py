@@ -1,4 +1,7 @@
-"""Where results go: feature shards (TFRecord of tf.train.Example) and dead letters (JSON lines)."""
+"""Where results go: feature shards (TFRecord of tf.train.Example) and dead letters (JSON lines).
+
+Extraction commits both in units (``CommitFeatures``, ``CommitFailures``; see ``transforms/commits.py``) so an
+interrupted run can resume; ``WriteFailures`` is the plain dead-letter sink of jobs that need no resuming."""
 
 from __future__ import annotations
 
@@ -9,44 +12,34 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from transforms import schema
+from transforms.commits import DEFAULT_RECORDS_PER_COMMIT, FailureCommitFn, FeatureCommitFn
 from transforms.records import METRICS_NAMESPACE, Failure
 
-__all__ = ["WriteFeatures", "WriteFailures"]
+__all__ = ["CommitFeatures", "CommitFailures", "WriteFailures"]
 
 
-class WriteFeatures(beam.PTransform):
-    """``((key, label, split), {output: vector})`` -> ``OUTDIR/features/part-SSSSS-of-NNNNN.tfrecord``.
+class CommitFeatures(beam.PTransform):
+    """``((key, label, split), {output: vector})`` -> committed ``OUTDIR/features/part-<id>.tfrecord`` shards
+    of about ``records_per_shard`` records each; returns the PCollection of their ``Commit`` records."""
 
-    Returns the PCollection of shard paths written.
-    """
-
-    def __init__(self, output_dir: str, outputs: Sequence[schema.OutputSpec], num_shards: int = 0):
+    def __init__(self, output_dir: str, outputs: Sequence[schema.OutputSpec],
+                 records_per_shard: int = DEFAULT_RECORDS_PER_COMMIT):
         super().__init__()
-        self._prefix = FileSystems.join(output_dir, schema.FEATURES_DIR, schema.SHARD_PREFIX)
-        self._outputs = tuple(outputs)
-        self._num_shards = num_shards
+        self._fn = FeatureCommitFn(output_dir, outputs, records_per_commit=records_per_shard)
 
     def expand(self, embedded):
-        return (
-            embedded
-            | "Encode tf.train.Example" >> beam.ParDo(_EncodeExampleFn(self._outputs))
-            | "Write TFRecord shards" >> beam.io.WriteToTFRecord(
-                self._prefix, file_name_suffix=schema.SHARD_SUFFIX, num_shards=self._num_shards)
-        )
+        return embedded | "Write and commit shards" >> beam.ParDo(self._fn)
 
 
-class _EncodeExampleFn(beam.DoFn):
-    def __init__(self, outputs):
-        self._outputs = outputs
-        self._embedded = Metrics.counter(METRICS_NAMESPACE, "records_embedded")
-        self._bytes = Metrics.counter(METRICS_NAMESPACE, "feature_bytes_written")
+class CommitFailures(beam.PTransform):
+    """``Failure`` -> committed ``OUTDIR/errors/part-<id>.jsonl`` dead letters; returns their ``Commit``s."""
 
-    def process(self, element):
-        (key, label, split), vectors = element
-        data = schema.encode_example(key, label, vectors, self._outputs, split)
-        self._embedded.inc()
-        self._bytes.inc(len(data))
-        yield data
+    def __init__(self, output_dir: str, records_per_file: int = DEFAULT_RECORDS_PER_COMMIT):
+        super().__init__()
+        self._fn = FailureCommitFn(output_dir, records_per_commit=records_per_file)
+
+    def expand(self, failures):
+        return failures | "Write and commit dead letters" >> beam.ParDo(self._fn)
 
 
 class _CountFailureFn(beam.DoFn):

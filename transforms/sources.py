@@ -28,7 +28,7 @@ from transforms.records import FAILED, METRICS_NAMESPACE, Failure, FileRef, Reco
 from transforms.tables import InputFields
 
 __all__ = ["InputSpec", "InputFields", "FORMATS", "detect_format", "label_from_path", "list_source_files",
-           "ReadRecords", "ExpandSourceFn", "ReadUnitFn"]
+           "ReadRecords", "ExpandSourceFn", "ReadUnitFn", "SKIPPED"]
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
@@ -170,41 +170,65 @@ class ExpandSourceFn(beam.DoFn):
                                                                           _describe(e)))
 
 
+SKIPPED = "skipped"  # tag of the keys a resumed run does not read again
+
+
 class ReadUnitFn(beam.DoFn):
-    """Unit of reading work -> ``Record``s; what cannot be read goes to the ``failed`` output."""
+    """Unit of reading work -> ``Record``s; what cannot be read goes to ``failed``.
+
+    With a ``done`` side input (keys already committed by an earlier run), those keys go to ``skipped``
+    instead: a unit whose keys are all done is not even opened."""
 
     def __init__(self, fields: InputFields):
         self._fields = fields
+        self._done = None
         self._read = Metrics.counter(METRICS_NAMESPACE, "records_read")
         self._bytes = Metrics.counter(METRICS_NAMESPACE, "bytes_read")
+        self._skipped = Metrics.counter(METRICS_NAMESPACE, "records_skipped_as_committed")
 
-    def process(self, unit):
-        done = set()
+    def process(self, unit, done=()):
+        if self._done is None:
+            self._done = frozenset(done)  # the same for every bundle of a batch job: build the set once
+        keys = unit_keys(unit)
+        if self._done and all(k in self._done for k in keys):
+            self._skipped.inc(len(keys))
+            for key in keys:
+                yield beam.pvalue.TaggedOutput(SKIPPED, key)
+            return
+        seen = set()
         try:
             for item in read_unit(unit, self._fields):
-                done.add(item.key)
-                if isinstance(item, Failure):
+                seen.add(item.key)
+                if item.key in self._done:
+                    self._skipped.inc()
+                    yield beam.pvalue.TaggedOutput(SKIPPED, item.key)
+                elif isinstance(item, Failure):
                     yield beam.pvalue.TaggedOutput(FAILED, item)
-                    continue
-                self._read.inc()
-                self._bytes.inc(len(item.payload))
-                yield item
+                else:
+                    self._read.inc()
+                    self._bytes.inc(len(item.payload))
+                    yield item
         except Exception as e:  # storage errors: every record of the unit not yet read fails with the reason
             source = getattr(unit, "uri", unit.key)
-            for key in unit_keys(unit):
-                if key not in done:
+            for key in keys:
+                if key not in seen and key not in self._done:
                     yield beam.pvalue.TaggedOutput(FAILED, Failure.from_exception(key, source, "read", _describe(e)))
+                elif key not in seen:
+                    yield beam.pvalue.TaggedOutput(SKIPPED, key)
 
 
 class ReadRecords(beam.PTransform):
-    """Input specs -> ``{"sources": SourceFile, "records": Record, "failed": Failure}`` PCollections."""
+    """Input specs -> ``{"sources": SourceFile, "records": Record, "failed": Failure, "skipped": key}``.
+
+    ``done_keys``: an optional PCollection of keys to skip (committed by an earlier run of the same job)."""
 
     def __init__(self, specs: Sequence[InputSpec], fields: InputFields = InputFields(),
-                 chunk_bytes: int = DEFAULT_CHUNK_BYTES):
+                 chunk_bytes: int = DEFAULT_CHUNK_BYTES, done_keys=None):
         super().__init__()
         self._specs = list(specs)
         self._fields = fields
         self._chunk_bytes = chunk_bytes
+        self._done_keys = done_keys
 
     def expand(self, pbegin):
         sources = (
@@ -218,10 +242,33 @@ class ReadRecords(beam.PTransform):
             | "Expand manifests and archives" >> beam.ParDo(
                 ExpandSourceFn(self._fields, self._chunk_bytes)).with_outputs(FAILED, main="units")
         )
+        done = () if self._done_keys is None else (beam.pvalue.AsList(self._done_keys),)
         read = (
             expanded.units
             | "Spread reading over workers" >> beam.Reshuffle()
-            | "Read records" >> beam.ParDo(ReadUnitFn(self._fields)).with_outputs(FAILED, main="records")
+            | "Read records" >> beam.ParDo(ReadUnitFn(self._fields), *done).with_outputs(
+                FAILED, SKIPPED, main="records")
         )
-        failed = (expanded[FAILED], read[FAILED]) | "Reading failures" >> beam.Flatten()
-        return {"sources": sources, "records": read.records, FAILED: failed}
+        expand_failed, skipped = expanded[FAILED], read[SKIPPED]
+        if self._done_keys is not None:
+            kept = expand_failed | "Skip committed failures" >> beam.ParDo(_SkipDoneFn(), *done).with_outputs(
+                SKIPPED, main="failed")
+            expand_failed = kept.failed
+            skipped = (skipped, kept[SKIPPED]) | "All skipped" >> beam.Flatten()
+        failed = (expand_failed, read[FAILED]) | "Reading failures" >> beam.Flatten()
+        return {"sources": sources, "records": read.records, FAILED: failed, SKIPPED: skipped}
+
+
+class _SkipDoneFn(beam.DoFn):
+    """Failure -> itself, or its key to ``skipped`` when an earlier run already committed it."""
+
+    def __init__(self):
+        self._done = None
+
+    def process(self, failure: Failure, done=()):
+        if self._done is None:
+            self._done = frozenset(done)
+        if failure.key in self._done:
+            yield beam.pvalue.TaggedOutput(SKIPPED, failure.key)
+        else:
+            yield failure

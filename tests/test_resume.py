@@ -1,0 +1,191 @@
+"""Committed units, --resume after a crash, and the launch errors around them."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from PIL import Image
+
+from pipeline.cli import main
+from pipeline.extract import run_extraction
+from pipeline.options import ExtractConfig
+from tests.conftest import REPO
+from tests.fakes import MEAN_COLOUR, MeanColourBackbone
+from transforms import commits, schema
+from transforms.sources import InputSpec
+
+IN_PROCESS = ["--runner=FnApiRunner"]
+
+
+@pytest.fixture
+def worker_env(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+@pytest.fixture(scope="module")
+def colours(tmp_path_factory):
+    root = tmp_path_factory.mktemp("colours")
+    for i in range(30):
+        Image.new("RGB", (40, 30), (i * 8, 200 - i * 6, 50)).save(root / f"{i:02d}.png")
+    (root / "broken.jpg").write_bytes(b"not a jpeg")
+    return root
+
+
+def _config(tmp_path, root, **changes):
+    config = ExtractConfig(inputs=(InputSpec.directory(str(root)),), output=str(tmp_path / "out"),
+                           backbone=MeanColourBackbone(str(tmp_path / "loads.log")), outputs=(MEAN_COLOUR,),
+                           batch_size=4, records_per_shard=4, threads_per_worker=1, overwrite=False)
+    return dataclasses.replace(config, **changes)
+
+
+def _records(output):
+    manifest = schema.read_manifest(output)
+    return manifest, [r for p in schema.shard_paths(output, manifest) for r in schema.read_records(p, manifest.outputs)]
+
+
+def test_outputs_are_committed_in_units_with_their_keys(tmp_path, colours, worker_env):
+    config = _config(tmp_path, colours)
+    manifest = run_extraction(config, PipelineOptions(IN_PROCESS))
+
+    done = commits.read_commits(config.output)
+    features = [c for c in done if c.kind == "features"]
+    assert len(features) >= 30 // 4 and all(c.records <= 4 for c in features)
+    assert sorted(manifest.shards) == sorted(c.path for c in features)
+    _, records = _records(config.output)
+    assert sorted(k for c in features for k in c.keys) == sorted(r.key for r in records)
+    (errors,) = [c for c in done if c.kind == "errors"]
+    assert errors.keys == (str(colours / "broken.jpg"),) and errors.reasons == {
+        "decode: ImageDecodeError": [1, str(colours / "broken.jpg")]}
+    assert not os.listdir(os.path.join(config.output, schema.PENDING_DIR))
+    assert manifest.resumed_records == 0
+
+
+def test_resume_skips_what_was_committed_and_finishes_the_rest(tmp_path, colours, worker_env):
+    config = _config(tmp_path, colours)
+    full = run_extraction(config, PipelineOptions(IN_PROCESS))
+    _, before = _records(config.output)
+
+    # a crash: half the commits never happened, one shard was written but not committed, one was pending
+    done = commits.read_commits(config.output)
+    lost = [c for c in done if c.kind == "features"][::2]
+    for c in lost:
+        os.remove(os.path.join(config.output, schema.COMMITS_DIR, f"{c.id}.json"))
+    os.remove(os.path.join(config.output, schema.MANIFEST_NAME))
+    pending = os.path.join(config.output, schema.PENDING_DIR, "dead.tfrecord")
+    open(pending, "wb").write(b"half a shard")
+
+    resumed = run_extraction(dataclasses.replace(config, resume=True), PipelineOptions(IN_PROCESS))
+    manifest, after = _records(config.output)
+    assert resumed.counts == full.counts == {"inputs": 31, "embedded": 30, "failed": 1}
+    assert sorted(r.key for r in after) == sorted(r.key for r in before)          # every key, once
+    by_key = {r.key: r.vectors["pixels"] for r in before}
+    for r in after:
+        np.testing.assert_array_equal(r.vectors["pixels"], by_key[r.key])
+    redone = sum(c.records for c in lost)
+    assert manifest.resumed_records == 31 - redone                                 # only the lost ones were redone
+    assert not os.path.exists(pending)
+    on_disk = sorted(os.listdir(os.path.join(config.output, schema.FEATURES_DIR)))
+    assert on_disk == sorted(os.path.basename(s) for s in manifest.shards)        # no orphan shards left
+
+
+def test_a_key_committed_twice_is_kept_once(tmp_path, colours, worker_env):
+    config = _config(tmp_path, colours)
+    run_extraction(config, PipelineOptions(IN_PROCESS))
+    first, second = [c for c in commits.read_commits(config.output) if c.kind == "features"][:2]
+    # what a distributed runner's retried bundle can leave: the same record committed in two files
+    with open(os.path.join(config.output, first.path), "rb") as f:
+        frame = f.read()
+    with open(os.path.join(config.output, second.path), "ab") as f:
+        f.write(frame)
+    twice = commits.Commit(second.id, second.kind, second.path, second.records + first.records,
+                           second.keys + first.keys, second.labels)
+    with open(os.path.join(config.output, schema.COMMITS_DIR, f"{second.id}.json"), "w") as f:
+        f.write(twice.to_json())
+
+    fixed = commits.drop_duplicates(config.output, commits.read_commits(config.output))
+    keys = [k for c in fixed for k in c.keys]
+    assert len(keys) == len(set(keys)) == 31
+    for c in commits.read_commits(config.output):  # each rewritten file holds exactly what its record says
+        path = os.path.join(config.output, c.path)
+        held = [json.loads(line)["key"] for line in open(path)] if c.kind == "errors" else [
+            r.key for r in schema.read_records(path, (MEAN_COLOUR,))]
+        assert tuple(held) == c.keys
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--resume", "--overwrite"], "--resume and --overwrite contradict each other"),
+    (["--resume"], "nothing to resume in {out}: it has no run.json from an earlier run"),
+    (["--records-per-shard", "0"], "--records-per-shard must be at least 1"),
+], ids=["resume-and-overwrite", "nothing-to-resume", "records-per-shard"])
+def test_resume_launch_errors(tmp_path, colours, capsys, flags, message):
+    out = tmp_path / "out"
+    assert main(["extract", "--input", str(colours), "--output", str(out), "--quiet", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("featurebeam extract: error: " + message.format(out=out)), err
+
+
+@pytest.mark.slow
+def test_resume_with_other_settings_is_refused(tmp_path, colours, capsys):
+    out = str(tmp_path / "out")
+    assert main(["extract", "--input", str(colours), "--output", out, "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["extract", "--input", str(colours), "--output", out, "--quiet"]) == 2
+    assert "is not empty; pass --overwrite to replace its features, or --resume" in capsys.readouterr().err
+    assert main(["extract", "--input", str(colours), "--output", out, "--resume", "--layer", "features.17"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"featurebeam extract: error: cannot resume {out}: it was started with different --layer/--pooling; "
+        "use the same settings, or --overwrite to start again")
+
+
+@pytest.mark.slow
+def test_killed_multi_process_run_resumes_to_the_same_features(tmp_path, image_folder):
+    """SIGKILL the launcher and its worker processes part-way, rerun with --resume: every key once, the same
+    features as a run that was never interrupted, and only the uncommitted part embedded again."""
+    images = tmp_path / "images"
+    images.mkdir()
+    photos = [Image.open(image_folder / rel).convert("RGB") for rel in ("china/original.jpg", "flower/original.jpg")]
+    for i in range(96):
+        photos[i % 2].crop((i, i // 2, i + 400, i // 2 + 300)).save(images / f"{i:03d}.jpg", quality=90)
+    flags = ["--input", str(images), "--batch-size", "2", "--records-per-shard", "4", "--quiet",
+             "--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+    env = {**os.environ, "PYTHONPATH": REPO}
+
+    killed = str(tmp_path / "killed")
+    run = subprocess.Popen([sys.executable, "-m", "pipeline", "extract", *flags, "--output", killed],
+                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    markers = os.path.join(killed, schema.COMMITS_DIR)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and run.poll() is None:
+        if os.path.isdir(markers) and len(os.listdir(markers)) >= 6:
+            break
+        time.sleep(0.05)
+    assert run.poll() is None, "the run ended before it could be killed part-way"
+    os.killpg(run.pid, signal.SIGKILL)  # the launcher and every worker process, with no chance to clean up
+    run.wait()
+    assert not os.path.exists(os.path.join(killed, schema.MANIFEST_NAME))
+
+    resumed = subprocess.run([sys.executable, "-m", "pipeline", "extract", *flags, "--output", killed, "--resume"],
+                             env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    complete = str(tmp_path / "complete")
+    assert main(["extract", *flags, "--output", complete]) == 0
+
+    manifest, records = _records(killed)
+    _, reference = _records(complete)
+    assert manifest.counts == {"inputs": 96, "embedded": 96, "failed": 0}
+    assert sorted(r.key for r in records) == sorted(r.key for r in reference) and len(records) == 96
+    expected = {r.key: r.vectors["features.18"] for r in reference}
+    for r in records:
+        np.testing.assert_allclose(r.vectors["features.18"], expected[r.key], atol=1e-5, rtol=1e-5)
+    assert 24 <= manifest.resumed_records < 96  # measurably less work: the committed part was not redone
+    assert f"{manifest.resumed_records} of them were committed by the interrupted run" in resumed.stdout
+    print(json.dumps({"skipped on resume": manifest.resumed_records, "of": 96}))

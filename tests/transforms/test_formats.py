@@ -168,3 +168,11 @@ def test_truncated_tfrecord_keeps_what_precedes_the_damage():
     assert units[1].key == "r.tfrecord#3" and "truncated record header" in units[1].message
     junk = list(tfrecords.index_tfrecord("j.tfrecord", io.BytesIO(b"not a tfrecord at all"), 1 << 20))
     assert len(junk) == 1 and "corrupt record header at byte 0" in junk[0].message
+
+
+def test_tar_member_names_are_keys_never_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = _tar([("../../escape.jpg", b"E"), ("/abs/olute.png", b"A"), ("ok/../x.jpg", b"X")])
+    _, got = _read_all("s.tar", data)
+    assert sorted(r.key for r in got) == ["s.tar#../../escape.jpg", "s.tar#/abs/olute.png", "s.tar#ok/../x.jpg"]
+    assert list(tmp_path.iterdir()) == [] and not (tmp_path.parent.parent / "escape.jpg").exists()

@@ -5,6 +5,7 @@
     featurebeam predict --model MODELDIR --input DIR_OR_GLOB --output OUTDIR [Beam flags]
     featurebeam inspect OUTDIR [--check]
     featurebeam report OUTDIR [--model MODELDIR]
+    featurebeam bench [--backbone NAME] [--images DIR] [--batch-size N] [--json]
     featurebeam demo [--workdir DIR] [Beam flags]
 
 Every flag that is not featurebeam's own is handed to Apache Beam (``--runner``, ``--direct_num_workers``,
@@ -221,6 +222,31 @@ def cmd_predict(argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_bench(argv: Sequence[str]) -> int:
+    from pipeline.bench import format_bench, run_bench
+
+    parser = _Parser(
+        prog="featurebeam bench", allow_abbrev=False,
+        description="Measure images/s: the backbone's forward pass alone, and featurebeam extract end to end.",
+        epilog="Apache Beam options pass through to the extract runs (e.g. --direct_running_mode multi_processing).")
+    parser.add_argument("--backbone", default="mobilenet_v2")
+    parser.add_argument("--images", metavar="DIR", help="a folder of JPEG files (default: generated 500x400 photos)")
+    parser.add_argument("--count", type=int, default=600, help="photos to generate without --images (default 600)")
+    parser.add_argument("--batch-size", type=int, action="append", metavar="N",
+                        help="batch size to try (repeatable; default: 16, 32 and 64, the best counts)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    own, beam_argv = split_flags(parser, argv)
+    if own.images is not None and not os.path.isdir(own.images):
+        raise UsageError(f"--images {own.images} is not a directory")
+    sizes = sorted(set(own.batch_size or [16, 32, 64]))
+    if min(sizes) < 1 or own.count < 5:
+        raise UsageError("--batch-size must be at least 1 and --count at least 5")
+    result = run_bench(own.backbone, own.images, sizes, beam_argv, own.count,
+                       log=lambda m: print(f"featurebeam bench: {m}", file=sys.stderr))
+    print(result.to_json() if own.json else format_bench(result))
+    return 0
+
+
 def cmd_inspect(argv: Sequence[str]) -> int:
     from pipeline.inspect_features import format_inspection, inspect_feature_set
 
@@ -256,18 +282,19 @@ def cmd_report(argv: Sequence[str]) -> int:
 
 
 COMMANDS = {"extract": cmd_extract, "train": cmd_train, "predict": cmd_predict, "inspect": cmd_inspect,
-            "report": cmd_report, "demo": cmd_demo}
+            "report": cmd_report, "bench": cmd_bench, "demo": cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: featurebeam {extract,train,predict,inspect,report,demo} ...\n\n"
+        print("usage: featurebeam {extract,train,predict,inspect,report,bench,demo} ...\n\n"
               "  extract  extract backbone features of images into sharded TFRecords + manifest.json\n"
               "  train    train classifier heads on extracted features; export a serving model\n"
               "  predict  classify raw images with a trained model directory\n"
               "  inspect  summarise a feature set; --check verifies it against its manifest\n"
               "  report   one self-contained HTML page: manifest, labels, PCA projection, failures, metrics\n"
+              "  bench    images/s of the backbone alone and of the whole pipeline, on this machine\n"
               "  demo     extract features of scikit-learn's digits and train a linear head on them\n\n"
               "Run 'featurebeam COMMAND --help' for a command's options.", file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2

@@ -82,7 +82,8 @@ def build_extraction(p: beam.Pipeline, config: ExtractConfig, progress_dir: str 
     _counted(read["sources"], progress_dir, "listed")
     records = _counted(read["records"], progress_dir, "read")
     extracted = records | "Extract features" >> ExtractFeatures(
-        config.backbone, config.outputs, config.batch_size, config.threads_per_worker, config.max_pixels)
+        config.backbone, config.outputs, config.batch_size, config.threads_per_worker, config.max_pixels,
+        config.share_model, config.mixed_precision)
     _counted(extracted["embedded"], progress_dir, "embedded")
     feature_commits = extracted["embedded"] | "Commit features" >> CommitFeatures(
         config.output, config.outputs, config.records_per_shard)

@@ -12,7 +12,13 @@ import os
 from dataclasses import dataclass
 
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import (
+    DebugOptions,
+    DirectOptions,
+    GoogleCloudOptions,
+    PipelineOptions,
+    StandardOptions,
+)
 
 from pipeline.backbones import BackboneSpec, resolve_backbone, stage_backbone
 from transforms.commits import DEFAULT_RECORDS_PER_COMMIT
@@ -85,7 +91,11 @@ class ExtractOptions(PipelineOptions):
                             help="layer to extract (repeatable; default: the backbone's feature layer)")
         parser.add_argument("--pooling", default="avg", choices=POOLINGS,
                             help="how a spatial feature map becomes a vector (default: avg)")
-        parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+        parser.add_argument("--batch-size", type=int, default=None,
+                            help=f"images per forward pass (default: {CPU_BATCH_SIZE}; {GPU_BATCH_SIZE} when the job "
+                                 "runs on GPUs)")
+        parser.add_argument("--mixed-precision", action="store_true",
+                            help="compute in float16 on accelerators that gain from it (vectors stay float32)")
         parser.add_argument("--records-per-shard", type=int, default=DEFAULT_RECORDS_PER_COMMIT, metavar="N",
                             help="records per feature shard; each shard is committed as soon as it is full, so an "
                                  f"interrupted run keeps it (default: {DEFAULT_RECORDS_PER_COMMIT:,})")
@@ -118,6 +128,8 @@ class ExtractConfig:
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
     resume: bool = False
+    share_model: bool = False        # one model per machine across a worker's processes (GPU workers)
+    mixed_precision: bool = False
 
     @classmethod
     def from_options(cls, options: PipelineOptions) -> ExtractConfig:
@@ -126,8 +138,10 @@ class ExtractConfig:
             raise ConfigError("--input is required (a directory of images or a glob)")
         if not o.output:
             raise ConfigError("--output is required (the directory to write features into)")
-        if o.batch_size < 1:
-            raise ConfigError(f"--batch-size must be at least 1, got {o.batch_size}")
+        gpus = uses_gpus(options)
+        batch_size = o.batch_size if o.batch_size is not None else GPU_BATCH_SIZE if gpus else CPU_BATCH_SIZE
+        if batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
         if o.records_per_shard < 1:
             raise ConfigError(f"--records-per-shard must be at least 1, got {o.records_per_shard}")
         if o.resume and o.overwrite:
@@ -157,12 +171,29 @@ class ExtractConfig:
         threads = o.threads_per_worker or local_threads_per_worker(options)
         fields = InputFields(o.uri_field, o.label_field, o.split_field, o.text_field, o.id_field,
                              o.image_feature, o.label_feature)
-        config = cls(inputs, output, backbone, outputs, o.batch_size, o.records_per_shard, threads, o.overwrite,
+        config = cls(inputs, output, backbone, outputs, batch_size, o.records_per_shard, threads, o.overwrite,
                      o.max_failure_fraction, o.quiet, fields, int(o.read_chunk_mb * 2**20), o.max_image_pixels,
-                     o.resume)
+                     o.resume, share_model=gpus, mixed_precision=o.mixed_precision)
         if o.resume:
             check_resumable(config)
         return config
+
+
+CPU_BATCH_SIZE = 32
+GPU_BATCH_SIZE = 128
+
+
+def uses_gpus(options: PipelineOptions) -> bool:
+    """Whether the job's workers have GPUs: Dataflow's ``worker_accelerator`` service option (or experiment),
+    or, for a local runner, a GPU on this machine."""
+    gcp = options.view_as(GoogleCloudOptions)
+    requested = list(gcp.dataflow_service_options or []) + list(options.view_as(DebugOptions).experiments or [])
+    if any(str(item).startswith("worker_accelerator") for item in requested):
+        return True
+    if runner_name(options) not in LOCAL_RUNNERS or os.environ.get("CUDA_VISIBLE_DEVICES") in ("", "-1"):
+        return False
+    gpus = "/proc/driver/nvidia/gpus"
+    return os.path.isdir(gpus) and bool(os.listdir(gpus))
 
 
 def run_settings(config: ExtractConfig) -> dict:

@@ -25,11 +25,13 @@ class ExtractFeatures(beam.PTransform):
     """
 
     def __init__(self, backbone, outputs: Sequence[OutputSpec], batch_size: int = 32,
-                 threads: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
+                 threads: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, share_model: bool = False,
+                 mixed_precision: bool = False):
         super().__init__()
         self._backbone = backbone
         self._max_pixels = max_pixels
-        self._handler = KeyedModelHandler(BackboneHandler(backbone, outputs, batch_size, threads))
+        self._handler = KeyedModelHandler(BackboneHandler(backbone, outputs, batch_size, threads, share_model,
+                                                          mixed_precision))
 
     def expand(self, records):
         decoded = records | "Decode images" >> beam.ParDo(

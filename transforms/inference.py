@@ -82,8 +82,26 @@ class LoadedBackbone:
     fn: Any
     image_size: int
 
-    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        return {k: v.numpy() for k, v in self.fn(images).items()}
+    def embed(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """uint8 (n, size, size, 3) -> {output name: (n, dim) float32}. (A named method, so that the call also
+        works through Beam's cross-process model proxy.)"""
+        return {k: np.asarray(v.numpy(), dtype=np.float32) for k, v in self.fn(images).items()}
+
+    __call__ = embed
+
+
+def use_gpu_memory_growth() -> int:
+    """Let TensorFlow grow GPU memory as needed instead of taking it all (several models may share a GPU);
+    returns the number of GPUs visible. A no-op once the TF runtime has started."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:
+            pass
+    return len(gpus)
 
 
 class BackboneHandler(ModelHandler[np.ndarray, PredictionResult, LoadedBackbone]):
@@ -95,20 +113,31 @@ class BackboneHandler(ModelHandler[np.ndarray, PredictionResult, LoadedBackbone]
       outputs: which layers to extract and how to pool each.
       batch_size: upper bound of a batch handed to the compiled function.
       threads: TensorFlow intra-op threads for this worker process (None: TensorFlow's default).
+      share_across_processes: one model per machine, shared by all of a worker's SDK processes through
+        Beam's cross-process model sharing (for GPU workers: one copy per GPU instead of one per process).
+      mixed_precision: compute in float16 where the accelerator gains from it (vectors still float32).
     """
 
-    def __init__(self, spec, outputs: Sequence[OutputSpec], batch_size: int = 32, threads: int | None = None):
+    def __init__(self, spec, outputs: Sequence[OutputSpec], batch_size: int = 32, threads: int | None = None,
+                 share_across_processes: bool = False, mixed_precision: bool = False):
         super().__init__(min_batch_size=1, max_batch_size=batch_size)
         self._spec = spec
         self._outputs = tuple(outputs)
         self._batch_size = batch_size
         self._threads = threads
+        self._share = share_across_processes
+        self._mixed_precision = mixed_precision
         self._retried_batches = Metrics.counter(METRICS_NAMESPACE, "batches_retried_one_by_one")
 
     def load_model(self) -> LoadedBackbone:
         import tensorflow as tf
 
         configure_tensorflow_threads(self._threads)
+        gpus = use_gpu_memory_growth()
+        if self._mixed_precision:
+            import keras
+
+            keras.mixed_precision.set_global_policy("mixed_float16")
         layers = sorted({o.layer for o in self._outputs})
         model = self._spec.load(layers)
         size = self._spec.preprocessing.crop
@@ -117,10 +146,11 @@ class BackboneHandler(ModelHandler[np.ndarray, PredictionResult, LoadedBackbone]
         @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)], autograph=False)
         def embed(images):
             activations = model(images, training=False)
-            return {out.name: pool(activations[out.layer], out.pooling) for out in outputs}
+            return {out.name: tf.cast(pool(activations[out.layer], out.pooling), tf.float32) for out in outputs}
 
         embed.get_concrete_function()  # trace once, here, not in the first batch
-        _LOG.info("loaded backbone %s in process %d", getattr(self._spec, "name", "?"), os.getpid())
+        _LOG.info("loaded backbone %s in process %d (%d GPUs visible)", getattr(self._spec, "name", "?"),
+                  os.getpid(), gpus)
         return LoadedBackbone(embed, size)
 
     def run_inference(self, batch: Sequence[np.ndarray], model: LoadedBackbone,
@@ -128,7 +158,7 @@ class BackboneHandler(ModelHandler[np.ndarray, PredictionResult, LoadedBackbone]
         """Vectors for each image of the batch; if the batch fails, each image is retried alone, and an
         image that fails alone gets an ``EmbeddingFailure`` instead, so its neighbours are not lost."""
         try:
-            vectors = model(np.stack(batch))
+            vectors = model.embed(np.stack(batch))
             per_image = [{name: v[i] for name, v in vectors.items()} for i in range(len(batch))]
         except Exception as batch_error:  # one bad input must not take its batch with it
             _LOG.warning("a batch of %d failed (%s: %s); retrying its images one at a time", len(batch),
@@ -140,9 +170,12 @@ class BackboneHandler(ModelHandler[np.ndarray, PredictionResult, LoadedBackbone]
 
     def _embed_alone(self, model: LoadedBackbone, image: np.ndarray):
         try:
-            return {name: v[0] for name, v in model(image[None]).items()}
+            return {name: v[0] for name, v in model.embed(image[None]).items()}
         except Exception as e:
             return EmbeddingFailure.from_exception(e)
+
+    def share_model_across_processes(self) -> bool:
+        return self._share
 
     @property
     def model_id(self) -> str:

@@ -1,0 +1,53 @@
+"""``featurebeam bench`` and the launcher's choices for GPU jobs (behaviour, never wall time)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline.bench import descendants, make_photos, vm_hwm_kb
+from pipeline.cli import main
+from pipeline.options import CPU_BATCH_SIZE, GPU_BATCH_SIZE, ExtractConfig, uses_gpus
+
+
+def test_generated_photos_are_distinct_jpegs_of_the_asked_size(tmp_path):
+    from PIL import Image
+
+    paths = make_photos(str(tmp_path), 6)
+    sizes = {Image.open(p).size for p in paths}
+    assert sizes == {(500, 400)} and len({open(p, "rb").read() for p in paths}) == 6
+
+
+def test_process_memory_is_read_from_proc():
+    import os
+
+    assert os.getpid() in descendants(os.getpid())
+    assert vm_hwm_kb(os.getpid()) > 10_000
+
+
+@pytest.mark.parametrize("flags, gpus", [
+    (["--runner=DataflowRunner", "--dataflow_service_options=worker_accelerator=type:nvidia-l4;count:1;"
+      "install-nvidia-driver"], True),
+    (["--runner=DataflowRunner", "--experiments=worker_accelerator=type:nvidia-tesla-t4;count:1"], True),
+    (["--runner=DataflowRunner"], False),
+], ids=["service-option", "experiment", "no-accelerator"])
+def test_gpu_jobs_get_larger_batches_and_one_model_per_machine(tmp_path, sample_photos, flags, gpus):
+    (tmp_path / "a.jpg").write_bytes(sample_photos["china.jpg"])
+    options = PipelineOptions(["--input", str(tmp_path / "a.jpg"), "--output", str(tmp_path / "out"),
+                               f"--temp_location={tmp_path / 'staging'}", *flags])
+    assert uses_gpus(options) is gpus
+    config = ExtractConfig.from_options(options)
+    assert config.batch_size == (GPU_BATCH_SIZE if gpus else CPU_BATCH_SIZE)
+    assert config.share_model is gpus
+
+
+@pytest.mark.slow
+def test_bench_reports_both_rates_their_ratio_and_memory(capsys):
+    assert main(["bench", "--count", "15", "--batch-size", "4", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["images"] == 15 and result["limit_batch_size"] == 4
+    for key in ("limit_images_per_s", "pipeline_images_per_s", "pipeline_end_to_end_images_per_s", "peak_rss_mb"):
+        assert result[key] > 0, key
+    assert result["ratio"] == pytest.approx(result["pipeline_images_per_s"] / result["limit_images_per_s"])

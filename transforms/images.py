@@ -95,7 +95,7 @@ def to_rgb(image):
         peak = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
         grey = np.clip(np.round(values * (255.0 / peak)), 0, 255).astype(np.uint8)
         return Image.fromarray(grey).convert("RGB")
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 # A JPEG is decoded at 1/2, 1/4 or 1/8 scale (DCT scaling) only while its shorter side stays at least this many
@@ -135,7 +135,7 @@ def decode_image(data: bytes, prep: ImagePreprocessing, max_pixels: int = DEFAUL
                 if width < 1 or height < 1:
                     raise ImageDecodeError(f"image has no pixels ({width}x{height})")
                 reduce_jpeg_decoding(image, prep)
-                image = ImageOps.exif_transpose(image)
+                ImageOps.exif_transpose(image, in_place=True)  # no copy when there is nothing to turn
                 return resize_and_crop(to_rgb(image), prep)
     except ImageDecodeError:
         raise

@@ -120,7 +120,9 @@ class BackboneHandler(ModelHandler[np.ndarray, PredictionResult, LoadedBackbone]
 
     def __init__(self, spec, outputs: Sequence[OutputSpec], batch_size: int = 32, threads: int | None = None,
                  share_across_processes: bool = False, mixed_precision: bool = False):
-        super().__init__(min_batch_size=1, max_batch_size=batch_size)
+        # Fixed-size batches: the compiled call is fastest at its batch size, and a batch job gains nothing from
+        # Beam's adaptive (latency-driven) batch sizes; only a bundle's last batch is smaller.
+        super().__init__(min_batch_size=batch_size, max_batch_size=batch_size)
         self._spec = spec
         self._outputs = tuple(outputs)
         self._batch_size = batch_size

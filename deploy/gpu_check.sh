@@ -27,4 +27,4 @@ print(f"gpu_check: TensorFlow {tf.__version__} sees {len(gpus)} GPU(s): {[g.name
 raise SystemExit(0 if gpus else 3)
 PY
 
-exec .venv-gpu/bin/featurebeam bench --json --count 2000 --batch-size 64 --batch-size 128 --batch-size 256 "$@"
+exec .venv-gpu/bin/featurebeam bench --json --count 2000 "$@"

@@ -5,9 +5,10 @@ Measured in one run, on this machine:
 
 1. the limit: the backbone's compiled forward pass alone, on uint8 batches already in memory, at each
    candidate batch size (the best one counts);
-2. the pipeline: ``featurebeam extract`` end to end (listing, reading, decoding, inference, writing), run twice,
-   on all the images and on a fifth of them. Every run pays a fixed start-up (Python and TensorFlow imports,
-   the model build), so the pipeline's rate is the marginal one, ``(N - n) / (T_N - T_n)``: the images/s an
+2. the pipeline: ``featurebeam extract`` as a user runs it (its default batch size unless told), end to end
+   (listing, reading, decoding, inference, writing), run twice, on all the images and on a fifth of them.
+   Every run pays a fixed start-up (Python and TensorFlow imports, the model build), so the pipeline's rate
+   is the marginal one, ``(N - n) / (T_N - T_n)``: the images/s an
    overnight job sees. The end-to-end rate of the full run is reported too (and used when there are too few
    images for the two runs' times to differ clearly).
 
@@ -44,7 +45,7 @@ class BenchResult:
     pipeline_end_to_end_images_per_s: float
     ratio: float
     peak_rss_mb: float
-    runner_flags: list
+    extract_flags: list
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -194,8 +195,10 @@ def measure_pipeline(images: str, workdir: str, flags: Sequence[str]) -> tuple[f
     return marginal, end_to_end, peak_mb, counts["inputs"]
 
 
-def run_bench(backbone_name: str, images: str | None, batch_sizes: Sequence[int], flags: Sequence[str],
-              count: int = 600, log=print) -> BenchResult:
+def run_bench(backbone_name: str, images: str | None, batch_size: int | None, flags: Sequence[str],
+              count: int = 600, log=print, limit_batch_sizes: Sequence[int] = (16, 32, 64)) -> BenchResult:
+    """The limit is the best of ``limit_batch_sizes`` (and ``batch_size``); the pipeline runs as a user would
+    run it: with ``batch_size``, or extract's default without it."""
     from pipeline.backbones import resolve_backbone
     from transforms.images import decode_image
 
@@ -213,14 +216,16 @@ def run_bench(backbone_name: str, images: str | None, batch_sizes: Sequence[int]
         for path in files[:64]:
             with open(path, "rb") as f:
                 preloaded.append(decode_image(f.read(), backbone.preprocessing))
-        log(f"limit: the compiled forward pass alone, batch sizes {', '.join(map(str, batch_sizes))}")
-        rates = measure_limit(backbone, np.stack(preloaded), batch_sizes)
+        sizes = sorted(set(limit_batch_sizes) | ({batch_size} if batch_size else set()))
+        log(f"limit: the compiled forward pass alone, batch sizes {', '.join(map(str, sizes))}")
+        rates = measure_limit(backbone, np.stack(preloaded), sizes)
         best = max(rates, key=rates.get)
         log(f"pipeline: featurebeam extract on {len(files)} images, and on a fifth of them")
-        marginal, end_to_end, peak, n = measure_pipeline(images, workdir, [f"--backbone={backbone_name}",
-                                                                            f"--batch-size={best}", *flags])
+        extract_flags = [f"--backbone={backbone_name}", *([f"--batch-size={batch_size}"] if batch_size else []),
+                         *flags]
+        marginal, end_to_end, peak, n = measure_pipeline(images, workdir, extract_flags)
         return BenchResult(backbone_name, n, rates[best], best, {str(k): v for k, v in rates.items()}, marginal,
-                           end_to_end, marginal / rates[best], peak, list(flags))
+                           end_to_end, marginal / rates[best], peak, extract_flags)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -232,7 +237,7 @@ def format_bench(r: BenchResult) -> str:
         f"  limit     {r.limit_images_per_s:7.1f} images/s  forward pass alone, batch {r.limit_batch_size} "
         f"(by batch size: {by_size})",
         f"  pipeline  {r.pipeline_images_per_s:7.1f} images/s  featurebeam extract, start-up excluded "
-        f"({r.pipeline_end_to_end_images_per_s:.1f} end to end, start-up included)",
+        f"({r.pipeline_end_to_end_images_per_s:.1f} end to end, start-up included); {' '.join(r.extract_flags)}",
         f"  ratio     {r.ratio:7.2f}            pipeline / limit",
         f"  memory    {r.peak_rss_mb:7.0f} MB peak resident, largest process",
     ])

@@ -63,8 +63,8 @@ def _given(argv: Sequence[str], flag: str) -> bool:
 
 def with_local_defaults(argv: Sequence[str]) -> list[str]:
     """Without --runner: Beam's FnApiRunner (what DirectRunner runs batch jobs on, minus its Prism probe),
-    with two worker threads sharing one model, so decoding overlaps inference (the fastest local layout
-    measured; see the README)."""
+    with two worker processes, each with its own model and its share of the cores, so one decodes while the
+    other runs the network (the fastest local layout measured, within the memory goal; see the README)."""
     from pipeline.options import DEFAULT_LOCAL_FLAGS
 
     if _given(argv, "--runner"):
@@ -232,16 +232,16 @@ def cmd_bench(argv: Sequence[str]) -> int:
     parser.add_argument("--backbone", default="mobilenet_v2")
     parser.add_argument("--images", metavar="DIR", help="a folder of JPEG files (default: generated 500x400 photos)")
     parser.add_argument("--count", type=int, default=600, help="photos to generate without --images (default 600)")
-    parser.add_argument("--batch-size", type=int, action="append", metavar="N",
-                        help="batch size to try (repeatable; default: 16, 32 and 64, the best counts)")
+    parser.add_argument("--batch-size", type=int, metavar="N",
+                        help="the pipeline's batch size (default: extract's); the limit is the best of 16, 32, 64 "
+                             "and N")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     own, beam_argv = split_flags(parser, argv)
     if own.images is not None and not os.path.isdir(own.images):
         raise UsageError(f"--images {own.images} is not a directory")
-    sizes = sorted(set(own.batch_size or [16, 32, 64]))
-    if min(sizes) < 1 or own.count < 5:
+    if (own.batch_size is not None and own.batch_size < 1) or own.count < 5:
         raise UsageError("--batch-size must be at least 1 and --count at least 5")
-    result = run_bench(own.backbone, own.images, sizes, beam_argv, own.count,
+    result = run_bench(own.backbone, own.images, own.batch_size, beam_argv, own.count,
                        log=lambda m: print(f"featurebeam bench: {m}", file=sys.stderr))
     print(result.to_json() if own.json else format_bench(result))
     return 0

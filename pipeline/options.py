@@ -40,7 +40,7 @@ from transforms.storage import bucket_exists, bucket_of, use_storage_emulator
 __all__ = ["ExtractOptions", "ExtractConfig", "ConfigError", "DEFAULT_RUNNER", "DEFAULT_LOCAL_FLAGS", "LOCAL_RUNNERS"]
 
 DEFAULT_RUNNER = "FnApiRunner"
-DEFAULT_LOCAL_FLAGS = (f"--runner={DEFAULT_RUNNER}", "--direct_running_mode=multi_threading",
+DEFAULT_LOCAL_FLAGS = (f"--runner={DEFAULT_RUNNER}", "--direct_running_mode=multi_processing",
                        "--direct_num_workers=2")
 LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
 

@@ -47,7 +47,8 @@ def test_gpu_jobs_get_larger_batches_and_one_model_per_machine(tmp_path, sample_
 def test_bench_reports_both_rates_their_ratio_and_memory(capsys):
     assert main(["bench", "--count", "15", "--batch-size", "4", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["images"] == 15 and result["limit_batch_size"] == 4
+    assert result["images"] == 15 and set(result["limit_by_batch_size"]) == {"4", "16", "32", "64"}
+    assert "--batch-size=4" in result["extract_flags"]
     for key in ("limit_images_per_s", "pipeline_images_per_s", "pipeline_end_to_end_images_per_s", "peak_rss_mb"):
         assert result[key] > 0, key
     assert result["ratio"] == pytest.approx(result["pipeline_images_per_s"] / result["limit_images_per_s"])

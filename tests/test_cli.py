@@ -98,7 +98,7 @@ def test_help_lists_the_options(capsys):
 
 
 @pytest.mark.parametrize("given, expected", [
-    ([], ["--runner=FnApiRunner", "--direct_running_mode=multi_threading", "--direct_num_workers=2"]),
+    ([], ["--runner=FnApiRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"]),
     (["--direct_num_workers=3"], ["--direct_num_workers=3", "--runner=FnApiRunner"]),
     (["--runner", "DirectRunner"], ["--runner", "DirectRunner"]),
     (["--runner=DataflowRunner", "--project=p"], ["--runner=DataflowRunner", "--project=p"]),

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -77,15 +78,22 @@ class EmbeddingFailure:
 
 @dataclass
 class LoadedBackbone:
-    """The per-process model: a compiled function from a uint8 batch to ``{output name: (n, dim)}``."""
+    """The per-process model: a compiled function from a uint8 batch to ``{output name: (n, dim)}``.
+
+    One batch runs at a time: a call already uses every core TensorFlow was given, so a second concurrent
+    call (Beam runs several bundles per process) would only double the activations in memory. The other
+    threads decode meanwhile."""
 
     fn: Any
     image_size: int
+    lock: Any = field(default_factory=threading.Lock)
 
     def embed(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """uint8 (n, size, size, 3) -> {output name: (n, dim) float32}. (A named method, so that the call also
         works through Beam's cross-process model proxy.)"""
-        return {k: np.asarray(v.numpy(), dtype=np.float32) for k, v in self.fn(images).items()}
+        with self.lock:
+            outputs = self.fn(images)
+            return {k: np.asarray(v.numpy(), dtype=np.float32) for k, v in outputs.items()}
 
     __call__ = embed
 

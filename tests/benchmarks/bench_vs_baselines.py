@@ -104,7 +104,7 @@ def command(method: str, images: str, output: str) -> list[str]:
     if method == "featurebeam":
         return [sys.executable, "-m", "pipeline", "extract", "--input", images, "--output", output, "--overwrite",
                 "--quiet"]
-    return [sys.executable, __file__, "--run", method, "--images", images, "--output", output]
+    return [sys.executable, __file__, "--run", method, "--photos", images, "--output", output]
 
 
 def main() -> None:
@@ -112,11 +112,11 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=600)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--run", choices=["beam-docs", "tf.data"], help=argparse.SUPPRESS)
+    parser.add_argument("--photos", help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
-    args, _ = parser.parse_known_args()
+    args = parser.parse_args()
     if args.run:
-        images = sys.argv[sys.argv.index("--images") + 1]
-        (run_beam_docs if args.run == "beam-docs" else run_tf_data)(images, args.output)
+        (run_beam_docs if args.run == "beam-docs" else run_tf_data)(args.photos, args.output)
         return
 
     sys.path.insert(0, REPO)

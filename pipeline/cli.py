@@ -6,6 +6,7 @@
     featurebeam inspect OUTDIR [--check]
     featurebeam report OUTDIR [--model MODELDIR]
     featurebeam bench [--backbone NAME] [--images DIR] [--batch-size N] [--json]
+    featurebeam layers [--backbone NAME] [--pooling avg|max|none]
     featurebeam demo [--workdir DIR] [Beam flags]
 
 Every flag that is not featurebeam's own is handed to Apache Beam (``--runner``, ``--direct_num_workers``,
@@ -111,6 +112,9 @@ def format_summary(manifest, output: str, seconds: float) -> str:
     return "\n".join(lines)
 
 
+LARGE_RECORD_FLOATS = 50_000  # --pooling none beyond this many floats per record gets a warning
+
+
 def cmd_extract(argv: Sequence[str]) -> int:
     from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -120,6 +124,10 @@ def cmd_extract(argv: Sequence[str]) -> int:
     split_flags(_extract_parser(), argv)  # rejects flags that neither featurebeam nor Beam knows
     options = PipelineOptions(with_local_defaults(argv))
     config = ExtractConfig.from_options(options)
+    for o in config.outputs:
+        if o.pooling == "none" and o.dim >= LARGE_RECORD_FLOATS:
+            print(f"featurebeam extract: warning: --pooling none keeps layer {o.layer}'s whole map: {o.dim:,} floats "
+                  f"({4 * o.dim / 2**20:.1f} MB) per record; --pooling avg keeps its channels", file=sys.stderr)
     start = time.monotonic()
     manifest = run_extraction(config, options, progress=not config.quiet)
     print(format_summary(manifest, config.output, time.monotonic() - start))
@@ -247,6 +255,26 @@ def cmd_bench(argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_layers(argv: Sequence[str]) -> int:
+    from pipeline.backbones import available_backbones, resolve_backbone
+    from transforms.inference import POOLINGS, pooled_dim
+
+    parser = _Parser(prog="featurebeam layers", allow_abbrev=False,
+                     description="The layers of a backbone worth extracting, with their output shapes and the bytes "
+                                 "each adds to a feature record after pooling.")
+    parser.add_argument("--backbone", default="mobilenet_v2", help=f"one of {', '.join(available_backbones())}")
+    parser.add_argument("--pooling", default="avg", choices=POOLINGS)
+    args = parser.parse_args(argv)
+    spec = resolve_backbone(args.backbone)
+    print(f"featurebeam layers: {spec.name} (default --layer {spec.default_layer}), pooling {args.pooling}")
+    print(f"  {'layer':14s} {'output shape':>16s} {'dim':>9s} {'bytes/record':>13s}")
+    for name, shape in spec.layer_shapes.items():
+        dim = pooled_dim(shape, args.pooling if len(shape) > 1 else "none")
+        mark = "  (default)" if name == spec.default_layer else ""
+        print(f"  {name:14s} {'x'.join(map(str, shape)):>16s} {dim:>9,d} {4 * dim:>13,d}{mark}")
+    return 0
+
+
 def cmd_inspect(argv: Sequence[str]) -> int:
     from pipeline.inspect_features import format_inspection, inspect_feature_set
 
@@ -282,19 +310,20 @@ def cmd_report(argv: Sequence[str]) -> int:
 
 
 COMMANDS = {"extract": cmd_extract, "train": cmd_train, "predict": cmd_predict, "inspect": cmd_inspect,
-            "report": cmd_report, "bench": cmd_bench, "demo": cmd_demo}
+            "report": cmd_report, "bench": cmd_bench, "layers": cmd_layers, "demo": cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: featurebeam {extract,train,predict,inspect,report,bench,demo} ...\n\n"
+        print("usage: featurebeam {extract,train,predict,inspect,report,bench,layers,demo} ...\n\n"
               "  extract  extract backbone features of images into sharded TFRecords + manifest.json\n"
               "  train    train classifier heads on extracted features; export a serving model\n"
               "  predict  classify raw images with a trained model directory\n"
               "  inspect  summarise a feature set; --check verifies it against its manifest\n"
               "  report   one self-contained HTML page: manifest, labels, PCA projection, failures, metrics\n"
               "  bench    images/s of the backbone alone and of the whole pipeline, on this machine\n"
+              "  layers   a backbone's layers to extract from, with shapes and bytes per record\n"
               "  demo     extract features of scikit-learn's digits and train a linear head on them\n\n"
               "Run 'featurebeam COMMAND --help' for a command's options.", file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2

@@ -7,6 +7,7 @@ line that says what to change, before any worker starts. Transforms never see ``
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from dataclasses import dataclass
@@ -287,8 +288,10 @@ def resolve_outputs(backbone: BackboneSpec, layers: list[str], pooling: str) -> 
     outputs = []
     for layer in layers:
         if layer not in backbone.layer_shapes:
-            raise ConfigError(f"backbone {backbone.name} has no layer {layer!r}; "
-                              f"choose from {', '.join(backbone.layer_shapes)}")
+            near = difflib.get_close_matches(layer, list(backbone.layer_shapes), n=3, cutoff=0.5)
+            hint = f"did you mean {' or '.join(near)}? " if near else ""
+            raise ConfigError(f"backbone {backbone.name} has no layer {layer!r}; {hint}"
+                              f"'featurebeam layers --backbone {backbone.name}' lists them")
         shape = backbone.layer_shapes[layer]
         layer_pooling = pooling if len(shape) > 1 else "none"
         outputs.append(OutputSpec(layer, layer, layer_pooling, pooled_dim(shape, layer_pooling)))

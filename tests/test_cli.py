@@ -27,7 +27,7 @@ def one_image(tmp_path, sample_photos):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--backbone", "resnet9000"], "unknown backbone 'resnet9000'; available: mobilenet_v2"),
+    (["--backbone", "resnet9000"], "unknown backbone 'resnet9000'; available: efficientnet_lite0, mobilenet_v2"),
     (["--layer", "features.99"], "backbone mobilenet_v2 has no layer 'features.99'"),
     (["--batch-size", "0"], "--batch-size must be at least 1"),
     (["--no-such-flag", "1"], "unknown option '--no-such-flag'"),
@@ -129,3 +129,22 @@ def test_too_many_failures_end_with_a_clear_non_zero_status(tmp_path, image_fold
                  "--max-failure-fraction", "0.2"]) == 0
     assert main(["extract", "--input", str(image_folder), "--output", str(out), "--max-failure-fraction", "2"]) == 2
     assert "--max-failure-fraction must be between 0 and 1, got 2.0" in capsys.readouterr().err
+
+
+def test_unknown_layer_names_the_nearest_ones(tmp_path, one_image, capsys):
+    code, _, err = _run(["extract", "--input", str(one_image), "--output", str(tmp_path / "o"),
+                         "--backbone", "efficientnet_lite0", "--layer", "block.15"], capsys)
+    assert code == 2
+    assert err.strip() == ("featurebeam extract: error: backbone efficientnet_lite0 has no layer 'block.15'; did you "
+                           "mean blocks.15 or blocks.5 or blocks.1? 'featurebeam layers --backbone "
+                           "efficientnet_lite0' lists them")
+
+
+def test_layers_lists_shapes_and_bytes_per_record(capsys):
+    assert main(["layers", "--backbone", "mobilenet_v2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split() for line in lines[2:]}
+    assert rows["features.18"][1:4] == ["7x7x1280", "1,280", "5,120"] and rows["features.18"][-1] == "(default)"
+    assert rows["classifier"][1:4] == ["1000", "1,000", "4,000"]
+    assert main(["layers", "--backbone", "mobilenet_v2", "--pooling", "none"]) == 0
+    assert "62,720" in capsys.readouterr().out  # 7x7x1280 flattened

@@ -16,6 +16,7 @@ Dataflow's flags ...); a flag that neither knows is an error, not silently dropp
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -93,7 +94,7 @@ def format_summary(manifest, output: str, seconds: float) -> str:
     done_now = c["embedded"] - manifest.resumed_records if manifest.resumed_records else c["embedded"]
     rate = max(0, done_now) / seconds if seconds > 0 else 0.0
     lines = [f"featurebeam: embedded {c['embedded']} of {c['inputs']} inputs ({c['failed']} failed) "
-             f"in {seconds:.1f} s ({rate:.1f} images/s)"
+             f"in {seconds:.1f} s ({rate:.1f} {'texts' if manifest.backbone.get('modality') == 'text' else 'images'}/s)"
              + (f"; {manifest.resumed_records} of them were committed by the interrupted run and skipped"
                 if manifest.resumed_records else ""),
              f"  backbone  {manifest.backbone['name']} (weights sha256 {manifest.backbone['weights_sha256'][:16]}...)"]
@@ -185,7 +186,9 @@ def format_training(report: dict, output: str) -> str:
         if unseen:
             lines.append(f"  {name:7s} test labels never seen in training (not scored): "
                          + ", ".join(f"{k} x {v}" if isinstance(v, int) else k for k, v in unseen.items()))
-    lines.append(f"  best head {report['best_head']} (validation accuracy); serving model {output}/serving")
+    serving = (f"serving model {output}/serving" if report.get("serving")
+               else f"head {output}/heads/{report['best_head']}/head.keras (no serving model for text backbones)")
+    lines.append(f"  best head {report['best_head']} (validation accuracy); {serving}")
     lines.append(f"  metrics   {output}/metrics.json")
     return "\n".join(lines)
 
@@ -328,6 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               "Run 'featurebeam COMMAND --help' for a command's options.", file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     command, rest = argv[0], argv[1:]
+    # Local worker processes relay every start-up notice at WARNING; their errors still come through.
+    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
     if command == "extract" and ("-h" in rest or "--help" in rest):
         _extract_parser().print_help()
         return 0

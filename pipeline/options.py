@@ -160,9 +160,13 @@ class ExtractConfig:
         inputs = tuple(resolve_input(uri, o.input_format) for uri in o.input)
         backbone = resolve_backbone(o.backbone)
         text = [spec.uri for spec in inputs if spec.format == "text"]
-        if text:
+        images = [spec.uri for spec in inputs if spec.format != "text"]
+        if backbone.modality == "image" and text:
             raise ConfigError(f"input {text[0]} is text, but backbone {backbone.name} embeds images; "
                               "choose a text backbone")
+        if backbone.modality == "text" and images:
+            raise ConfigError(f"backbone {backbone.name} embeds text, but input {images[0]} is read as images; "
+                              "give text inputs with --input-format text")
         if runner_name(options) not in LOCAL_RUNNERS:
             backbone = stage_backbone(backbone, remote_staging_location(options))
         outputs = resolve_outputs(backbone, o.layer or [backbone.default_layer], o.pooling)
@@ -293,6 +297,9 @@ def resolve_outputs(backbone: BackboneSpec, layers: list[str], pooling: str) -> 
             raise ConfigError(f"backbone {backbone.name} has no layer {layer!r}; {hint}"
                               f"'featurebeam layers --backbone {backbone.name}' lists them")
         shape = backbone.layer_shapes[layer]
+        if backbone.modality == "text" and len(shape) > 1 and pooling == "none":
+            raise ConfigError(f"--pooling none keeps no fixed size for text layer {layer!r} (one vector per token); "
+                              "use avg or max")
         layer_pooling = pooling if len(shape) > 1 else "none"
         outputs.append(OutputSpec(layer, layer, layer_pooling, pooled_dim(shape, layer_pooling)))
     if len({o.name for o in outputs}) != len(outputs):

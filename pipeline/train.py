@@ -263,10 +263,14 @@ def run_training(config: TrainConfig, log=print) -> dict:
     best = max(report["heads"], key=lambda n: report["heads"][n]["splits"]["validation"].get("accuracy", 0.0))
     report.update(classes=classes, best_head=best, seconds=round(time.monotonic() - start, 2))
 
-    head = keras.saving.load_model(os.path.join(config.output, "heads", best, "head.keras"), safe_mode=True)
-    export_serving_model(os.path.join(config.output, "serving"), backbone, output, head, classes)
+    serving = None
+    if backbone.modality == "image":  # text needs its tokenizer beside the graph: heads only, for now
+        head = keras.saving.load_model(os.path.join(config.output, "heads", best, "head.keras"), safe_mode=True)
+        export_serving_model(os.path.join(config.output, "serving"), backbone, output, head, classes)
+        serving = "serving"
+    report["serving"] = serving
     model_spec = {"backbone": backbone.describe(), "preprocessing": dataclasses.asdict(backbone.preprocessing),
-                  "output": output.to_json(), "classes": classes, "head": best, "serving": "serving"}
+                  "output": output.to_json(), "classes": classes, "head": best, "serving": serving}
     with open(os.path.join(config.output, MODEL_SPEC), "w") as f:
         json.dump(model_spec, f, indent=2)
     with open(os.path.join(config.output, METRICS), "w") as f:

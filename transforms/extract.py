@@ -12,6 +12,7 @@ from transforms.images import DEFAULT_MAX_PIXELS
 from transforms.inference import BackboneHandler, EmbeddingFailure
 from transforms.records import FAILED, Failure
 from transforms.schema import OutputSpec
+from transforms.text import TextEncoderHandler, TokenizeFn
 
 __all__ = ["ExtractFeatures"]
 
@@ -19,7 +20,8 @@ __all__ = ["ExtractFeatures"]
 class ExtractFeatures(beam.PTransform):
     """Records -> ``{"embedded": ((key, label, split), {output: vector}), "failed": Failure}``.
 
-    1. decode each image to the backbone's fixed uint8 input (bad images go to ``failed``);
+    1. decode each image to the backbone's fixed uint8 input, or tokenise each text for a text backbone
+       (bad inputs go to ``failed``);
     2. embed batches with ``RunInference`` over ``BackboneHandler`` (model loaded once per worker process);
        an image the backbone fails on, even alone, goes to ``failed`` too.
     """
@@ -30,12 +32,16 @@ class ExtractFeatures(beam.PTransform):
         super().__init__()
         self._backbone = backbone
         self._max_pixels = max_pixels
-        self._handler = KeyedModelHandler(BackboneHandler(backbone, outputs, batch_size, threads, share_model,
-                                                          mixed_precision))
+        handler = TextEncoderHandler if getattr(backbone, "modality", "image") == "text" else BackboneHandler
+        self._handler = KeyedModelHandler(handler(backbone, outputs, batch_size, threads, share_model,
+                                                  mixed_precision))
 
     def expand(self, records):
-        decoded = records | "Decode images" >> beam.ParDo(
-            DecodeImageFn(self._backbone.preprocessing, self._max_pixels)).with_outputs(FAILED, main="images")
+        if getattr(self._backbone, "modality", "image") == "text":
+            label, fn = "Tokenize texts", TokenizeFn(self._backbone)
+        else:
+            label, fn = "Decode images", DecodeImageFn(self._backbone.preprocessing, self._max_pixels)
+        decoded = records | label >> beam.ParDo(fn).with_outputs(FAILED, main="images")
         embedded = (
             decoded.images
             | "Embed with backbone" >> RunInference(self._handler)

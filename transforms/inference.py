@@ -88,11 +88,12 @@ class LoadedBackbone:
     image_size: int
     lock: Any = field(default_factory=threading.Lock)
 
-    def embed(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """uint8 (n, size, size, 3) -> {output name: (n, dim) float32}. (A named method, so that the call also
+    def embed(self, images) -> dict[str, np.ndarray]:
+        """uint8 (n, size, size, 3) (or a tuple of inputs, e.g. token ids and mask) -> {output name: (n, dim)
+        float32}. (A named method, so that the call also
         works through Beam's cross-process model proxy.)"""
         with self.lock:
-            outputs = self.fn(images)
+            outputs = self.fn(*images) if isinstance(images, tuple) else self.fn(images)
             return {k: np.asarray(v.numpy(), dtype=np.float32) for k, v in outputs.items()}
 
     __call__ = embed
@@ -168,7 +169,7 @@ class BackboneHandler(ModelHandler[np.ndarray, PredictionResult, LoadedBackbone]
         """Vectors for each image of the batch; if the batch fails, each image is retried alone, and an
         image that fails alone gets an ``EmbeddingFailure`` instead, so its neighbours are not lost."""
         try:
-            vectors = model.embed(np.stack(batch))
+            vectors = model.embed(self.model_inputs(batch))
             per_image = [{name: v[i] for name, v in vectors.items()} for i in range(len(batch))]
         except Exception as batch_error:  # one bad input must not take its batch with it
             _LOG.warning("a batch of %d failed (%s: %s); retrying its images one at a time", len(batch),
@@ -180,9 +181,13 @@ class BackboneHandler(ModelHandler[np.ndarray, PredictionResult, LoadedBackbone]
 
     def _embed_alone(self, model: LoadedBackbone, image: np.ndarray):
         try:
-            return {name: v[0] for name, v in model.embed(image[None]).items()}
+            return {name: v[0] for name, v in model.embed(self.model_inputs([image])).items()}
         except Exception as e:
             return EmbeddingFailure.from_exception(e)
+
+    def model_inputs(self, batch: Sequence[np.ndarray]):
+        """What the compiled function takes for a batch of decoded inputs."""
+        return np.stack(batch)
 
     def share_model_across_processes(self) -> bool:
         return self._share

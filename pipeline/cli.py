@@ -265,16 +265,25 @@ def cmd_layers(argv: Sequence[str]) -> int:
     parser = _Parser(prog="featurebeam layers", allow_abbrev=False,
                      description="The layers of a backbone worth extracting, with their output shapes and the bytes "
                                  "each adds to a feature record after pooling.")
-    parser.add_argument("--backbone", default="mobilenet_v2", help=f"one of {', '.join(available_backbones())}")
+    parser.add_argument("--backbone", default="mobilenet_v2",
+                        help=f"one of {', '.join(available_backbones())}, keras:NAME, or a .keras/.h5 model file")
+    parser.add_argument("--weights", metavar="PATH", help="keras:NAME backbones: a .weights.h5 of that architecture")
+    parser.add_argument("--preprocessing", choices=("tf", "torch", "caffe", "raw"), default=None)
+    parser.add_argument("--all", action="store_true", help="every layer, not only those worth extracting from")
     parser.add_argument("--pooling", default="avg", choices=POOLINGS)
     args = parser.parse_args(argv)
-    spec = resolve_backbone(args.backbone)
+    spec = resolve_backbone(args.backbone, args.weights, args.preprocessing)
     print(f"featurebeam layers: {spec.name} (default --layer {spec.default_layer}), pooling {args.pooling}")
-    print(f"  {'layer':14s} {'output shape':>16s} {'dim':>9s} {'bytes/record':>13s}")
-    for name, shape in spec.layer_shapes.items():
+    width = max(14, *(len(name) for name in spec.layer_shapes))
+    print(f"  {'layer':{width}s} {'output shape':>16s} {'dim':>9s} {'bytes/record':>13s}")
+    shown = spec.layer_shapes if args.all or not spec.candidates else {
+        name: spec.layer_shapes[name] for name in spec.candidates}
+    for name, shape in shown.items():
         dim = pooled_dim(shape, args.pooling if len(shape) > 1 else "none")
         mark = "  (default)" if name == spec.default_layer else ""
-        print(f"  {name:14s} {'x'.join(map(str, shape)):>16s} {dim:>9,d} {4 * dim:>13,d}{mark}")
+        print(f"  {name:{width}s} {'x'.join(map(str, shape)):>16s} {dim:>9,d} {4 * dim:>13,d}{mark}")
+    if len(shown) < len(spec.layer_shapes):
+        print(f"  ({len(spec.layer_shapes) - len(shown)} more layers with --all; --layer takes any of them)")
     return 0
 
 

@@ -87,7 +87,15 @@ class ExtractOptions(PipelineOptions):
                             help="tar shards and TFRecord files are read in chunks of about this size, spread "
                                  "over the workers (default: 64)")
         parser.add_argument("--output", metavar="OUTDIR", help="where features/ and manifest.json are written")
-        parser.add_argument("--backbone", default="mobilenet_v2", help="backbone name (default: mobilenet_v2)")
+        parser.add_argument("--backbone", default="mobilenet_v2",
+                            help="mobilenet_v2 (default), efficientnet_lite0, minilm_l6 (text), keras:NAME for any "
+                                 "keras.applications model, or a .keras/.h5 model file (local or gs://)")
+        parser.add_argument("--weights", metavar="PATH",
+                            help="keras:NAME backbones: a .weights.h5 of that architecture (local or gs://); "
+                                 "default: ImageNet weights, downloaded at launch")
+        parser.add_argument("--preprocessing", choices=("tf", "torch", "caffe", "raw"), default=None,
+                            help="model files: what the model expects of pixels (tf: x/127.5-1; torch: ImageNet "
+                                 "mean/std; caffe: BGR minus mean; raw: 0-255, the default)")
         parser.add_argument("--layer", action="append", metavar="NAME",
                             help="layer to extract (repeatable; default: the backbone's feature layer)")
         parser.add_argument("--pooling", default="avg", choices=POOLINGS,
@@ -158,7 +166,7 @@ class ExtractConfig:
             raise ConfigError(f"--read-chunk-mb must be positive, got {o.read_chunk_mb:g}")
         use_storage_options(options)
         inputs = tuple(resolve_input(uri, o.input_format) for uri in o.input)
-        backbone = resolve_backbone(o.backbone)
+        backbone = resolve_backbone(o.backbone, o.weights, o.preprocessing)
         text = [spec.uri for spec in inputs if spec.format == "text"]
         images = [spec.uri for spec in inputs if spec.format != "text"]
         if backbone.modality == "image" and text:

@@ -229,7 +229,7 @@ def run_training(config: TrainConfig, log=print) -> dict:
     """Train, evaluate and export; returns the metrics dict that is also written to metrics.json."""
     import keras
 
-    from pipeline.backbones import resolve_backbone
+    from pipeline.backbones import resolve_described
     from pipeline.serving import export_serving_model
 
     config.validate()
@@ -243,7 +243,7 @@ def run_training(config: TrainConfig, log=print) -> dict:
             raise FeatureSetError(f"{t.root}: test features come from another backbone or output than "
                                   f"{sources[0].root}")
     # The serving model needs the very weights the features came from: check before any training.
-    backbone = resolve_backbone(sources[0].manifest.backbone["name"])
+    backbone = resolve_described(sources[0].manifest.backbone)
     if backbone.weights_sha256 != sources[0].manifest.backbone.get("weights_sha256"):
         raise FeatureSetError(f"{sources[0].root}: the installed {backbone.name} weights differ from those the "
                               "features were extracted with (sha256 mismatch); cannot build a serving model")

@@ -27,7 +27,8 @@ class ImagePreprocessing:
     """A backbone's eval transform: resize the shorter side, centre-crop, then ``(x * scale - mean) / std``.
 
     ``mean`` and ``std`` are per channel in the scaled units (torchvision: scale 1/255, ImageNet mean/std;
-    EfficientNet-Lite: scale 1, mean 127, std 128).
+    EfficientNet-Lite: scale 1, mean 127, std 128). ``bgr``: the channels are reversed before ``mean`` and
+    ``std`` apply (Caffe-style models: ResNet50, VGG), so those are in BGR order.
     """
 
     resize_shorter: int = 256
@@ -36,9 +37,11 @@ class ImagePreprocessing:
     scale: float = 1.0 / 255.0
     mean: tuple = (0.485, 0.456, 0.406)
     std: tuple = (0.229, 0.224, 0.225)
+    bgr: bool = False
 
     def describe(self) -> dict:
         return {
+            "channels": "BGR" if self.bgr else "RGB",
             "resize_shorter_side": self.resize_shorter,
             "resample": f"PIL {self.resample}",
             "center_crop": self.crop,
@@ -53,6 +56,8 @@ class ImagePreprocessing:
         import tensorflow as tf
 
         x = tf.cast(images_uint8, tf.float32) * self.scale
+        if self.bgr:
+            x = x[..., ::-1]
         mean = tf.constant(self.mean, tf.float32)
         std = tf.constant(self.std, tf.float32)
         return (x - mean) / std

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from transforms.images import ImagePreprocessing
 from transforms.text import TextPreprocessing
 
-__all__ = ["BackboneSpec", "UnknownBackboneError", "resolve_backbone", "available_backbones", "stage_backbone"]
+__all__ = ["BackboneSpec", "UnknownBackboneError", "resolve_backbone", "available_backbones", "stage_backbone",
+           "resolve_described"]
 
 
 class UnknownBackboneError(ValueError):
@@ -55,6 +56,8 @@ class BackboneSpec:
     source: str
     modality: str = "image"
     assets: Mapping[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
+    options: Mapping = dataclasses.field(default_factory=dict)   # how to build it (user-supplied backbones)
+    candidates: tuple[str, ...] = ()                               # the layers worth listing (all when empty)
 
     def describe(self) -> dict:
         described = {
@@ -68,8 +71,12 @@ class BackboneSpec:
         if self.assets:
             described["assets"] = {name: {"file": os.path.basename(path), "sha256": sha}
                                    for name, (path, sha) in self.assets.items()}
-        if self.modality == "image":
+        if self.options:
+            described["options"] = dict(self.options)
+        if self.modality == "image" and not self.options:
             described["batchnorm"] = "folded into convolutions (inference mode)"
+        elif self.modality == "image":
+            described["batchnorm"] = "inference mode (moving statistics)"
         return described
 
     def read_asset(self, name: str) -> bytes:
@@ -79,7 +86,8 @@ class BackboneSpec:
 
     def load(self, layers: Sequence[str]):
         """Build the frozen model (uint8 NHWC in, ``{layer: activation}`` out) from the staged weights."""
-        return _BUILDERS[self.name](self, tuple(layers))
+        builder = _build_user_model if self.options.get("kind") else _BUILDERS[self.name]
+        return builder(self, tuple(layers))
 
 
 def _read_verified(path: str, sha256: str, what: str) -> bytes:
@@ -224,14 +232,157 @@ def available_backbones() -> list[str]:
     return sorted(_RESOLVERS)
 
 
-def resolve_backbone(name: str) -> BackboneSpec:
-    """Find and hash the backbone's weights; raise a one-line error when the name or weights are unknown."""
+MODEL_FILE_SUFFIXES = (".keras", ".h5")
+
+
+def resolve_backbone(name: str, weights: str | None = None, preprocessing: str | None = None) -> BackboneSpec:
+    """Find and hash the backbone's artifact; raise a one-line error when the name or weights are unknown.
+
+    ``name``: an embedded backbone, ``keras:NAME`` (``weights``: a weights file, or None for ImageNet weights
+    downloaded here), or a ``.keras``/``.h5`` model file (``preprocessing``: one of PREPROCESSING_MODES)."""
+    from pipeline.backbones.keras_models import KERAS_PREFIX, PREPROCESSING_MODES
+
+    if preprocessing is not None and preprocessing not in PREPROCESSING_MODES:
+        raise UnknownBackboneError(f"unknown preprocessing {preprocessing!r}; choose from "
+                                   f"{', '.join(PREPROCESSING_MODES)}")
+    if name.startswith(KERAS_PREFIX):
+        if preprocessing is not None:
+            raise UnknownBackboneError(f"{name} brings its family's preprocessing; --preprocessing is for model files")
+        return _resolve_keras_application(name[len(KERAS_PREFIX):], weights)
+    if name.lower().endswith(MODEL_FILE_SUFFIXES):
+        if weights is not None:
+            raise UnknownBackboneError("a model file holds its weights; --weights is for keras: backbones")
+        return _resolve_model_file(name, preprocessing or "raw")
+    if weights is not None or preprocessing is not None:
+        raise UnknownBackboneError(f"backbone {name} is embedded with its weights and preprocessing; --weights and "
+                                   "--preprocessing are for keras: backbones and model files")
     try:
         resolver = _RESOLVERS[name]
     except KeyError:
         raise UnknownBackboneError(
-            f"unknown backbone {name!r}; available: {', '.join(available_backbones())}") from None
+            f"unknown backbone {name!r}; available: {', '.join(available_backbones())}, keras:NAME "
+            "(keras.applications), or a .keras/.h5 model file") from None
     return resolver()
+
+
+def _local(path: str) -> str:
+    """A local path for ``path``: itself, or a private copy of a remote (gs://, s3://) file."""
+    from apache_beam.io.filesystems import FileSystems
+
+    from pipeline.backbones.keras_models import local_copy
+
+    if "://" not in path:
+        if not os.path.isfile(path):
+            raise BackboneUnavailableError(f"{path} does not exist")
+        return path
+    try:
+        with FileSystems.open(path, compression_type="uncompressed") as f:
+            data = f.read()
+    except Exception as e:
+        raise BackboneUnavailableError(f"cannot read {path}: {str(e).splitlines()[0][:200]}") from None
+    return local_copy(data, "." + path.rsplit("/", 1)[-1].split(".", 1)[-1])
+
+
+def _default_layer(table: Mapping[str, tuple]) -> str:
+    spatial = [name for name, shape in table.items() if len(shape) == 3]
+    return spatial[-1] if spatial else list(table)[-1]
+
+
+def _resolve_keras_application(class_name: str, weights: str | None) -> BackboneSpec:
+    import tempfile
+
+    from pipeline.backbones import keras_models as km
+
+    try:
+        km.application_class(class_name)
+        module, mode = km.FAMILY_MODES[next(p for p in sorted(km.FAMILY_MODES, key=len, reverse=True)
+                                            if class_name.startswith(p))]
+    except (ValueError, StopIteration) as e:
+        raise UnknownBackboneError(str(e) if isinstance(e, ValueError) else
+                                   f"keras.applications.{class_name} has no known preprocessing") from None
+    if weights is None:  # ImageNet weights, downloaded here once; the saved copy is the artifact workers get
+        try:
+            model = km.build_application(class_name, include_top=False, weights="imagenet")
+        except Exception as e:
+            raise BackboneUnavailableError(
+                f"cannot download ImageNet weights for keras.applications.{class_name} ({type(e).__name__}); "
+                "pass --weights PATH (a .weights.h5 of that architecture)") from None
+        origin = os.path.join(tempfile.mkdtemp(prefix="featurebeam-keras-"), f"{class_name}.weights.h5")
+        model.save_weights(origin)
+        include_top = False
+    else:
+        origin, model, include_top = weights, None, None
+        local = _local(weights)
+        for top in (False, True):
+            try:
+                model = km.build_application(class_name, include_top=top, weights=None)
+                model.load_weights(local)
+                include_top = top
+                break
+            except Exception:  # not this variant's weights; try the other
+                model = None
+        if model is None:
+            raise BackboneUnavailableError(f"{weights} holds no weights of keras.applications.{class_name} "
+                                           "(with or without its top)")
+    table = km.layer_table(model)
+    return BackboneSpec(
+        name=f"keras:{class_name}",
+        weights_path=origin,
+        weights_sha256=sha256_of(origin),
+        preprocessing=km.preprocessing_for(mode, int(model.input_shape[1])),
+        layer_shapes=table,
+        default_layer=_default_layer(table),
+        source=f"keras.applications.{class_name} ({'with' if include_top else 'without'} top), weights "
+               f"{os.path.basename(origin)}; preprocessing as keras.applications.{module}.preprocess_input",
+        options={"kind": "keras_application", "class_name": class_name, "include_top": include_top,
+                 "origin": origin},
+        candidates=tuple(km.candidate_layers(model)),
+    )
+
+
+def _resolve_model_file(path: str, preprocessing: str) -> BackboneSpec:
+    from pipeline.backbones import keras_models as km
+
+    try:
+        model = km.load_model_file(_local(path))
+    except BackboneUnavailableError:
+        raise
+    except Exception as e:
+        raise BackboneUnavailableError(f"cannot load model file {path}: {type(e).__name__}: "
+                                       f"{str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}") from None
+    shape = model.input_shape
+    if not (isinstance(shape, tuple) and len(shape) == 4 and shape[1] and shape[1] == shape[2] and shape[3] == 3):
+        raise BackboneUnavailableError(f"model file {path} takes input {shape}; featurebeam needs square RGB images "
+                                       "of a fixed size, (None, S, S, 3)")
+    table = km.layer_table(model)
+    return BackboneSpec(
+        name=path,
+        weights_path=path,
+        weights_sha256=sha256_of(path),
+        preprocessing=km.preprocessing_for(preprocessing, int(shape[1])),
+        layer_shapes=table,
+        default_layer=_default_layer(table),
+        source=f"model file {os.path.basename(path)} (loaded in Keras safe mode), preprocessing {preprocessing}",
+        options={"kind": "model_file", "suffix": "." + path.rsplit(".", 1)[-1], "origin": path,
+                 "preprocessing": preprocessing},
+        candidates=tuple(km.candidate_layers(model)),
+    )
+
+
+def _build_user_model(spec: BackboneSpec, layers: tuple):
+    """Workers: the user's backbone, rebuilt from the staged artifact (hash-checked), never from its origin."""
+    from pipeline.backbones import keras_models as km
+
+    data = _read_verified_weights(spec)
+    if spec.options["kind"] == "keras_application":
+        local = km.local_copy(data, ".weights.h5")
+        model = km.build_application(spec.options["class_name"], spec.options["include_top"], weights=None)
+        model.load_weights(local)
+    else:
+        local = km.local_copy(data, spec.options["suffix"])
+        model = km.load_model_file(local)
+    os.remove(local)
+    return km.with_layers(model, layers, spec.preprocessing, spec.name)
 
 
 def stage_backbone(spec: BackboneSpec, location: str) -> BackboneSpec:
@@ -250,3 +401,13 @@ def stage_backbone(spec: BackboneSpec, location: str) -> BackboneSpec:
 
     assets = {name: (stage(path, sha), sha) for name, (path, sha) in spec.assets.items()}
     return dataclasses.replace(spec, weights_path=stage(spec.weights_path, spec.weights_sha256), assets=assets)
+
+
+def resolve_described(described: Mapping) -> BackboneSpec:
+    """The backbone a manifest describes, resolved again from where it came from (to rebuild it elsewhere)."""
+    options = described.get("options") or {}
+    if options.get("kind") == "keras_application":
+        return resolve_backbone(described["name"], weights=options.get("origin"))
+    if options.get("kind") == "model_file":
+        return resolve_backbone(described["name"], preprocessing=options.get("preprocessing"))
+    return resolve_backbone(described["name"])

@@ -1,0 +1,160 @@
+"""Backbones users bring: keras.applications by name with a weights file, and Keras model files.
+
+Each family's preprocessing must equal its own ``preprocess_input``, and features through the pipeline must
+equal the Keras model's own output at the chosen layer. Weights are random (``weights=None``), saved to a file,
+as no ImageNet download is possible offline; what is compared is the plumbing, which is all that can differ.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from pipeline.cli import main
+from transforms import schema
+from transforms.images import decode_image
+
+IN_PROCESS = ["--runner=FnApiRunner", "--quiet"]
+FAMILIES = [("MobileNetV2", "block_13_expand_relu"), ("ResNet50", "conv4_block2_out"), ("DenseNet121", "pool3_relu")]
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory, image_folder):
+    folder = tmp_path_factory.mktemp("photos")
+    for rel in ("china/original.jpg", "flower/original.jpg", "china/portrait.jpg"):
+        shutil.copy(image_folder / rel, folder / rel.replace("/", "-"))
+    return folder
+
+
+def _weights(tmp_path, class_name):
+    import keras
+
+    from pipeline.backbones.keras_models import build_application
+
+    keras.utils.set_random_seed(1)
+    model = build_application(class_name, include_top=False, weights=None)
+    path = str(tmp_path / f"{class_name}.weights.h5")
+    model.save_weights(path)
+    return model, path
+
+
+@pytest.mark.parametrize("class_name", [f for f, _ in FAMILIES])
+def test_preprocessing_equals_the_familys_preprocess_input(class_name, tmp_path, sample_photos):
+    import tensorflow as tf
+
+    from pipeline.backbones import resolve_backbone
+    from pipeline.backbones.keras_models import family_module
+
+    _, path = _weights(tmp_path, class_name)
+    spec = resolve_backbone(f"keras:{class_name}", weights=path)
+    images = np.stack([decode_image(data, spec.preprocessing) for data in sample_photos.values()])
+    preprocess_input = importlib.import_module(f"keras.applications.{family_module(class_name)}").preprocess_input
+    expected = preprocess_input(images.astype(np.float32))
+    np.testing.assert_allclose(spec.preprocessing.normalize(tf.constant(images)).numpy(), expected, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("class_name, layer", FAMILIES, ids=[f for f, _ in FAMILIES])
+def test_features_through_the_pipeline_equal_the_keras_model_at_that_layer(class_name, layer, tmp_path, photos):
+    import keras
+
+    from pipeline.backbones.keras_models import family_module
+
+    model, path = _weights(tmp_path, class_name)
+    out = str(tmp_path / "features")
+    assert main(["extract", "--input", str(photos), "--output", out, "--backbone", f"keras:{class_name}",
+                 "--weights", path, "--layer", layer, "--batch-size", "2", *IN_PROCESS]) == 0
+
+    manifest = schema.read_manifest(out)
+    assert manifest.backbone["name"] == f"keras:{class_name}" and manifest.backbone["options"]["include_top"] is False
+    records = {os.path.basename(r.key): r for p in schema.shard_paths(out, manifest)
+               for r in schema.read_records(p, manifest.outputs)}
+    preprocess_input = importlib.import_module(f"keras.applications.{family_module(class_name)}").preprocess_input
+    probe = keras.Model(model.inputs, model.get_layer(layer).output)
+    from pipeline.backbones import resolve_backbone
+
+    spec = resolve_backbone(f"keras:{class_name}", weights=path)
+    for name, record in sorted(records.items()):
+        image = decode_image((photos / name).read_bytes(), spec.preprocessing).astype(np.float32)
+        expected = np.asarray(probe(preprocess_input(image[None]), training=False)).mean(axis=(1, 2))[0]
+        scale = max(1.0, float(np.abs(expected).max()))
+        np.testing.assert_allclose(record.vectors[layer], expected, atol=1e-4 * scale, rtol=1e-4, err_msg=name)
+
+
+@pytest.mark.slow
+def test_model_files_load_in_safe_mode_and_give_the_models_own_output(tmp_path, photos, capsys):
+    import keras
+
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((96, 96, 3))
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu", name="conv")(x)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.Conv2D(16, 3, strides=2, activation="relu", name="features")(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="logits")(keras.layers.GlobalAveragePooling2D()(x)))
+    path = str(tmp_path / "mine.keras")
+    model.save(path)
+
+    out = str(tmp_path / "features")
+    assert main(["extract", "--input", str(photos), "--output", out, "--backbone", path, *IN_PROCESS]) == 0
+    manifest = schema.read_manifest(out)
+    assert [(o.name, o.dim) for o in manifest.outputs] == [("features", 16)]
+    from pipeline.backbones import resolve_backbone
+
+    spec = resolve_backbone(path)
+    assert spec.preprocessing.crop == 96 and spec.preprocessing.scale == 1.0  # raw pixels: the model rescales
+    probe = keras.Model(model.inputs, model.get_layer("features").output)
+    for r in (r for p in schema.shard_paths(out, manifest) for r in schema.read_records(p, manifest.outputs)):
+        image = decode_image(open(r.key, "rb").read(), spec.preprocessing).astype(np.float32)
+        expected = np.asarray(probe(image[None], training=False)).mean(axis=(1, 2))[0]
+        np.testing.assert_allclose(r.vectors["features"], expected, atol=1e-5, rtol=1e-5)
+
+    unsafe_in = keras.Input((32, 32, 3))
+    unsafe = keras.Model(unsafe_in, keras.layers.Lambda(lambda t: t * 2.0)(unsafe_in))
+    unsafe_path = str(tmp_path / "lambda.keras")
+    unsafe.save(unsafe_path)
+    capsys.readouterr()
+    assert main(["extract", "--input", str(photos), "--output", str(tmp_path / "o2"), "--backbone", unsafe_path]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"featurebeam extract: error: cannot load model file {unsafe_path}: ValueError") and \
+        "safe_mode" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_workers_load_the_staged_artifact_never_its_origin(tmp_path, photos, monkeypatch):
+    """Stage a keras: backbone's weights, delete the original file, and run the job in separate worker
+    processes: they can only have read the staged copy (and they check its hash)."""
+    import dataclasses
+
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.backbones import resolve_backbone, stage_backbone
+    from pipeline.extract import run_extraction
+    from pipeline.options import ExtractConfig, resolve_outputs
+    from tests.conftest import REPO
+    from transforms.sources import InputSpec
+
+    monkeypatch.setenv("PYTHONPATH", REPO)
+    origin = tmp_path / "origin"
+    origin.mkdir()
+    _, path = _weights(origin, "MobileNetV2")
+    spec = resolve_backbone("keras:MobileNetV2", weights=path)
+    staged = stage_backbone(spec, str(tmp_path / "staging"))
+    assert staged.weights_path.startswith(str(tmp_path / "staging")) and staged.weights_sha256 == spec.weights_sha256
+    shutil.rmtree(origin)  # from here on, only the staged copy exists
+
+    outputs = resolve_outputs(staged, ["out_relu"], "avg")
+    config = ExtractConfig(inputs=(InputSpec.directory(str(photos)),), output=str(tmp_path / "out"), backbone=staged,
+                           outputs=outputs, batch_size=2, records_per_shard=100, threads_per_worker=1,
+                           overwrite=False)
+    manifest = run_extraction(config, PipelineOptions(["--runner=FnApiRunner", "--direct_num_workers=2",
+                                                       "--direct_running_mode=multi_processing"]))
+    assert manifest.counts == {"inputs": 3, "embedded": 3, "failed": 0}
+
+    tampered = dataclasses.replace(staged, weights_sha256="0" * 64)
+    with pytest.raises(RuntimeError, match="changed since launch"):
+        tampered.load(["out_relu"])

@@ -171,6 +171,9 @@ def _train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--memory-limit-mb", type=int, default=2048,
                         help="feature sets larger than this stream from disk instead of loading (default: 2048; "
                              "in-memory training peaks near 1 GB + 3 x the features)")
+    parser.add_argument("--sweep-layers", action="store_true",
+                        help="train a linear probe on every extracted layer, report which transfers best "
+                             "(layer_sweep.json, layer_sweep.png), then train the heads on that layer")
     parser.add_argument("--overwrite", action="store_true")
     return parser
 
@@ -194,7 +197,7 @@ def format_training(report: dict, output: str) -> str:
 
 
 def cmd_train(argv: Sequence[str]) -> int:
-    from pipeline.train import TrainConfig, run_training
+    from pipeline.train import TrainConfig, run_layer_sweep, run_training
 
     args = _train_parser().parse_args(argv)
     config = TrainConfig(features=tuple(args.features), output=os.path.abspath(args.output),
@@ -202,8 +205,22 @@ def cmd_train(argv: Sequence[str]) -> int:
                          test_features=tuple(args.test_features), validation_fraction=args.validation_fraction,
                          class_weights=args.class_weights, memory_limit_mb=args.memory_limit_mb,
                          overwrite=args.overwrite)
-    report = run_training(config, log=lambda m: print(m, file=sys.stderr))
+    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    if args.sweep_layers:
+        if args.output_name:
+            raise UsageError("--sweep-layers chooses the layer itself; leave out --output-name")
+        report = run_layer_sweep(config, log=log)
+    else:
+        report = run_training(config, log=log)
     print(format_training(report, config.output))
+    sweep = report.get("layer_sweep")
+    if sweep:
+        for name in sweep["order"]:
+            r = sweep["layers"][name]
+            test = f", test {r['test_accuracy']:.4f}" if "test_accuracy" in r else ""
+            mark = "  <- best" if name == sweep["best_layer"] else ""
+            print(f"  layer {name:22s} {r['dim']:>6d} floats: validation {r['validation_accuracy']:.4f}{test}{mark}")
+        print(f"  layer sweep {config.output}/layer_sweep.json, plot layer_sweep.png")
     return 0
 
 

@@ -80,3 +80,24 @@ def plot_curves(curves: dict[str, tuple[Sequence[float], Sequence[float]]], xlab
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_by_layer(layers: Sequence[str], series: dict[str, Sequence[float | None]], title: str, path: str) -> None:
+    """Accuracy by layer, layers in network order on the x axis, one line per split."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(layers) + 2), 3.6))
+    positions = list(range(len(layers)))
+    for name, values in series.items():
+        points = [(x, v) for x, v in zip(positions, values, strict=True) if v is not None]
+        if points:
+            ax.plot([x for x, _ in points], [v for _, v in points], marker="o", label=name)
+    ax.set_xticks(positions)
+    ax.set_xticklabels(layers, rotation=45, ha="right")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0.0, 1.02)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

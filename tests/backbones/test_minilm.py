@@ -70,7 +70,7 @@ def test_images_and_text_do_not_mix(tmp_path, capsys, sample_photos):
 
 
 @pytest.mark.slow
-def test_heads_train_on_text_features(tmp_path, capsys):
+def test_heads_train_on_text_features_and_the_layer_sweep_picks_a_layer(tmp_path, capsys):
     animals = ["cat", "dog", "horse", "rabbit", "parrot", "goat"]
     machines = ["compiler", "database", "kernel", "browser", "router", "spreadsheet"]
     rows = []
@@ -81,10 +81,20 @@ def test_heads_train_on_text_features(tmp_path, capsys):
     with open(path, "w") as f:
         f.write("id,text,label\n" + "".join(f"{r['id']},{r['text']},{r['label']}\n" for r in rows))
     out, model = str(tmp_path / "features"), str(tmp_path / "model")
+    layers = ["embeddings", "layer.2", "sentence"]
     assert main(["extract", "--input", str(path), "--input-format", "text", "--backbone", "minilm_l6",
-                 "--output", out, *IN_PROCESS]) == 0
-    assert main(["train", "--features", out, "--output", model]) == 0
+                 "--output", out, *[a for layer in layers for a in ("--layer", layer)], *IN_PROCESS]) == 0
+    assert main(["train", "--features", out, "--output", model, "--sweep-layers"]) == 0
     report = json.load(open(os.path.join(model, "metrics.json")))
+    sweep = json.load(open(os.path.join(model, "layer_sweep.json")))
+    assert sweep["order"] == layers and sweep == report["layer_sweep"]
+    assert all(0.0 <= sweep["layers"][name]["validation_accuracy"] <= 1.0 for name in layers)
+    best = sweep["best_layer"]
+    accuracies = [r["validation_accuracy"] for r in sweep["layers"].values()]
+    assert sweep["layers"][best]["validation_accuracy"] == max(accuracies)
+    assert report["output"]["name"] == best                              # the heads were trained on the best layer
     assert report["heads"]["linear"]["splits"]["validation"]["accuracy"] >= 0.95
+    assert os.path.getsize(os.path.join(model, "layer_sweep.png")) > 1000
     assert report["serving"] is None and os.path.exists(os.path.join(model, "heads", "linear", "head.keras"))
-    assert "no serving model for text backbones" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "no serving model for text backbones" in printed and f"layer {best}" in printed and "<- best" in printed

@@ -36,7 +36,7 @@ from transforms.schema import (
     OutputSpec,
 )
 from transforms.sources import DEFAULT_CHUNK_BYTES, FORMATS, InputFields, InputSpec, is_glob
-from transforms.storage import bucket_exists, bucket_of, use_storage_emulator
+from transforms.storage import bucket_exists, bucket_of, share_storage_options, use_storage_emulator
 
 __all__ = ["ExtractOptions", "ExtractConfig", "ConfigError", "DEFAULT_RUNNER", "DEFAULT_LOCAL_FLAGS", "LOCAL_RUNNERS"]
 
@@ -253,6 +253,7 @@ def use_storage_options(options: PipelineOptions) -> None:
     keys, GCS emulator)."""
     FileSystems.set_options(options)
     use_storage_emulator()
+    share_storage_options(options)
 
 
 def _missing_bucket(uri: str) -> str | None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["use_storage_emulator", "bucket_of", "bucket_exists"]
+__all__ = ["use_storage_emulator", "bucket_of", "bucket_exists", "share_storage_options", "adopt_storage_options"]
+
+_SHARED = "FEATUREBEAM_STORAGE_OPTIONS"
 
 
 def use_storage_emulator() -> bool:
@@ -26,6 +28,34 @@ def use_storage_emulator() -> bool:
     with auth._Credentials._credentials_lock:
         auth._Credentials._credentials = None
         auth._Credentials._credentials_init = True
+    return True
+
+
+def share_storage_options(options) -> None:
+    """Launcher: hand the S3 flags (endpoint, keys, region) to local worker processes, which Beam starts without
+    the pipeline options (a remote runner's workers get them from the service)."""
+    import json
+
+    given = {k: v for k, v in options.get_all_options(drop_default=True).items() if k.startswith("s3_")}
+    if given:
+        os.environ[_SHARED] = json.dumps(given)
+
+
+def adopt_storage_options() -> bool:
+    """Worker: add the launcher's S3 flags to this process's options where it has none of its own."""
+    import json
+
+    shared = os.environ.get(_SHARED)
+    if not shared:
+        return False
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    current = FileSystems._pipeline_options
+    own = current.get_all_options(drop_default=True) if current is not None else {}
+    if any(k.startswith("s3_") for k in own):
+        return False
+    FileSystems.set_options(PipelineOptions.from_dictionary({**own, **json.loads(shared)}))
     return True
 
 

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import os
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -249,9 +250,11 @@ def resolve_backbone(name: str, weights: str | None = None, preprocessing: str |
         if preprocessing is not None:
             raise UnknownBackboneError(f"{name} brings its family's preprocessing; --preprocessing is for model files")
         return _resolve_keras_application(name[len(KERAS_PREFIX):], weights)
-    if name.lower().endswith(MODEL_FILE_SUFFIXES):
+    if name.lower().endswith(MODEL_FILE_SUFFIXES) or _is_saved_model(name):
         if weights is not None:
             raise UnknownBackboneError("a model file holds its weights; --weights is for keras: backbones")
+        if _is_saved_model(name):
+            return _resolve_saved_model(name, preprocessing or "raw")
         return _resolve_model_file(name, preprocessing or "raw")
     if weights is not None or preprocessing is not None:
         raise UnknownBackboneError(f"backbone {name} is embedded with its weights and preprocessing; --weights and "
@@ -261,7 +264,7 @@ def resolve_backbone(name: str, weights: str | None = None, preprocessing: str |
     except KeyError:
         raise UnknownBackboneError(
             f"unknown backbone {name!r}; available: {', '.join(available_backbones())}, keras:NAME "
-            "(keras.applications), or a .keras/.h5 model file") from None
+            "(keras.applications), a .keras/.h5 model file or a SavedModel directory") from None
     return resolver()
 
 
@@ -289,8 +292,6 @@ def _default_layer(table: Mapping[str, tuple]) -> str:
 
 
 def _resolve_keras_application(class_name: str, weights: str | None) -> BackboneSpec:
-    import tempfile
-
     from pipeline.backbones import keras_models as km
 
     try:
@@ -369,11 +370,60 @@ def _resolve_model_file(path: str, preprocessing: str) -> BackboneSpec:
     )
 
 
+def _is_saved_model(path: str) -> bool:
+    from apache_beam.io.filesystems import FileSystems
+
+    if "://" not in path and "/" not in path and not os.path.isdir(path):
+        return False  # a bare name: an embedded backbone
+    try:
+        return FileSystems.exists(FileSystems.join(path.rstrip("/"), "saved_model.pb"))
+    except Exception:
+        return False
+
+
+def _resolve_saved_model(path: str, preprocessing: str) -> BackboneSpec:
+    """A SavedModel directory (local or gs://): its serving signature's outputs are the layers."""
+    from apache_beam.io.filesystems import FileSystems
+
+    from pipeline.backbones import keras_models as km
+
+    folder = path.rstrip("/")
+    if "://" in folder:  # copy the directory here to read its signature and pack it
+        (match,) = FileSystems.match([FileSystems.join(folder, "**")])
+        folder_here = tempfile.mkdtemp(prefix="featurebeam-savedmodel-")
+        for m in match.metadata_list:
+            target = os.path.join(folder_here, m.path[len(path.rstrip("/")) + 1:])
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with FileSystems.open(m.path, compression_type="uncompressed") as src, open(target, "wb") as dst:
+                dst.write(src.read())
+        folder = folder_here
+    try:
+        size, outputs = km.saved_model_outputs(folder)
+    except Exception as e:
+        raise BackboneUnavailableError(f"cannot use SavedModel {path}: "
+                                       f"{str(e).strip().splitlines()[0][:300] if str(e).strip() else e}") from None
+    if not outputs:
+        raise BackboneUnavailableError(f"SavedModel {path}: its serving signature has no output of fixed shape")
+    artifact = km.pack_directory(folder)
+    return BackboneSpec(
+        name=path,
+        weights_path=artifact,
+        weights_sha256=sha256_of(artifact),
+        preprocessing=km.preprocessing_for(preprocessing, size),
+        layer_shapes=outputs,
+        default_layer=_default_layer(outputs),
+        source=f"SavedModel {path} (serving signature outputs), packed as one tar; preprocessing {preprocessing}",
+        options={"kind": "saved_model", "origin": path, "preprocessing": preprocessing},
+    )
+
+
 def _build_user_model(spec: BackboneSpec, layers: tuple):
     """Workers: the user's backbone, rebuilt from the staged artifact (hash-checked), never from its origin."""
     from pipeline.backbones import keras_models as km
 
     data = _read_verified_weights(spec)
+    if spec.options["kind"] == "saved_model":
+        return km.saved_model_with_outputs(km.unpack_directory(data), layers, spec.preprocessing)
     if spec.options["kind"] == "keras_application":
         local = km.local_copy(data, ".weights.h5")
         model = km.build_application(spec.options["class_name"], spec.options["include_top"], weights=None)
@@ -408,6 +458,6 @@ def resolve_described(described: Mapping) -> BackboneSpec:
     options = described.get("options") or {}
     if options.get("kind") == "keras_application":
         return resolve_backbone(described["name"], weights=options.get("origin"))
-    if options.get("kind") == "model_file":
+    if options.get("kind") in ("model_file", "saved_model"):
         return resolve_backbone(described["name"], preprocessing=options.get("preprocessing"))
     return resolve_backbone(described["name"])

@@ -152,3 +152,61 @@ def with_layers(model, layers, prep: ImagePreprocessing, name: str):
 
 def options_of(spec) -> Mapping:
     return dict(spec.options)
+
+
+def pack_directory(folder: str) -> str:
+    """A SavedModel directory as one reproducible tar (sorted members, no owners or times): the artifact that is
+    hashed and staged."""
+    import tarfile
+
+    handle, path = tempfile.mkstemp(prefix="featurebeam-savedmodel-", suffix=".tar")
+    os.close(handle)
+    with tarfile.open(path, "w") as tar:
+        for root, dirs, files in os.walk(folder):
+            dirs.sort()
+            for name in sorted(files):
+                full = os.path.join(root, name)
+                info = tar.gettarinfo(full, arcname=os.path.relpath(full, folder))
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                info.mtime = 0
+                with open(full, "rb") as f:
+                    tar.addfile(info, f)
+    return path
+
+
+def unpack_directory(data: bytes) -> str:
+    """The staged tar back into a private directory (members that would land outside it are refused)."""
+    import io
+    import tarfile
+
+    folder = tempfile.mkdtemp(prefix="featurebeam-savedmodel-")
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        tar.extractall(folder, filter="data")
+    return folder
+
+
+def saved_model_outputs(folder: str) -> tuple[int, dict[str, tuple]]:
+    """(square input size, {output name: shape without batch}) of a SavedModel's serving signature."""
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(folder).signatures["serving_default"]
+    _, inputs = signature.structured_input_signature
+    if len(inputs) != 1:
+        raise ValueError(f"its serving signature takes {len(inputs)} inputs; featurebeam feeds one image batch")
+    shape = tuple(next(iter(inputs.values())).shape)
+    if len(shape) != 4 or not shape[1] or shape[1] != shape[2] or shape[3] != 3:
+        raise ValueError(f"it takes input {shape}; featurebeam needs square RGB images of a fixed size (None, S, S, 3)")
+    outputs = {name: tuple(int(d) for d in spec.shape[1:]) for name, spec in signature.structured_outputs.items()
+               if len(spec.shape) in (2, 4) and all(d is not None for d in spec.shape[1:])}
+    return int(shape[1]), outputs
+
+
+def saved_model_with_outputs(folder: str, layers, prep: ImagePreprocessing):
+    """uint8 NHWC in, the chosen serving-signature outputs out, through ``keras.layers.TFSMLayer``."""
+    import keras
+
+    images = keras.Input((prep.crop, prep.crop, 3), dtype="uint8", name="image_uint8")
+    normalised = keras.layers.Lambda(prep.normalize, name="normalize")(images)
+    outputs = keras.layers.TFSMLayer(folder, call_endpoint="serving_default", name="saved_model")(normalised)
+    return keras.Model(images, {layer: outputs[layer] for layer in layers}, name="saved_model")

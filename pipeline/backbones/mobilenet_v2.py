@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from pipeline.backbones.torch_weights import fold_conv_bn
+
 __all__ = ["build_mobilenet_v2", "LAYER_SHAPES", "BN_EPS"]
 
 BN_EPS = 1e-5
@@ -39,15 +41,7 @@ LAYER_SHAPES = _block_shapes()
 
 
 def _fold(weights: Mapping[str, np.ndarray], conv: str, bn: str, depthwise: bool = False):
-    """Conv kernel (torch layout) + BatchNorm statistics -> Keras kernel and bias for inference."""
-    w = weights[f"{conv}.weight"].astype(np.float64)
-    gamma, beta = weights[f"{bn}.weight"].astype(np.float64), weights[f"{bn}.bias"].astype(np.float64)
-    mean, var = weights[f"{bn}.running_mean"].astype(np.float64), weights[f"{bn}.running_var"].astype(np.float64)
-    scale = gamma / np.sqrt(var + BN_EPS)
-    w = w * scale[:, None, None, None]
-    bias = beta - mean * scale
-    kernel = w.transpose(2, 3, 0, 1) if depthwise else w.transpose(2, 3, 1, 0)
-    return kernel.astype(np.float32), bias.astype(np.float32)
+    return fold_conv_bn(weights, conv, bn, BN_EPS, depthwise)
 
 
 def build_mobilenet_v2(weights: Mapping[str, np.ndarray], outputs: Sequence[str] = ("features.18",),

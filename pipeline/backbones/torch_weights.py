@@ -176,3 +176,18 @@ def read_legacy_state_dict(source: str | bytes | BinaryIO) -> dict[str, np.ndarr
         if isinstance(value, _TensorRef):
             arrays[name] = value.to_numpy()
     return arrays
+
+
+def fold_conv_bn(weights, conv: str, bn: str, eps: float, depthwise: bool = False):
+    """A torch conv kernel (OIHW) and the BatchNorm after it -> the Keras kernel (HWIO, or HWC1 for depthwise)
+    and bias that compute both at inference."""
+    import numpy as np
+
+    w = weights[f"{conv}.weight"].astype(np.float64)
+    gamma, beta = weights[f"{bn}.weight"].astype(np.float64), weights[f"{bn}.bias"].astype(np.float64)
+    mean, var = weights[f"{bn}.running_mean"].astype(np.float64), weights[f"{bn}.running_var"].astype(np.float64)
+    scale = gamma / np.sqrt(var + eps)
+    w = w * scale[:, None, None, None]
+    bias = beta - mean * scale
+    kernel = w.transpose(2, 3, 0, 1) if depthwise else w.transpose(2, 3, 1, 0)
+    return kernel.astype(np.float32), bias.astype(np.float32)

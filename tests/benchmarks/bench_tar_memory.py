@@ -18,12 +18,13 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import threading
 import time
 
+from pipeline.bench import ProcessTreeMemory
+
 LAYOUTS = {
-    "in-process, 2 threads (default)": [],
-    "2 worker processes": ["--direct_num_workers=2", "--direct_running_mode=multi_processing"],
+    "2 worker processes (default)": [],
+    "in-process, 2 threads": ["--direct_num_workers=2", "--direct_running_mode=multi_threading"],
 }
 
 
@@ -52,59 +53,19 @@ def make_shard(path: str, gigabytes: float) -> int:
     return n
 
 
-def _tree(root_pid: int) -> list[int]:
-    children = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(entry))
-            except (OSError, IndexError, ValueError):
-                pass
-    found, todo = [], [root_pid]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, []))
-    return found
-
-
-def _hwm_kb(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 def run(shard: str, out: str, flags: list[str]) -> dict:
     """Run the CLI; poll every process of its tree for its memory high-water mark until it exits."""
     start = time.monotonic()
     process = subprocess.Popen([sys.executable, "-m", "pipeline", "extract", "--input", shard, "--output", out,
                                 "--overwrite", "--quiet", *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    peaks: dict[int, int] = {}
-
-    def poll():
-        while process.poll() is None:
-            for pid in _tree(process.pid):
-                kb = _hwm_kb(pid)
-                if kb:
-                    peaks[pid] = max(peaks.get(pid, 0), kb)
-            time.sleep(0.25)
-
-    poller = threading.Thread(target=poll, daemon=True)
-    poller.start()
-    stdout, stderr = process.communicate()
-    poller.join()
+    with ProcessTreeMemory(process.pid) as memory:
+        _, stderr = process.communicate()
     seconds = time.monotonic() - start
     if process.returncode != 0:
         raise SystemExit(f"extract failed:\n{stderr.decode()[-3000:]}")
     with open(os.path.join(out, "manifest.json")) as f:
         counts = json.load(f)["counts"]
+    peaks = dict(memory.peaks_kb)
     launcher = peaks.pop(process.pid, 0)
     workers = sorted((kb for kb in peaks.values() if kb > 100_000), reverse=True)  # python workers, not helpers
     return {"seconds": seconds, "counts": counts, "launcher_mb": launcher / 1024,

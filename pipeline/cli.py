@@ -131,6 +131,12 @@ def cmd_extract(argv: Sequence[str]) -> int:
                   f"({4 * o.dim / 2**20:.1f} MB) per record; --pooling avg keeps its channels", file=sys.stderr)
     start = time.monotonic()
     manifest = run_extraction(config, options, progress=not config.quiet)
+    if manifest is None:
+        from pipeline.options import runner_name
+
+        print(f"featurebeam extract: dry run: {runner_name(options)} built and pickled the whole job and did not "
+              f"submit it; nothing was written to {config.output}")
+        return 0
     print(format_summary(manifest, config.output, time.monotonic() - start))
     counts = manifest.counts
     if counts["inputs"] and counts["failed"] / counts["inputs"] > config.max_failure_fraction:

@@ -137,10 +137,18 @@ def prepare_output(config: ExtractConfig) -> tuple[str, ...]:
 
 
 def run_extraction(config: ExtractConfig, options: PipelineOptions, progress: bool = False,
-                   progress_every: float = 5.0) -> schema.Manifest:
+                   progress_every: float = 5.0) -> schema.Manifest | None:
     """Run the job to completion and return its manifest; the counts must add up.
 
-    ``progress``: print a live progress line on stderr (local runners: the workers share this machine)."""
+    ``progress``: print a live progress line on stderr (local runners: the workers share this machine).
+    With ``--dry_run`` (a remote runner builds the whole job and does not submit it) nothing is written to
+    OUTDIR and None is returned."""
+    from apache_beam.options.pipeline_options import TestOptions
+
+    if options.view_as(TestOptions).dry_run:
+        with beam.Pipeline(options=options) as p:
+            build_extraction(p, config)
+        return None
     done_commits = prepare_output(config)
     if progress and config.threads_per_worker is not None:  # a local run
         with tempfile.TemporaryDirectory(prefix="featurebeam-progress-") as progress_dir:

@@ -120,3 +120,20 @@ def test_missing_s3_bucket_fails_at_launch(tmp_path, image_folder, s3, capsys):
     assert main(["extract", "--input", str(image_folder), "--output", "s3://absent/o", *s3.beam_flags]) == 2
     assert capsys.readouterr().err.strip() == (
         "featurebeam extract: error: output s3://absent/o: bucket s3://absent does not exist")
+
+
+def test_dataflow_dry_run_builds_the_gpu_job_and_writes_no_output(tmp_path, image_folder, gcs, capsys):
+    from apache_beam.io.filesystems import FileSystems
+
+    for bucket in ("dry-in", "dry-out", "dry-staging"):
+        gcs.create_bucket(bucket)
+    object_storage.upload_tree(str(image_folder), "gs://dry-in/images")
+    flags = ["--runner", "DataflowRunner", "--project", "featurebeam-test", "--region", "us-central1",
+             "--temp_location", "gs://dry-staging/tmp", "--dry_run=True",
+             "--dataflow_service_options=worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"]
+    assert main(["extract", "--input", "gs://dry-in/images", "--output", "gs://dry-out/features", "--quiet",
+                 *flags]) == 0
+    assert "dry run: DataflowRunner built and pickled the whole job" in capsys.readouterr().out
+    (staged,) = FileSystems.match(["gs://dry-staging/tmp/featurebeam-weights/*"])[0].metadata_list
+    assert staged.path.endswith("-mobilenet_v2-b0353104.pth")
+    assert FileSystems.match(["gs://dry-out/**"])[0].metadata_list == []

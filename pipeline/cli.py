@@ -132,10 +132,18 @@ def cmd_extract(argv: Sequence[str]) -> int:
     start = time.monotonic()
     manifest = run_extraction(config, options, progress=not config.quiet)
     if manifest is None:
+        from apache_beam.options.pipeline_options import GoogleCloudOptions
+
         from pipeline.options import runner_name
 
-        print(f"featurebeam extract: dry run: {runner_name(options)} built and pickled the whole job and did not "
-              f"submit it; nothing was written to {config.output}")
+        template = options.view_as(GoogleCloudOptions).template_location
+        if template:
+            print(f"featurebeam extract: template: {runner_name(options)} staged the job as a template at {template} "
+                  f"(its code, pipeline and weights under the staging location); nothing was written to "
+                  f"{config.output}")
+        else:
+            print(f"featurebeam extract: dry run: {runner_name(options)} built and pickled the whole job and did "
+                  f"not submit it; nothing was written to {config.output}")
         return 0
     print(format_summary(manifest, config.output, time.monotonic() - start))
     counts = manifest.counts

@@ -141,11 +141,11 @@ def run_extraction(config: ExtractConfig, options: PipelineOptions, progress: bo
     """Run the job to completion and return its manifest; the counts must add up.
 
     ``progress``: print a live progress line on stderr (local runners: the workers share this machine).
-    With ``--dry_run`` (a remote runner builds the whole job and does not submit it) nothing is written to
-    OUTDIR and None is returned."""
-    from apache_beam.options.pipeline_options import TestOptions
+    With ``--dry_run`` (a remote runner builds the whole job and does not submit it) or ``--template_location``
+    (the job is staged as a template, to run later) nothing is written to OUTDIR and None is returned."""
+    from apache_beam.options.pipeline_options import GoogleCloudOptions, TestOptions
 
-    if options.view_as(TestOptions).dry_run:
+    if options.view_as(TestOptions).dry_run or options.view_as(GoogleCloudOptions).template_location:
         with beam.Pipeline(options=options) as p:
             build_extraction(p, config)
         return None

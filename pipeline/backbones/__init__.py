@@ -291,11 +291,9 @@ def _resolve_keras_application(class_name: str, weights: str | None) -> Backbone
 
     try:
         km.application_class(class_name)
-        module, mode = km.FAMILY_MODES[next(p for p in sorted(km.FAMILY_MODES, key=len, reverse=True)
-                                            if class_name.startswith(p))]
-    except (ValueError, StopIteration) as e:
-        raise UnknownBackboneError(str(e) if isinstance(e, ValueError) else
-                                   f"keras.applications.{class_name} has no known preprocessing") from None
+        module, mode = km.family_of(class_name)
+    except ValueError as e:
+        raise UnknownBackboneError(str(e)) from None
     if weights is None:  # ImageNet weights, downloaded here once; the saved copy is the artifact workers get
         try:
             model = km.build_application(class_name, include_top=False, weights="imagenet")

@@ -15,11 +15,10 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Mapping
 
 from transforms.images import ImagePreprocessing
 
-__all__ = ["KERAS_PREFIX", "PREPROCESSING_MODES", "FAMILY_MODES", "family_module", "preprocessing_for",
+__all__ = ["KERAS_PREFIX", "PREPROCESSING_MODES", "FAMILY_MODES", "family_of", "family_module", "preprocessing_for",
            "application_class", "layer_table", "candidate_layers", "build_application", "load_model_file"]
 
 KERAS_PREFIX = "keras:"
@@ -45,7 +44,8 @@ FAMILY_MODES = {
 }
 
 
-def _family(class_name: str) -> tuple[str, str]:
+def family_of(class_name: str) -> tuple[str, str]:
+    """(module with its preprocess_input, preprocessing mode) of a keras.applications class."""
     for prefix in sorted(FAMILY_MODES, key=len, reverse=True):
         if class_name.startswith(prefix):
             return FAMILY_MODES[prefix]
@@ -54,7 +54,7 @@ def _family(class_name: str) -> tuple[str, str]:
 
 def family_module(class_name: str) -> str:
     """The ``keras.applications`` module whose ``preprocess_input`` the class uses."""
-    return _family(class_name)[0]
+    return family_of(class_name)[0]
 
 
 def preprocessing_for(mode: str, size: int) -> ImagePreprocessing:
@@ -148,10 +148,6 @@ def with_layers(model, layers, prep: ImagePreprocessing, name: str):
     normalised = keras.layers.Lambda(prep.normalize, name="normalize")(images)
     safe_name = re.sub(r"[^A-Za-z0-9_.-]", "_", name.rsplit("/", 1)[-1])
     return keras.Model(images, core(normalised, training=False), name=safe_name)
-
-
-def options_of(spec) -> Mapping:
-    return dict(spec.options)
 
 
 def pack_directory(folder: str) -> str:

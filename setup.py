@@ -1,8 +1,11 @@
-"""Packaging shim for Dataflow's ``--setup_file``: workers get ``pipeline`` and ``transforms`` from it.
+"""Which packages featurebeam ships; all other metadata lives in pyproject.toml.
 
-All metadata lives in pyproject.toml; this file only lets Beam build the sdist it stages.
+Dataflow's ``--setup_file`` points here: the launcher builds an sdist from this file and every worker installs
+it, so a package left out of this list is missing on the workers (tests/test_dataflow_worker.py proves it).
 """
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
-setup()
+PACKAGES = find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*"])
+
+setup(packages=PACKAGES, include_package_data=False)  # modules of the listed packages, nothing else

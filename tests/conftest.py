@@ -1,4 +1,5 @@
-"""Shared fixtures: the reference outputs, the real photos, the real backbone, a small image folder."""
+"""Shared fixtures: the reference outputs, the real photos, the real backbone, a small image folder, and
+object-storage servers on 127.0.0.1 (a GCS emulator, a moto S3 server), one per test module."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 
 import numpy as np
 import pytest
+
+from tests import object_storage
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -88,3 +91,27 @@ def image_folder(tmp_path_factory, sample_photos):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     return root
+
+
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory):
+    with object_storage.gcs_emulator(str(tmp_path_factory.mktemp("gcs"))) as server:
+        previous = os.environ.get("STORAGE_EMULATOR_HOST")
+        os.environ["STORAGE_EMULATOR_HOST"] = server.host
+        try:
+            yield server
+        finally:
+            if previous is None:
+                del os.environ["STORAGE_EMULATOR_HOST"]
+            else:
+                os.environ["STORAGE_EMULATOR_HOST"] = previous
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    with object_storage.s3_server(str(tmp_path_factory.mktemp("s3"))) as server:
+        yield server
+        FileSystems.set_options(PipelineOptions([]))

@@ -22,30 +22,6 @@ from transforms import schema
 ARGS = ["--layer", "features.18", "--batch-size", "4", "--read-chunk-mb", "0.1", "--quiet"]
 
 
-@pytest.fixture(scope="module")
-def gcs(tmp_path_factory):
-    with object_storage.gcs_emulator(str(tmp_path_factory.mktemp("gcs"))) as server:
-        previous = os.environ.get("STORAGE_EMULATOR_HOST")
-        os.environ["STORAGE_EMULATOR_HOST"] = server.host
-        try:
-            yield server
-        finally:
-            if previous is None:
-                del os.environ["STORAGE_EMULATOR_HOST"]
-            else:
-                os.environ["STORAGE_EMULATOR_HOST"] = previous
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    from apache_beam.io.filesystems import FileSystems
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    with object_storage.s3_server(str(tmp_path_factory.mktemp("s3"))) as server:
-        yield server
-        FileSystems.set_options(PipelineOptions([]))
-
-
 def _inputs(inputs: dict[str, str]) -> list[str]:
     return [arg for fmt in ("files", "manifest", "tar", "tfrecord") for arg in ("--input", inputs[fmt])]
 
@@ -120,49 +96,3 @@ def test_missing_s3_bucket_fails_at_launch(tmp_path, image_folder, s3, capsys):
     assert main(["extract", "--input", str(image_folder), "--output", "s3://absent/o", *s3.beam_flags]) == 2
     assert capsys.readouterr().err.strip() == (
         "featurebeam extract: error: output s3://absent/o: bucket s3://absent does not exist")
-
-
-def test_dataflow_dry_run_builds_the_gpu_job_and_writes_no_output(tmp_path, image_folder, gcs, capsys):
-    from apache_beam.io.filesystems import FileSystems
-
-    for bucket in ("dry-in", "dry-out", "dry-staging"):
-        gcs.create_bucket(bucket)
-    object_storage.upload_tree(str(image_folder), "gs://dry-in/images")
-    flags = ["--runner", "DataflowRunner", "--project", "featurebeam-test", "--region", "us-central1",
-             "--temp_location", "gs://dry-staging/tmp", "--dry_run=True",
-             "--dataflow_service_options=worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"]
-    assert main(["extract", "--input", "gs://dry-in/images", "--output", "gs://dry-out/features", "--quiet",
-                 *flags]) == 0
-    assert "dry run: DataflowRunner built and pickled the whole job" in capsys.readouterr().out
-    (staged,) = FileSystems.match(["gs://dry-staging/tmp/featurebeam-weights/*"])[0].metadata_list
-    assert staged.path.endswith("-mobilenet_v2-b0353104.pth")
-    assert FileSystems.match(["gs://dry-out/**"])[0].metadata_list == []
-
-
-@pytest.mark.slow
-def test_dataflow_template_stages_the_sdist_pipeline_and_weights_on_gcs(tmp_path, image_folder, gcs, capsys):
-    import tarfile
-
-    from apache_beam.io.filesystems import FileSystems
-
-    for bucket in ("tpl-in", "tpl-out", "tpl-staging"):
-        gcs.create_bucket(bucket)
-    object_storage.upload_tree(str(image_folder), "gs://tpl-in/images")
-    template = "gs://tpl-staging/templates/extract.json"
-    assert main(["extract", "--input", "gs://tpl-in/images", "--output", "gs://tpl-out/features", "--quiet",
-                 "--runner", "DataflowRunner", "--project", "featurebeam-test", "--region", "us-central1",
-                 "--temp_location", "gs://tpl-staging/tmp", "--template_location", template,
-                 "--setup_file", os.path.join(REPO, "setup.py"),
-                 "--dataflow_service_options=worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"]) == 0
-    assert f"staged the job as a template at {template}" in capsys.readouterr().out
-    staged = {m.path.rsplit("/", 1)[-1]: m.path for m in FileSystems.match(["gs://tpl-staging/**"])[0].metadata_list}
-    assert {"extract.json", "pipeline.pb", "workflow.tar.gz"} <= set(staged)
-    with FileSystems.open(staged["workflow.tar.gz"]) as f:  # the sdist the workers will install
-        local = tmp_path / "workflow.tar.gz"
-        local.write_bytes(f.read())
-    with tarfile.open(local) as sdist:
-        members = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
-    assert {"pipeline/extract.py", "pipeline/backbones/minilm.py", "transforms/sources.py", "transforms/commits.py",
-            "setup.py"} <= members
-    assert any(name.endswith("-mobilenet_v2-b0353104.pth") for name in staged)
-    assert FileSystems.match(["gs://tpl-out/**"])[0].metadata_list == []

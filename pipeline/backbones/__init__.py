@@ -429,12 +429,13 @@ def _build_user_model(spec: BackboneSpec, layers: tuple):
 
 
 def stage_backbone(spec: BackboneSpec, location: str) -> BackboneSpec:
-    """Copy the weights artifact, named by its hash, to ``location`` (e.g. a gs:// staging path) so that
-    remote workers read exactly what was hashed at launch; return the spec pointing there."""
+    """Copy the weights artifact to ``location`` (e.g. a gs:// staging path), in a folder named by its hash and
+    under its own file name, so that remote workers read exactly what was hashed at launch (and the manifest
+    names the same file as a local run's); return the spec pointing there."""
     from apache_beam.io.filesystems import FileSystems
 
     def stage(path: str, sha256: str) -> str:
-        target = FileSystems.join(location, "featurebeam-weights", f"{sha256[:16]}-{os.path.basename(path)}")
+        target = FileSystems.join(location, "featurebeam-weights", sha256[:16], os.path.basename(path))
         if not FileSystems.exists(target):
             with FileSystems.open(path, compression_type="uncompressed") as src, \
                     FileSystems.create(target, compression_type="uncompressed") as dst:

@@ -11,10 +11,11 @@ from pipeline.backbones import stage_backbone
 from pipeline.options import ConfigError, ExtractConfig
 
 
-def test_staged_weights_are_named_by_hash_and_copied_once(mobilenet_spec, tmp_path):
+def test_staged_weights_sit_in_a_folder_named_by_hash_and_are_copied_once(mobilenet_spec, tmp_path):
     staged = stage_backbone(mobilenet_spec, str(tmp_path))
     assert staged.weights_path.startswith(str(tmp_path / "featurebeam-weights" / mobilenet_spec.weights_sha256[:16]))
     assert staged.weights_sha256 == mobilenet_spec.weights_sha256
+    assert staged.describe() == mobilenet_spec.describe()  # the manifest names the same file as a local run's
     with open(staged.weights_path, "rb") as a, open(mobilenet_spec.weights_path, "rb") as b:
         assert a.read() == b.read()
     mtime = os.path.getmtime(staged.weights_path)

@@ -119,11 +119,16 @@ LARGE_RECORD_FLOATS = 50_000  # --pooling none beyond this many floats per recor
 def cmd_extract(argv: Sequence[str]) -> int:
     from apache_beam.options.pipeline_options import PipelineOptions
 
+    from pipeline.dataflow import dataflow_defaults
     from pipeline.extract import run_extraction
     from pipeline.options import ExtractConfig
 
     split_flags(_extract_parser(), argv)  # rejects flags that neither featurebeam nor Beam knows
-    options = PipelineOptions(with_local_defaults(argv))
+    argv = with_local_defaults(argv)
+    defaults = dataflow_defaults(PipelineOptions(argv))
+    if defaults:
+        print(f"featurebeam extract: Dataflow defaults: {' '.join(defaults)}", file=sys.stderr)
+    options = PipelineOptions([*argv, *defaults])
     config = ExtractConfig.from_options(options)
     for o in config.outputs:
         if o.pooling == "none" and o.dim >= LARGE_RECORD_FLOATS:
@@ -137,7 +142,10 @@ def cmd_extract(argv: Sequence[str]) -> int:
         from pipeline.options import runner_name
 
         template = options.view_as(GoogleCloudOptions).template_location
-        if template:
+        if template and config.template_launch:
+            print(f"featurebeam extract: template launch: {runner_name(options)} staged the job at {template} to run "
+                  f"now, writing to {config.output}")
+        elif template:
             print(f"featurebeam extract: template: {runner_name(options)} staged the job as a template at {template} "
                   f"(its code, pipeline and weights under the staging location); nothing was written to "
                   f"{config.output}")

@@ -19,7 +19,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.options import ExtractConfig, clear_previous_outputs, run_settings
+from pipeline.options import LOCAL_RUNNERS, ExtractConfig, clear_previous_outputs, run_settings, runner_name
 from pipeline.progress import ProgressLine
 from transforms import commits, schema
 from transforms.extract import ExtractFeatures
@@ -83,7 +83,7 @@ def build_extraction(p: beam.Pipeline, config: ExtractConfig, progress_dir: str 
     records = _counted(read["records"], progress_dir, "read")
     extracted = records | "Extract features" >> ExtractFeatures(
         config.backbone, config.outputs, config.batch_size, config.threads_per_worker, config.max_pixels,
-        config.share_model, config.mixed_precision)
+        config.model_copies, config.mixed_precision)
     _counted(extracted["embedded"], progress_dir, "embedded")
     feature_commits = extracted["embedded"] | "Commit features" >> CommitFeatures(
         config.output, config.outputs, config.records_per_shard)
@@ -142,15 +142,18 @@ def run_extraction(config: ExtractConfig, options: PipelineOptions, progress: bo
 
     ``progress``: print a live progress line on stderr (local runners: the workers share this machine).
     With ``--dry_run`` (a remote runner builds the whole job and does not submit it) or ``--template_location``
-    (the job is staged as a template, to run later) nothing is written to OUTDIR and None is returned."""
+    (the job is staged as a template, to run later) nothing is written to OUTDIR and None is returned. A
+    Flex Template launch (``template_launch``) stages the job to run right away: OUTDIR is prepared first."""
     from apache_beam.options.pipeline_options import GoogleCloudOptions, TestOptions
 
     if options.view_as(TestOptions).dry_run or options.view_as(GoogleCloudOptions).template_location:
+        launching = config.template_launch and not options.view_as(TestOptions).dry_run
+        done_commits = prepare_output(config) if launching else ()
         with beam.Pipeline(options=options) as p:
-            build_extraction(p, config)
+            build_extraction(p, config, done_commits=done_commits)
         return None
     done_commits = prepare_output(config)
-    if progress and config.threads_per_worker is not None:  # a local run
+    if progress and runner_name(options) in LOCAL_RUNNERS:  # the workers share this machine
         with tempfile.TemporaryDirectory(prefix="featurebeam-progress-") as progress_dir:
             with ProgressLine(progress_dir, log_every=progress_every), beam.Pipeline(options=options) as p:
                 build_extraction(p, config, progress_dir, done_commits)

@@ -103,6 +103,13 @@ class ExtractOptions(PipelineOptions):
         parser.add_argument("--batch-size", type=int, default=None,
                             help=f"images per forward pass (default: {CPU_BATCH_SIZE}; {GPU_BATCH_SIZE} when the job "
                                  "runs on GPUs)")
+        parser.add_argument("--gpu", metavar="TYPE",
+                            help="DataflowRunner: one NVIDIA GPU of TYPE per worker (e.g. nvidia-l4, nvidia-tesla-t4); "
+                                 "adds the worker_accelerator service option with the driver install and picks the "
+                                 "worker image, machine type and harness threads for it (deploy/README.md)")
+        parser.add_argument("--model-copies", type=int, default=None, metavar="N",
+                            help="N copies of the model per worker machine, shared by all its worker processes "
+                                 "(default: 1 when the job runs on GPUs, else one copy in each worker process)")
         parser.add_argument("--mixed-precision", action="store_true",
                             help="compute in float16 on accelerators that gain from it (vectors stay float32)")
         parser.add_argument("--records-per-shard", type=int, default=DEFAULT_RECORDS_PER_COMMIT, metavar="N",
@@ -116,6 +123,10 @@ class ExtractOptions(PipelineOptions):
                             help="finish an interrupted run into the same OUTDIR: what it committed is kept and "
                                  "skipped, the rest is done; the settings must be the same")
         parser.add_argument("--quiet", action="store_true", help="no live progress line on stderr")
+        parser.add_argument("--template-launch", action="store_true",
+                            help="with --template_location: the template is launched right away (the Flex "
+                                 "Template entry point sets this), so OUTDIR is prepared now: --overwrite clears "
+                                 "it, --resume reads its commits, the run's settings are recorded")
         parser.add_argument("--max-failure-fraction", type=float, default=1.0, metavar="F",
                             help="end with a non-zero status when more than F of the inputs failed "
                                  "(the outputs stay; default 1: never)")
@@ -137,8 +148,9 @@ class ExtractConfig:
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
     resume: bool = False
-    share_model: bool = False        # one model per machine across a worker's processes (GPU workers)
+    model_copies: int = 0            # 0: a model in each worker process; N: N per machine, shared (GPU workers)
     mixed_precision: bool = False
+    template_launch: bool = False    # a template staged now runs now (Flex Template): prepare OUTDIR at launch
 
     @classmethod
     def from_options(cls, options: PipelineOptions) -> ExtractConfig:
@@ -158,6 +170,11 @@ class ExtractConfig:
                               "and finishes it, --overwrite replaces it; choose one")
         if not 0.0 <= o.max_failure_fraction <= 1.0:
             raise ConfigError(f"--max-failure-fraction must be between 0 and 1, got {o.max_failure_fraction}")
+        if o.model_copies is not None and o.model_copies < 1:
+            raise ConfigError(f"--model-copies must be at least 1, got {o.model_copies}")
+        if o.gpu and runner_name(options) != "DataflowRunner":
+            raise ConfigError("--gpu asks Dataflow for GPU workers and needs --runner DataflowRunner; a local run "
+                              "uses this machine's GPU when it has one")
         if o.threads_per_worker is not None and o.threads_per_worker < 1:
             raise ConfigError(f"--threads-per-worker must be at least 1, got {o.threads_per_worker}")
         if o.max_image_pixels < 1:
@@ -186,7 +203,8 @@ class ExtractConfig:
                              o.image_feature, o.label_feature)
         config = cls(inputs, output, backbone, outputs, batch_size, o.records_per_shard, threads, o.overwrite,
                      o.max_failure_fraction, o.quiet, fields, int(o.read_chunk_mb * 2**20), o.max_image_pixels,
-                     o.resume, share_model=gpus, mixed_precision=o.mixed_precision)
+                     o.resume, model_copies=o.model_copies or (1 if gpus else 0),
+                     mixed_precision=o.mixed_precision, template_launch=o.template_launch)
         if o.resume:
             check_resumable(config)
         return config
@@ -197,16 +215,21 @@ GPU_BATCH_SIZE = 128
 
 
 def uses_gpus(options: PipelineOptions) -> bool:
-    """Whether the job's workers have GPUs: Dataflow's ``worker_accelerator`` service option (or experiment),
-    or, for a local runner, a GPU on this machine."""
-    gcp = options.view_as(GoogleCloudOptions)
-    requested = list(gcp.dataflow_service_options or []) + list(options.view_as(DebugOptions).experiments or [])
-    if any(str(item).startswith("worker_accelerator") for item in requested):
+    """Whether the job's workers have GPUs: ``--gpu``, Dataflow's ``worker_accelerator`` service option (or
+    experiment), or, for a local runner, a GPU on this machine."""
+    if options.view_as(ExtractOptions).gpu or requested_accelerator(options):
         return True
     if runner_name(options) not in LOCAL_RUNNERS or os.environ.get("CUDA_VISIBLE_DEVICES") in ("", "-1"):
         return False
     gpus = "/proc/driver/nvidia/gpus"
     return os.path.isdir(gpus) and bool(os.listdir(gpus))
+
+
+def requested_accelerator(options: PipelineOptions) -> str | None:
+    """Dataflow's ``worker_accelerator=...`` as the job gives it (service option, or the older experiment)."""
+    gcp = options.view_as(GoogleCloudOptions)
+    requested = list(gcp.dataflow_service_options or []) + list(options.view_as(DebugOptions).experiments or [])
+    return next((str(item) for item in requested if str(item).startswith("worker_accelerator")), None)
 
 
 def run_settings(config: ExtractConfig) -> dict:
@@ -355,11 +378,17 @@ def check_output_dir(output: str, overwrite: bool) -> None:
 def clear_previous_outputs(output: str, names=(MANIFEST_NAME, RUN_NAME, FEATURES_DIR, ERRORS_DIR, COMMITS_DIR,
                                               PENDING_DIR)) -> None:
     """What --overwrite replaces: the job's own outputs (by default the features, dead letters and
-    manifest of an extraction), nothing else."""
-    paths = [FileSystems.join(output, name) for name in names]
-    existing = [p for p in paths if FileSystems.exists(p)]
-    if existing:
-        FileSystems.delete(existing)
+    manifest of an extraction), nothing else. Object stores have no folders: a folder there is every object
+    under its prefix."""
+    paths = []
+    for name in names:
+        path = FileSystems.join(output, name)
+        if FileSystems.exists(path):  # a file, or a local folder (deleted with what it holds)
+            paths.append(path)
+        elif "://" in output:
+            paths += [m.path for m in FileSystems.match([FileSystems.join(path, "**")])[0].metadata_list]
+    if paths:
+        FileSystems.delete(paths)
 
 
 def remote_staging_location(options: PipelineOptions) -> str:

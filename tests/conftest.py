@@ -98,6 +98,9 @@ def gcs(tmp_path_factory):
     with object_storage.gcs_emulator(str(tmp_path_factory.mktemp("gcs"))) as server:
         previous = os.environ.get("STORAGE_EMULATOR_HOST")
         os.environ["STORAGE_EMULATOR_HOST"] = server.host
+        from transforms.storage import use_storage_emulator
+
+        use_storage_emulator()  # no credential lookup for the test's own gs:// reads and writes
         try:
             yield server
         finally:

@@ -40,7 +40,7 @@ def test_gpu_jobs_get_larger_batches_and_one_model_per_machine(tmp_path, sample_
     assert uses_gpus(options) is gpus
     config = ExtractConfig.from_options(options)
     assert config.batch_size == (GPU_BATCH_SIZE if gpus else CPU_BATCH_SIZE)
-    assert config.share_model is gpus
+    assert config.model_copies == (1 if gpus else 0)
 
 
 @pytest.mark.slow

@@ -27,13 +27,13 @@ from tests.conftest import REPO
 from tests.test_input_formats import check_same_as_folder
 from transforms import schema
 
-GPU = "--dataflow_service_options=worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"
+PROJECT, REGION = "featurebeam-test", "us-central1"
 ARGS = ["--layer", "features.18", "--batch-size", "4", "--read-chunk-mb", "0.1", "--quiet"]
 
 
 def _dataflow(staging_bucket: str) -> list[str]:
-    return ["--runner", "DataflowRunner", "--project", "featurebeam-test", "--region", "us-central1",
-            "--temp_location", f"gs://{staging_bucket}/tmp", GPU]
+    return ["--runner", "DataflowRunner", "--project", PROJECT, "--region", REGION,
+            "--temp_location", f"gs://{staging_bucket}/tmp", "--gpu", "nvidia-l4"]
 
 
 def _staged(prefix: str) -> dict[str, str]:
@@ -58,6 +58,12 @@ def _stage_template(bucket: str, inputs: list[str], output: str, setup_file: str
                  "--template_location", template, "--setup_file", setup_file]) == 0
     staged = _staged(f"gs://{bucket}")
     assert {"extract.json", "pipeline.pb", "workflow.tar.gz"} <= set(staged), sorted(staged)
+    with FileSystems.open(template) as f:  # the launcher's GPU defaults reached the job
+        job = f.read().decode("utf-8")
+    image = f"{REGION}-docker.pkg.dev/{PROJECT}/featurebeam/featurebeam-gpu:0.1.0"
+    for expected in (f'"workerHarnessContainerImage": "{image}"', '"machineType": "g2-standard-8"',
+                     "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"):
+        assert expected in job, expected
     return staged
 
 
@@ -175,3 +181,133 @@ def test_the_sdist_holds_every_module_of_the_project(tmp_path):
                for package in ("pipeline", "transforms")
                for folder, _, files in os.walk(os.path.join(REPO, package)) for name in files if name.endswith(".py")}
     assert modules and modules <= members, sorted(modules - members)
+
+
+def _defaults(tmp_path, sample_photos, *flags: str) -> tuple[list[str], object]:
+    """The Dataflow defaults the launcher adds to ``flags``, and the job configuration they lead to."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.dataflow import dataflow_defaults
+    from pipeline.options import ExtractConfig
+
+    (tmp_path / "a.jpg").write_bytes(sample_photos["china.jpg"])
+    args = ["--input", str(tmp_path / "a.jpg"), "--output", str(tmp_path / "out"), "--runner", "DataflowRunner",
+            "--project", PROJECT, "--region", REGION, f"--temp_location={tmp_path / 'staging'}", *flags]
+    defaults = dataflow_defaults(PipelineOptions(args))
+    return defaults, ExtractConfig.from_options(PipelineOptions([*args, *defaults]))
+
+
+def test_a_gpu_job_gets_the_accelerator_image_machine_and_one_shared_model(tmp_path, sample_photos):
+    from pipeline.options import GPU_BATCH_SIZE
+
+    defaults, config = _defaults(tmp_path, sample_photos, "--gpu", "nvidia-l4")
+    assert defaults == [
+        f"--setup_file={os.path.join(REPO, 'setup.py')}",
+        "--dataflow_service_options=worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver",
+        f"--sdk_container_image={REGION}-docker.pkg.dev/{PROJECT}/featurebeam/featurebeam-gpu:0.1.0",
+        "--machine_type=g2-standard-8",
+        "--number_of_worker_harness_threads=4",
+    ]
+    assert config.batch_size == GPU_BATCH_SIZE and config.model_copies == 1
+
+    defaults, config = _defaults(tmp_path, sample_photos, "--gpu", "nvidia-tesla-t4", "--model-copies", "2")
+    assert "--dataflow_service_options=worker_accelerator=type:nvidia-tesla-t4;count:1;install-nvidia-driver;" \
+           "use_nvidia_mps" in defaults and "--machine_type=n1-standard-8" in defaults
+    assert config.model_copies == 2
+
+
+def test_what_the_user_gives_is_kept(tmp_path, sample_photos):
+    defaults, config = _defaults(tmp_path, sample_photos, "--gpu", "nvidia-l4", "--setup_file", "/src/setup.py",
+                                 "--sdk_container_image", "example.com/img:1", "--machine_type", "g2-standard-16",
+                                 "--number_of_worker_harness_threads", "8", "--batch-size", "64")
+    assert defaults == ["--dataflow_service_options=worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"]
+    assert config.batch_size == 64
+
+
+def test_a_cpu_job_gets_one_tensorflow_thread_per_sdk_process(tmp_path, sample_photos):
+    from pipeline.options import CPU_BATCH_SIZE
+
+    defaults, config = _defaults(tmp_path, sample_photos)
+    assert defaults == [f"--setup_file={os.path.join(REPO, 'setup.py')}", "--threads-per-worker=1",
+                        "--number_of_worker_harness_threads=2"]
+    assert (config.batch_size, config.model_copies, config.threads_per_worker) == (CPU_BATCH_SIZE, 0, 1)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--gpu", "nvidia-l4", "--runner", "FnApiRunner"], "--gpu asks Dataflow for GPU workers and needs --runner "
+                                                        "DataflowRunner"),
+    (["--gpu", "nvidia-l4", "--dataflow_service_options=worker_accelerator=type:nvidia-l4;count:1"],
+     "--gpu and a worker_accelerator option both ask for GPUs; give one of them"),
+    (["--gpu", "nvidia-l4:2"], "--gpu takes a GPU type such as nvidia-l4 (one per worker), got 'nvidia-l4:2'"),
+    (["--gpu", "nvidia-h100-80gb"], "no default machine type for --gpu nvidia-h100-80gb; give --machine_type"),
+    (["--gpu", "nvidia-l4", "--model-copies", "0"], "--model-copies must be at least 1, got 0"),
+], ids=["local-runner", "twice", "count", "machine-type", "copies"])
+def test_gpu_flag_mistakes_are_one_line_errors(tmp_path, sample_photos, capsys, flags, message):
+    (tmp_path / "a.jpg").write_bytes(sample_photos["china.jpg"])
+    args = ["--input", str(tmp_path / "a.jpg"), "--output", str(tmp_path / "out"), "--quiet", "--project", PROJECT,
+            "--region", REGION, f"--temp_location={tmp_path / 'staging'}", "--dry_run=True"]
+    runner = [] if "--runner" in flags else ["--runner", "DataflowRunner"]
+    assert main(["extract", *args, *runner, *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"featurebeam extract: error: {message}"), err
+
+
+METADATA = os.path.join(REPO, "deploy", "flex_template", "metadata.json")
+EXAMPLES = {"input": "gs://bucket/images/", "output": "gs://bucket/features", "backbone": "efficientnet_lite0",
+            "weights": "gs://bucket/w.weights.h5", "layer": "features.18", "pooling": "max", "input_format": "tar",
+            "uri_field": "path", "label_field": "class", "text_field": "body", "records_per_shard": "5000",
+            "batch_size": "64", "gpu": "nvidia-l4", "model_copies": "2", "mixed_precision": "true",
+            "max_image_pixels": "50000000", "overwrite": "false", "resume": "true"}
+
+
+def test_each_flex_template_parameter_is_a_featurebeam_flag():
+    import json
+    import re
+
+    from pipeline.cli import _extract_parser, split_flags
+    from pipeline.flex_template import extract_args
+
+    parameters = json.load(open(METADATA))["parameters"]
+    assert sorted(p["name"] for p in parameters) == sorted(EXAMPLES)
+    for p in parameters:
+        assert re.fullmatch(r"[a-zA-Z][a-zA-Z0-9_]*", p["name"]) and p["label"] and p["helpText"], p
+        assert p.get("isOptional", False) is (p["name"] not in ("input", "output")), p["name"]
+        for regex in p.get("regexes", []):
+            assert re.fullmatch(regex, EXAMPLES[p["name"]]), (p["name"], regex)
+    args = extract_args([f"--{name}={value}" for name, value in EXAMPLES.items()] + ["--runner=DataflowRunner"])
+    own, beam_flags = split_flags(_extract_parser(), args)
+    assert beam_flags == ["--runner=DataflowRunner"]
+    assert (own.input, own.layer, own.records_per_shard, own.gpu, own.model_copies) == (
+        ["gs://bucket/images/"], ["features.18"], 5000, "nvidia-l4", 2)
+    assert (own.mixed_precision, own.overwrite, own.resume, own.input_format) == (True, False, True, "tar")
+
+
+@pytest.mark.slow
+def test_a_flex_template_launch_prepares_the_output_and_its_staged_job_runs(tmp_path, image_folder, gcs):
+    for bucket in ("fx-in", "fx-out", "fx-staging"):
+        gcs.create_bucket(bucket)
+    object_storage.upload_tree(str(image_folder), "gs://fx-in/images")
+    stale = ["gs://fx-out/features/manifest.json", "gs://fx-out/features/features/part-old.tfrecord"]
+    for path in stale:
+        with FileSystems.create(path) as f:
+            f.write(b"from an earlier run")
+
+    # what Dataflow's launcher runs: the entry point, parameters and pipeline options as --name=value
+    parameters = {"input": "gs://fx-in/images", "output": "gs://fx-out/features", "gpu": "nvidia-l4",
+                  "overwrite": "true", "batch_size": "4", "layer": "features.18", "mixed_precision": "false"}
+    options = {"runner": "DataflowRunner", "project": PROJECT, "region": REGION, "temp_location": "gs://fx-staging/tmp",
+               "template_location": "gs://fx-staging/template_launches/1/job_object"}
+    args = [f"--{name}={value}" for name, value in {**parameters, **options}.items()]
+    launched = subprocess.run([sys.executable, os.path.join(REPO, "deploy", "flex_template", "main.py"), *args],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert "template launch: DataflowRunner staged the job at gs://fx-staging/template_launches/1/job_object" \
+           in launched.stdout
+    assert not any(FileSystems.exists(path) for path in stale)          # --overwrite cleared them at launch
+    assert FileSystems.exists("gs://fx-out/features/run.json")          # so --resume can continue this run
+
+    done = _run_worker(_staged("gs://fx-staging"), tmp_path / "worker")
+    assert done.returncode == 0, done.stderr[-5000:]
+    manifest, records = _read_back("gs://fx-out/features")
+    assert manifest.counts == {"inputs": 10, "embedded": 8, "failed": 2}
+    assert sorted(str(r.label) for r in records) == ["None"] + ["china"] * 4 + ["flower"] * 3

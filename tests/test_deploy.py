@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
+
+import pytest
 
 from tests.conftest import REPO
 
@@ -35,3 +39,71 @@ def test_the_worker_image_pins_the_launchers_versions():
     assert gpu == cpu, (gpu, cpu)                                 # the same TensorFlow release, built for CUDA
     weights = open(os.path.join(REPO, "weights-requirements.txt")).read()
     assert "--require-hashes -r weights-requirements.txt" in dockerfile and "--hash=sha256:" in weights
+
+
+def test_the_image_is_also_the_flex_template_launcher():
+    dockerfile = open(os.path.join(REPO, "deploy", "Dockerfile")).read()
+    launcher = re.search(r"python(\d)(\d+)-template-launcher-base", dockerfile)
+    beam_python = re.search(r"^FROM apache/beam_python(\d+)\.(\d+)_sdk:", dockerfile, re.M)
+    assert launcher and beam_python and launcher.groups() == beam_python.groups()  # the same Python
+    entry = re.search(r"^ENV FLEX_TEMPLATE_PYTHON_PY_FILE=/featurebeam/(\S+)$", dockerfile, re.M).group(1)
+    assert os.path.isfile(os.path.join(REPO, entry))
+    assert re.search(rf"^COPY {os.path.dirname(entry)} ", dockerfile, re.M)
+    cloudbuild = open(os.path.join(REPO, "deploy", "cloudbuild.yaml")).read()
+    assert '"-f", "deploy/Dockerfile"' in cloudbuild
+
+
+def test_the_default_gpu_image_is_the_one_the_build_command_names():
+    from pipeline.dataflow import gpu_image
+
+    cloudbuild = open(os.path.join(REPO, "deploy", "cloudbuild.yaml")).read()
+    documented = re.search(r"_IMAGE=(\S+)", cloudbuild).group(1)
+    assert gpu_image("PROJECT", "REGION") == documented
+
+
+def _wheel(folder, out, project: str) -> None:
+    """A wheel of an empty distribution whose [project] table is ``project``."""
+    folder.mkdir()
+    (folder / "pyproject.toml").write_text('[build-system]\nrequires = ["setuptools>=61"]\n'
+                                           'build-backend = "setuptools.build_meta"\n'
+                                           '[tool.setuptools]\npy-modules = []\n' + project)
+    _pip("wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(out), str(folder))
+
+
+def _pip(*args: str, python: str | None = None) -> subprocess.CompletedProcess:
+    target = ["--python", python] if python else []
+    done = subprocess.run([sys.executable, "-m", "pip", *target, *args, "--disable-pip-version-check"],
+                          capture_output=True, text=True, timeout=300)
+    if python is None:
+        assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+@pytest.mark.slow
+def test_in_the_gpu_image_tensorflow_cpu_is_satisfied_by_the_cuda_build(tmp_path):
+    """A worker installing the staged sdist resolves featurebeam's tensorflow-cpu requirement: with the shim the
+    installed CUDA build satisfies it (nothing to download); without it pip would have to fetch the CPU build."""
+    shim = open(os.path.join(REPO, "deploy", "tensorflow_cpu_shim", "pyproject.toml")).read()
+    pyproject = open(os.path.join(REPO, "pyproject.toml")).read()
+    dockerfile = open(os.path.join(REPO, "deploy", "Dockerfile")).read()
+    requirement = re.search(r'"(tensorflow-cpu[^"]*)"', pyproject).group(1)  # featurebeam's, marker included
+    assert re.search(r'dependencies = \["(tensorflow\[and-cuda\][^"]*)"\]', shim).group(1) in dockerfile
+
+    image, sdist = tmp_path / "image-wheels", tmp_path / "sdist-wheels"
+    _wheel(tmp_path / "tensorflow", image, '[project]\nname = "tensorflow"\nversion = "2.21.3"\n'
+           '[project.optional-dependencies]\nand-cuda = []\n')  # the CUDA build, as far as pip can tell
+    (tmp_path / "shim").mkdir()  # built from a copy: a build writes beside its pyproject.toml
+    (tmp_path / "shim" / "pyproject.toml").write_text(shim)
+    _pip("wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(image), str(tmp_path / "shim"))
+    _wheel(tmp_path / "needs", sdist, f'[project]\nname = "needs-tensorflow-cpu"\nversion = "1"\n'
+           f'dependencies = ["{requirement}"]\n')                 # featurebeam's requirement, nothing else
+
+    for with_shim in (True, False):
+        venv = tmp_path / f"venv-{with_shim}"
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+        python = str(venv / "bin" / "python")
+        packages = ["tensorflow[and-cuda]", "tensorflow-cpu"] if with_shim else ["tensorflow[and-cuda]"]
+        assert _pip("install", "--no-index", "--find-links", str(image), *packages, python=python).returncode == 0
+        worker = _pip("install", "--no-index", "--find-links", str(sdist), "needs-tensorflow-cpu", python=python)
+        assert (worker.returncode == 0) is with_shim, worker.stderr[-2000:]
+        assert with_shim or "No matching distribution found for tensorflow-cpu" in worker.stderr, worker.stderr

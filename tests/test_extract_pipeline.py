@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -90,6 +91,24 @@ def test_backbone_loads_once_per_worker_process_not_per_batch(tmp_path, many_ima
     batches = result.metrics().query(MetricsFilter().with_name("inference_batch_latency_micro_secs"))
     n_batches = sum(d.committed.count for d in batches["distributions"])
     assert n_batches >= 20 > len(pids)                # 40 images in batches of at most 2
+
+
+@pytest.mark.parametrize("copies", [1, 2])
+def test_model_copies_are_shared_by_the_worker_processes(tmp_path, many_images, worker_env, copies):
+    """--model-copies N (the GPU default is 1): N models per machine, whatever the number of worker processes."""
+    root, expected = many_images
+    log = str(tmp_path / "loads.log")
+    config = dataclasses.replace(_config(tmp_path, [InputSpec.directory(str(root))], MeanColourBackbone(log)),
+                                 model_copies=copies)
+    manifest = run_extraction(config, PipelineOptions(TWO_PROCESSES))
+
+    pids = load_pids(log)
+    assert len(pids) == copies, pids
+    assert os.getpid() not in pids
+    manifest, records = _read_all(config.output)
+    assert manifest.counts == {"inputs": 40, "embedded": 40, "failed": 0}
+    for r in records:
+        np.testing.assert_allclose(r.vectors["pixels"], expected[r.key][1], atol=1e-4)
 
 
 def test_bad_files_become_recorded_failures_and_counts_add_up(tmp_path, image_folder, worker_env):

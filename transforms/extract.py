@@ -22,18 +22,19 @@ class ExtractFeatures(beam.PTransform):
 
     1. decode each image to the backbone's fixed uint8 input, or tokenise each text for a text backbone
        (bad inputs go to ``failed``);
-    2. embed batches with ``RunInference`` over ``BackboneHandler`` (model loaded once per worker process);
-       an image the backbone fails on, even alone, goes to ``failed`` too.
+    2. embed batches with ``RunInference`` over ``BackboneHandler`` (model loaded once per worker process, or
+       ``model_copies`` copies per machine shared by its processes); an image the backbone fails on, even
+       alone, goes to ``failed`` too.
     """
 
     def __init__(self, backbone, outputs: Sequence[OutputSpec], batch_size: int = 32,
-                 threads: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, share_model: bool = False,
+                 threads: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, model_copies: int = 0,
                  mixed_precision: bool = False):
         super().__init__()
         self._backbone = backbone
         self._max_pixels = max_pixels
         handler = TextEncoderHandler if getattr(backbone, "modality", "image") == "text" else BackboneHandler
-        self._handler = KeyedModelHandler(handler(backbone, outputs, batch_size, threads, share_model,
+        self._handler = KeyedModelHandler(handler(backbone, outputs, batch_size, threads, model_copies,
                                                   mixed_precision))
 
     def expand(self, records):

@@ -122,13 +122,14 @@ class BackboneHandler(ModelHandler[np.ndarray, PredictionResult, LoadedBackbone]
       outputs: which layers to extract and how to pool each.
       batch_size: upper bound of a batch handed to the compiled function.
       threads: TensorFlow intra-op threads for this worker process (None: TensorFlow's default).
-      share_across_processes: one model per machine, shared by all of a worker's SDK processes through
-        Beam's cross-process model sharing (for GPU workers: one copy per GPU instead of one per process).
+      model_copies: 0 (the default): each worker process loads its own model. N >= 1: N copies per machine,
+        shared by all of a worker's SDK processes through Beam's cross-process model sharing (GPU workers:
+        one copy on the GPU instead of one per process).
       mixed_precision: compute in float16 where the accelerator gains from it (vectors still float32).
     """
 
     def __init__(self, spec, outputs: Sequence[OutputSpec], batch_size: int = 32, threads: int | None = None,
-                 share_across_processes: bool = False, mixed_precision: bool = False):
+                 model_copies: int = 0, mixed_precision: bool = False):
         # Fixed-size batches: the compiled call is fastest at its batch size, and a batch job gains nothing from
         # Beam's adaptive (latency-driven) batch sizes; only a bundle's last batch is smaller.
         super().__init__(min_batch_size=batch_size, max_batch_size=batch_size)
@@ -136,7 +137,7 @@ class BackboneHandler(ModelHandler[np.ndarray, PredictionResult, LoadedBackbone]
         self._outputs = tuple(outputs)
         self._batch_size = batch_size
         self._threads = threads
-        self._share = share_across_processes
+        self._copies = model_copies
         self._mixed_precision = mixed_precision
         self._retried_batches = Metrics.counter(METRICS_NAMESPACE, "batches_retried_one_by_one")
 
@@ -190,7 +191,10 @@ class BackboneHandler(ModelHandler[np.ndarray, PredictionResult, LoadedBackbone]
         return np.stack(batch)
 
     def share_model_across_processes(self) -> bool:
-        return self._share
+        return self._copies > 0
+
+    def model_copies(self) -> int:
+        return max(1, self._copies)
 
     @property
     def model_id(self) -> str:

@@ -15,7 +15,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from transforms.inference import BackboneHandler, LoadedBackbone, configure_tensorflow_threads
+from transforms.inference import BackboneHandler, LoadedBackbone, configure_tensorflow_threads, use_gpu_memory_growth
 from transforms.records import FAILED, METRICS_NAMESPACE, Failure, Record
 
 __all__ = ["TextPreprocessing", "TokenizeFn", "TextEncoderHandler", "masked_pool", "pad_tokens"]
@@ -84,6 +84,7 @@ class TextEncoderHandler(BackboneHandler):
         import tensorflow as tf
 
         configure_tensorflow_threads(self._threads)
+        use_gpu_memory_growth()
         model = self._spec.load(sorted({o.layer for o in self._outputs}))
         outputs = self._outputs
 

@@ -311,3 +311,35 @@ def test_a_flex_template_launch_prepares_the_output_and_its_staged_job_runs(tmp_
     manifest, records = _read_back("gs://fx-out/features")
     assert manifest.counts == {"inputs": 10, "embedded": 8, "failed": 2}
     assert sorted(str(r.label) for r in records) == ["None"] + ["china"] * 4 + ["flower"] * 3
+
+
+def _readme_dataflow_commands() -> list[list[str]]:
+    """The shell commands of the README's "Running on Dataflow" block, placeholders filled in."""
+    import shlex
+
+    text = open(os.path.join(REPO, "README.md")).read()
+    section = text[text.index("## Running on Dataflow"):text.index("## How the job runs")]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0].replace("\\\n", " ")
+    filled = block.replace("PROJECT", PROJECT).replace("REGION", REGION).replace("BUCKET", "readme-bucket")
+    return [shlex.split(line) for line in filled.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_the_readmes_dataflow_commands_run_as_far_as_offline_allows(image_folder, gcs, capsys):
+    from pipeline.dataflow import gpu_image
+
+    commands = _readme_dataflow_commands()
+    (build,) = [c for c in commands if c[:3] == ["gcloud", "builds", "submit"]]
+    assert f"_IMAGE={gpu_image(PROJECT, REGION)}" in build  # the image the launcher's default names
+    extracts = [c for c in commands if c[0].endswith("featurebeam")]
+    assert len(extracts) == 2 and "--dry_run=True" in extracts[0] and "--dry_run=True" not in extracts[1]
+
+    gcs.create_bucket("readme-bucket")
+    object_storage.upload_tree(str(image_folder), "gs://readme-bucket/images")
+    assert main(extracts[0][1:]) == 0
+    assert "dry run: DataflowRunner built and pickled the whole job" in capsys.readouterr().out
+    # the run command, staged as a template instead of submitted (a real submission needs the cloud)
+    assert main([*extracts[1][1:], "--template_location=gs://readme-bucket/templates/readme.json"]) == 0
+    captured = capsys.readouterr()
+    assert "staged the job as a template at gs://readme-bucket/templates/readme.json" in captured.out
+    assert "--machine_type=g2-standard-8" in captured.err  # the printed defaults
+    assert FileSystems.match(["gs://readme-bucket/features/**"])[0].metadata_list == []

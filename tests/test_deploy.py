@@ -107,3 +107,12 @@ def test_in_the_gpu_image_tensorflow_cpu_is_satisfied_by_the_cuda_build(tmp_path
         worker = _pip("install", "--no-index", "--find-links", str(sdist), "needs-tensorflow-cpu", python=python)
         assert (worker.returncode == 0) is with_shim, worker.stderr[-2000:]
         assert with_shim or "No matching distribution found for tensorflow-cpu" in worker.stderr, worker.stderr
+
+
+def test_every_deploy_path_the_readmes_name_exists():
+    for readme in ("README.md", os.path.join("deploy", "README.md")):
+        text = open(os.path.join(REPO, readme)).read()
+        named = set(re.findall(r"\bdeploy/[\w./-]*\w", text))
+        assert named, readme
+        missing = sorted(p for p in named if not os.path.exists(os.path.join(REPO, p)))
+        assert not missing, (readme, missing)

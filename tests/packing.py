@@ -158,3 +158,18 @@ def records_by_format(records, keys: dict[str, dict[str, str]]) -> dict[str, dic
 def split_of(rel: str) -> str:
     """The split ``pack_layout`` writes into its manifest for a file."""
     return "test" if rel.startswith("china/p") else "train"
+
+
+def input_flags(inputs: dict[str, str]) -> list[str]:
+    """``--input`` flags for ``pack_layout``'s four inputs, in a fixed order."""
+    return [arg for fmt in ("files", "manifest", "tar", "tfrecord") for arg in ("--input", inputs[fmt])]
+
+
+def read_feature_set(output: str):
+    """A feature set's manifest and every record of its shards (local or remote)."""
+    from transforms import schema
+
+    manifest = schema.read_manifest(output)
+    records = [schema.decode_example(data, manifest.outputs)
+               for path in schema.shard_paths(output, manifest) for data in schema.iter_serialized(path)]
+    return manifest, records

@@ -25,7 +25,6 @@ from pipeline.cli import main
 from tests import object_storage, packing
 from tests.conftest import REPO
 from tests.test_input_formats import check_same_as_folder
-from transforms import schema
 
 PROJECT, REGION = "featurebeam-test", "us-central1"
 ARGS = ["--layer", "features.18", "--batch-size", "4", "--read-chunk-mb", "0.1", "--quiet"]
@@ -38,17 +37,6 @@ def _dataflow(staging_bucket: str) -> list[str]:
 
 def _staged(prefix: str) -> dict[str, str]:
     return {m.path.rsplit("/", 1)[-1]: m.path for m in FileSystems.match([f"{prefix}/**"])[0].metadata_list}
-
-
-def _inputs(inputs: dict[str, str]) -> list[str]:
-    return [arg for fmt in ("files", "manifest", "tar", "tfrecord") for arg in ("--input", inputs[fmt])]
-
-
-def _read_back(output: str):
-    manifest = schema.read_manifest(output)
-    records = [schema.decode_example(data, manifest.outputs)
-               for path in schema.shard_paths(output, manifest) for data in schema.iter_serialized(path)]
-    return manifest, records
 
 
 def _stage_template(bucket: str, inputs: list[str], output: str, setup_file: str) -> dict[str, str]:
@@ -113,7 +101,8 @@ def test_a_worker_with_only_the_staged_sdist_runs_the_template_like_a_local_run(
     inputs, keys = packing.pack_layout(image_folder, tmp_path / "layout", "gs://df-in/archive")
     object_storage.upload_tree(str(tmp_path / "layout"), "gs://df-in/archive")
 
-    staged = _stage_template("df-staging", _inputs(inputs), "gs://df-out/features", os.path.join(REPO, "setup.py"))
+    staged = _stage_template("df-staging", packing.input_flags(inputs), "gs://df-out/features",
+                             os.path.join(REPO, "setup.py"))
     assert "staged the job as a template at gs://df-staging/templates/extract.json" in capsys.readouterr().out
     assert staged["mobilenet_v2-b0353104.pth"].endswith("/b03531047ffacf1e/mobilenet_v2-b0353104.pth")  # by hash
     assert FileSystems.match(["gs://df-out/**"])[0].metadata_list == []  # staging writes no output
@@ -124,10 +113,10 @@ def test_a_worker_with_only_the_staged_sdist_runs_the_template_like_a_local_run(
     assert f"pipeline from {worker / 'site' / 'pipeline'}" in done.stdout
     assert f"transforms from {worker / 'site' / 'transforms'}" in done.stdout
 
-    remote, remote_records = _read_back("gs://df-out/features")
+    remote, remote_records = packing.read_feature_set("gs://df-out/features")
     check_same_as_folder(remote, remote_records, keys)
-    assert main(["extract", *_inputs(inputs), "--output", str(tmp_path / "local"), *ARGS]) == 0
-    local, local_records = _read_back(str(tmp_path / "local"))
+    assert main(["extract", *packing.input_flags(inputs), "--output", str(tmp_path / "local"), *ARGS]) == 0
+    local, local_records = packing.read_feature_set(str(tmp_path / "local"))
     assert remote.counts == local.counts and remote.failures_by_reason == local.failures_by_reason
     assert remote.backbone == local.backbone and remote.outputs == local.outputs
     by_key = {r.key: r for r in local_records}
@@ -308,7 +297,7 @@ def test_a_flex_template_launch_prepares_the_output_and_its_staged_job_runs(tmp_
 
     done = _run_worker(_staged("gs://fx-staging"), tmp_path / "worker")
     assert done.returncode == 0, done.stderr[-5000:]
-    manifest, records = _read_back("gs://fx-out/features")
+    manifest, records = packing.read_feature_set("gs://fx-out/features")
     assert manifest.counts == {"inputs": 10, "embedded": 8, "failed": 2}
     assert sorted(str(r.label) for r in records) == ["None"] + ["china"] * 4 + ["flower"] * 3
 

@@ -17,20 +17,8 @@ from pipeline.cli import main
 from tests import object_storage, packing
 from tests.conftest import REPO
 from tests.test_input_formats import check_same_as_folder
-from transforms import schema
 
 ARGS = ["--layer", "features.18", "--batch-size", "4", "--read-chunk-mb", "0.1", "--quiet"]
-
-
-def _inputs(inputs: dict[str, str]) -> list[str]:
-    return [arg for fmt in ("files", "manifest", "tar", "tfrecord") for arg in ("--input", inputs[fmt])]
-
-
-def _read_back(output: str):
-    manifest = schema.read_manifest(output)
-    records = [schema.decode_example(data, manifest.outputs)
-               for path in schema.shard_paths(output, manifest) for data in schema.iter_serialized(path)]
-    return manifest, records
 
 
 def test_gcs_in_gcs_out_with_only_the_emulator_variable(tmp_path, image_folder, gcs):
@@ -47,14 +35,14 @@ def test_gcs_in_gcs_out_with_only_the_emulator_variable(tmp_path, image_folder, 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "CLOUDSDK_"))}
     env.update(STORAGE_EMULATOR_HOST=gcs.host, PYTHONPATH=REPO)
     env.pop("NO_GCE_CHECK", None)
-    done = subprocess.run([sys.executable, "-m", "pipeline", "extract", *_inputs(inputs),
+    done = subprocess.run([sys.executable, "-m", "pipeline", "extract", *packing.input_flags(inputs),
                            "--output", "gs://outbox/features", *ARGS],
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "default credentials" not in done.stderr  # no credential lookup, so no stall looking for them
     assert "embedded 32 of 40 inputs (8 failed)" in done.stdout
 
-    manifest, records = _read_back("gs://outbox/features")
+    manifest, records = packing.read_feature_set("gs://outbox/features")
     check_same_as_folder(manifest, records, keys)
     assert all(s.startswith("features/part-") for s in manifest.shards)
 
@@ -69,8 +57,8 @@ def test_s3_in_local_out(tmp_path, image_folder, s3, capsys):
             client.upload_file(path, "raw", "archive/" + os.path.relpath(path, tmp_path / "layout"))
 
     out = tmp_path / "features"
-    assert main(["extract", *_inputs(inputs), "--output", str(out), *ARGS, *s3.beam_flags]) == 0
-    manifest, records = _read_back(str(out))
+    assert main(["extract", *packing.input_flags(inputs), "--output", str(out), *ARGS, *s3.beam_flags]) == 0
+    manifest, records = packing.read_feature_set(str(out))
     check_same_as_folder(manifest, records, keys)
 
 

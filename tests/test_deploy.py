@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -116,3 +117,17 @@ def test_every_deploy_path_the_readmes_name_exists():
         assert named, readme
         missing = sorted(p for p in named if not os.path.exists(os.path.join(REPO, p)))
         assert not missing, (readme, missing)
+
+
+def test_gpu_check_stops_with_one_line_where_there_is_no_nvidia_driver(tmp_path):
+    bin_dir = tmp_path / "bin"  # a PATH with the basic tools and no nvidia-smi
+    bin_dir.mkdir()
+    for tool in ("bash", "dirname"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    done = subprocess.run(["bash", os.path.join(REPO, "deploy", "gpu_check.sh"), "--count", "10"],
+                          env={"PATH": str(bin_dir)}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "gpu_check: nvidia-smi not found: no NVIDIA driver here"
+    bad = subprocess.run(["bash", os.path.join(REPO, "deploy", "gpu_check.sh"), "--bogus"],
+                         env={"PATH": str(bin_dir)}, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "unknown option --bogus" in bad.stderr

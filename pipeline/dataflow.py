@@ -6,14 +6,16 @@ launcher's own code). Then one of two layouts:
 
 GPU (``--gpu TYPE``): one GPU per worker; Dataflow's ``worker_accelerator`` service option with the driver
   install; the featurebeam GPU image (deploy/Dockerfile), by default under the name deploy/README.md builds it
-  with; a machine type that takes that GPU; 4 harness threads in each SDK process. Dataflow starts one SDK
-  process per vCPU; they decode in parallel and share one copy of the model per machine (``--model-copies``,
-  default 1: Beam's cross-process model sharing), so the GPU holds one copy, not one per process. With more
-  than one copy, NVIDIA MPS is switched on, so copies held by different processes run on the GPU side by side.
+  with; a machine type that takes that GPU; 4 harness threads per worker process. Dataflow starts one SDK
+  process per vCPU; they all decode, and share one copy of the model per machine (``--model-copies``, default
+  1: Beam's cross-process model sharing), so the GPU holds one copy, not one per process. Beam keeps every copy
+  in the first process that asks for the model, which serves the others; with several copies, their batches
+  overlap on the GPU.
 
 CPU: Beam's own worker image (the workers install featurebeam's dependencies from the sdist when they start);
   each SDK process (one per vCPU) has its own model with one TensorFlow thread, the local layout measured
-  fastest, and 2 harness threads (one decodes while the other runs the model).
+  fastest, and 2 harness threads (one decodes while the other runs the model). With ``--model-copies`` the
+  copies are shared instead and keep TensorFlow's own thread count.
 """
 
 from __future__ import annotations
@@ -43,8 +45,8 @@ GPU_MACHINE_TYPES = {
     "nvidia-tesla-a100": "a2-highgpu-1g",
     "nvidia-a100-80gb": "a2-ultragpu-1g",
 }
-GPU_HARNESS_THREADS = 4   # per SDK process: batches in flight while the shared model works
-CPU_HARNESS_THREADS = 2   # per SDK process: one decodes while the other runs the process's model
+GPU_HARNESS_THREADS = 4   # per worker process: batches in flight while the shared model works
+CPU_HARNESS_THREADS = 2   # per worker process: one decodes while the other runs the process's model
 CPU_TF_THREADS = 1        # per SDK process: Dataflow already runs one per vCPU
 IMAGE_REPOSITORY = "featurebeam"
 IMAGE_NAME = "featurebeam-gpu"
@@ -72,22 +74,20 @@ def dataflow_defaults(options: PipelineOptions) -> list[str]:
     worker = options.view_as(WorkerOptions)
     debug = options.view_as(DebugOptions)
     flags = []
-    image = worker.sdk_container_image
+    image = worker.sdk_container_image or worker.worker_harness_container_image
     if not options.view_as(SetupOptions).setup_file:
         if os.path.exists(SETUP_FILE):
             flags.append(f"--setup_file={SETUP_FILE}")
         elif not image and not own.gpu:
             raise ConfigError("Dataflow workers need featurebeam's code: launch from a checkout of the project (its "
-                              "setup.py is staged), or give --setup_file, or --sdk_container_image with featurebeam "
-                              "installed")
+                              "setup.py is staged), or give --setup_file, or an image with featurebeam installed "
+                              "(--sdk_container_image; the Flex Template's sdk_container_image parameter)")
     if own.gpu:
         if requested_accelerator(options):
             raise ConfigError("--gpu and a worker_accelerator option both ask for GPUs; give one of them")
         if ":" in own.gpu or ";" in own.gpu:
             raise ConfigError(f"--gpu takes a GPU type such as nvidia-l4 (one per worker), got {own.gpu!r}")
-        mps = ";use_nvidia_mps" if (own.model_copies or 1) > 1 else ""
-        flags.append(f"--dataflow_service_options=worker_accelerator=type:{own.gpu};count:1;"
-                     f"install-nvidia-driver{mps}")
+        flags.append(f"--dataflow_service_options=worker_accelerator=type:{own.gpu};count:1;install-nvidia-driver")
         if not image:
             if not (gcp.project and gcp.region):
                 raise ConfigError("--gpu needs --project and --region (the worker image's default name uses them), "
@@ -101,7 +101,7 @@ def dataflow_defaults(options: PipelineOptions) -> list[str]:
         if not debug.number_of_worker_harness_threads:
             flags.append(f"--number_of_worker_harness_threads={GPU_HARNESS_THREADS}")
     elif not requested_accelerator(options):
-        if own.threads_per_worker is None:
+        if own.threads_per_worker is None and own.model_copies is None:
             flags.append(f"--threads-per-worker={CPU_TF_THREADS}")
         if not debug.number_of_worker_harness_threads:
             flags.append(f"--number_of_worker_harness_threads={CPU_HARNESS_THREADS}")

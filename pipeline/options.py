@@ -108,8 +108,9 @@ class ExtractOptions(PipelineOptions):
                                  "adds the worker_accelerator service option with the driver install and picks the "
                                  "worker image, machine type and harness threads for it (deploy/README.md)")
         parser.add_argument("--model-copies", type=int, default=None, metavar="N",
-                            help="N copies of the model per worker machine, shared by all its worker processes "
-                                 "(default: 1 when the job runs on GPUs, else one copy in each worker process)")
+                            help="N copies of the model per worker machine, shared by all its worker processes; "
+                                 "several let batches overlap on a GPU (default: 1 when the job runs on GPUs, else "
+                                 "one copy in each worker process)")
         parser.add_argument("--mixed-precision", action="store_true",
                             help="compute in float16 on accelerators that gain from it (vectors stay float32)")
         parser.add_argument("--records-per-shard", type=int, default=DEFAULT_RECORDS_PER_COMMIT, metavar="N",
@@ -402,8 +403,16 @@ def remote_staging_location(options: PipelineOptions) -> str:
 
 
 def runner_name(options: PipelineOptions) -> str:
+    """The runner's class name however it was given: Beam also takes "dataflow", "direct", any case, or a module
+    path; no --runner is Beam's DirectRunner."""
     runner = options.view_as(StandardOptions).runner
-    return runner if isinstance(runner, str) else type(runner).__name__
+    if runner is None:
+        return "DirectRunner"
+    if not isinstance(runner, str):
+        return type(runner).__name__
+    name = runner.rsplit(".", 1)[-1].lower()
+    return next((known for known in StandardOptions.KNOWN_RUNNER_NAMES if known.lower() in (name, name + "runner")),
+                runner)
 
 
 def local_threads_per_worker(options: PipelineOptions) -> int | None:

@@ -87,7 +87,9 @@ def test_dry_run_builds_the_gpu_job_and_writes_no_output(tmp_path, image_folder,
     object_storage.upload_tree(str(image_folder), "gs://dry-in/images")
     assert main(["extract", "--input", "gs://dry-in/images", "--output", "gs://dry-out/features", "--quiet",
                  *_dataflow("dry-staging"), "--dry_run=True"]) == 0
-    assert "dry run: DataflowRunner built and pickled the whole job" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "dry run: DataflowRunner built and pickled the whole job" in captured.out
+    assert "Dataflow defaults: " in captured.err and "--machine_type=g2-standard-8" in captured.err
     (staged,) = FileSystems.match(["gs://dry-staging/tmp/featurebeam-weights/**"])[0].metadata_list
     assert staged.path.endswith("/b03531047ffacf1e/mobilenet_v2-b0353104.pth"), staged.path
     assert FileSystems.match(["gs://dry-out/**"])[0].metadata_list == []
@@ -161,8 +163,8 @@ def test_a_package_left_out_of_setup_py_fails_on_the_worker(tmp_path, image_fold
 
 def test_the_sdist_holds_every_module_of_the_project(tmp_path):
     """What setup.py ships is what the workers can import: every module under pipeline/ and transforms/."""
-    built = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "--dist-dir", str(tmp_path)], cwd=REPO,
-                           capture_output=True, text=True, timeout=300)
+    built = subprocess.run([sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(tmp_path), "sdist",
+                            "--dist-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr[-3000:]
     (sdist,) = tmp_path.glob("featurebeam-*.tar.gz")
     members = _sdist_members(str(sdist))
@@ -199,9 +201,10 @@ def test_a_gpu_job_gets_the_accelerator_image_machine_and_one_shared_model(tmp_p
     ]
     assert config.batch_size == GPU_BATCH_SIZE and config.model_copies == 1
 
-    defaults, config = _defaults(tmp_path, sample_photos, "--gpu", "nvidia-tesla-t4", "--model-copies", "2")
-    assert "--dataflow_service_options=worker_accelerator=type:nvidia-tesla-t4;count:1;install-nvidia-driver;" \
-           "use_nvidia_mps" in defaults and "--machine_type=n1-standard-8" in defaults
+    defaults, config = _defaults(tmp_path, sample_photos, "--runner", "dataflow", "--gpu", "nvidia-tesla-t4",
+                                 "--model-copies", "2")  # Beam's short runner name is the same runner
+    assert "--dataflow_service_options=worker_accelerator=type:nvidia-tesla-t4;count:1;install-nvidia-driver" \
+           in defaults and "--machine_type=n1-standard-8" in defaults
     assert config.model_copies == 2
 
 
@@ -211,6 +214,9 @@ def test_what_the_user_gives_is_kept(tmp_path, sample_photos):
                                  "--number_of_worker_harness_threads", "8", "--batch-size", "64")
     assert defaults == ["--dataflow_service_options=worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"]
     assert config.batch_size == 64
+    defaults, _ = _defaults(tmp_path, sample_photos, "--gpu", "nvidia-l4", "--worker_harness_container_image",
+                            "example.com/img:1")  # Beam's older name for the image counts as given
+    assert not any(flag.startswith("--sdk_container_image") for flag in defaults)
 
 
 def test_a_cpu_job_gets_one_tensorflow_thread_per_sdk_process(tmp_path, sample_photos):
@@ -220,6 +226,8 @@ def test_a_cpu_job_gets_one_tensorflow_thread_per_sdk_process(tmp_path, sample_p
     assert defaults == [f"--setup_file={os.path.join(REPO, 'setup.py')}", "--threads-per-worker=1",
                         "--number_of_worker_harness_threads=2"]
     assert (config.batch_size, config.model_copies, config.threads_per_worker) == (CPU_BATCH_SIZE, 0, 1)
+    defaults, config = _defaults(tmp_path, sample_photos, "--model-copies", "2")  # shared copies: TF's own threads
+    assert "--threads-per-worker=1" not in defaults and (config.model_copies, config.threads_per_worker) == (2, None)
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -131,3 +131,25 @@ def test_gpu_check_stops_with_one_line_where_there_is_no_nvidia_driver(tmp_path)
     bad = subprocess.run(["bash", os.path.join(REPO, "deploy", "gpu_check.sh"), "--bogus"],
                          env={"PATH": str(bin_dir)}, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "unknown option --bogus" in bad.stderr
+
+
+@pytest.mark.slow
+def test_where_the_dependencies_are_installed_the_staged_sdist_installs_without_an_index(tmp_path):
+    """As a worker of the image installs workflow.tar.gz: the test's environment holds every dependency, as the
+    image does; with the image's PIP_NO_BUILD_ISOLATION the sdist builds offline, without it pip must fetch
+    setuptools for the build."""
+    dockerfile = open(os.path.join(REPO, "deploy", "Dockerfile")).read()
+    assert re.search(r"^ENV PIP_NO_BUILD_ISOLATION=0$", dockerfile, re.M)
+    built = subprocess.run([sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(tmp_path), "sdist",
+                            "--dist-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-2000:]
+    (sdist,) = tmp_path.glob("featurebeam-*.tar.gz")
+    for isolation in ("0", None):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+        if isolation is not None:
+            env["PIP_NO_BUILD_ISOLATION"] = isolation
+        done = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--quiet",
+                               "--disable-pip-version-check", str(sdist)], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert (done.returncode == 0) is (isolation is not None), done.stderr[-2000:]
+        assert isolation is not None or "setuptools" in done.stderr, done.stderr[-2000:]

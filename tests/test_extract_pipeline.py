@@ -94,8 +94,9 @@ def test_backbone_loads_once_per_worker_process_not_per_batch(tmp_path, many_ima
 
 
 @pytest.mark.parametrize("copies", [1, 2])
-def test_model_copies_are_shared_by_the_worker_processes(tmp_path, many_images, worker_env, copies):
-    """--model-copies N (the GPU default is 1): N models per machine, whatever the number of worker processes."""
+def test_model_copies_fix_how_many_models_a_machine_loads(tmp_path, many_images, worker_env, copies):
+    """--model-copies N (the GPU default is 1): N loads per machine, whatever the number of worker processes
+    (without it, each process that gets work loads its own: test_backbone_loads_once_per_worker_process...)."""
     root, expected = many_images
     log = str(tmp_path / "loads.log")
     config = dataclasses.replace(_config(tmp_path, [InputSpec.directory(str(root))], MeanColourBackbone(log)),

@@ -4,9 +4,11 @@ GPU jobs keep one model per machine (``--model-copies 1``): the first worker pro
 others through Beam's ``MultiProcessShared``, so every other process's batch is pickled to it and the vectors
 are pickled back. This times that round trip for a batch of decoded 224x224 images against calling the same
 model in-process, with a stand-in model that does next to no work, so what is left is the cost of
-crossing processes. Prints one JSON line; images/s through the proxy bounds what one process can feed a GPU.
+crossing processes. With ``--clients N``, N worker processes send batches at once, as on a worker machine where
+one process holds the model for all: the images/s they get together bound what the machine can feed one model.
+Prints one JSON line.
 
-    python tests/benchmarks/bench_model_proxy.py [--batch-size 128] [--repeats 30]
+    python tests/benchmarks/bench_model_proxy.py [--batch-size 128] [--repeats 30] [--clients 1]
 """
 
 from __future__ import annotations
@@ -58,27 +60,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--clients", type=int, default=1, help="worker processes sending batches at once")
     args = parser.parse_args()
     batch = np.random.default_rng(0).integers(0, 256, (args.batch_size, 224, 224, 3), dtype=np.uint8)
 
     local = statistics.median(_timed(StandInModel(), batch, args.repeats))
+    spawn = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as folder:
         tag = f"bench-{uuid.uuid4().hex}"
-        _acquire(tag, folder)  # this process hosts the model, like the first worker to load it
-        queue = multiprocessing.get_context("spawn").Queue()
-        client = multiprocessing.get_context("spawn").Process(
-            target=_client, args=(tag, folder, args.batch_size, args.repeats, queue))
-        client.start()
-        proxied = statistics.median(queue.get(timeout=600))
-        client.join()
-    mb = batch.nbytes / 2**20
+        _acquire(tag, folder)  # this process holds the model, like the first worker to load it
+        queue = spawn.Queue()
+        clients = [spawn.Process(target=_client, args=(tag, folder, args.batch_size, args.repeats, queue))
+                   for _ in range(args.clients)]
+        start = time.perf_counter()
+        for client in clients:
+            client.start()
+        per_client = [queue.get(timeout=600) for _ in clients]
+        for client in clients:
+            client.join()
+        wall = time.perf_counter() - start
+    proxied = statistics.median(t for times in per_client for t in times)
     print(json.dumps({
-        "batch_size": args.batch_size, "batch_mb": round(mb, 1), "cpu_count": os.cpu_count(),
-        "in_process_ms": round(local * 1e3, 2), "through_proxy_ms": round(proxied * 1e3, 2),
-        "proxy_overhead_ms": round((proxied - local) * 1e3, 2),
-        "images_per_s_through_proxy": round(args.batch_size / proxied, 1),
+        "batch_size": args.batch_size, "batch_mb": round(batch.nbytes / 2**20, 1), "clients": args.clients,
+        "cpu_count": os.cpu_count(), "in_process_ms": round(local * 1e3, 2),
+        "through_proxy_ms": round(proxied * 1e3, 2), "proxy_overhead_ms": round((proxied - local) * 1e3, 2),
+        "images_per_s_per_client": round(args.batch_size / proxied, 1),
+        "images_per_s_all_clients": round(args.clients * args.batch_size / proxied, 1),
+        "wall_s_incl_start": round(wall, 1),
     }))
-
 
 if __name__ == "__main__":
     main()

@@ -10,12 +10,13 @@ GPU (``--gpu TYPE``): one GPU per worker; Dataflow's ``worker_accelerator`` serv
   process per vCPU; they all decode, and share one copy of the model per machine (``--model-copies``, default
   1: Beam's cross-process model sharing), so the GPU holds one copy, not one per process. Beam keeps every copy
   in the first process that asks for the model, which serves the others; with several copies, their batches
-  overlap on the GPU.
+  overlap on the GPU. ``--model-copies 0`` gives each process its own copy instead, with NVIDIA MPS switched on
+  so that those processes run on the GPU side by side.
 
 CPU: Beam's own worker image (the workers install featurebeam's dependencies from the sdist when they start);
   each SDK process (one per vCPU) has its own model with one TensorFlow thread, the local layout measured
-  fastest, and 2 harness threads (one decodes while the other runs the model). With ``--model-copies`` the
-  copies are shared instead and keep TensorFlow's own thread count.
+  fastest, and 2 harness threads (one decodes while the other runs the model). With ``--model-copies N`` (N >= 1)
+  the copies are shared instead and keep TensorFlow's own thread count.
 """
 
 from __future__ import annotations
@@ -87,7 +88,9 @@ def dataflow_defaults(options: PipelineOptions) -> list[str]:
             raise ConfigError("--gpu and a worker_accelerator option both ask for GPUs; give one of them")
         if ":" in own.gpu or ";" in own.gpu:
             raise ConfigError(f"--gpu takes a GPU type such as nvidia-l4 (one per worker), got {own.gpu!r}")
-        flags.append(f"--dataflow_service_options=worker_accelerator=type:{own.gpu};count:1;install-nvidia-driver")
+        mps = ";use_nvidia_mps" if own.model_copies == 0 else ""  # a copy in every process: let them share the GPU
+        flags.append(f"--dataflow_service_options=worker_accelerator=type:{own.gpu};count:1;"
+                     f"install-nvidia-driver{mps}")
         if not image:
             if not (gcp.project and gcp.region):
                 raise ConfigError("--gpu needs --project and --region (the worker image's default name uses them), "
@@ -101,7 +104,7 @@ def dataflow_defaults(options: PipelineOptions) -> list[str]:
         if not debug.number_of_worker_harness_threads:
             flags.append(f"--number_of_worker_harness_threads={GPU_HARNESS_THREADS}")
     elif not requested_accelerator(options):
-        if own.threads_per_worker is None and own.model_copies is None:
+        if own.threads_per_worker is None and not own.model_copies:  # a model in each process
             flags.append(f"--threads-per-worker={CPU_TF_THREADS}")
         if not debug.number_of_worker_harness_threads:
             flags.append(f"--number_of_worker_harness_threads={CPU_HARNESS_THREADS}")

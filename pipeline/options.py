@@ -109,8 +109,9 @@ class ExtractOptions(PipelineOptions):
                                  "worker image, machine type and harness threads for it (deploy/README.md)")
         parser.add_argument("--model-copies", type=int, default=None, metavar="N",
                             help="N copies of the model per worker machine, shared by all its worker processes; "
-                                 "several let batches overlap on a GPU (default: 1 when the job runs on GPUs, else "
-                                 "one copy in each worker process)")
+                                 "several let batches overlap on a GPU; 0: each worker process loads its own (on a "
+                                 "Dataflow GPU with NVIDIA MPS, so they share the GPU) (default: 1 when the job runs "
+                                 "on GPUs, else 0)")
         parser.add_argument("--mixed-precision", action="store_true",
                             help="compute in float16 on accelerators that gain from it (vectors stay float32)")
         parser.add_argument("--records-per-shard", type=int, default=DEFAULT_RECORDS_PER_COMMIT, metavar="N",
@@ -171,8 +172,8 @@ class ExtractConfig:
                               "and finishes it, --overwrite replaces it; choose one")
         if not 0.0 <= o.max_failure_fraction <= 1.0:
             raise ConfigError(f"--max-failure-fraction must be between 0 and 1, got {o.max_failure_fraction}")
-        if o.model_copies is not None and o.model_copies < 1:
-            raise ConfigError(f"--model-copies must be at least 1, got {o.model_copies}")
+        if o.model_copies is not None and o.model_copies < 0:
+            raise ConfigError(f"--model-copies must be 0 (one per worker process) or more, got {o.model_copies}")
         if o.gpu and runner_name(options) != "DataflowRunner":
             raise ConfigError("--gpu asks Dataflow for GPU workers and needs --runner DataflowRunner; a local run "
                               "uses this machine's GPU when it has one")
@@ -204,7 +205,7 @@ class ExtractConfig:
                              o.image_feature, o.label_feature)
         config = cls(inputs, output, backbone, outputs, batch_size, o.records_per_shard, threads, o.overwrite,
                      o.max_failure_fraction, o.quiet, fields, int(o.read_chunk_mb * 2**20), o.max_image_pixels,
-                     o.resume, model_copies=o.model_copies or (1 if gpus else 0),
+                     o.resume, model_copies=(1 if gpus else 0) if o.model_copies is None else o.model_copies,
                      mixed_precision=o.mixed_precision, template_launch=o.template_launch)
         if o.resume:
             check_resumable(config)

@@ -207,6 +207,11 @@ def test_a_gpu_job_gets_the_accelerator_image_machine_and_one_shared_model(tmp_p
            in defaults and "--machine_type=n1-standard-8" in defaults
     assert config.model_copies == 2
 
+    defaults, config = _defaults(tmp_path, sample_photos, "--gpu", "nvidia-l4", "--model-copies", "0")
+    assert "--dataflow_service_options=worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver;" \
+           "use_nvidia_mps" in defaults  # a copy in each worker process: MPS lets them share the GPU
+    assert config.model_copies == 0
+
 
 def test_what_the_user_gives_is_kept(tmp_path, sample_photos):
     defaults, config = _defaults(tmp_path, sample_photos, "--gpu", "nvidia-l4", "--setup_file", "/src/setup.py",
@@ -237,7 +242,8 @@ def test_a_cpu_job_gets_one_tensorflow_thread_per_sdk_process(tmp_path, sample_p
      "--gpu and a worker_accelerator option both ask for GPUs; give one of them"),
     (["--gpu", "nvidia-l4:2"], "--gpu takes a GPU type such as nvidia-l4 (one per worker), got 'nvidia-l4:2'"),
     (["--gpu", "nvidia-h100-80gb"], "no default machine type for --gpu nvidia-h100-80gb; give --machine_type"),
-    (["--gpu", "nvidia-l4", "--model-copies", "0"], "--model-copies must be at least 1, got 0"),
+    (["--gpu", "nvidia-l4", "--model-copies", "-1"], "--model-copies must be 0 (one per worker process) or more, "
+                                                     "got -1"),
 ], ids=["local-runner", "twice", "count", "machine-type", "copies"])
 def test_gpu_flag_mistakes_are_one_line_errors(tmp_path, sample_photos, capsys, flags, message):
     (tmp_path / "a.jpg").write_bytes(sample_photos["china.jpg"])

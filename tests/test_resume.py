@@ -189,3 +189,32 @@ def test_killed_multi_process_run_resumes_to_the_same_features(tmp_path, image_f
     assert 24 <= manifest.resumed_records < 96  # measurably less work: the committed part was not redone
     assert f"{manifest.resumed_records} of them were committed by the interrupted run" in resumed.stdout
     print(json.dumps({"skipped on resume": manifest.resumed_records, "of": 96}))
+
+
+def test_resume_on_object_storage(tmp_path, colours, worker_env, gcs):
+    """The same crash and resume with OUTDIR on gs:// (a GCS emulator), where folders are only prefixes."""
+    from apache_beam.io.filesystems import FileSystems
+
+    from tests.packing import read_feature_set
+
+    gcs.create_bucket("resume-out")
+    config = _config(tmp_path, colours, output="gs://resume-out/features")
+    full = run_extraction(config, PipelineOptions(IN_PROCESS))
+    _, before = read_feature_set(config.output)
+
+    lost = [c for c in commits.read_commits(config.output) if c.kind == "features"][::2]
+    FileSystems.delete([FileSystems.join(config.output, schema.COMMITS_DIR, f"{c.id}.json") for c in lost]
+                       + [FileSystems.join(config.output, schema.MANIFEST_NAME)])
+    pending = FileSystems.join(config.output, schema.PENDING_DIR, "dead.tfrecord")
+    with FileSystems.create(pending) as f:
+        f.write(b"half a shard")
+
+    resumed = run_extraction(dataclasses.replace(config, resume=True), PipelineOptions(IN_PROCESS))
+    manifest, after = read_feature_set(config.output)
+    assert resumed.counts == full.counts == {"inputs": 31, "embedded": 30, "failed": 1}
+    assert sorted(r.key for r in after) == sorted(r.key for r in before)          # every key, once
+    assert manifest.resumed_records == 31 - sum(c.records for c in lost)
+    assert not FileSystems.exists(pending)
+    (listed,) = FileSystems.match([FileSystems.join(config.output, schema.FEATURES_DIR, "*")])
+    assert sorted(m.path.rsplit("/", 1)[-1] for m in listed.metadata_list) == sorted(
+        s.rsplit("/", 1)[-1] for s in manifest.shards)                             # no orphan shards left

@@ -164,8 +164,8 @@ def vm_hwm_kb(pid: int) -> int | None:
     return None
 
 
-def run_extract(images: str, output: str, flags: Sequence[str]) -> tuple[float, float, dict]:
-    """(wall seconds, peak MB of any process, manifest counts) of one ``featurebeam extract`` run."""
+def run_extract(images: str, output: str, flags: Sequence[str]) -> tuple[float, ProcessTreeMemory, dict]:
+    """(wall seconds, the memory peaks of its processes, manifest counts) of one ``featurebeam extract`` run."""
     start = time.monotonic()
     process = subprocess.Popen([sys.executable, "-m", "pipeline", "extract", "--input", images, "--output", output,
                                 "--overwrite", "--quiet", *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -176,7 +176,7 @@ def run_extract(images: str, output: str, flags: Sequence[str]) -> tuple[float, 
         raise RuntimeError(f"featurebeam extract failed: {stderr.decode(errors='replace')[-2000:]}")
     with open(os.path.join(output, "manifest.json")) as f:
         counts = json.load(f)["counts"]
-    return seconds, memory.peak_mb, counts
+    return seconds, memory, counts
 
 
 def measure_pipeline(images: str, workdir: str, flags: Sequence[str]) -> tuple[float, float, float, int]:
@@ -186,7 +186,8 @@ def measure_pipeline(images: str, workdir: str, flags: Sequence[str]) -> tuple[f
     os.makedirs(subset, exist_ok=True)
     for path in files[: max(1, len(files) // 5)]:
         os.symlink(path, os.path.join(subset, os.path.basename(path)))
-    full_s, peak_mb, counts = run_extract(images, os.path.join(workdir, "out-full"), flags)
+    full_s, memory, counts = run_extract(images, os.path.join(workdir, "out-full"), flags)
+    peak_mb = memory.peak_mb
     part_s, _, part_counts = run_extract(subset, os.path.join(workdir, "out-subset"), flags)
     extra = counts["inputs"] - part_counts["inputs"]
     end_to_end = counts["embedded"] / full_s

@@ -74,12 +74,7 @@ def plot_curves(curves: dict[str, tuple[Sequence[float], Sequence[float]]], xlab
         ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save_line_plot(plt, fig, ax, title, path)
 
 
 def plot_by_layer(layers: Sequence[str], series: dict[str, Sequence[float | None]], title: str, path: str) -> None:
@@ -95,6 +90,11 @@ def plot_by_layer(layers: Sequence[str], series: dict[str, Sequence[float | None
     ax.set_xticklabels(layers, rotation=45, ha="right")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0.0, 1.02)
+    _save_line_plot(plt, fig, ax, title, path)
+
+
+def _save_line_plot(plt, fig, ax, title: str, path: str) -> None:
+    """The finish every line plot shares: title, light grid, legend, a 100-dpi PNG."""
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()

@@ -17,6 +17,12 @@ DATA = os.path.join(os.path.dirname(__file__), "data")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.fixture
+def worker_env(monkeypatch):
+    """Local worker processes import the tests' fake backbones from the repository root."""
+    monkeypatch.setenv("PYTHONPATH", REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
 @pytest.fixture(scope="session")
 def reference():
     """Outputs of torchvision's own MobileNetV2 on scikit-learn's two sample photos (see data/REFERENCE.md)."""

@@ -14,7 +14,6 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.extract import build_extraction, run_extraction
 from pipeline.options import ExtractConfig
-from tests.conftest import REPO
 from tests.fakes import MEAN_COLOUR, MeanColourBackbone, load_pids
 from transforms import schema
 from transforms.images import decode_image
@@ -22,12 +21,6 @@ from transforms.sources import InputSpec
 
 IN_PROCESS = ["--runner=FnApiRunner"]
 TWO_PROCESSES = ["--runner=FnApiRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing"]
-
-
-@pytest.fixture
-def worker_env(monkeypatch):
-    """Worker processes import the test's fake backbone from the repository root."""
-    monkeypatch.setenv("PYTHONPATH", REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
 @pytest.fixture(scope="module")

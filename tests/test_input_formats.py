@@ -12,17 +12,11 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipeline.extract import run_extraction
 from pipeline.options import ExtractConfig, resolve_input
 from tests import packing
-from tests.conftest import REPO
 from tests.fakes import MEAN_COLOUR, MeanColourBackbone
 from transforms import schema
 from transforms.sources import InputFields
 
 GOOD = 8  # images in the image_folder fixture; it also holds an empty .jpg and a .txt
-
-
-@pytest.fixture
-def worker_env(monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
 @pytest.fixture(scope="module")

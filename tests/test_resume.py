@@ -26,11 +26,6 @@ from transforms.sources import InputSpec
 IN_PROCESS = ["--runner=FnApiRunner"]
 
 
-@pytest.fixture
-def worker_env(monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-
-
 @pytest.fixture(scope="module")
 def colours(tmp_path_factory):
     root = tmp_path_factory.mktemp("colours")

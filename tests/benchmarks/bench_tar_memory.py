@@ -11,16 +11,12 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import shutil
-import subprocess
-import sys
 import tarfile
 import tempfile
-import time
 
-from pipeline.bench import ProcessTreeMemory
+from pipeline.bench import run_extract
 
 LAYOUTS = {
     "2 worker processes (default)": [],
@@ -54,19 +50,10 @@ def make_shard(path: str, gigabytes: float) -> int:
 
 
 def run(shard: str, out: str, flags: list[str]) -> dict:
-    """Run the CLI; poll every process of its tree for its memory high-water mark until it exits."""
-    start = time.monotonic()
-    process = subprocess.Popen([sys.executable, "-m", "pipeline", "extract", "--input", shard, "--output", out,
-                                "--overwrite", "--quiet", *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    with ProcessTreeMemory(process.pid) as memory:
-        _, stderr = process.communicate()
-    seconds = time.monotonic() - start
-    if process.returncode != 0:
-        raise SystemExit(f"extract failed:\n{stderr.decode()[-3000:]}")
-    with open(os.path.join(out, "manifest.json")) as f:
-        counts = json.load(f)["counts"]
+    """Run the CLI; its launcher's and its worker processes' memory high-water marks."""
+    seconds, memory, counts = run_extract(shard, out, flags)
     peaks = dict(memory.peaks_kb)
-    launcher = peaks.pop(process.pid, 0)
+    launcher = peaks.pop(memory.pid, 0)
     workers = sorted((kb for kb in peaks.values() if kb > 100_000), reverse=True)  # python workers, not helpers
     return {"seconds": seconds, "counts": counts, "launcher_mb": launcher / 1024,
             "worker_mb": [kb / 1024 for kb in workers]}

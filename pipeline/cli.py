@@ -67,7 +67,7 @@ def with_local_defaults(argv: Sequence[str]) -> list[str]:
     """Without --runner: Beam's FnApiRunner (what DirectRunner runs batch jobs on, minus its Prism probe),
     with two worker processes, each with its own model and its share of the cores, so one decodes while the
     other runs the network (the fastest local layout measured, within the memory goal; see the README)."""
-    from pipeline.options import DEFAULT_LOCAL_FLAGS
+    from pipeline.extract.options import DEFAULT_LOCAL_FLAGS
 
     if _given(argv, "--runner"):
         return list(argv)
@@ -78,7 +78,7 @@ def with_local_defaults(argv: Sequence[str]) -> list[str]:
 
 
 def _extract_parser() -> argparse.ArgumentParser:
-    from pipeline.options import ExtractOptions
+    from pipeline.extract.options import ExtractOptions
 
     parser = _Parser(
         prog="featurebeam extract", allow_abbrev=False,
@@ -119,9 +119,9 @@ LARGE_RECORD_FLOATS = 50_000  # --pooling none beyond this many floats per recor
 def cmd_extract(argv: Sequence[str]) -> int:
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.dataflow import dataflow_defaults
-    from pipeline.extract import run_extraction
-    from pipeline.options import ExtractConfig
+    from pipeline.extract.dataflow import dataflow_defaults
+    from pipeline.extract.job import run_extraction
+    from pipeline.extract.options import ExtractConfig
 
     split_flags(_extract_parser(), argv)  # rejects flags that neither featurebeam nor Beam knows
     argv = with_local_defaults(argv)
@@ -139,7 +139,7 @@ def cmd_extract(argv: Sequence[str]) -> int:
     if manifest is None:
         from apache_beam.options.pipeline_options import GoogleCloudOptions
 
-        from pipeline.options import runner_name
+        from pipeline.extract.options import runner_name
 
         template = options.view_as(GoogleCloudOptions).template_location
         if template and config.template_launch:
@@ -164,7 +164,7 @@ def cmd_extract(argv: Sequence[str]) -> int:
 
 
 def cmd_demo(argv: Sequence[str]) -> int:
-    from pipeline.demo import run_demo
+    from pipeline.tools.demo import run_demo
 
     parser = _Parser(
         prog="featurebeam demo", allow_abbrev=False,
@@ -175,7 +175,7 @@ def cmd_demo(argv: Sequence[str]) -> int:
 
 
 def _train_parser() -> argparse.ArgumentParser:
-    from pipeline.train import HEADS
+    from pipeline.train.run import HEADS
 
     parser = _Parser(
         prog="featurebeam train", allow_abbrev=False,
@@ -219,7 +219,7 @@ def format_training(report: dict, output: str) -> str:
 
 
 def cmd_train(argv: Sequence[str]) -> int:
-    from pipeline.train import TrainConfig, run_layer_sweep, run_training
+    from pipeline.train.run import TrainConfig, run_layer_sweep, run_training
 
     args = _train_parser().parse_args(argv)
     config = TrainConfig(features=tuple(args.features), output=os.path.abspath(args.output),
@@ -249,7 +249,7 @@ def cmd_train(argv: Sequence[str]) -> int:
 def cmd_predict(argv: Sequence[str]) -> int:
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.predict import PredictConfig, run_prediction
+    from pipeline.tools.predict import PredictConfig, run_prediction
 
     parser = _Parser(
         prog="featurebeam predict", allow_abbrev=False,
@@ -273,7 +273,7 @@ def cmd_predict(argv: Sequence[str]) -> int:
 
 
 def cmd_bench(argv: Sequence[str]) -> int:
-    from pipeline.bench import format_bench, run_bench
+    from pipeline.tools.bench import format_bench, run_bench
 
     parser = _Parser(
         prog="featurebeam bench", allow_abbrev=False,
@@ -298,8 +298,8 @@ def cmd_bench(argv: Sequence[str]) -> int:
 
 
 def cmd_layers(argv: Sequence[str]) -> int:
-    from pipeline.backbones import available_backbones, resolve_backbone
-    from transforms.inference import POOLINGS, pooled_dim
+    from pipeline.backbones.registry import available_backbones, resolve_backbone
+    from transforms.embed.pooling import POOLINGS, pooled_dim
 
     parser = _Parser(prog="featurebeam layers", allow_abbrev=False,
                      description="The layers of a backbone worth extracting, with their output shapes and the bytes "
@@ -327,7 +327,7 @@ def cmd_layers(argv: Sequence[str]) -> int:
 
 
 def cmd_inspect(argv: Sequence[str]) -> int:
-    from pipeline.inspect_features import format_inspection, inspect_feature_set
+    from pipeline.tools.inspect import format_inspection, inspect_feature_set
 
     parser = _Parser(prog="featurebeam inspect", allow_abbrev=False,
                                      description="Summarise a feature set; with --check, verify it.")
@@ -342,7 +342,7 @@ def cmd_inspect(argv: Sequence[str]) -> int:
 
 
 def cmd_report(argv: Sequence[str]) -> int:
-    from pipeline.report import build_report
+    from pipeline.tools.report import build_report
 
     parser = _Parser(prog="featurebeam report", allow_abbrev=False,
                                      description="Write one self-contained HTML page about a feature set.")
@@ -384,11 +384,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "extract" and ("-h" in rest or "--help" in rest):
         _extract_parser().print_help()
         return 0
-    from pipeline.backbones import BackboneUnavailableError, UnknownBackboneError
-    from pipeline.feature_sets import FeatureSetError
-    from pipeline.options import ConfigError
+    from pipeline.backbones.spec import BackboneUnavailableError, UnknownBackboneError
+    from pipeline.extract.options import ConfigError
+    from pipeline.train.feature_sets import FeatureSetError
+    from transforms.read.storage import ready_storage
 
     try:
+        ready_storage()  # object storage as the workers will see it (GCS emulator, S3 flags)
         return COMMANDS[command](rest)
     except (UsageError, ConfigError, UnknownBackboneError, BackboneUnavailableError, FeatureSetError) as e:
         print(f"featurebeam {command}: error: {e}", file=sys.stderr)

@@ -45,7 +45,7 @@ def sample_photos() -> dict[str, bytes]:
 
 @pytest.fixture(scope="session")
 def mobilenet_spec():
-    from pipeline.backbones import resolve_backbone
+    from pipeline.backbones.registry import resolve_backbone
 
     return resolve_backbone("mobilenet_v2")
 
@@ -60,7 +60,7 @@ def mobilenet_outputs():
 @pytest.fixture(scope="session")
 def mobilenet(mobilenet_spec, mobilenet_outputs):
     """The compiled uint8 -> {features.18, classifier} function, loaded the way a worker loads it."""
-    from transforms.inference import BackboneHandler
+    from transforms.embed.backbone import BackboneHandler
 
     return BackboneHandler(mobilenet_spec, mobilenet_outputs, batch_size=8).load_model()
 
@@ -104,7 +104,7 @@ def gcs(tmp_path_factory):
     with object_storage.gcs_emulator(str(tmp_path_factory.mktemp("gcs"))) as server:
         previous = os.environ.get("STORAGE_EMULATOR_HOST")
         os.environ["STORAGE_EMULATOR_HOST"] = server.host
-        from transforms.storage import use_storage_emulator
+        from transforms.read.storage import use_storage_emulator
 
         use_storage_emulator()  # no credential lookup for the test's own gs:// reads and writes
         try:

@@ -35,7 +35,9 @@ def run(pipeline_uri: str) -> None:
     from apache_beam.portability.api import beam_runner_api_pb2
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-    import transforms  # noqa: F401  (as the worker's pickled DoFns would: sets up the storage emulator)
+    from transforms.read.storage import ready_storage
+
+    ready_storage()  # the staged proto is read from the emulator before any DoFn's setup readies this process
 
     with FileSystems.open(pipeline_uri) as f:
         proto = beam_runner_api_pb2.Pipeline.FromString(f.read())

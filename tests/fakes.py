@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from transforms.images import ImagePreprocessing
+from transforms.decode.images import ImagePreprocessing
 from transforms.schema import OutputSpec
 
 MEAN_COLOUR = OutputSpec("pixels", "pixels", "avg", 3)

@@ -9,11 +9,10 @@ import csv
 import io
 import json
 import os
-import struct
 import tarfile
 from collections.abc import Callable
 
-from transforms.tfrecords import masked_crc32c
+from transforms.framing import frame as tfrecord_frame
 
 
 def folder_files(root) -> list[str]:
@@ -70,11 +69,6 @@ def write_tar_shards(root, paths: list[str], shard_uri_of: Callable[[str], str] 
         for tar in tars:
             tar.close()
     return keys
-
-
-def tfrecord_frame(data: bytes) -> bytes:
-    length = struct.pack("<Q", len(data))
-    return length + struct.pack("<I", masked_crc32c(length)) + data + struct.pack("<I", masked_crc32c(data))
 
 
 def image_example(image: bytes | None, label: str | int | None, image_feature="image/encoded",

@@ -12,12 +12,12 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
-from pipeline.extract import run_extraction
-from pipeline.options import ExtractConfig
+from pipeline.extract.job import run_extraction
+from pipeline.extract.options import ExtractConfig
 from tests.conftest import REPO, encode
 from tests.fakes import MEAN_COLOUR, MeanColourBackbone
 from transforms import schema
-from transforms.sources import InputSpec
+from transforms.read.sources import InputSpec
 
 RED, GREEN, BLUE, ORANGE = (220, 30, 30), (30, 200, 60), (40, 60, 220), (200, 100, 50)
 

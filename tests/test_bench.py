@@ -7,9 +7,9 @@ import json
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.bench import descendants, make_photos, vm_hwm_kb
 from pipeline.cli import main
-from pipeline.options import CPU_BATCH_SIZE, GPU_BATCH_SIZE, ExtractConfig, uses_gpus
+from pipeline.extract.options import CPU_BATCH_SIZE, GPU_BATCH_SIZE, ExtractConfig, uses_gpus
+from pipeline.tools.bench import descendants, make_photos, vm_hwm_kb
 
 
 def test_generated_photos_are_distinct_jpegs_of_the_asked_size(tmp_path):

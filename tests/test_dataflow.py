@@ -153,7 +153,7 @@ def test_a_package_left_out_of_setup_py_fails_on_the_worker(tmp_path, image_fold
 
     staged = _stage_template("nc-staging", ["--input", "gs://nc-in/images"], "gs://nc-out/features", setup_file)
     members = _sdist_members(_download_sdist(staged, tmp_path / "sdist"))
-    assert "pipeline/extract.py" in members and not any(m.startswith("pipeline/backbones/") for m in members)
+    assert "pipeline/extract/job.py" in members and not any(m.startswith("pipeline/backbones/") for m in members)
 
     done = _run_worker(staged, tmp_path / "worker")
     assert done.returncode != 0
@@ -178,8 +178,8 @@ def _defaults(tmp_path, sample_photos, *flags: str) -> tuple[list[str], object]:
     """The Dataflow defaults the launcher adds to ``flags``, and the job configuration they lead to."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.dataflow import dataflow_defaults
-    from pipeline.options import ExtractConfig
+    from pipeline.extract.dataflow import dataflow_defaults
+    from pipeline.extract.options import ExtractConfig
 
     (tmp_path / "a.jpg").write_bytes(sample_photos["china.jpg"])
     args = ["--input", str(tmp_path / "a.jpg"), "--output", str(tmp_path / "out"), "--runner", "DataflowRunner",
@@ -189,7 +189,7 @@ def _defaults(tmp_path, sample_photos, *flags: str) -> tuple[list[str], object]:
 
 
 def test_a_gpu_job_gets_the_accelerator_image_machine_and_one_shared_model(tmp_path, sample_photos):
-    from pipeline.options import GPU_BATCH_SIZE
+    from pipeline.extract.options import GPU_BATCH_SIZE
 
     defaults, config = _defaults(tmp_path, sample_photos, "--gpu", "nvidia-l4")
     assert defaults == [
@@ -225,7 +225,7 @@ def test_what_the_user_gives_is_kept(tmp_path, sample_photos):
 
 
 def test_a_cpu_job_gets_one_tensorflow_thread_per_sdk_process(tmp_path, sample_photos):
-    from pipeline.options import CPU_BATCH_SIZE
+    from pipeline.extract.options import CPU_BATCH_SIZE
 
     defaults, config = _defaults(tmp_path, sample_photos)
     assert defaults == [f"--setup_file={os.path.join(REPO, 'setup.py')}", "--threads-per-worker=1",
@@ -268,7 +268,7 @@ def test_each_flex_template_parameter_is_a_featurebeam_flag():
     import re
 
     from pipeline.cli import _extract_parser, split_flags
-    from pipeline.flex_template import extract_args
+    from pipeline.extract.flex_template import extract_args
 
     parameters = json.load(open(METADATA))["parameters"]
     assert sorted(p["name"] for p in parameters) == sorted(EXAMPLES)
@@ -328,7 +328,7 @@ def _readme_dataflow_commands() -> list[list[str]]:
 
 
 def test_the_readmes_dataflow_commands_run_as_far_as_offline_allows(image_folder, gcs, capsys):
-    from pipeline.dataflow import gpu_image
+    from pipeline.extract.dataflow import gpu_image
 
     commands = _readme_dataflow_commands()
     (build,) = [c for c in commands if c[:3] == ["gcloud", "builds", "submit"]]

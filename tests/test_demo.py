@@ -7,7 +7,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from pipeline.demo import write_digits
+from pipeline.tools.demo import write_digits
 
 
 def test_digits_are_written_as_labelled_pngs(tmp_path):

@@ -55,7 +55,7 @@ def test_the_image_is_also_the_flex_template_launcher():
 
 
 def test_the_default_gpu_image_is_the_one_the_build_command_names():
-    from pipeline.dataflow import gpu_image
+    from pipeline.extract.dataflow import gpu_image
 
     cloudbuild = open(os.path.join(REPO, "deploy", "cloudbuild.yaml")).read()
     documented = re.search(r"_IMAGE=(\S+)", cloudbuild).group(1)

@@ -12,12 +12,12 @@ import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.extract import build_extraction, run_extraction
-from pipeline.options import ExtractConfig
+from pipeline.extract.job import build_extraction, run_extraction
+from pipeline.extract.options import ExtractConfig
 from tests.fakes import MEAN_COLOUR, MeanColourBackbone, load_pids
 from transforms import schema
-from transforms.images import decode_image
-from transforms.sources import InputSpec
+from transforms.decode.images import decode_image
+from transforms.read.sources import InputSpec
 
 IN_PROCESS = ["--runner=FnApiRunner"]
 TWO_PROCESSES = ["--runner=FnApiRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing"]

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.extract import run_extraction
-from pipeline.options import ExtractConfig, resolve_input
+from pipeline.extract.job import run_extraction
+from pipeline.extract.options import ExtractConfig, resolve_input
 from tests import packing
 from tests.fakes import MEAN_COLOUR, MeanColourBackbone
 from transforms import schema
-from transforms.sources import InputFields
+from transforms.read.sources import InputFields
 
 GOOD = 8  # images in the image_folder fixture; it also holds an empty .jpg and a .txt
 

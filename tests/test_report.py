@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline.cli import main
-from pipeline.report import pca_2d
+from pipeline.tools.report import pca_2d
 from tests.featuresets import blobs, write_feature_set
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -49,7 +49,7 @@ def test_pca_finds_the_direction_of_largest_variance():
 
 @pytest.fixture(scope="module")
 def report_inputs(tmp_path_factory, mobilenet_spec):
-    from pipeline.train import TrainConfig, run_training
+    from pipeline.train.run import TrainConfig, run_training
 
     root = tmp_path_factory.mktemp("report")
     keys, labels, x = blobs(200, ["cat", "dog", "fox"], dim=1280, seed=11)
@@ -76,7 +76,7 @@ def test_report_renders_in_headless_chromium_with_its_projection(report_inputs, 
 
 @pytest.mark.slow
 def test_the_browser_check_sees_a_broken_plot_and_a_script_error(report_inputs, tmp_path):
-    from pipeline.report import build_report
+    from pipeline.tools.report import build_report
 
     text = build_report(str(report_inputs / "features"))
     broken = text.replace('id="projection-plot" alt="PCA projection" src="data:image/png;base64,',

@@ -16,12 +16,13 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
 from pipeline.cli import main
-from pipeline.extract import run_extraction
-from pipeline.options import ExtractConfig
+from pipeline.extract.job import run_extraction
+from pipeline.extract.options import ExtractConfig
 from tests.conftest import REPO
 from tests.fakes import MEAN_COLOUR, MeanColourBackbone
-from transforms import commits, schema
-from transforms.sources import InputSpec
+from transforms import schema
+from transforms.read.sources import InputSpec
+from transforms.write import commits
 
 IN_PROCESS = ["--runner=FnApiRunner"]
 

@@ -9,9 +9,9 @@ import os
 import numpy as np
 import pytest
 
-from pipeline import heads
-from pipeline.feature_sets import FeatureSetError, load_table, open_feature_sets, validation_mask
-from pipeline.train import TrainConfig, run_training
+from pipeline.train import heads
+from pipeline.train.feature_sets import FeatureSetError, load_table, open_feature_sets, validation_mask
+from pipeline.train.run import TrainConfig, run_training
 from tests.featuresets import blobs, write_feature_set
 
 QUIET = {"log": lambda message: None}
@@ -22,9 +22,9 @@ def digits_features(tmp_path_factory):
     """Real MobileNetV2 features of the digits: 4 in 5 for training, every 5th held out."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.demo import write_digits
-    from pipeline.extract import run_extraction
-    from pipeline.options import ExtractConfig
+    from pipeline.extract.job import run_extraction
+    from pipeline.extract.options import ExtractConfig
+    from pipeline.tools.demo import write_digits
 
     root = tmp_path_factory.mktemp("digits")
     write_digits(str(root / "images" / "train"), lambda i: i % 5 != 0)
@@ -115,7 +115,7 @@ def test_serving_model_equals_backbone_then_head_computed_apart(digits_model, mo
     import keras
     import tensorflow as tf
 
-    from transforms.images import decode_image
+    from transforms.decode.images import decode_image
 
     out, report = digits_model
     head = keras.saving.load_model(str(out / "heads" / report["best_head"] / "head.keras"), safe_mode=True)
@@ -128,7 +128,7 @@ def test_serving_model_equals_backbone_then_head_computed_apart(digits_model, mo
     from_bytes = serving.signatures["serving_default"](image_bytes=tf.constant(raw))
     probabilities = from_bytes["probabilities"].numpy()
     # PNGs decode identically in TensorFlow and PIL; JPEG photos differ by at most one grey level on a
-    # fraction of a percent of pixels after the resize (see transforms/tf_images.py).
+    # fraction of a percent of pixels after the resize (see transforms/decode/tf_images.py).
     np.testing.assert_allclose(probabilities[2:], apart[2:], atol=1e-5)
     np.testing.assert_allclose(probabilities[:2], apart[:2], atol=1e-2)
     assert [b.decode() for b in from_bytes["label"].numpy()] == [report["classes"][i] for i in apart.argmax(1)]
@@ -141,7 +141,7 @@ def test_predict_on_a_folder_matches_the_serving_model(digits_model, digits_feat
     import tensorflow as tf
 
     from pipeline.cli import main
-    from transforms.images import decode_image
+    from transforms.decode.images import decode_image
 
     out, report = digits_model
     folder = tmp_path / "to-classify"

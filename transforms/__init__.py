@@ -1,6 +1,4 @@
-"""Beam transforms and the pure functions under them; importing the package readies object storage access."""
-
-from transforms.storage import adopt_storage_options, use_storage_emulator
-
-use_storage_emulator()
-adopt_storage_options()
+"""Beam transforms and the pure functions under them, by stage: ``read/`` -> ``decode/`` -> ``embed/`` ->
+``write/``; ``schema`` is the output contract and ``records`` the elements passed between stages. Importing
+changes no global state (``transforms.read.storage.ready_storage`` readies object storage where work starts).
+"""

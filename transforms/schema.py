@@ -22,9 +22,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from transforms.framing import iter_frames
+
 __all__ = [
     "FORMAT_VERSION",
     "KEY",
+    "record_key",
     "LABEL",
     "SPLIT",
     "FEATURES_DIR",
@@ -54,6 +57,13 @@ RUN_NAME = "run.json"      # the settings a run was started with (what --resume 
 MANIFEST_NAME = "manifest.json"
 SHARD_PREFIX = "part"
 SHARD_SUFFIX = ".tfrecord"
+
+
+def record_key(uri: str, part: str | int | None = None) -> str:
+    """The stable id of an input, the one place keys are made: its URI, or ``URI#PART`` for one record of a
+    file (a tar shard's image member, a TFRecord file's record number from 0, a manifest or text row, a text
+    row's id)."""
+    return uri if part is None else f"{uri}#{part}"
 
 
 @dataclass(frozen=True)
@@ -141,14 +151,9 @@ def iter_serialized(path: str) -> Iterator[bytes]:
     """Serialized records of one shard through Beam's FileSystems (local, gs://, s3://), CRCs checked;
     a truncated or corrupt record raises ``ValueError``."""
     from apache_beam.io.filesystems import FileSystems
-    from apache_beam.io.tfrecordio import _TFRecordUtil
 
     with FileSystems.open(path, compression_type="uncompressed") as f:
-        while True:
-            record = _TFRecordUtil.read_record(f)
-            if record is None:
-                return
-            yield record
+        yield from iter_frames(f)
 
 
 def read_records(path: str, outputs: Sequence[OutputSpec]) -> Iterator[FeatureRecord]:

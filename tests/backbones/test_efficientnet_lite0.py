@@ -6,27 +6,27 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from transforms.images import decode_image
+from transforms.decode.images import decode_image
 
 
 @pytest.fixture(scope="module")
 def spec():
-    from pipeline.backbones import resolve_backbone
+    from pipeline.backbones.registry import resolve_backbone
 
     return resolve_backbone("efficientnet_lite0")
 
 
 @pytest.fixture(scope="module")
 def core(spec):
-    from pipeline.backbones.efficientnet_lite0 import build_efficientnet_lite0
-    from pipeline.backbones.torch_weights import read_legacy_state_dict
+    from pipeline.backbones.ports.efficientnet_lite0 import build_efficientnet_lite0
+    from pipeline.backbones.ports.torch_weights import read_legacy_state_dict
 
     return build_efficientnet_lite0(read_legacy_state_dict(spec.weights_path), outputs=("head", "classifier"))
 
 
 @pytest.fixture(scope="module")
 def lite0(spec):
-    from transforms.inference import BackboneHandler
+    from transforms.embed.backbone import BackboneHandler
     from transforms.schema import OutputSpec
 
     outputs = (OutputSpec("head", "head", "avg", 1280), OutputSpec("classifier", "classifier", "none", 1000))

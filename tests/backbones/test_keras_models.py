@@ -16,7 +16,7 @@ import pytest
 
 from pipeline.cli import main
 from transforms import schema
-from transforms.images import decode_image
+from transforms.decode.images import decode_image
 
 IN_PROCESS = ["--runner=FnApiRunner", "--quiet"]
 FAMILIES = [("MobileNetV2", "block_13_expand_relu"), ("ResNet50", "conv4_block2_out"), ("DenseNet121", "pool3_relu")]
@@ -33,7 +33,7 @@ def photos(tmp_path_factory, image_folder):
 def _weights(tmp_path, class_name):
     import keras
 
-    from pipeline.backbones.keras_models import build_application
+    from pipeline.backbones.user_models.keras_applications import build_application
 
     keras.utils.set_random_seed(1)
     model = build_application(class_name, include_top=False, weights=None)
@@ -46,8 +46,8 @@ def _weights(tmp_path, class_name):
 def test_preprocessing_equals_the_familys_preprocess_input(class_name, tmp_path, sample_photos):
     import tensorflow as tf
 
-    from pipeline.backbones import resolve_backbone
-    from pipeline.backbones.keras_models import family_module
+    from pipeline.backbones.registry import resolve_backbone
+    from pipeline.backbones.user_models.keras_applications import family_module
 
     _, path = _weights(tmp_path, class_name)
     spec = resolve_backbone(f"keras:{class_name}", weights=path)
@@ -62,7 +62,7 @@ def test_preprocessing_equals_the_familys_preprocess_input(class_name, tmp_path,
 def test_features_through_the_pipeline_equal_the_keras_model_at_that_layer(class_name, layer, tmp_path, photos):
     import keras
 
-    from pipeline.backbones.keras_models import family_module
+    from pipeline.backbones.user_models.keras_applications import family_module
 
     model, path = _weights(tmp_path, class_name)
     out = str(tmp_path / "features")
@@ -75,7 +75,7 @@ def test_features_through_the_pipeline_equal_the_keras_model_at_that_layer(class
                for r in schema.read_records(p, manifest.outputs)}
     preprocess_input = importlib.import_module(f"keras.applications.{family_module(class_name)}").preprocess_input
     probe = keras.Model(model.inputs, model.get_layer(layer).output)
-    from pipeline.backbones import resolve_backbone
+    from pipeline.backbones.registry import resolve_backbone
 
     spec = resolve_backbone(f"keras:{class_name}", weights=path)
     for name, record in sorted(records.items()):
@@ -103,7 +103,7 @@ def test_model_files_load_in_safe_mode_and_give_the_models_own_output(tmp_path, 
     assert main(["extract", "--input", str(photos), "--output", out, "--backbone", path, *IN_PROCESS]) == 0
     manifest = schema.read_manifest(out)
     assert [(o.name, o.dim) for o in manifest.outputs] == [("features", 16)]
-    from pipeline.backbones import resolve_backbone
+    from pipeline.backbones.registry import resolve_backbone
 
     spec = resolve_backbone(path)
     assert spec.preprocessing.crop == 96 and spec.preprocessing.scale == 1.0  # raw pixels: the model rescales
@@ -132,11 +132,12 @@ def test_workers_load_the_staged_artifact_never_its_origin(tmp_path, photos, mon
 
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.backbones import resolve_backbone, stage_backbone
-    from pipeline.extract import run_extraction
-    from pipeline.options import ExtractConfig, resolve_outputs
+    from pipeline.backbones.registry import resolve_backbone
+    from pipeline.backbones.staging import stage_backbone
+    from pipeline.extract.job import run_extraction
+    from pipeline.extract.options import ExtractConfig, resolve_outputs
     from tests.conftest import REPO
-    from transforms.sources import InputSpec
+    from transforms.read.sources import InputSpec
 
     monkeypatch.setenv("PYTHONPATH", REPO)
     origin = tmp_path / "origin"
@@ -164,7 +165,7 @@ def test_workers_load_the_staged_artifact_never_its_origin(tmp_path, photos, mon
 def test_a_saved_model_directory_is_one_staged_artifact_with_its_signature_outputs_as_layers(tmp_path, photos):
     import keras
 
-    from pipeline.backbones import resolve_backbone
+    from pipeline.backbones.registry import resolve_backbone
 
     keras.utils.set_random_seed(3)
     inputs = keras.Input((64, 64, 3))
@@ -191,12 +192,14 @@ def test_a_saved_model_directory_is_one_staged_artifact_with_its_signature_outpu
 
 
 def test_without_weights_and_without_a_download_the_error_says_what_to_pass(monkeypatch):
-    from pipeline.backbones import BackboneUnavailableError, keras_models, resolve_backbone
+    from pipeline.backbones.registry import resolve_backbone
+    from pipeline.backbones.spec import BackboneUnavailableError
+    from pipeline.backbones.user_models import keras_applications
 
     def offline(class_name, include_top, weights):
         raise OSError("URL fetch failure: no route to host")
 
-    monkeypatch.setattr(keras_models, "build_application", offline)
+    monkeypatch.setattr(keras_applications, "build_application", offline)
     with pytest.raises(BackboneUnavailableError, match=r"cannot download ImageNet weights for "
                                                         r"keras.applications.MobileNetV2 \(OSError\); pass --weights"):
         resolve_backbone("keras:MobileNetV2")

@@ -23,7 +23,7 @@ def minilm_reference():
 
 @pytest.fixture(scope="module")
 def spec():
-    from pipeline.backbones import resolve_backbone
+    from pipeline.backbones.registry import resolve_backbone
 
     return resolve_backbone("minilm_l6")
 
@@ -31,13 +31,14 @@ def spec():
 def test_sentence_embeddings_match_sentence_transformers(spec, minilm_reference):
     from tokenizers import Tokenizer
 
-    from pipeline.backbones.minilm import encode_texts
+    from pipeline.backbones.ports.minilm import encode_texts
+    from transforms.embed.backbone import BackboneHandler
+    from transforms.embed.inputs import pad_tokens
     from transforms.schema import OutputSpec
-    from transforms.text import TextEncoderHandler, pad_tokens
 
     tokenizer = Tokenizer.from_str(spec.read_asset("tokenizer").decode())
     sequences = encode_texts(tokenizer, [str(s) for s in minilm_reference["sentences"]])
-    model = TextEncoderHandler(spec, [OutputSpec("sentence", "sentence", "none", 384)]).load_model()
+    model = BackboneHandler(spec, [OutputSpec("sentence", "sentence", "none", 384)]).load_model()
     batched = model.embed(pad_tokens(sequences))["sentence"]            # padded to the longest
     alone = np.stack([model.embed(pad_tokens([s]))["sentence"][0] for s in sequences])
     for got in (batched, alone):

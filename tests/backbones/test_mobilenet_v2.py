@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from transforms.images import decode_image
+from transforms.decode.images import decode_image
 
 
 @pytest.fixture(scope="module")
 def core(mobilenet_spec):
     """The port without the uint8 front end: normalised float input, as the reference was fed."""
-    from pipeline.backbones.mobilenet_v2 import build_mobilenet_v2
-    from pipeline.backbones.torch_weights import read_legacy_state_dict
+    from pipeline.backbones.ports.mobilenet_v2 import build_mobilenet_v2
+    from pipeline.backbones.ports.torch_weights import read_legacy_state_dict
 
     weights = read_legacy_state_dict(mobilenet_spec.weights_path)
     return build_mobilenet_v2(weights, outputs=("features.18", "classifier"))

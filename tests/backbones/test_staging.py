@@ -7,8 +7,8 @@ import os
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.backbones import stage_backbone
-from pipeline.options import ConfigError, ExtractConfig
+from pipeline.backbones.staging import stage_backbone
+from pipeline.extract.options import ConfigError, ExtractConfig
 
 
 def test_staged_weights_sit_in_a_folder_named_by_hash_and_are_copied_once(mobilenet_spec, tmp_path):

@@ -9,7 +9,7 @@ import struct
 import numpy as np
 import pytest
 
-from pipeline.backbones.torch_weights import UnsafeWeightsError, WeightsFormatError, read_legacy_state_dict
+from pipeline.backbones.ports.torch_weights import UnsafeWeightsError, WeightsFormatError, read_legacy_state_dict
 
 MAGIC = 0x1950A86A20F9469CFC6C
 

@@ -16,7 +16,7 @@ import shutil
 import tarfile
 import tempfile
 
-from pipeline.bench import run_extract
+from pipeline.tools.bench import run_extract
 
 LAYOUTS = {
     "2 worker processes (default)": [],

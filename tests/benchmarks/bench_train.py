@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 
 def write_synthetic(root: str, records: int, dim: int, shards: int = 20) -> None:
-    from pipeline.backbones import resolve_backbone
+    from pipeline.backbones.registry import resolve_backbone
     from tests.featuresets import blobs, write_feature_set
 
     backbone = resolve_backbone("mobilenet_v2")

@@ -38,8 +38,8 @@ def run_beam_docs(images: str, output: str) -> None:
     import numpy as np
     from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
-    from pipeline.backbones import resolve_backbone
-    from transforms.images import decode_image
+    from pipeline.backbones.registry import resolve_backbone
+    from transforms.decode.images import decode_image
 
     spec = resolve_backbone("mobilenet_v2")
 
@@ -74,8 +74,8 @@ def run_beam_docs(images: str, output: str) -> None:
 def run_tf_data(images: str, output: str) -> None:
     import tensorflow as tf
 
-    from pipeline.backbones import resolve_backbone
-    from transforms.tf_images import decode_and_crop
+    from pipeline.backbones.registry import resolve_backbone
+    from transforms.decode.tf_images import decode_and_crop
 
     spec = resolve_backbone("mobilenet_v2")
     model = spec.load([LAYER])
@@ -120,7 +120,7 @@ def main() -> None:
         return
 
     sys.path.insert(0, REPO)
-    from pipeline.bench import make_photos
+    from pipeline.tools.bench import make_photos
 
     methods = ["featurebeam", "beam-docs", "tf.data"]
     with tempfile.TemporaryDirectory(prefix="featurebeam-baselines-") as tmp:

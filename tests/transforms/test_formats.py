@@ -10,10 +10,10 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from tests import packing
-from transforms import tables, tar_shards, tfrecords
+from transforms.read import tables, tar_shards, tfrecords
+from transforms.read.sources import InputSpec, ReadRecords, detect_format
+from transforms.read.tables import InputFields, RowError
 from transforms.records import Failure, FileRef, Record
-from transforms.sources import InputSpec, ReadRecords, detect_format
-from transforms.tables import InputFields, RowError
 
 FIELDS = InputFields()
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import encode
-from transforms.images import ImageDecodeError, ImagePreprocessing, decode_image, resize_and_crop
+from transforms.decode.images import ImageDecodeError, ImagePreprocessing, decode_image, resize_and_crop
 
 PREP = ImagePreprocessing()
 
@@ -68,7 +68,7 @@ def test_normalisation_in_graph_matches_numpy():
 
 
 def test_large_jpegs_decode_at_reduced_scale_with_nearly_the_same_result(sample_photos, mobilenet):
-    from transforms.images import reduce_jpeg_decoding
+    from transforms.decode.images import reduce_jpeg_decoding
 
     china = Image.open(io.BytesIO(sample_photos["china.jpg"])).convert("RGB")
     big = encode(china.resize((2560, 1708), Image.BICUBIC), "JPEG", quality=95)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from transforms.sources import InputSpec, label_from_path, list_source_files
+from transforms.read.sources import InputSpec, label_from_path, list_source_files
 
 
 @pytest.mark.parametrize("root, uri, label", [

@@ -1,0 +1,65 @@
+"""The registry of names a user can pass to ``--backbone``, resolved once at launch.
+
+``resolve_backbone(name)`` finds the backbone's artifact, hashes it and returns a ``BackboneSpec``: an embedded
+port by name (``ports/``), ``keras:NAME``, a ``.keras``/``.h5`` model file or a SavedModel directory
+(``user_models/``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from pipeline.backbones.ports import efficientnet_lite0, minilm, mobilenet_v2
+from pipeline.backbones.spec import BackboneSpec, UnknownBackboneError
+from pipeline.backbones.user_models import keras_applications, model_files, saved_models
+from pipeline.backbones.user_models.keras_models import PREPROCESSING_MODES
+
+__all__ = ["resolve_backbone", "available_backbones", "resolve_described"]
+
+EMBEDDED = {"mobilenet_v2": mobilenet_v2.resolve, "efficientnet_lite0": efficientnet_lite0.resolve,
+            "minilm_l6": minilm.resolve}
+
+
+def available_backbones() -> list[str]:
+    return sorted(EMBEDDED)
+
+
+def resolve_backbone(name: str, weights: str | None = None, preprocessing: str | None = None) -> BackboneSpec:
+    """Find and hash the backbone's artifact; raise a one-line error when the name or weights are unknown.
+
+    ``name``: an embedded backbone, ``keras:NAME`` (``weights``: a weights file, or None for ImageNet weights
+    downloaded here), or a ``.keras``/``.h5`` model file (``preprocessing``: one of PREPROCESSING_MODES)."""
+    if preprocessing is not None and preprocessing not in PREPROCESSING_MODES:
+        raise UnknownBackboneError(f"unknown preprocessing {preprocessing!r}; choose from "
+                                   f"{', '.join(PREPROCESSING_MODES)}")
+    if name.startswith(keras_applications.KERAS_PREFIX):
+        if preprocessing is not None:
+            raise UnknownBackboneError(f"{name} brings its family's preprocessing; --preprocessing is for model files")
+        return keras_applications.resolve(name[len(keras_applications.KERAS_PREFIX):], weights)
+    if name.lower().endswith(model_files.MODEL_FILE_SUFFIXES) or saved_models.is_saved_model(name):
+        if weights is not None:
+            raise UnknownBackboneError("a model file holds its weights; --weights is for keras: backbones")
+        if saved_models.is_saved_model(name):
+            return saved_models.resolve(name, preprocessing or "raw")
+        return model_files.resolve(name, preprocessing or "raw")
+    if weights is not None or preprocessing is not None:
+        raise UnknownBackboneError(f"backbone {name} is embedded with its weights and preprocessing; --weights and "
+                                   "--preprocessing are for keras: backbones and model files")
+    try:
+        resolver = EMBEDDED[name]
+    except KeyError:
+        raise UnknownBackboneError(
+            f"unknown backbone {name!r}; available: {', '.join(available_backbones())}, keras:NAME "
+            "(keras.applications), a .keras/.h5 model file or a SavedModel directory") from None
+    return resolver()
+
+
+def resolve_described(described: Mapping) -> BackboneSpec:
+    """The backbone a manifest describes, resolved again from where it came from (to rebuild it elsewhere)."""
+    options = described.get("options") or {}
+    if options.get("kind") == "keras_application":
+        return resolve_backbone(described["name"], weights=options.get("origin"))
+    if options.get("kind") in ("model_file", "saved_model"):
+        return resolve_backbone(described["name"], preprocessing=options.get("preprocessing"))
+    return resolve_backbone(described["name"])
+

@@ -1,0 +1,173 @@
+"""The extraction job: input files -> decoded images -> backbone features -> TFRecord shards + manifest.
+
+1. ``ReadRecords`` lists the inputs on the workers, expands manifests and archives, spreads the reading
+   (on ``--resume``, keys an earlier run committed are skipped there);
+2. ``ExtractFeatures`` decodes to the backbone's fixed uint8 input and embeds in batches (``RunInference``);
+3. ``CommitFeatures`` writes and commits ``features/part-<id>.tfrecord`` shards, ``CommitFailures`` the dead
+   letters in ``errors/``, each with a commit record in ``commits/`` (see ``transforms/write/commits.py``);
+4. the last step, once every commit of the run is made, writes ``manifest.json`` from the commit records,
+   so a manifest exists only for a finished feature set.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import tempfile
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline.extract.options import LOCAL_RUNNERS, ExtractConfig, clear_previous_outputs, run_settings, runner_name
+from pipeline.extract.progress import ProgressLine
+from transforms import schema
+from transforms.embed.extract import ExtractFeatures
+from transforms.read.sources import SKIPPED, ReadRecords
+from transforms.read.storage import ready_storage
+from transforms.records import FAILED
+from transforms.write import commits
+from transforms.write.progress import CountProgress
+from transforms.write.sinks import CommitFailures, CommitFeatures
+
+__all__ = ["build_extraction", "run_extraction", "manifest_from_commits", "prepare_output"]
+
+
+def manifest_from_commits(config: ExtractConfig, all_commits, n_inputs: int, created: str,
+                          n_resumed: int = 0) -> schema.Manifest:
+    """The manifest of a feature set, from its commit records and the number of inputs the job found."""
+    features = [c for c in all_commits if c.kind == schema.FEATURES_DIR]
+    errors = [c for c in all_commits if c.kind == schema.ERRORS_DIR]
+    reasons = commits.failure_reasons(errors)
+    return schema.Manifest(
+        backbone=config.backbone.describe(),
+        outputs=config.outputs,
+        labels=sorted({label for c in features for label in c.labels}),
+        counts={"inputs": n_inputs, "embedded": sum(c.records for c in features),
+                "failed": sum(c.records for c in errors)},
+        shards=sorted(c.path for c in features if c.records),
+        inputs={"specs": [spec.to_json() for spec in config.inputs], "fields": config.fields.to_json()},
+        error_files=sorted(c.path for c in errors if c.records),
+        failures_by_reason={reason: n for reason, (n, _) in reasons.items()},
+        failure_examples={reason: key for reason, (_, key) in reasons.items()},
+        created=created,
+        splits=sorted({split for c in features for split in c.splits}),
+        resumed_records=n_resumed,
+    )
+
+
+def _write_manifest(_, config: ExtractConfig, created: str, n_read, n_unreadable, n_skipped, **barrier):
+    """After every commit of this run (the ``barrier`` side inputs): read all commit records, earlier runs'
+    included, make sure no key is committed twice, and write the manifest."""
+    ready_storage()
+    all_commits = commits.drop_duplicates(config.output, commits.read_commits(config.output))
+    manifest = manifest_from_commits(config, all_commits, n_read + n_unreadable + n_skipped, created, n_skipped)
+    return schema.write_manifest(config.output, manifest)
+
+
+def _counted(pcoll, progress_dir, stage: str):
+    if not progress_dir:
+        return pcoll
+    return pcoll | f"Progress: {stage}" >> beam.ParDo(CountProgress(progress_dir, stage))
+
+
+def build_extraction(p: beam.Pipeline, config: ExtractConfig, progress_dir: str | None = None,
+                     done_commits: tuple[str, ...] = ()) -> None:
+    """Add the whole extraction job to ``p``; with ``progress_dir``, its steps also report progress there.
+
+    ``done_commits``: commit records of an earlier run of the same job; their keys are skipped."""
+    done_keys = None
+    if done_commits:
+        done_keys = (p
+                     | "Earlier commit records" >> beam.Create(list(done_commits))
+                     | "Keys already committed" >> beam.FlatMap(_committed_keys))
+    read = p | "Read records" >> ReadRecords(config.inputs, config.fields, config.chunk_bytes, done_keys)
+    _counted(read["sources"], progress_dir, "listed")
+    records = _counted(read["records"], progress_dir, "read")
+    extracted = records | "Extract features" >> ExtractFeatures(
+        config.backbone, config.outputs, config.batch_size, config.threads_per_worker, config.max_pixels,
+        config.model_copies, config.mixed_precision)
+    _counted(extracted["embedded"], progress_dir, "embedded")
+    feature_commits = extracted["embedded"] | "Commit features" >> CommitFeatures(
+        config.output, config.outputs, config.records_per_shard)
+    failures = (read[FAILED], extracted[FAILED]) | "All failures" >> beam.Flatten()
+    _counted(failures, progress_dir, "failed")
+    error_commits = failures | "Commit failures" >> CommitFailures(config.output, config.records_per_shard)
+
+    # Counted where they are produced: a Flatten of the records would make the runner materialise every payload.
+    n_read = read["records"] | "Count records read" >> beam.combiners.Count.Globally()
+    n_unreadable = read[FAILED] | "Count unreadable" >> beam.combiners.Count.Globally()
+    n_skipped = read[SKIPPED] | "Count skipped" >> beam.combiners.Count.Globally()
+    created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    _ = (p
+         | "Start manifest" >> beam.Create([None])
+         | "Write manifest" >> beam.Map(
+             _write_manifest, config, created,
+             n_read=beam.pvalue.AsSingleton(n_read),
+             n_unreadable=beam.pvalue.AsSingleton(n_unreadable),
+             n_skipped=beam.pvalue.AsSingleton(n_skipped),
+             feature_commits=beam.pvalue.AsList(feature_commits),
+             error_commits=beam.pvalue.AsList(error_commits)))
+
+
+def _committed_keys(marker_path: str):
+    ready_storage()
+    with FileSystems.open(marker_path) as f:
+        yield from commits.Commit.from_json(f.read().decode("utf-8")).keys
+
+
+class CountsMismatchError(RuntimeError):
+    pass
+
+
+def prepare_output(config: ExtractConfig) -> tuple[str, ...]:
+    """Ready OUTDIR for the run; returns the commit records to resume from (none for a fresh run).
+
+    Fresh (``--overwrite``, or an empty OUTDIR): earlier outputs go, the run's settings are recorded.
+    ``--resume``: what the interrupted run left uncommitted goes; its commits stay and are skipped."""
+    if not config.resume:
+        if config.overwrite:
+            clear_previous_outputs(config.output)
+        with FileSystems.create(FileSystems.join(config.output, schema.RUN_NAME)) as f:
+            f.write(json.dumps(run_settings(config), indent=2).encode("utf-8"))
+        return ()
+    done = commits.read_commits(config.output)
+    leftovers = commits.uncommitted_files(config.output, done)
+    stale = [FileSystems.join(config.output, name) for name in (schema.MANIFEST_NAME,)
+             if FileSystems.exists(FileSystems.join(config.output, name))]
+    if leftovers or stale:
+        FileSystems.delete(leftovers + stale)
+    return tuple(FileSystems.join(config.output, schema.COMMITS_DIR, f"{c.id}.json") for c in done)
+
+
+def run_extraction(config: ExtractConfig, options: PipelineOptions, progress: bool = False,
+                   progress_every: float = 5.0) -> schema.Manifest | None:
+    """Run the job to completion and return its manifest; the counts must add up.
+
+    ``progress``: print a live progress line on stderr (local runners: the workers share this machine).
+    With ``--dry_run`` (a remote runner builds the whole job and does not submit it) or ``--template_location``
+    (the job is staged as a template, to run later) nothing is written to OUTDIR and None is returned. A
+    Flex Template launch (``template_launch``) stages the job to run right away: OUTDIR is prepared first."""
+    from apache_beam.options.pipeline_options import GoogleCloudOptions, TestOptions
+
+    if options.view_as(TestOptions).dry_run or options.view_as(GoogleCloudOptions).template_location:
+        launching = config.template_launch and not options.view_as(TestOptions).dry_run
+        done_commits = prepare_output(config) if launching else ()
+        with beam.Pipeline(options=options) as p:
+            build_extraction(p, config, done_commits=done_commits)
+        return None
+    done_commits = prepare_output(config)
+    if progress and runner_name(options) in LOCAL_RUNNERS:  # the workers share this machine
+        with tempfile.TemporaryDirectory(prefix="featurebeam-progress-") as progress_dir:
+            with ProgressLine(progress_dir, log_every=progress_every), beam.Pipeline(options=options) as p:
+                build_extraction(p, config, progress_dir, done_commits)
+    else:
+        with beam.Pipeline(options=options) as p:
+            build_extraction(p, config, done_commits=done_commits)
+    manifest = schema.read_manifest(config.output)
+    counts = manifest.counts
+    if counts["inputs"] != counts["embedded"] + counts["failed"]:
+        raise CountsMismatchError(
+            f"records were lost: {counts['inputs']} inputs but {counts['embedded']} embedded + "
+            f"{counts['failed']} failed")
+    return manifest

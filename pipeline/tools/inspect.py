@@ -1,0 +1,143 @@
+"""``featurebeam inspect OUTDIR [--check]``: what a feature set holds, and whether it is intact.
+
+The summary (manifest, per-shard counts, dims, label distribution, a few sample records) reads every
+record once through Beam's FileSystems, so local and gs:// sets work alike. ``--check`` also verifies each
+record against the manifest: readable (CRC), every output present with its dim, finite values, a label from
+the vocabulary, keys unique across shards, and shard and record counts as the manifest says.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.train.feature_sets import read_feature_manifest
+from transforms import schema
+
+__all__ = ["Inspection", "inspect_feature_set", "format_inspection"]
+
+_MAX_PROBLEMS_PER_KIND = 20
+
+
+@dataclass
+class Inspection:
+    root: str
+    manifest: schema.Manifest
+    shard_counts: dict = field(default_factory=dict)
+    labels: collections.Counter = field(default_factory=collections.Counter)
+    samples: list = field(default_factory=list)
+    problems: list = field(default_factory=list)
+
+    @property
+    def records(self) -> int:
+        return sum(self.shard_counts.values())
+
+
+def _short(error: Exception) -> str:
+    return str(error).split(":")[0][:200] if str(error) else type(error).__name__
+
+
+def inspect_feature_set(root: str, samples: int = 3) -> Inspection:
+    """Read every record of the set once; collect the summary and every disagreement with the manifest."""
+    from apache_beam.io.filesystems import FileSystems
+    from tensorflow.core.example import example_pb2
+
+    manifest = read_feature_manifest(root)
+    result = Inspection(root, manifest)
+    seen_keys: dict[str, str] = {}
+    kinds = collections.Counter()
+    vocabulary = set(manifest.labels)
+
+    def problem(kind: str, message: str) -> None:
+        kinds[kind] += 1
+        if kinds[kind] <= _MAX_PROBLEMS_PER_KIND:
+            result.problems.append(message)
+
+    for shard in manifest.shards:
+        path = FileSystems.join(root, shard)
+        count = 0
+        try:
+            for raw in schema.iter_serialized(path):
+                count += 1
+                where = f"{shard} record {count}"
+                try:
+                    feature = example_pb2.Example.FromString(raw).features.feature
+                    key = feature[schema.KEY].bytes_list.value[0].decode("utf-8")
+                except Exception as e:
+                    problem("parse", f"{where}: not a feature record ({_short(e)})")
+                    continue
+                label = feature[schema.LABEL].bytes_list.value[0].decode("utf-8") if schema.LABEL in feature else None
+                result.labels[label] += 1
+                if key in seen_keys:
+                    problem("duplicate", f"{where}: duplicate key {key!r} (also in {seen_keys[key]})")
+                else:
+                    seen_keys[key] = shard
+                if label is not None and label not in vocabulary:
+                    problem("label", f"{where}: label {label!r} is not in the manifest's vocabulary")
+                vectors = {}
+                for out in manifest.outputs:
+                    values = np.asarray(feature[out.example_key].float_list.value, np.float32)
+                    vectors[out.name] = values
+                    if len(values) != out.dim:
+                        problem("dim", f"{where} ({key}): output {out.name!r} has {len(values)} values, "
+                                       f"the manifest says {out.dim}")
+                    elif not np.isfinite(values).all():
+                        problem("finite", f"{where} ({key}): output {out.name!r} holds NaN or Inf")
+                if len(result.samples) < samples:
+                    result.samples.append(schema.FeatureRecord(key, label, vectors))
+        except ValueError as e:
+            problem("corrupt", f"{shard}: truncated or corrupt after {count} records ({_short(e)})")
+        except OSError as e:
+            problem("missing", f"{shard}: cannot be read ({e})")
+        result.shard_counts[shard] = count
+
+    listed = set(manifest.shards)
+    try:
+        (match,) = FileSystems.match([FileSystems.join(root, schema.FEATURES_DIR, "*")])
+        prefix = root.rstrip("/") + "/"
+        for m in match.metadata_list:
+            rel = m.path[len(prefix):] if m.path.startswith(prefix) else m.path
+            if rel not in listed:
+                problem("unlisted", f"{rel}: a shard on disk that the manifest does not list")
+    except Exception:  # listing is advisory; the records themselves were checked above
+        pass
+    embedded = manifest.counts.get("embedded")
+    if embedded is not None and result.records != embedded:
+        problem("count", f"the shards hold {result.records} records, the manifest counts {embedded} embedded")
+    for kind, n in kinds.items():
+        if n > _MAX_PROBLEMS_PER_KIND:
+            result.problems.append(f"... and {n - _MAX_PROBLEMS_PER_KIND} more of this kind ({kind})")
+    return result
+
+
+def format_inspection(result: Inspection, check: bool) -> str:
+    m = result.manifest
+    c = m.counts
+    lines = [f"feature set {result.root}",
+             f"  created    {m.created}, format version {m.format_version}",
+             f"  backbone   {m.backbone.get('name')} (weights sha256 {str(m.backbone.get('weights_sha256'))[:16]}...)",
+             f"  counts     inputs {c.get('inputs')}, embedded {c.get('embedded')}, failed {c.get('failed')}"]
+    for o in m.outputs:
+        lines.append(f"  output     {o.name}: {o.dim} x {o.dtype} ({o.layer}, pooling {o.pooling}), "
+                     f"Example key {o.example_key!r}")
+    for reason, n in sorted(m.failures_by_reason.items(), key=lambda kv: -kv[1]):
+        lines.append(f"  failures   {n} x {reason}")
+    lines.append(f"  shards     {len(m.shards)}, {result.records} records")
+    for shard, n in result.shard_counts.items():
+        lines.append(f"    {shard}  {n}")
+    lines.append(f"  labels     {len(m.labels)} in the vocabulary")
+    for label, n in sorted(result.labels.items(), key=lambda kv: (-kv[1], str(kv[0])))[:20]:
+        lines.append(f"    {label if label is not None else '(no label)'}  {n}")
+    for r in result.samples:
+        first = " ".join(f"{v:.4f}" for v in next(iter(r.vectors.values()))[:4])
+        lines.append(f"  sample     {r.key} label {r.label}: {first} ...")
+    if check:
+        if result.problems:
+            lines.append(f"check FAILED: {len(result.problems)} problem(s)")
+            lines += [f"  {p}" for p in result.problems]
+        else:
+            lines.append(f"check passed: {result.records} records match the manifest "
+                         "(readable, dims, finite values, unique keys, counts)")
+    return "\n".join(lines)

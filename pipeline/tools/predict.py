@@ -1,0 +1,110 @@
+"""``featurebeam predict``: bulk classification of raw images with a trained model directory.
+
+1. ``ReadRecords`` (the same sources as extraction) -> ``DecodeImageFn`` with the backbone's preprocessing;
+2. ``RunInference`` over the serving SavedModel (loaded once per worker process, batched);
+3. ``predictions/part-*.jsonl``: one ``{"key", "label" (true, if known), "predicted", "probabilities"}`` per
+   image; undecodable files in ``errors/``, as in extraction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+
+from pipeline.extract.options import ConfigError, absolute, check_output_dir, clear_previous_outputs, resolve_input
+from transforms.decode.image_fn import DecodeImageFn
+from transforms.decode.images import ImagePreprocessing
+from transforms.embed.classify import ClassifierHandler
+from transforms.read.sources import InputSpec, ReadRecords
+from transforms.records import FAILED
+from transforms.schema import ERRORS_DIR
+from transforms.write.sinks import WriteFailures
+
+__all__ = ["PredictConfig", "build_prediction", "run_prediction", "PREDICTIONS_DIR"]
+
+PREDICTIONS_DIR = "predictions"
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    model_dir: str
+    inputs: tuple[InputSpec, ...]
+    output: str
+    preprocessing: ImagePreprocessing
+    batch_size: int = 32
+    overwrite: bool = False
+
+    @classmethod
+    def create(cls, model_dir: str, inputs, output: str, batch_size: int = 32, overwrite: bool = False):
+        spec_path = os.path.join(model_dir, "model.json")
+        if not os.path.isfile(spec_path):
+            raise ConfigError(f"{spec_path} is missing: not a model directory written by featurebeam train")
+        with open(spec_path) as f:
+            spec = json.load(f)
+        prep = ImagePreprocessing(**{**spec["preprocessing"], "mean": tuple(spec["preprocessing"]["mean"]),
+                                     "std": tuple(spec["preprocessing"]["std"])})
+        output = absolute(output)
+        check_output_dir(output, overwrite)
+        return cls(os.path.abspath(model_dir), tuple(resolve_input(i) for i in inputs), output, prep,
+                   batch_size, overwrite)
+
+
+def _prediction_json(meta, inference) -> str:
+    key, label, split = meta
+    prediction = {"key": key, "label": label, "predicted": inference["label"],
+                  "probabilities": inference["probabilities"]}
+    if split is not None:
+        prediction["split"] = split
+    return json.dumps(prediction, sort_keys=True)
+
+
+def build_prediction(p: beam.Pipeline, config: PredictConfig):
+    read = p | "Read records" >> ReadRecords(config.inputs)
+    decoded = read["records"] | "Decode images" >> beam.ParDo(
+        DecodeImageFn(config.preprocessing)).with_outputs(FAILED, main="images")
+    handler = KeyedModelHandler(ClassifierHandler(os.path.join(config.model_dir, "serving"), config.batch_size))
+    written = (decoded.images
+               | "Classify" >> RunInference(handler)
+               | "Prediction to JSON" >> beam.MapTuple(lambda meta, result: _prediction_json(meta, result.inference))
+               | "Write predictions" >> beam.io.WriteToText(
+                   FileSystems.join(config.output, PREDICTIONS_DIR, "part"), file_name_suffix=".jsonl"))
+    failures = (read[FAILED], decoded[FAILED]) | "All failures" >> beam.Flatten()
+    failures | "Write failures" >> WriteFailures(config.output)
+    return written
+
+
+def run_prediction(config: PredictConfig, options) -> dict:
+    """Run to completion; returns counts read back from the outputs."""
+    if config.overwrite:
+        clear_previous_outputs(config.output, names=(PREDICTIONS_DIR, ERRORS_DIR))
+    with beam.Pipeline(options=options) as p:
+        build_prediction(p, config)
+    return summarize_predictions(config.output)
+
+
+def _jsonl(folder: str):
+    """JSON objects of every ``part-*.jsonl`` under ``folder`` (local or remote)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    (match,) = FileSystems.match([FileSystems.join(folder, "part-*.jsonl")])
+    for path in sorted(m.path for m in match.metadata_list):
+        with FileSystems.open(path, compression_type="uncompressed") as f:
+            for line in f.read().decode("utf-8").splitlines():
+                if line.strip():
+                    yield json.loads(line)
+
+
+def summarize_predictions(output: str) -> dict:
+    from apache_beam.io.filesystems import FileSystems
+
+    predictions = list(_jsonl(FileSystems.join(output, PREDICTIONS_DIR)))
+    failed = list(_jsonl(FileSystems.join(output, ERRORS_DIR)))
+    labelled = [r for r in predictions if r["label"] is not None]
+    correct = sum(r["label"] == r["predicted"] for r in labelled)
+    return {"classified": len(predictions), "failed": len(failed), "labelled": len(labelled),
+            "accuracy_on_labelled": correct / len(labelled) if labelled else None}

@@ -1,0 +1,155 @@
+"""``BackboneHandler``: a Beam ``ModelHandler`` that runs a frozen backbone on batches of decoded records.
+
+Use it through ``RunInference`` (keyed, with failures kept apart:
+``KeyedModelHandler(RetryOneByOne(BackboneHandler(...)))``). ``load_model()`` runs once per worker process
+(``RunInference`` shares the loaded model across the process's threads), builds the backbone from its spec
+and compiles one ``tf.function`` with a fixed input signature, so Beam's varying batch sizes never retrace.
+What the backbone takes (uint8 images, or token ids and a mask) is a ``ModelInputs`` (``inputs.py``):
+its signature, its collation and its pooling; normalisation and pooling happen inside the graph.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+from transforms.embed.inputs import ModelInputs, inputs_for
+from transforms.read.storage import ready_storage
+from transforms.records import METRICS_NAMESPACE
+from transforms.schema import OutputSpec
+
+__all__ = ["BackboneHandler", "LoadedBackbone", "configure_tensorflow_threads", "use_gpu_memory_growth"]
+
+_LOG = logging.getLogger(__name__)
+
+
+def configure_tensorflow_threads(threads: int | None) -> None:
+    """Size TensorFlow's thread pools; a no-op once the TF runtime has started in this process."""
+    import tensorflow as tf
+
+    if not threads:
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
+    except RuntimeError:
+        _LOG.warning("TensorFlow already initialised in this process; keeping its thread pools as they are")
+
+
+@dataclass
+class LoadedBackbone:
+    """The per-process model: a compiled function from a uint8 batch to ``{output name: (n, dim)}``.
+
+    One batch runs at a time: a call already uses every core TensorFlow was given, so a second concurrent
+    call (Beam runs several bundles per process) would only double the activations in memory. The other
+    threads decode meanwhile."""
+
+    fn: Any
+    lock: Any = field(default_factory=threading.Lock)
+
+    def embed(self, args: tuple) -> dict[str, np.ndarray]:
+        """The collated arguments (uint8 images; or token ids and mask) -> {output name: (n, dim) float32}.
+        (A named method, so that the call also works through Beam's cross-process model proxy.)"""
+        with self.lock:
+            return {k: np.asarray(v.numpy(), dtype=np.float32) for k, v in self.fn(*args).items()}
+
+    def __call__(self, *args) -> dict[str, np.ndarray]:
+        """``model(images)`` or ``model(ids, mask)``: ``embed`` with the compiled function's arguments."""
+        return self.embed(args)
+
+
+def use_gpu_memory_growth() -> int:
+    """Let TensorFlow grow GPU memory as needed instead of taking it all (several models may share a GPU);
+    returns the number of GPUs visible. A no-op once the TF runtime has started."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:
+            pass
+    return len(gpus)
+
+
+class BackboneHandler(ModelHandler[np.ndarray, PredictionResult, LoadedBackbone]):
+    """Runs ``spec.load(layers)`` once per worker process and embeds batches of decoded records.
+
+    Args:
+      spec: a backbone spec with ``load(layers)`` returning a Keras model to ``{layer: activation}``, and a
+        ``modality`` ("image": uint8 NHWC of ``preprocessing.crop``; "text": token ids and mask).
+      outputs: which layers to extract and how to pool each.
+      batch_size: upper bound of a batch handed to the compiled function.
+      threads: TensorFlow intra-op threads for this worker process (None: TensorFlow's default).
+      model_copies: 0 (the default): each worker process loads its own model. N >= 1: N copies per machine,
+        shared by all of a worker's SDK processes through Beam's cross-process model sharing (GPU workers:
+        one copy on the GPU instead of one per process).
+      mixed_precision: compute in float16 where the accelerator gains from it (vectors still float32).
+      inputs: what the backbone takes (default: by the spec's modality).
+    """
+
+    def __init__(self, spec, outputs: Sequence[OutputSpec], batch_size: int = 32, threads: int | None = None,
+                 model_copies: int = 0, mixed_precision: bool = False, inputs: ModelInputs | None = None):
+        # Fixed-size batches: the compiled call is fastest at its batch size, and a batch job gains nothing from
+        # Beam's adaptive (latency-driven) batch sizes; only a bundle's last batch is smaller.
+        super().__init__(min_batch_size=batch_size, max_batch_size=batch_size)
+        self._spec = spec
+        self._outputs = tuple(outputs)
+        self._threads = threads
+        self._copies = model_copies
+        self._mixed_precision = mixed_precision
+        self._inputs = inputs or inputs_for(spec)
+
+    def load_model(self) -> LoadedBackbone:
+        import tensorflow as tf
+
+        ready_storage()
+        configure_tensorflow_threads(self._threads)
+        gpus = use_gpu_memory_growth()
+        if self._mixed_precision:
+            import keras
+
+            keras.mixed_precision.set_global_policy("mixed_float16")
+        model = self._spec.load(sorted({o.layer for o in self._outputs}))
+        inputs, outputs = self._inputs, self._outputs
+
+        @tf.function(input_signature=inputs.signature(self._spec), autograph=False)
+        def embed(*args):
+            activations = inputs.forward(model, args)
+            return {out.name: tf.cast(inputs.vector(activations[out.layer], out.pooling, args), tf.float32)
+                    for out in outputs}
+
+        embed.get_concrete_function()  # trace once, here, not in the first batch
+        _LOG.info("loaded backbone %s in process %d (%d GPUs visible)", self.model_id, os.getpid(), gpus)
+        return LoadedBackbone(embed)
+
+    def run_inference(self, batch: Sequence[np.ndarray], model: LoadedBackbone,
+                      inference_args: dict | None = None) -> Iterable[PredictionResult]:
+        """Vectors for each record of the batch (the record itself is not carried on: only its vectors are
+        needed)."""
+        vectors = model.embed(self._inputs.collate(batch))
+        return [PredictionResult(None, {name: v[i] for name, v in vectors.items()}, self.model_id)
+                for i in range(len(batch))]
+
+    def share_model_across_processes(self) -> bool:
+        return self._copies > 0
+
+    def model_copies(self) -> int:
+        return max(1, self._copies)
+
+    @property
+    def model_id(self) -> str:
+        return getattr(self._spec, "name", "backbone")
+
+    def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
+        return sum(x.nbytes for x in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return METRICS_NAMESPACE

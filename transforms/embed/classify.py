@@ -1,0 +1,46 @@
+"""``ClassifierHandler``: a Beam ``ModelHandler`` over a serving SavedModel's ``classify_images`` endpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+from transforms.read.storage import ready_storage
+from transforms.records import METRICS_NAMESPACE
+
+__all__ = ["ClassifierHandler"]
+
+
+class ClassifierHandler(ModelHandler[np.ndarray, PredictionResult, object]):
+    """Loads the SavedModel once per worker process; classifies batches of decoded uint8 images.
+
+    Each inference is ``{"label": str, "probabilities": {class name: p}}``.
+    """
+
+    def __init__(self, saved_model_path: str, batch_size: int = 32):
+        super().__init__(min_batch_size=1, max_batch_size=batch_size)
+        self._path = saved_model_path
+
+    def load_model(self):
+        import tensorflow as tf
+
+        ready_storage()
+        return tf.saved_model.load(self._path)
+
+    def run_inference(self, batch: Sequence[np.ndarray], model, inference_args=None) -> Iterable[PredictionResult]:
+        out = model.classify_images(np.stack(batch))
+        probabilities = out["probabilities"].numpy()
+        labels = [label.decode("utf-8") for label in out["label"].numpy()]
+        names = [name.decode("utf-8") for name in out["class_names"].numpy()[0]] if len(batch) else []
+        for i in range(len(batch)):
+            yield PredictionResult(None, {"label": labels[i],
+                                          "probabilities": dict(zip(names, probabilities[i].tolist(), strict=True))},
+                                   self._path)
+
+    def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
+        return sum(image.nbytes for image in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return METRICS_NAMESPACE

@@ -1,0 +1,65 @@
+"""``ExtractFeatures``: decoded records through the frozen backbone, batched, with failures kept apart."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import apache_beam as beam
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+
+from transforms.decode.image_fn import DecodeImageFn
+from transforms.decode.images import DEFAULT_MAX_PIXELS
+from transforms.decode.tokenize import TokenizeFn
+from transforms.embed.backbone import BackboneHandler
+from transforms.embed.retry import EmbeddingFailure, RetryOneByOne
+from transforms.records import FAILED, Failure
+from transforms.schema import OutputSpec
+
+__all__ = ["ExtractFeatures"]
+
+
+class ExtractFeatures(beam.PTransform):
+    """Records -> ``{"embedded": ((key, label, split), {output: vector}), "failed": Failure}``.
+
+    1. decode each image to the backbone's fixed uint8 input, or tokenise each text for a text backbone
+       (bad inputs go to ``failed``);
+    2. embed batches with ``RunInference`` over ``BackboneHandler`` (model loaded once per worker process, or
+       ``model_copies`` copies per machine shared by its processes); a failed batch is retried one by one
+       (``RetryOneByOne``), and an input the backbone fails on alone goes to ``failed`` too.
+    """
+
+    def __init__(self, backbone, outputs: Sequence[OutputSpec], batch_size: int = 32,
+                 threads: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, model_copies: int = 0,
+                 mixed_precision: bool = False):
+        super().__init__()
+        self._backbone = backbone
+        self._max_pixels = max_pixels
+        self._handler = KeyedModelHandler(RetryOneByOne(BackboneHandler(
+            backbone, outputs, batch_size, threads, model_copies, mixed_precision)))
+
+    def expand(self, records):
+        if getattr(self._backbone, "modality", "image") == "text":
+            label, fn = "Tokenize texts", TokenizeFn(self._backbone)
+        else:
+            label, fn = "Decode images", DecodeImageFn(self._backbone.preprocessing, self._max_pixels)
+        decoded = records | label >> beam.ParDo(fn).with_outputs(FAILED, main="images")
+        embedded = (
+            decoded.images
+            | "Embed with backbone" >> RunInference(self._handler)
+            | "Keep vectors" >> beam.ParDo(_KeepVectorsFn()).with_outputs(FAILED, main="embedded")
+        )
+        failed = (decoded[FAILED], embedded[FAILED]) | "Decode or embed failures" >> beam.Flatten()
+        return {"embedded": embedded.embedded, FAILED: failed}
+
+
+class _KeepVectorsFn(beam.DoFn):
+    """(meta, PredictionResult) -> (meta, vectors), or a ``Failure`` for an image the backbone failed on."""
+
+    def process(self, element):
+        meta, result = element
+        if isinstance(result.inference, EmbeddingFailure):
+            key = meta[0]
+            yield beam.pvalue.TaggedOutput(FAILED, Failure(key, key, "embed", result.inference.error_type,
+                                                           result.inference.message))
+        else:
+            yield meta, result.inference

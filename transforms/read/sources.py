@@ -1,0 +1,283 @@
+"""Where records come from: input specs, listing, expanding manifests and archives, reading the bytes.
+
+``ReadRecords`` turns input specs into ``Record``s in three steps, each on the workers:
+
+1. each spec's files are listed (``FileSystems.match``; the launcher only checks that something matches);
+2. each listed file is expanded into units of reading work: a loose file is one unit; a manifest gives one
+   unit per row; a tar shard or TFRecord file is indexed (headers only) and cut into chunks of consecutive
+   records; a text file gives its rows as records;
+3. a Reshuffle spreads the units over all workers, which read them, so a few big shards do not pin the job
+   to a few workers, and reading is separated from inference.
+
+Anything that cannot be listed, parsed or read becomes a ``Failure`` with its key and reason.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from transforms.read import tables, tar_shards, tfrecords
+from transforms.read.storage import ready_storage
+from transforms.read.tables import InputFields
+from transforms.records import FAILED, METRICS_NAMESPACE, Failure, FileRef, Record, SourceFile
+from transforms.schema import record_key
+
+__all__ = ["InputSpec", "InputFields", "FORMATS", "detect_format", "label_from_path", "list_source_files",
+           "ReadRecords", "ExpandSourceFn", "ReadUnitFn", "SKIPPED"]
+
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+FORMATS = ("files", "manifest", "tar", "tfrecord", "text")
+_EXTENSION_FORMATS = {".tar": "tar", ".tfrecord": "tfrecord", ".tfrecords": "tfrecord", ".tfrec": "tfrecord",
+                      ".csv": "manifest", ".tsv": "manifest", ".jsonl": "manifest", ".ndjson": "manifest"}
+DEFAULT_CHUNK_BYTES = 64 << 20
+
+
+def detect_format(pattern: str) -> str:
+    """The format a glob or file name implies: ``.tar`` shards, ``.tfrecord`` files, ``.csv``/``.jsonl``
+    manifests, anything else loose files. Text is never guessed (a ``.jsonl`` is a manifest unless told)."""
+    name = pattern.rsplit("/", 1)[-1].lower()
+    for extension, fmt in _EXTENSION_FORMATS.items():
+        if name.endswith(extension):
+            return fmt
+    return "files"
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One ``--input``: a directory (recursive) or a glob of files, and the format of those files.
+
+    For loose files, files in first-level subfolders of ``root`` take that folder's name as label
+    (ImageFolder layout); files directly in ``root`` have no label. Other formats carry their own labels.
+    """
+
+    kind: str      # "directory" | "glob"
+    uri: str       # as resolved at launch (absolute for local paths)
+    pattern: str   # what FileSystems.match lists
+    root: str      # where labels are read from
+    format: str = "files"
+
+    @classmethod
+    def directory(cls, uri: str, format: str = "files") -> InputSpec:
+        root = uri.rstrip("/")
+        return cls("directory", root, f"{root}/**", root, format)
+
+    @classmethod
+    def glob(cls, pattern: str, format: str | None = None) -> InputSpec:
+        prefix = pattern[: m.start()] if (m := _GLOB_CHARS.search(pattern)) else pattern
+        root = prefix if prefix.endswith("/") else posixpath.dirname(prefix)
+        return cls("glob", pattern, pattern, root.rstrip("/"), format or detect_format(pattern))
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "uri": self.uri, "pattern": self.pattern, "label_root": self.root,
+                "format": self.format}
+
+
+def is_glob(path: str) -> bool:
+    return bool(_GLOB_CHARS.search(path))
+
+
+def label_from_path(root: str, uri: str) -> str | None:
+    """The first-level folder under ``root`` that holds ``uri``, or None for files directly in ``root``."""
+    prefix = root.rstrip("/") + "/"
+    if not uri.startswith(prefix):
+        return None
+    parts = uri[len(prefix):].split("/")
+    return parts[0] if len(parts) > 1 else None
+
+
+def list_source_files(spec: InputSpec) -> Iterator[SourceFile]:
+    """List the files of one input spec with their labels and format, in a stable order."""
+    ready_storage()
+    (result,) = FileSystems.match([spec.pattern])
+    for path in sorted(m.path for m in result.metadata_list):
+        label = label_from_path(spec.root, path) if spec.format == "files" else None
+        yield SourceFile(path, label, spec.format)
+
+
+def _open(uri: str):
+    return FileSystems.open(uri, compression_type="uncompressed")
+
+
+def expand_source(source: SourceFile, fields: InputFields, chunk_bytes: int):
+    """One listed file -> its units of reading work (``FileRef``, tar or TFRecord chunks, text ``Record``s)
+    and ``Failure``s, as a pure generator over the file's contents."""
+    if source.format == "files":
+        yield FileRef(record_key(source.uri), source.uri, source.label)
+        return
+    with _open(source.uri) as f:
+        if source.format == "manifest":
+            yield from tables.manifest_refs(source.uri, tables.iter_rows(source.uri, f), fields)
+        elif source.format == "text":
+            yield from tables.text_records(source.uri, tables.iter_rows(source.uri, f), fields)
+        elif source.format == "tar":
+            yield from tar_shards.chunk_samples(source.uri, tar_shards.index_tar(f), chunk_bytes)
+        elif source.format == "tfrecord":
+            yield from tfrecords.index_tfrecord(source.uri, f, chunk_bytes)
+        else:
+            raise ValueError(f"unknown input format {source.format!r}")
+
+
+def read_unit(unit, fields: InputFields) -> Iterator[Record | Failure]:
+    """One unit of reading work -> its ``Record``s (and ``Failure``s for what cannot be read)."""
+    if isinstance(unit, Record):
+        yield unit
+    elif isinstance(unit, FileRef):
+        with _open(unit.uri) as f:
+            yield Record(unit.key, f.read(), unit.label, unit.split)
+    elif isinstance(unit, tar_shards.TarChunk):
+        with _open(unit.uri) as f:
+            yield from tar_shards.read_tar_chunk(f, unit, fields)
+    elif isinstance(unit, tfrecords.TFRecordChunk):
+        with _open(unit.uri) as f:
+            yield from tfrecords.read_tfrecord_chunk(f, unit, fields)
+    else:
+        raise TypeError(f"not a unit of reading work: {type(unit).__name__}")
+
+
+def unit_keys(unit) -> list[str]:
+    """The keys of every record a unit holds (to record them all when the unit cannot be opened)."""
+    if isinstance(unit, (Record, FileRef)):
+        return [unit.key]
+    if isinstance(unit, tar_shards.TarChunk):
+        return [record_key(unit.uri, s.member(tar_shards.IMAGE_EXTENSIONS).name) for s in unit.samples]
+    return [record_key(unit.uri, i) for i in range(unit.first_index, unit.first_index + unit.count)]
+
+
+def _describe(error: BaseException) -> BaseException:
+    if isinstance(error, FileNotFoundError):
+        return FileNotFoundError(f"file does not exist: {error.filename or error}")
+    return error
+
+
+class ExpandSourceFn(beam.DoFn):
+    """SourceFile -> units of reading work; a file that cannot be opened or parsed goes to ``failed``."""
+
+    def __init__(self, fields: InputFields, chunk_bytes: int = DEFAULT_CHUNK_BYTES):
+        self._fields = fields
+        self._chunk_bytes = chunk_bytes
+
+    def setup(self):
+        ready_storage()
+
+    def process(self, source: SourceFile):
+        try:
+            for unit in expand_source(source, self._fields, self._chunk_bytes):
+                yield beam.pvalue.TaggedOutput(FAILED, unit) if isinstance(unit, Failure) else unit
+        except Exception as e:  # a file we cannot read is this file's failure, not the job's
+            yield beam.pvalue.TaggedOutput(FAILED, Failure.from_exception(source.uri, source.uri, "read",
+                                                                          _describe(e)))
+
+
+SKIPPED = "skipped"  # tag of the keys a resumed run does not read again
+
+
+class ReadUnitFn(beam.DoFn):
+    """Unit of reading work -> ``Record``s; what cannot be read goes to ``failed``.
+
+    With a ``done`` side input (keys already committed by an earlier run), those keys go to ``skipped``
+    instead: a unit whose keys are all done is not even opened."""
+
+    def __init__(self, fields: InputFields):
+        self._fields = fields
+        self._done = None
+        self._read = Metrics.counter(METRICS_NAMESPACE, "records_read")
+        self._bytes = Metrics.counter(METRICS_NAMESPACE, "bytes_read")
+        self._skipped = Metrics.counter(METRICS_NAMESPACE, "records_skipped_as_committed")
+
+    def setup(self):
+        ready_storage()
+
+    def process(self, unit, done=()):
+        if self._done is None:
+            self._done = frozenset(done)  # the same for every bundle of a batch job: build the set once
+        keys = unit_keys(unit)
+        if self._done and all(k in self._done for k in keys):
+            self._skipped.inc(len(keys))
+            for key in keys:
+                yield beam.pvalue.TaggedOutput(SKIPPED, key)
+            return
+        seen = set()
+        try:
+            for item in read_unit(unit, self._fields):
+                seen.add(item.key)
+                if item.key in self._done:
+                    self._skipped.inc()
+                    yield beam.pvalue.TaggedOutput(SKIPPED, item.key)
+                elif isinstance(item, Failure):
+                    yield beam.pvalue.TaggedOutput(FAILED, item)
+                else:
+                    self._read.inc()
+                    self._bytes.inc(len(item.payload))
+                    yield item
+        except Exception as e:  # storage errors: every record of the unit not yet read fails with the reason
+            source = getattr(unit, "uri", unit.key)
+            for key in keys:
+                if key not in seen and key not in self._done:
+                    yield beam.pvalue.TaggedOutput(FAILED, Failure.from_exception(key, source, "read", _describe(e)))
+                elif key not in seen:
+                    yield beam.pvalue.TaggedOutput(SKIPPED, key)
+
+
+class ReadRecords(beam.PTransform):
+    """Input specs -> ``{"sources": SourceFile, "records": Record, "failed": Failure, "skipped": key}``.
+
+    ``done_keys``: an optional PCollection of keys to skip (committed by an earlier run of the same job)."""
+
+    def __init__(self, specs: Sequence[InputSpec], fields: InputFields = InputFields(),
+                 chunk_bytes: int = DEFAULT_CHUNK_BYTES, done_keys=None):
+        super().__init__()
+        self._specs = list(specs)
+        self._fields = fields
+        self._chunk_bytes = chunk_bytes
+        self._done_keys = done_keys
+
+    def expand(self, pbegin):
+        sources = (
+            pbegin
+            | "Input specs" >> beam.Create(self._specs)
+            | "List input files" >> beam.FlatMap(list_source_files)
+        )
+        expanded = (
+            sources
+            | "Spread files over workers" >> beam.Reshuffle()
+            | "Expand manifests and archives" >> beam.ParDo(
+                ExpandSourceFn(self._fields, self._chunk_bytes)).with_outputs(FAILED, main="units")
+        )
+        done = () if self._done_keys is None else (beam.pvalue.AsList(self._done_keys),)
+        read = (
+            expanded.units
+            | "Spread reading over workers" >> beam.Reshuffle()
+            | "Read records" >> beam.ParDo(ReadUnitFn(self._fields), *done).with_outputs(
+                FAILED, SKIPPED, main="records")
+        )
+        expand_failed, skipped = expanded[FAILED], read[SKIPPED]
+        if self._done_keys is not None:
+            kept = expand_failed | "Skip committed failures" >> beam.ParDo(_SkipDoneFn(), *done).with_outputs(
+                SKIPPED, main="failed")
+            expand_failed = kept.failed
+            skipped = (skipped, kept[SKIPPED]) | "All skipped" >> beam.Flatten()
+        failed = (expand_failed, read[FAILED]) | "Reading failures" >> beam.Flatten()
+        return {"sources": sources, "records": read.records, FAILED: failed, SKIPPED: skipped}
+
+
+class _SkipDoneFn(beam.DoFn):
+    """Failure -> itself, or its key to ``skipped`` when an earlier run already committed it."""
+
+    def __init__(self):
+        self._done = None
+
+    def process(self, failure: Failure, done=()):
+        if self._done is None:
+            self._done = frozenset(done)
+        if failure.key in self._done:
+            yield beam.pvalue.TaggedOutput(SKIPPED, failure.key)
+        else:
+            yield failure

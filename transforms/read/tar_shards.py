@@ -1,0 +1,168 @@
+"""WebDataset-style tar shards: index the members, cut the shard into chunks, read a chunk's samples.
+
+Members are grouped into samples as WebDataset does: consecutive members whose names agree up to the first
+dot of the file name (``dir/x.jpg`` + ``dir/x.cls`` -> sample ``dir/x``). A sample's image is its first
+member with an image extension; its label comes from ``.cls`` (the text), else the label field of ``.json``,
+else ``.txt``. The record key is ``SHARD_URI#IMAGE_MEMBER``.
+
+Nothing is extracted to disk and member names are never used as paths. Indexing reads the headers only
+(seeking over the data); reading a chunk reads its byte range once, one member at a time, so a multi-GB shard
+is never in memory and its chunks can go to different workers.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from collections.abc import Iterator
+from typing import NamedTuple
+
+from transforms.read.tables import InputFields
+from transforms.records import Failure, Record
+from transforms.schema import record_key
+
+__all__ = ["IMAGE_EXTENSIONS", "TarMember", "TarSample", "TarChunk", "split_member_name", "index_tar",
+           "chunk_samples", "read_tar_chunk"]
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "ppm", "pgm", "pbm")
+LABEL_EXTENSIONS = ("cls", "json", "txt")
+_MAX_LABEL_BYTES = 1 << 20
+
+
+class TarMember(NamedTuple):
+    name: str
+    offset: int  # of the member's data in the shard
+    size: int
+
+
+class TarSample(NamedTuple):
+    prefix: str
+    members: tuple[TarMember, ...]
+
+    def member(self, extensions) -> TarMember | None:
+        for ext in extensions:
+            for m in self.members:
+                if split_member_name(m.name)[1].lower().rsplit(".", 1)[-1] == ext:  # seg.png is a png
+                    return m
+        return None
+
+
+class TarChunk(NamedTuple):
+    """Consecutive samples of one shard: a unit of reading work that any worker can take."""
+
+    uri: str
+    samples: tuple[TarSample, ...]
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """``dir/x.seg.jpg`` -> (``dir/x``, ``seg.jpg``), as WebDataset splits keys from extensions."""
+    folder, _, base = name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), ext
+
+
+def index_tar(fileobj) -> Iterator[TarSample | tarfile.TarError]:
+    """The samples of a seekable tar stream, in order, reading headers only.
+
+    A damaged shard yields the samples before the damage, then the ``TarError``."""
+    try:
+        tar = tarfile.open(fileobj=fileobj, mode="r:")
+    except tarfile.TarError as e:
+        yield tarfile.ReadError(f"not a tar archive: {e}")
+        return
+    prefix, members, seen = None, [], 0
+    while True:
+        try:
+            info = tar.next()
+        except tarfile.TarError as e:
+            if members:
+                yield TarSample(prefix, tuple(members))
+            yield tarfile.ReadError(f"damaged tar archive after {seen} members: {e}")
+            return
+        if info is None:
+            break
+        tar.members.clear()  # keep memory flat on shards with millions of members
+        seen += 1
+        if info.isdir():
+            continue
+        key, _ = split_member_name(info.name)
+        if key != prefix and members:
+            yield TarSample(prefix, tuple(members))
+            members = []
+        prefix = key
+        members.append(TarMember(info.name, info.offset_data if info.isreg() else -1, info.size))
+    if members:
+        yield TarSample(prefix, tuple(members))
+
+
+def chunk_samples(uri: str, samples, chunk_bytes: int) -> Iterator[TarChunk | Failure]:
+    """Group samples into chunks of about ``chunk_bytes``; a sample without an image is a ``Failure`` here."""
+    chunk, size = [], 0
+    for sample in samples:
+        if isinstance(sample, tarfile.TarError):
+            yield Failure(uri, uri, "read", "TarError", str(sample))
+            continue
+        if sample.member(IMAGE_EXTENSIONS) is None:
+            names = ", ".join(m.name + ("" if m.offset >= 0 else " (not a regular file)") for m in sample.members)
+            yield Failure(record_key(uri, sample.members[0].name), uri, "read", "NotAnImage",
+                          f"tar sample {sample.prefix!r} has no image member (members: {names}; "
+                          f"images end in .{', .'.join(IMAGE_EXTENSIONS)})")
+            continue
+        chunk.append(sample)
+        size += sum(m.size for m in sample.members)
+        if size >= chunk_bytes:
+            yield TarChunk(uri, tuple(chunk))
+            chunk, size = [], 0
+    if chunk:
+        yield TarChunk(uri, tuple(chunk))
+
+
+def _read_member(fileobj, member: TarMember) -> bytes:
+    position = fileobj.tell()
+    gap = member.offset - position
+    if 0 <= gap <= 1 << 20:
+        fileobj.read(gap)  # stay sequential: one range read per chunk on object storage
+    else:
+        fileobj.seek(member.offset)
+    data = fileobj.read(member.size)
+    if len(data) != member.size:
+        raise tarfile.ReadError(f"tar member {member.name} is truncated ({len(data)} of {member.size} bytes)")
+    return data
+
+
+def _label_of(sample: TarSample, payloads: dict, fields: InputFields) -> tuple[str | None, str | None]:
+    label = split = None
+    for ext in LABEL_EXTENSIONS:
+        member = sample.member([ext])
+        if member is None:
+            continue
+        text = payloads[member.name].decode("utf-8").strip()
+        if ext == "json":
+            meta = json.loads(text)
+            if isinstance(meta, dict):
+                split = None if meta.get(fields.split) is None else str(meta[fields.split])
+                if label is None and meta.get(fields.label) is not None:
+                    label = str(meta[fields.label])
+        elif label is None and text:
+            label = text
+    return label, split
+
+
+def read_tar_chunk(fileobj, chunk: TarChunk, fields: InputFields) -> Iterator[Record | Failure]:
+    """The records of one chunk, read in one pass over its byte range."""
+    fileobj.seek(min(m.offset for m in chunk.samples[0].members if m.offset >= 0))
+    for sample in chunk.samples:
+        image = sample.member(IMAGE_EXTENSIONS)
+        key = record_key(chunk.uri, image.name)
+        try:
+            wanted = [image] + [m for m in (sample.member([e]) for e in LABEL_EXTENSIONS) if m is not None]
+            payloads = {}
+            for member in sorted(wanted, key=lambda m: m.offset):
+                if member is not image and member.size > _MAX_LABEL_BYTES:
+                    raise ValueError(f"label member {member.name} is {member.size} bytes; labels are short text")
+                payloads[member.name] = _read_member(fileobj, member)
+            label, split = _label_of(sample, payloads, fields)
+        except (OSError, tarfile.TarError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError included
+            yield Failure.from_exception(key, chunk.uri, "read", e)
+            continue
+        yield Record(key, payloads[image.name], label, split)

@@ -1,0 +1,267 @@
+"""Outputs committed in units, so a job that dies keeps what it finished and a rerun can resume.
+
+A ``CommitFn`` writes its elements to a pending file and, every ``records_per_commit`` elements or
+``seconds_per_commit`` seconds (and at the end of each bundle), commits it:
+
+1. the pending file is renamed to its final name (``features/part-<id>.tfrecord`` or ``errors/part-<id>.jsonl``);
+2. then a marker ``commits/<id>.json`` is written (pending name, then renamed): the commit record. It lists the
+   file, its record count, every key it holds, and the labels, splits and failure reasons in it.
+
+A file without a marker was never committed: readers ignore it and a resumed run deletes it. The markers'
+keys tell a resumed run what is done, and the final step reads only markers to write the manifest.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
+
+from transforms import schema
+from transforms.framing import frame, iter_frames
+from transforms.read.storage import ready_storage
+from transforms.records import METRICS_NAMESPACE, Failure
+
+__all__ = ["Commit", "CommitFn", "FeatureCommitFn", "FailureCommitFn", "read_commits", "uncommitted_files",
+           "DEFAULT_RECORDS_PER_COMMIT", "DEFAULT_SECONDS_PER_COMMIT"]
+
+DEFAULT_RECORDS_PER_COMMIT = 10_000
+DEFAULT_SECONDS_PER_COMMIT = 300.0
+
+
+@dataclass(frozen=True)
+class Commit:
+    """One committed file: what it is, what it holds."""
+
+    id: str
+    kind: str                 # "features" | "errors"
+    path: str                 # relative to OUTDIR
+    records: int
+    keys: tuple[str, ...]
+    labels: tuple[str, ...] = ()
+    splits: tuple[str, ...] = ()
+    reasons: dict = field(default_factory=dict)  # errors: reason -> [count, one key]
+
+    def to_json(self) -> str:
+        return json.dumps({"id": self.id, "kind": self.kind, "path": self.path, "records": self.records,
+                           "labels": list(self.labels), "splits": list(self.splits), "reasons": self.reasons,
+                           "keys": list(self.keys)}, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> Commit:
+        d = json.loads(text)
+        return cls(d["id"], d["kind"], d["path"], int(d["records"]), tuple(d["keys"]), tuple(d.get("labels", ())),
+                   tuple(d.get("splits", ())), dict(d.get("reasons", {})))
+
+
+def _write_atomically(path: str, pending: str, data: bytes) -> None:
+    with FileSystems.create(pending) as f:
+        f.write(data)
+    FileSystems.rename([pending], [path])
+
+
+class CommitFn(beam.DoFn):
+    """Writes elements into committed files of about ``records_per_commit`` records; outputs each ``Commit``.
+
+    Subclasses say what a record's bytes, key, label, split and failure reason are."""
+
+    kind = ""
+    suffix = ""
+
+    def __init__(self, output_dir: str, records_per_commit: int = DEFAULT_RECORDS_PER_COMMIT,
+                 seconds_per_commit: float = DEFAULT_SECONDS_PER_COMMIT):
+        self._output = output_dir
+        self._every = records_per_commit
+        self._seconds = seconds_per_commit
+        self._commits = Metrics.counter(METRICS_NAMESPACE, f"{self.kind}_files_committed")
+
+    def setup(self):
+        ready_storage()
+        for folder in (self.kind, schema.COMMITS_DIR, schema.PENDING_DIR):
+            path = FileSystems.join(self._output, folder)
+            if not FileSystems.exists(path):  # local disks need the folders; object stores have none to make
+                try:
+                    FileSystems.mkdirs(path)
+                except OSError:
+                    pass  # another worker made it first
+
+    def start_bundle(self):
+        self._file = None
+
+    def _open(self):
+        self._id = uuid.uuid4().hex
+        self._pending = FileSystems.join(self._output, schema.PENDING_DIR, f"{self._id}{self.suffix}")
+        self._file = FileSystems.create(self._pending)
+        self._opened = time.monotonic()
+        self._keys, self._labels, self._splits, self._reasons = [], set(), set(), {}
+
+    def process(self, element):
+        if self._file is None:
+            self._open()
+        key, data = self.encode(element)
+        self._file.write(data)
+        self._keys.append(key)
+        self.note(element)
+        if len(self._keys) >= self._every or time.monotonic() - self._opened >= self._seconds:
+            yield self._commit()
+
+    def finish_bundle(self):
+        if self._file is not None:
+            yield WindowedValue(self._commit(), MIN_TIMESTAMP, [GlobalWindow()])
+
+    def _commit(self) -> Commit:
+        self._file.close()
+        self._file = None
+        rel = f"{self.kind}/{schema.SHARD_PREFIX}-{self._id}{self.suffix}"
+        FileSystems.rename([self._pending], [FileSystems.join(self._output, rel)])
+        commit = Commit(self._id, self.kind, rel, len(self._keys), tuple(self._keys), tuple(sorted(self._labels)),
+                        tuple(sorted(self._splits)), self._reasons)
+        marker = FileSystems.join(self._output, schema.COMMITS_DIR, f"{self._id}.json")
+        pending = FileSystems.join(self._output, schema.PENDING_DIR, f"{self._id}.json")
+        _write_atomically(marker, pending, commit.to_json().encode("utf-8"))
+        self._commits.inc()
+        return commit
+
+    def encode(self, element) -> tuple[str, bytes]:
+        raise NotImplementedError
+
+    def note(self, element) -> None:
+        """Remember what the commit record should say about this element."""
+
+
+class FeatureCommitFn(CommitFn):
+    """``((key, label, split), {output: vector})`` -> committed ``features/part-<id>.tfrecord`` shards."""
+
+    kind = schema.FEATURES_DIR
+    suffix = schema.SHARD_SUFFIX
+
+    def __init__(self, output_dir: str, outputs: Sequence[schema.OutputSpec], **kwargs):
+        super().__init__(output_dir, **kwargs)
+        self._outputs = tuple(outputs)
+        self._embedded = Metrics.counter(METRICS_NAMESPACE, "records_embedded")
+        self._bytes = Metrics.counter(METRICS_NAMESPACE, "feature_bytes_written")
+
+    def encode(self, element):
+        (key, label, split), vectors = element
+        example = schema.encode_example(key, label, vectors, self._outputs, split)
+        self._embedded.inc()
+        self._bytes.inc(len(example))
+        return key, frame(example)
+
+    def note(self, element):
+        (_, label, split), _ = element
+        if label is not None:
+            self._labels.add(label)
+        if split is not None:
+            self._splits.add(split)
+
+
+class FailureCommitFn(CommitFn):
+    """``Failure`` -> committed ``errors/part-<id>.jsonl`` dead-letter files, one JSON object per line."""
+
+    kind = schema.ERRORS_DIR
+    suffix = ".jsonl"
+
+    def __init__(self, output_dir: str, **kwargs):
+        super().__init__(output_dir, **kwargs)
+        self._failed = Metrics.counter(METRICS_NAMESPACE, "records_failed")
+
+    def encode(self, failure: Failure):
+        self._failed.inc()
+        Metrics.counter(METRICS_NAMESPACE, f"failed {failure.reason}").inc()
+        return failure.key, (failure.to_json() + "\n").encode("utf-8")
+
+    def note(self, failure: Failure):
+        count, example = self._reasons.get(failure.reason, (0, None))
+        self._reasons[failure.reason] = [count + 1, failure.key if example is None else min(example, failure.key)]
+
+
+def read_commits(output: str) -> list[Commit]:
+    """Every commit record in OUTDIR, in a stable order."""
+    pattern = FileSystems.join(output, schema.COMMITS_DIR, "*.json")
+    (match,) = FileSystems.match([pattern])
+    commits = []
+    for path in sorted(m.path for m in match.metadata_list):
+        with FileSystems.open(path) as f:
+            commits.append(Commit.from_json(f.read().decode("utf-8")))
+    return commits
+
+
+def uncommitted_files(output: str, commits: Iterable[Commit]) -> list[str]:
+    """Files in features/, errors/ and the pending folder that no commit record names (a crash's leftovers)."""
+    named = {FileSystems.join(output, c.path) for c in commits}
+    leftovers = []
+    for folder in (schema.FEATURES_DIR, schema.ERRORS_DIR, schema.PENDING_DIR):
+        (match,) = FileSystems.match([FileSystems.join(output, folder, "*")])
+        leftovers += [m.path for m in match.metadata_list if m.path not in named]
+    return sorted(leftovers)
+
+
+def failure_reasons(commits: Iterable[Commit]) -> dict[str, tuple[int, str]]:
+    """reason -> (count, smallest example key) over the error commits."""
+    counts, examples = Counter(), {}
+    for c in commits:
+        for reason, (n, key) in c.reasons.items():
+            counts[reason] += n
+            examples[reason] = key if reason not in examples else min(examples[reason], key)
+    return {reason: (counts[reason], examples[reason]) for reason in sorted(counts)}
+
+
+def _example_key(serialized: bytes) -> str:
+    from tensorflow.core.example import example_pb2
+
+    return example_pb2.Example.FromString(serialized).features.feature[schema.KEY].bytes_list.value[0].decode()
+
+
+def drop_duplicates(output: str, commits: Sequence[Commit]) -> list[Commit]:
+    """Keep each key in one commit only (the first, in commit order), rewriting the files that repeat one.
+
+    Local runners never commit a record twice; a distributed runner that retries a bundle after some of its
+    commits were made can. Returns the commit records as they are afterwards."""
+    seen, result = set(), []
+    for commit in commits:
+        if len(set(commit.keys)) == len(commit.keys) and seen.isdisjoint(commit.keys):
+            seen.update(commit.keys)
+            result.append(commit)
+            continue
+        path = FileSystems.join(output, commit.path)
+        with FileSystems.open(path, compression_type="uncompressed") as f:
+            data = f.read()
+        kept_keys, chunks, reasons = [], [], commit.reasons
+        if commit.kind == schema.FEATURES_DIR:
+            for record in iter_frames(io.BytesIO(data)):
+                key = _example_key(record)
+                if key not in seen:
+                    seen.add(key)
+                    kept_keys.append(key)
+                    chunks.append(frame(record))
+        else:
+            reasons = {}
+            for line in data.decode("utf-8").splitlines(keepends=True):
+                failure = Failure(**json.loads(line))
+                if failure.key not in seen:
+                    seen.add(failure.key)
+                    kept_keys.append(failure.key)
+                    chunks.append(line.encode("utf-8"))
+                    count, example = reasons.get(failure.reason, (0, failure.key))
+                    reasons[failure.reason] = [count + 1, min(example, failure.key)]
+        pending = FileSystems.join(output, schema.PENDING_DIR, f"{commit.id}.rewrite")
+        _write_atomically(path, pending, b"".join(chunks))
+        fixed = Commit(commit.id, commit.kind, commit.path, len(kept_keys), tuple(kept_keys), commit.labels,
+                       commit.splits, reasons)
+        marker = FileSystems.join(output, schema.COMMITS_DIR, f"{commit.id}.json")
+        _write_atomically(marker, pending + ".json", fixed.to_json().encode("utf-8"))
+        result.append(fixed)
+    return result
+

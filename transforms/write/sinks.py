@@ -1,0 +1,68 @@
+"""Where results go: feature shards (TFRecord of tf.train.Example) and dead letters (JSON lines).
+
+Extraction commits both in units (``CommitFeatures``, ``CommitFailures``; see ``transforms/write/commits.py``) so an
+interrupted run can resume; ``WriteFailures`` is the plain dead-letter sink of jobs that need no resuming."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from transforms import schema
+from transforms.read.storage import ready_storage
+from transforms.records import METRICS_NAMESPACE, Failure
+from transforms.write.commits import DEFAULT_RECORDS_PER_COMMIT, FailureCommitFn, FeatureCommitFn
+
+__all__ = ["CommitFeatures", "CommitFailures", "WriteFailures"]
+
+
+class CommitFeatures(beam.PTransform):
+    """``((key, label, split), {output: vector})`` -> committed ``OUTDIR/features/part-<id>.tfrecord`` shards
+    of about ``records_per_shard`` records each; returns the PCollection of their ``Commit`` records."""
+
+    def __init__(self, output_dir: str, outputs: Sequence[schema.OutputSpec],
+                 records_per_shard: int = DEFAULT_RECORDS_PER_COMMIT):
+        super().__init__()
+        self._fn = FeatureCommitFn(output_dir, outputs, records_per_commit=records_per_shard)
+
+    def expand(self, embedded):
+        return embedded | "Write and commit shards" >> beam.ParDo(self._fn)
+
+
+class CommitFailures(beam.PTransform):
+    """``Failure`` -> committed ``OUTDIR/errors/part-<id>.jsonl`` dead letters; returns their ``Commit``s."""
+
+    def __init__(self, output_dir: str, records_per_file: int = DEFAULT_RECORDS_PER_COMMIT):
+        super().__init__()
+        self._fn = FailureCommitFn(output_dir, records_per_commit=records_per_file)
+
+    def expand(self, failures):
+        return failures | "Write and commit dead letters" >> beam.ParDo(self._fn)
+
+
+class _CountFailureFn(beam.DoFn):
+    def setup(self):
+        ready_storage()
+
+    def process(self, failure: Failure):
+        Metrics.counter(METRICS_NAMESPACE, "records_failed").inc()
+        Metrics.counter(METRICS_NAMESPACE, f"failed {failure.reason}").inc()
+        yield failure.to_json()
+
+
+class WriteFailures(beam.PTransform):
+    """``Failure`` -> ``OUTDIR/errors/part-SSSSS-of-NNNNN.jsonl``, one JSON object per failed record."""
+
+    def __init__(self, output_dir: str):
+        super().__init__()
+        self._prefix = FileSystems.join(output_dir, schema.ERRORS_DIR, schema.SHARD_PREFIX)
+
+    def expand(self, failures):
+        return (
+            failures
+            | "Count and serialise failure" >> beam.ParDo(_CountFailureFn())
+            | "Write JSON lines" >> beam.io.WriteToText(self._prefix, file_name_suffix=".jsonl")
+        )

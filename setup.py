@@ -1,7 +1,7 @@
 """Which packages featurebeam ships; all other metadata lives in pyproject.toml.
 
 Dataflow's ``--setup_file`` points here: the launcher builds an sdist from this file and every worker installs
-it, so a package left out of this list is missing on the workers (tests/test_dataflow.py proves it).
+it, so a package left out of this list is missing on the workers (tests/pipeline/extract/test_dataflow.py proves it).
 """
 
 from setuptools import find_packages, setup

@@ -22,65 +22,15 @@ import sys
 import time
 from collections.abc import Sequence
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported, here or in workers
+from pipeline.flags import Parser, UsageError, split_flags, with_local_defaults
 
 __all__ = ["main"]
-
-
-class UsageError(ValueError):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a mistake is one line (``UsageError``) instead of the usage text and an exit."""
-
-    def error(self, message):
-        raise UsageError(message)
-
-
-def _beam_flag_parser():
-    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
-
-    parser = _BeamArgumentParser(allow_abbrev=False)
-    seen = set()
-    for cls in PipelineOptions.__subclasses__():
-        if cls.__name__ not in seen:
-            seen.add(cls.__name__)
-            cls._add_argparse_args(parser)
-    return parser
-
-
-def split_flags(parser: argparse.ArgumentParser, argv: Sequence[str]):
-    """Our own flags -> namespace; the rest must be Beam flags, else a one-line error."""
-    own, rest = parser.parse_known_args(argv)
-    _, unknown = _beam_flag_parser().parse_known_args(rest)
-    if unknown:
-        raise UsageError(f"unknown option {unknown[0]!r} (neither featurebeam's nor Apache Beam's)")
-    return own, with_local_defaults(rest)
-
-
-def _given(argv: Sequence[str], flag: str) -> bool:
-    return any(a == flag or a.startswith(flag + "=") for a in argv)
-
-
-def with_local_defaults(argv: Sequence[str]) -> list[str]:
-    """Without --runner: Beam's FnApiRunner (what DirectRunner runs batch jobs on, minus its Prism probe),
-    with two worker processes, each with its own model and its share of the cores, so one decodes while the
-    other runs the network (the fastest local layout measured, within the memory goal; see the README)."""
-    from pipeline.extract.options import DEFAULT_LOCAL_FLAGS
-
-    if _given(argv, "--runner"):
-        return list(argv)
-    defaults = [flag for flag in DEFAULT_LOCAL_FLAGS if not _given(argv, flag.split("=")[0])]
-    if _given(argv, "--direct_num_workers") or _given(argv, "--direct_running_mode"):
-        defaults = [flag for flag in defaults if not flag.startswith("--direct_")]
-    return [*argv, *defaults]
 
 
 def _extract_parser() -> argparse.ArgumentParser:
     from pipeline.extract.options import ExtractOptions
 
-    parser = _Parser(
+    parser = Parser(
         prog="featurebeam extract", allow_abbrev=False,
         description="Extract features of images with a frozen backbone into sharded TFRecords.",
         epilog="Any Apache Beam option passes through, e.g. --runner DataflowRunner, "
@@ -89,39 +39,14 @@ def _extract_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def format_summary(manifest, output: str, seconds: float) -> str:
-    c = manifest.counts
-    done_now = c["embedded"] - manifest.resumed_records if manifest.resumed_records else c["embedded"]
-    rate = max(0, done_now) / seconds if seconds > 0 else 0.0
-    lines = [f"featurebeam: embedded {c['embedded']} of {c['inputs']} inputs ({c['failed']} failed) "
-             f"in {seconds:.1f} s ({rate:.1f} {'texts' if manifest.backbone.get('modality') == 'text' else 'images'}/s)"
-             + (f"; {manifest.resumed_records} of them were committed by the interrupted run and skipped"
-                if manifest.resumed_records else ""),
-             f"  backbone  {manifest.backbone['name']} (weights sha256 {manifest.backbone['weights_sha256'][:16]}...)"]
-    for o in manifest.outputs:
-        lines.append(f"  output    {o.name}: {o.dim} x {o.dtype}, pooling {o.pooling}, Example key {o.example_key!r}")
-    if manifest.labels:
-        shown = ", ".join(manifest.labels[:12]) + (" ..." if len(manifest.labels) > 12 else "")
-        lines.append(f"  labels    {len(manifest.labels)}: {shown}")
-    lines.append(f"  shards    {len(manifest.shards)} in {output.rstrip('/')}/features/")
-    lines.append(f"  manifest  {output.rstrip('/')}/manifest.json")
-    for reason, n in sorted(manifest.failures_by_reason.items(), key=lambda kv: -kv[1])[:5]:
-        example = manifest.failure_examples.get(reason)
-        lines.append(f"  failed    {n} x {reason}" + (f", e.g. {example}" if example else ""))
-    if manifest.failures_by_reason:
-        lines.append(f"  errors    one JSON line per failed input in {output.rstrip('/')}/errors/")
-    return "\n".join(lines)
-
-
-LARGE_RECORD_FLOATS = 50_000  # --pooling none beyond this many floats per record gets a warning
-
-
 def cmd_extract(argv: Sequence[str]) -> int:
-    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
     from pipeline.extract.dataflow import dataflow_defaults
     from pipeline.extract.job import run_extraction
-    from pipeline.extract.options import ExtractConfig
+    from pipeline.extract.launch import configure
+    from pipeline.extract.options import runner_name
+    from pipeline.extract.summary import format_staged, format_summary, large_record_warnings
 
     split_flags(_extract_parser(), argv)  # rejects flags that neither featurebeam nor Beam knows
     argv = with_local_defaults(argv)
@@ -129,29 +54,14 @@ def cmd_extract(argv: Sequence[str]) -> int:
     if defaults:
         print(f"featurebeam extract: Dataflow defaults: {' '.join(defaults)}", file=sys.stderr)
     options = PipelineOptions([*argv, *defaults])
-    config = ExtractConfig.from_options(options)
-    for o in config.outputs:
-        if o.pooling == "none" and o.dim >= LARGE_RECORD_FLOATS:
-            print(f"featurebeam extract: warning: --pooling none keeps layer {o.layer}'s whole map: {o.dim:,} floats "
-                  f"({4 * o.dim / 2**20:.1f} MB) per record; --pooling avg keeps its channels", file=sys.stderr)
+    config = configure(options)
+    for warning in large_record_warnings(config.outputs):
+        print(warning, file=sys.stderr)
     start = time.monotonic()
     manifest = run_extraction(config, options, progress=not config.quiet)
     if manifest is None:
-        from apache_beam.options.pipeline_options import GoogleCloudOptions
-
-        from pipeline.extract.options import runner_name
-
         template = options.view_as(GoogleCloudOptions).template_location
-        if template and config.template_launch:
-            print(f"featurebeam extract: template launch: {runner_name(options)} staged the job at {template} to run "
-                  f"now, writing to {config.output}")
-        elif template:
-            print(f"featurebeam extract: template: {runner_name(options)} staged the job as a template at {template} "
-                  f"(its code, pipeline and weights under the staging location); nothing was written to "
-                  f"{config.output}")
-        else:
-            print(f"featurebeam extract: dry run: {runner_name(options)} built and pickled the whole job and did "
-                  f"not submit it; nothing was written to {config.output}")
+        print(format_staged(runner_name(options), template, config.template_launch, config.output))
         return 0
     print(format_summary(manifest, config.output, time.monotonic() - start))
     counts = manifest.counts
@@ -166,7 +76,7 @@ def cmd_extract(argv: Sequence[str]) -> int:
 def cmd_demo(argv: Sequence[str]) -> int:
     from pipeline.tools.demo import run_demo
 
-    parser = _Parser(
+    parser = Parser(
         prog="featurebeam demo", allow_abbrev=False,
         description="Write scikit-learn's digits as PNG files in class folders and extract their features.")
     parser.add_argument("--workdir", default="featurebeam-demo", help="where images and features go")
@@ -177,7 +87,7 @@ def cmd_demo(argv: Sequence[str]) -> int:
 def _train_parser() -> argparse.ArgumentParser:
     from pipeline.train.run import HEADS
 
-    parser = _Parser(
+    parser = Parser(
         prog="featurebeam train", allow_abbrev=False,
         description="Train classifier heads on extracted features; export the best as a serving model.")
     parser.add_argument("--features", action="append", required=True, metavar="DIR",
@@ -200,26 +110,10 @@ def _train_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def format_training(report: dict, output: str) -> str:
-    lines = [f"featurebeam: trained {', '.join(report['heads'])} on {len(report['classes'])} classes "
-             f"in {report['seconds']:.1f} s ({report['mode']})"]
-    for name, head in report["heads"].items():
-        parts = [f"{split} {m['accuracy']:.4f} ({m['examples']})" for split, m in head["splits"].items()
-                 if m.get("examples")]
-        lines.append(f"  {name:7s} accuracy: " + ", ".join(parts))
-        unseen = head["splits"].get("test", {}).get("unseen_labels")
-        if unseen:
-            lines.append(f"  {name:7s} test labels never seen in training (not scored): "
-                         + ", ".join(f"{k} x {v}" if isinstance(v, int) else k for k, v in unseen.items()))
-    serving = (f"serving model {output}/serving" if report.get("serving")
-               else f"head {output}/heads/{report['best_head']}/head.keras (no serving model for text backbones)")
-    lines.append(f"  best head {report['best_head']} (validation accuracy); {serving}")
-    lines.append(f"  metrics   {output}/metrics.json")
-    return "\n".join(lines)
-
-
 def cmd_train(argv: Sequence[str]) -> int:
-    from pipeline.train.run import TrainConfig, run_layer_sweep, run_training
+    from pipeline.train.layer_sweep import run_layer_sweep
+    from pipeline.train.run import TrainConfig, run_training
+    from pipeline.train.summary import format_layer_sweep, format_training
 
     args = _train_parser().parse_args(argv)
     config = TrainConfig(features=tuple(args.features), output=os.path.abspath(args.output),
@@ -235,23 +129,17 @@ def cmd_train(argv: Sequence[str]) -> int:
     else:
         report = run_training(config, log=log)
     print(format_training(report, config.output))
-    sweep = report.get("layer_sweep")
-    if sweep:
-        for name in sweep["order"]:
-            r = sweep["layers"][name]
-            test = f", test {r['test_accuracy']:.4f}" if "test_accuracy" in r else ""
-            mark = "  <- best" if name == sweep["best_layer"] else ""
-            print(f"  layer {name:22s} {r['dim']:>6d} floats: validation {r['validation_accuracy']:.4f}{test}{mark}")
-        print(f"  layer sweep {config.output}/layer_sweep.json, plot layer_sweep.png")
+    if report.get("layer_sweep"):
+        print(format_layer_sweep(report["layer_sweep"], config.output))
     return 0
 
 
 def cmd_predict(argv: Sequence[str]) -> int:
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.tools.predict import PredictConfig, run_prediction
+    from pipeline.tools.predict import PredictConfig, format_prediction, run_prediction
 
-    parser = _Parser(
+    parser = Parser(
         prog="featurebeam predict", allow_abbrev=False,
         description="Classify raw images with a model directory written by featurebeam train.",
         epilog="Any Apache Beam option passes through, as for extract.")
@@ -264,18 +152,14 @@ def cmd_predict(argv: Sequence[str]) -> int:
     config = PredictConfig.create(own.model, own.input, own.output, own.batch_size, own.overwrite)
     start = time.monotonic()
     summary = run_prediction(config, PipelineOptions(beam_argv))
-    accuracy = summary["accuracy_on_labelled"]
-    print(f"featurebeam: classified {summary['classified']} images ({summary['failed']} failed) "
-          f"in {time.monotonic() - start:.1f} s"
-          + (f"; accuracy on the {summary['labelled']} labelled ones {accuracy:.4f}" if accuracy is not None else ""))
-    print(f"  predictions {config.output}/predictions/part-*.jsonl")
+    print(format_prediction(summary, config.output, time.monotonic() - start))
     return 0
 
 
 def cmd_bench(argv: Sequence[str]) -> int:
     from pipeline.tools.bench import format_bench, run_bench
 
-    parser = _Parser(
+    parser = Parser(
         prog="featurebeam bench", allow_abbrev=False,
         description="Measure images/s: the backbone's forward pass alone, and featurebeam extract end to end.",
         epilog="Apache Beam options pass through to the extract runs (e.g. --direct_running_mode multi_processing).")
@@ -301,7 +185,7 @@ def cmd_layers(argv: Sequence[str]) -> int:
     from pipeline.backbones.registry import available_backbones, resolve_backbone
     from transforms.embed.pooling import POOLINGS, pooled_dim
 
-    parser = _Parser(prog="featurebeam layers", allow_abbrev=False,
+    parser = Parser(prog="featurebeam layers", allow_abbrev=False,
                      description="The layers of a backbone worth extracting, with their output shapes and the bytes "
                                  "each adds to a feature record after pooling.")
     parser.add_argument("--backbone", default="mobilenet_v2",
@@ -329,7 +213,7 @@ def cmd_layers(argv: Sequence[str]) -> int:
 def cmd_inspect(argv: Sequence[str]) -> int:
     from pipeline.tools.inspect import format_inspection, inspect_feature_set
 
-    parser = _Parser(prog="featurebeam inspect", allow_abbrev=False,
+    parser = Parser(prog="featurebeam inspect", allow_abbrev=False,
                                      description="Summarise a feature set; with --check, verify it.")
     parser.add_argument("output", metavar="OUTDIR", help="a feature set written by featurebeam extract")
     parser.add_argument("--check", action="store_true",
@@ -344,7 +228,7 @@ def cmd_inspect(argv: Sequence[str]) -> int:
 def cmd_report(argv: Sequence[str]) -> int:
     from pipeline.tools.report import build_report
 
-    parser = _Parser(prog="featurebeam report", allow_abbrev=False,
+    parser = Parser(prog="featurebeam report", allow_abbrev=False,
                                      description="Write one self-contained HTML page about a feature set.")
     parser.add_argument("output", metavar="OUTDIR", help="a feature set written by featurebeam extract")
     parser.add_argument("--model", metavar="MODELDIR", help="also show a trained model's metrics")
@@ -379,6 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "Run 'featurebeam COMMAND --help' for a command's options.", file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     command, rest = argv[0], argv[1:]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported, here or in workers
     # Local worker processes relay every start-up notice at WARNING; their errors still come through.
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
     if command == "extract" and ("-h" in rest or "--help" in rest):

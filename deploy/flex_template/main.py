@@ -2,6 +2,12 @@
 
 import sys
 
-from pipeline.extract.flex_template import main
+from pipeline.cli import main
+from pipeline.extract.flex_template import launcher_argv
 
-sys.exit(main())
+try:
+    argv = launcher_argv(sys.argv[1:])
+except ValueError as e:
+    print(f"featurebeam flex template: error: {e}", file=sys.stderr)
+    sys.exit(2)
+sys.exit(main(argv))

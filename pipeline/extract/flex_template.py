@@ -1,20 +1,19 @@
-"""Entry point of the Dataflow Flex Template (deploy/flex_template/metadata.json).
+"""The Dataflow Flex Template's parameters as ``featurebeam extract`` flags (deploy/flex_template/metadata.json).
 
-Dataflow's template launcher runs deploy/flex_template/main.py, which calls ``main``, with ``--NAME=VALUE`` for
+Dataflow's template launcher runs deploy/flex_template/main.py with ``--NAME=VALUE`` for
 each template parameter the user set and for each pipeline option. Parameter names are featurebeam's flags
 with underscores (``records_per_shard`` for ``--records-per-shard``); on/off flags take ``true`` or ``false``.
 Everything else passes through to ``featurebeam extract`` as it came.
 
-The launcher has the job staged through ``--template_location`` and starts it at once, so the entry point adds
+The launcher has the job staged through ``--template_location`` and starts it at once, so ``launcher_argv`` adds
 ``--template-launch``: the output folder is prepared at launch, as for a job submitted from the command line.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
-__all__ = ["extract_args", "main"]
+__all__ = ["extract_args", "launcher_argv"]
 
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no", "")
 
@@ -50,14 +49,6 @@ def extract_args(argv: Sequence[str]) -> list[str]:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from pipeline.cli import main as cli_main
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        args = extract_args(argv)
-    except ValueError as e:
-        print(f"featurebeam flex template: error: {e}", file=sys.stderr)
-        return 2
-    return cli_main(["extract", *args, "--template-launch"])
-
+def launcher_argv(argv: Sequence[str]) -> list[str]:
+    """The whole ``featurebeam`` command line the template launcher stands for."""
+    return ["extract", *extract_args(argv), "--template-launch"]

@@ -12,25 +12,25 @@
 from __future__ import annotations
 
 import datetime
-import json
 import tempfile
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.extract.options import LOCAL_RUNNERS, ExtractConfig, clear_previous_outputs, run_settings, runner_name
+from pipeline.extract.launch import prepare_output
+from pipeline.extract.options import LOCAL_RUNNERS, ExtractConfig, runner_name
 from pipeline.extract.progress import ProgressLine
 from transforms import schema
 from transforms.embed.extract import ExtractFeatures
 from transforms.read.sources import SKIPPED, ReadRecords
 from transforms.read.storage import ready_storage
 from transforms.records import FAILED
-from transforms.write import commits
+from transforms.write import commits, committed
 from transforms.write.progress import CountProgress
 from transforms.write.sinks import CommitFailures, CommitFeatures
 
-__all__ = ["build_extraction", "run_extraction", "manifest_from_commits", "prepare_output"]
+__all__ = ["build_extraction", "run_extraction", "manifest_from_commits"]
 
 
 def manifest_from_commits(config: ExtractConfig, all_commits, n_inputs: int, created: str,
@@ -38,7 +38,7 @@ def manifest_from_commits(config: ExtractConfig, all_commits, n_inputs: int, cre
     """The manifest of a feature set, from its commit records and the number of inputs the job found."""
     features = [c for c in all_commits if c.kind == schema.FEATURES_DIR]
     errors = [c for c in all_commits if c.kind == schema.ERRORS_DIR]
-    reasons = commits.failure_reasons(errors)
+    reasons = committed.failure_reasons(errors)
     return schema.Manifest(
         backbone=config.backbone.describe(),
         outputs=config.outputs,
@@ -60,7 +60,7 @@ def _write_manifest(_, config: ExtractConfig, created: str, n_read, n_unreadable
     """After every commit of this run (the ``barrier`` side inputs): read all commit records, earlier runs'
     included, make sure no key is committed twice, and write the manifest."""
     ready_storage()
-    all_commits = commits.drop_duplicates(config.output, commits.read_commits(config.output))
+    all_commits = committed.drop_duplicates(config.output, committed.read_commits(config.output))
     manifest = manifest_from_commits(config, all_commits, n_read + n_unreadable + n_skipped, created, n_skipped)
     return schema.write_manifest(config.output, manifest)
 
@@ -118,26 +118,6 @@ def _committed_keys(marker_path: str):
 
 class CountsMismatchError(RuntimeError):
     pass
-
-
-def prepare_output(config: ExtractConfig) -> tuple[str, ...]:
-    """Ready OUTDIR for the run; returns the commit records to resume from (none for a fresh run).
-
-    Fresh (``--overwrite``, or an empty OUTDIR): earlier outputs go, the run's settings are recorded.
-    ``--resume``: what the interrupted run left uncommitted goes; its commits stay and are skipped."""
-    if not config.resume:
-        if config.overwrite:
-            clear_previous_outputs(config.output)
-        with FileSystems.create(FileSystems.join(config.output, schema.RUN_NAME)) as f:
-            f.write(json.dumps(run_settings(config), indent=2).encode("utf-8"))
-        return ()
-    done = commits.read_commits(config.output)
-    leftovers = commits.uncommitted_files(config.output, done)
-    stale = [FileSystems.join(config.output, name) for name in (schema.MANIFEST_NAME,)
-             if FileSystems.exists(FileSystems.join(config.output, name))]
-    if leftovers or stale:
-        FileSystems.delete(leftovers + stale)
-    return tuple(FileSystems.join(config.output, schema.COMMITS_DIR, f"{c.id}.json") for c in done)
 
 
 def run_extraction(config: ExtractConfig, options: PipelineOptions, progress: bool = False,

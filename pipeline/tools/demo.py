@@ -38,12 +38,12 @@ def write_digits(directory: str, select: Callable[[int], bool] = lambda i: True)
 def _extract(images: str, features: str, beam_argv: Sequence[str]):
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.cli import format_summary
     from pipeline.extract.job import run_extraction
-    from pipeline.extract.options import ExtractConfig
+    from pipeline.extract.launch import configure
+    from pipeline.extract.summary import format_summary
 
     options = PipelineOptions([*beam_argv, "--input", images, "--output", features, "--overwrite"])
-    config = ExtractConfig.from_options(options)
+    config = configure(options)
     start = time.monotonic()
     manifest = run_extraction(config, options)
     print(format_summary(manifest, features, time.monotonic() - start))
@@ -51,8 +51,8 @@ def _extract(images: str, features: str, beam_argv: Sequence[str]):
 
 
 def run_demo(workdir: str, beam_argv: Sequence[str]) -> int:
-    from pipeline.cli import format_training
     from pipeline.train.run import TrainConfig, run_training
+    from pipeline.train.summary import format_training
 
     workdir = os.path.abspath(workdir)
     train_images, test_images = os.path.join(workdir, "digits", "train"), os.path.join(workdir, "digits", "test")

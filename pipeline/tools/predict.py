@@ -16,7 +16,8 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
-from pipeline.extract.options import ConfigError, absolute, check_output_dir, clear_previous_outputs, resolve_input
+from pipeline.extract.launch import check_output_dir, clear_previous_outputs, resolve_input
+from pipeline.extract.options import ConfigError, absolute
 from transforms.decode.image_fn import DecodeImageFn
 from transforms.decode.images import ImagePreprocessing
 from transforms.embed.classify import ClassifierHandler
@@ -25,7 +26,7 @@ from transforms.records import FAILED
 from transforms.schema import ERRORS_DIR
 from transforms.write.sinks import WriteFailures
 
-__all__ = ["PredictConfig", "build_prediction", "run_prediction", "PREDICTIONS_DIR"]
+__all__ = ["PredictConfig", "build_prediction", "run_prediction", "format_prediction", "PREDICTIONS_DIR"]
 
 PREDICTIONS_DIR = "predictions"
 
@@ -108,3 +109,10 @@ def summarize_predictions(output: str) -> dict:
     correct = sum(r["label"] == r["predicted"] for r in labelled)
     return {"classified": len(predictions), "failed": len(failed), "labelled": len(labelled),
             "accuracy_on_labelled": correct / len(labelled) if labelled else None}
+
+
+def format_prediction(summary: dict, output: str, seconds: float) -> str:
+    accuracy = summary["accuracy_on_labelled"]
+    return (f"featurebeam: classified {summary['classified']} images ({summary['failed']} failed) in {seconds:.1f} s"
+            + (f"; accuracy on the {summary['labelled']} labelled ones {accuracy:.4f}" if accuracy is not None else "")
+            + f"\n  predictions {output}/predictions/part-*.jsonl")

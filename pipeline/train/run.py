@@ -32,12 +32,11 @@ from pipeline.train.feature_sets import (
     validation_mask,
 )
 
-__all__ = ["TrainConfig", "run_training", "run_layer_sweep", "HEADS"]
+__all__ = ["TrainConfig", "run_training", "label_index", "test_split", "HEADS", "METRICS"]
 
 HEADS = ("linear", "mlp")
 MODEL_SPEC = "model.json"
 METRICS = "metrics.json"
-LAYER_SWEEP = "layer_sweep.json"
 
 
 @dataclass(frozen=True)
@@ -74,14 +73,14 @@ class Split:
     y: np.ndarray
 
 
-def _index(labels: np.ndarray, vocabulary: Sequence[str]) -> np.ndarray:
+def label_index(labels: np.ndarray, vocabulary: Sequence[str]) -> np.ndarray:
     lookup = {name: i for i, name in enumerate(vocabulary)}
     return np.array([lookup.get(label, -1) for label in labels], dtype=np.int64)
 
 
-def _test_split(table: FeatureTable, vocabulary: Sequence[str]) -> tuple[Split, dict]:
+def test_split(table: FeatureTable, vocabulary: Sequence[str]) -> tuple[Split, dict]:
     """Test rows with a known label; labels the heads never saw are counted and reported, not scored."""
-    y = _index(table.labels, vocabulary)
+    y = label_index(table.labels, vocabulary)
     unseen = collections.Counter(label for label, i in zip(table.labels, y, strict=True)
                                  if i < 0 and label is not None)
     unlabelled = int(sum(label is None for label in table.labels))
@@ -161,13 +160,13 @@ def _train_in_memory(config: TrainConfig, sources, test_sources, report: dict, l
         raise FeatureSetError(f"{config.features[0]}: training needs at least two labels, found {classes}")
     if not labelled.all():
         table = table.take(labelled)
-    y = _index(table.labels, classes)
+    y = label_index(table.labels, classes)
     is_val = validation_mask(table.keys, config.validation_fraction)
     train, val = Split(table.x[~is_val], y[~is_val]), Split(table.x[is_val], y[is_val])
     if len(train.y) == 0 or len(val.y) == 0:
         raise FeatureSetError(f"{len(table)} labelled records are too few to split into train and validation")
     report["unlabelled_skipped"] = int((~labelled).sum())
-    tests = {"test": _test_split(load_table(test_sources), classes)} if test_sources else {}
+    tests = {"test": test_split(load_table(test_sources), classes)} if test_sources else {}
     for name in config.heads:
         log(f"featurebeam train: fitting the {name} head on {len(train.y)} records "
             f"({len(val.y)} for validation, {len(classes)} classes)")
@@ -276,61 +275,4 @@ def run_training(config: TrainConfig, log=print) -> dict:
         json.dump(model_spec, f, indent=2)
     with open(os.path.join(config.output, METRICS), "w") as f:
         json.dump(report, f, indent=2)
-    return report
-
-
-def sweep_layers(config: TrainConfig, log=print) -> dict:
-    """A linear probe per extracted output (layer), on the same train/validation split: which transfers best.
-
-    Every output of the first feature set is tried; the features must fit in memory."""
-    first = open_feature_sets(config.features[:1])[0]
-    names = [o.name for o in first.manifest.outputs]
-    n_records = sum(int(s.manifest.counts.get("embedded", 0)) for s in open_feature_sets(config.features))
-    largest = max(o.dim for o in first.manifest.outputs)
-    if n_records * largest * 4 > config.memory_limit_mb * 2 ** 20:
-        raise FeatureSetError(f"--sweep-layers loads each layer's features into memory: {n_records} records x "
-                              f"{largest} floats is over --memory-limit-mb {config.memory_limit_mb}")
-    results = {}
-    for name in names:
-        sources = open_feature_sets(config.features, name)
-        table = load_table(sources)
-        labelled = np.array([label is not None for label in table.labels], bool)
-        table = table if labelled.all() else table.take(labelled)
-        classes = sorted(set(table.labels))
-        if len(classes) < 2:
-            raise FeatureSetError(f"{config.features[0]}: training needs at least two labels, found {classes}")
-        y = _index(table.labels, classes)
-        is_val = validation_mask(table.keys, config.validation_fraction)
-        log(f"featurebeam train: probing layer {name} ({sources[0].output.dim} floats, {int((~is_val).sum())} train, "
-            f"{int(is_val.sum())} validation records)")
-        sweep = heads.sweep_linear(table.x[~is_val], y[~is_val], table.x[is_val], y[is_val], len(classes))
-        best_key = round(float(np.log10(sweep.best_c)), 6)
-        entry = {"dim": sources[0].output.dim, "layer": sources[0].output.layer, "C": sweep.best_c,
-                 "validation_accuracy": float(sweep.scores[best_key])}
-        if config.test_features:
-            test, _ = _test_split(load_table(open_feature_sets(config.test_features, name)), classes)
-            if len(test.y):
-                probabilities = sweep.fits[best_key].predict_proba(test.x)
-                entry["test_accuracy"] = float(np.mean(np.argmax(probabilities, axis=1) == test.y))
-        results[name] = entry
-    best = max(names, key=lambda n: (results[n]["validation_accuracy"], -names.index(n)))
-    return {"layers": results, "order": names, "best_layer": best,
-            "criterion": "validation accuracy of a linear probe (L2 logistic regression, C swept)"}
-
-
-def run_layer_sweep(config: TrainConfig, log=print) -> dict:
-    """``train --sweep-layers``: probe every layer, then train the requested heads on the best one."""
-    sweep = sweep_layers(config, log)
-    log(f"featurebeam train: layer {sweep['best_layer']} transfers best; training on it")
-    report = run_training(dataclasses.replace(config, output_name=sweep["best_layer"]), log)
-    report["layer_sweep"] = sweep
-    with open(os.path.join(config.output, LAYER_SWEEP), "w") as f:
-        json.dump(sweep, f, indent=2)
-    with open(os.path.join(config.output, METRICS), "w") as f:
-        json.dump(report, f, indent=2)
-    series = {"validation": [sweep["layers"][n]["validation_accuracy"] for n in sweep["order"]]}
-    if any("test_accuracy" in sweep["layers"][n] for n in sweep["order"]):
-        series["test"] = [sweep["layers"][n].get("test_accuracy") for n in sweep["order"]]
-    evaluation.plot_by_layer(sweep["order"], series, "linear probe accuracy by layer",
-                             os.path.join(config.output, "layer_sweep.png"))
     return report

@@ -8,17 +8,16 @@ A ``CommitFn`` writes its elements to a pending file and, every ``records_per_co
    file, its record count, every key it holds, and the labels, splits and failure reasons in it.
 
 A file without a marker was never committed: readers ignore it and a resumed run deletes it. The markers'
-keys tell a resumed run what is done, and the final step reads only markers to write the manifest.
+keys tell a resumed run what is done, and the final step reads only markers to write the manifest
+(``committed.py`` reads them).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import time
 import uuid
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import apache_beam as beam
@@ -29,11 +28,11 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms import schema
-from transforms.framing import frame, iter_frames
+from transforms.framing import frame
 from transforms.read.storage import ready_storage
 from transforms.records import METRICS_NAMESPACE, Failure
 
-__all__ = ["Commit", "CommitFn", "FeatureCommitFn", "FailureCommitFn", "read_commits", "uncommitted_files",
+__all__ = ["Commit", "CommitFn", "FeatureCommitFn", "FailureCommitFn", "write_atomically",
            "DEFAULT_RECORDS_PER_COMMIT", "DEFAULT_SECONDS_PER_COMMIT"]
 
 DEFAULT_RECORDS_PER_COMMIT = 10_000
@@ -65,7 +64,7 @@ class Commit:
                    tuple(d.get("splits", ())), dict(d.get("reasons", {})))
 
 
-def _write_atomically(path: str, pending: str, data: bytes) -> None:
+def write_atomically(path: str, pending: str, data: bytes) -> None:
     with FileSystems.create(pending) as f:
         f.write(data)
     FileSystems.rename([pending], [path])
@@ -129,7 +128,7 @@ class CommitFn(beam.DoFn):
                         tuple(sorted(self._splits)), self._reasons)
         marker = FileSystems.join(self._output, schema.COMMITS_DIR, f"{self._id}.json")
         pending = FileSystems.join(self._output, schema.PENDING_DIR, f"{self._id}.json")
-        _write_atomically(marker, pending, commit.to_json().encode("utf-8"))
+        write_atomically(marker, pending, commit.to_json().encode("utf-8"))
         self._commits.inc()
         return commit
 
@@ -185,83 +184,3 @@ class FailureCommitFn(CommitFn):
     def note(self, failure: Failure):
         count, example = self._reasons.get(failure.reason, (0, None))
         self._reasons[failure.reason] = [count + 1, failure.key if example is None else min(example, failure.key)]
-
-
-def read_commits(output: str) -> list[Commit]:
-    """Every commit record in OUTDIR, in a stable order."""
-    pattern = FileSystems.join(output, schema.COMMITS_DIR, "*.json")
-    (match,) = FileSystems.match([pattern])
-    commits = []
-    for path in sorted(m.path for m in match.metadata_list):
-        with FileSystems.open(path) as f:
-            commits.append(Commit.from_json(f.read().decode("utf-8")))
-    return commits
-
-
-def uncommitted_files(output: str, commits: Iterable[Commit]) -> list[str]:
-    """Files in features/, errors/ and the pending folder that no commit record names (a crash's leftovers)."""
-    named = {FileSystems.join(output, c.path) for c in commits}
-    leftovers = []
-    for folder in (schema.FEATURES_DIR, schema.ERRORS_DIR, schema.PENDING_DIR):
-        (match,) = FileSystems.match([FileSystems.join(output, folder, "*")])
-        leftovers += [m.path for m in match.metadata_list if m.path not in named]
-    return sorted(leftovers)
-
-
-def failure_reasons(commits: Iterable[Commit]) -> dict[str, tuple[int, str]]:
-    """reason -> (count, smallest example key) over the error commits."""
-    counts, examples = Counter(), {}
-    for c in commits:
-        for reason, (n, key) in c.reasons.items():
-            counts[reason] += n
-            examples[reason] = key if reason not in examples else min(examples[reason], key)
-    return {reason: (counts[reason], examples[reason]) for reason in sorted(counts)}
-
-
-def _example_key(serialized: bytes) -> str:
-    from tensorflow.core.example import example_pb2
-
-    return example_pb2.Example.FromString(serialized).features.feature[schema.KEY].bytes_list.value[0].decode()
-
-
-def drop_duplicates(output: str, commits: Sequence[Commit]) -> list[Commit]:
-    """Keep each key in one commit only (the first, in commit order), rewriting the files that repeat one.
-
-    Local runners never commit a record twice; a distributed runner that retries a bundle after some of its
-    commits were made can. Returns the commit records as they are afterwards."""
-    seen, result = set(), []
-    for commit in commits:
-        if len(set(commit.keys)) == len(commit.keys) and seen.isdisjoint(commit.keys):
-            seen.update(commit.keys)
-            result.append(commit)
-            continue
-        path = FileSystems.join(output, commit.path)
-        with FileSystems.open(path, compression_type="uncompressed") as f:
-            data = f.read()
-        kept_keys, chunks, reasons = [], [], commit.reasons
-        if commit.kind == schema.FEATURES_DIR:
-            for record in iter_frames(io.BytesIO(data)):
-                key = _example_key(record)
-                if key not in seen:
-                    seen.add(key)
-                    kept_keys.append(key)
-                    chunks.append(frame(record))
-        else:
-            reasons = {}
-            for line in data.decode("utf-8").splitlines(keepends=True):
-                failure = Failure(**json.loads(line))
-                if failure.key not in seen:
-                    seen.add(failure.key)
-                    kept_keys.append(failure.key)
-                    chunks.append(line.encode("utf-8"))
-                    count, example = reasons.get(failure.reason, (0, failure.key))
-                    reasons[failure.reason] = [count + 1, min(example, failure.key)]
-        pending = FileSystems.join(output, schema.PENDING_DIR, f"{commit.id}.rewrite")
-        _write_atomically(path, pending, b"".join(chunks))
-        fixed = Commit(commit.id, commit.kind, commit.path, len(kept_keys), tuple(kept_keys), commit.labels,
-                       commit.splits, reasons)
-        marker = FileSystems.join(output, schema.COMMITS_DIR, f"{commit.id}.json")
-        _write_atomically(marker, pending + ".json", fixed.to_json().encode("utf-8"))
-        result.append(fixed)
-    return result
-

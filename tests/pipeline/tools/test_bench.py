@@ -8,7 +8,8 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.cli import main
-from pipeline.extract.options import CPU_BATCH_SIZE, GPU_BATCH_SIZE, ExtractConfig, uses_gpus
+from pipeline.extract.launch import configure
+from pipeline.extract.options import CPU_BATCH_SIZE, GPU_BATCH_SIZE, uses_gpus
 from pipeline.tools.bench import descendants, make_photos, vm_hwm_kb
 
 
@@ -38,7 +39,7 @@ def test_gpu_jobs_get_larger_batches_and_one_model_per_machine(tmp_path, sample_
     options = PipelineOptions(["--input", str(tmp_path / "a.jpg"), "--output", str(tmp_path / "out"),
                                f"--temp_location={tmp_path / 'staging'}", *flags])
     assert uses_gpus(options) is gpus
-    config = ExtractConfig.from_options(options)
+    config = configure(options)
     assert config.batch_size == (GPU_BATCH_SIZE if gpus else CPU_BATCH_SIZE)
     assert config.model_copies == (1 if gpus else 0)
 

@@ -10,7 +10,8 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.extract.job import run_extraction
-from pipeline.extract.options import ExtractConfig, resolve_input
+from pipeline.extract.launch import resolve_input
+from pipeline.extract.options import ExtractConfig
 from tests import packing
 from tests.fakes import MEAN_COLOUR, MeanColourBackbone
 from transforms import schema

@@ -135,7 +135,8 @@ def test_workers_load_the_staged_artifact_never_its_origin(tmp_path, photos, mon
     from pipeline.backbones.registry import resolve_backbone
     from pipeline.backbones.staging import stage_backbone
     from pipeline.extract.job import run_extraction
-    from pipeline.extract.options import ExtractConfig, resolve_outputs
+    from pipeline.extract.launch import resolve_outputs
+    from pipeline.extract.options import ExtractConfig
     from tests.conftest import REPO
     from transforms.read.sources import InputSpec
 

@@ -24,7 +24,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline.cli import main
 from tests import object_storage, packing
 from tests.conftest import REPO
-from tests.test_input_formats import check_same_as_folder
+from tests.pipeline.extract.test_input_formats import check_same_as_folder
 
 PROJECT, REGION = "featurebeam-test", "us-central1"
 ARGS = ["--layer", "features.18", "--batch-size", "4", "--read-chunk-mb", "0.1", "--quiet"]
@@ -179,13 +179,13 @@ def _defaults(tmp_path, sample_photos, *flags: str) -> tuple[list[str], object]:
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from pipeline.extract.dataflow import dataflow_defaults
-    from pipeline.extract.options import ExtractConfig
+    from pipeline.extract.launch import configure
 
     (tmp_path / "a.jpg").write_bytes(sample_photos["china.jpg"])
     args = ["--input", str(tmp_path / "a.jpg"), "--output", str(tmp_path / "out"), "--runner", "DataflowRunner",
             "--project", PROJECT, "--region", REGION, f"--temp_location={tmp_path / 'staging'}", *flags]
     defaults = dataflow_defaults(PipelineOptions(args))
-    return defaults, ExtractConfig.from_options(PipelineOptions([*args, *defaults]))
+    return defaults, configure(PipelineOptions([*args, *defaults]))
 
 
 def test_a_gpu_job_gets_the_accelerator_image_machine_and_one_shared_model(tmp_path, sample_photos):

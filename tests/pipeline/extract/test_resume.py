@@ -22,7 +22,7 @@ from tests.conftest import REPO
 from tests.fakes import MEAN_COLOUR, MeanColourBackbone
 from transforms import schema
 from transforms.read.sources import InputSpec
-from transforms.write import commits
+from transforms.write import commits, committed
 
 IN_PROCESS = ["--runner=FnApiRunner"]
 
@@ -52,7 +52,7 @@ def test_outputs_are_committed_in_units_with_their_keys(tmp_path, colours, worke
     config = _config(tmp_path, colours)
     manifest = run_extraction(config, PipelineOptions(IN_PROCESS))
 
-    done = commits.read_commits(config.output)
+    done = committed.read_commits(config.output)
     features = [c for c in done if c.kind == "features"]
     assert len(features) >= 30 // 4 and all(c.records <= 4 for c in features)
     assert sorted(manifest.shards) == sorted(c.path for c in features)
@@ -71,7 +71,7 @@ def test_resume_skips_what_was_committed_and_finishes_the_rest(tmp_path, colours
     _, before = _records(config.output)
 
     # a crash: half the commits never happened, one shard was written but not committed, one was pending
-    done = commits.read_commits(config.output)
+    done = committed.read_commits(config.output)
     lost = [c for c in done if c.kind == "features"][::2]
     for c in lost:
         os.remove(os.path.join(config.output, schema.COMMITS_DIR, f"{c.id}.json"))
@@ -96,7 +96,7 @@ def test_resume_skips_what_was_committed_and_finishes_the_rest(tmp_path, colours
 def test_a_key_committed_twice_is_kept_once(tmp_path, colours, worker_env):
     config = _config(tmp_path, colours)
     run_extraction(config, PipelineOptions(IN_PROCESS))
-    first, second = [c for c in commits.read_commits(config.output) if c.kind == "features"][:2]
+    first, second = [c for c in committed.read_commits(config.output) if c.kind == "features"][:2]
     # what a distributed runner's retried bundle can leave: the same record committed in two files
     with open(os.path.join(config.output, first.path), "rb") as f:
         frame = f.read()
@@ -107,10 +107,10 @@ def test_a_key_committed_twice_is_kept_once(tmp_path, colours, worker_env):
     with open(os.path.join(config.output, schema.COMMITS_DIR, f"{second.id}.json"), "w") as f:
         f.write(twice.to_json())
 
-    fixed = commits.drop_duplicates(config.output, commits.read_commits(config.output))
+    fixed = committed.drop_duplicates(config.output, committed.read_commits(config.output))
     keys = [k for c in fixed for k in c.keys]
     assert len(keys) == len(set(keys)) == 31
-    for c in commits.read_commits(config.output):  # each rewritten file holds exactly what its record says
+    for c in committed.read_commits(config.output):  # each rewritten file holds exactly what its record says
         path = os.path.join(config.output, c.path)
         held = [json.loads(line)["key"] for line in open(path)] if c.kind == "errors" else [
             r.key for r in schema.read_records(path, (MEAN_COLOUR,))]
@@ -198,7 +198,7 @@ def test_resume_on_object_storage(tmp_path, colours, worker_env, gcs):
     full = run_extraction(config, PipelineOptions(IN_PROCESS))
     _, before = read_feature_set(config.output)
 
-    lost = [c for c in commits.read_commits(config.output) if c.kind == "features"][::2]
+    lost = [c for c in committed.read_commits(config.output) if c.kind == "features"][::2]
     FileSystems.delete([FileSystems.join(config.output, schema.COMMITS_DIR, f"{c.id}.json") for c in lost]
                        + [FileSystems.join(config.output, schema.MANIFEST_NAME)])
     pending = FileSystems.join(config.output, schema.PENDING_DIR, "dead.tfrecord")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline.cli import main
+from tests.conftest import DATA
 from transforms import schema
 
 IN_PROCESS = ["--runner=FnApiRunner", "--quiet"]
@@ -17,7 +18,7 @@ IN_PROCESS = ["--runner=FnApiRunner", "--quiet"]
 
 @pytest.fixture(scope="module")
 def minilm_reference():
-    with np.load(os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "minilm_l6.npz")) as d:
+    with np.load(os.path.join(DATA, "minilm_l6.npz")) as d:
         return {k: d[k] for k in d.files}
 
 

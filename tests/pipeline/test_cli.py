@@ -106,7 +106,7 @@ def test_help_lists_the_options(capsys):
     (["--runner=DataflowRunner", "--project=p"], ["--runner=DataflowRunner", "--project=p"]),
 ], ids=["nothing-given", "workers-given", "runner-given", "remote"])
 def test_local_defaults_apply_only_to_what_the_user_left_out(given, expected):
-    from pipeline.cli import with_local_defaults
+    from pipeline.flags import with_local_defaults
 
     assert with_local_defaults(given) == expected
 

@@ -8,7 +8,8 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.backbones.staging import stage_backbone
-from pipeline.extract.options import ConfigError, ExtractConfig
+from pipeline.extract.launch import configure
+from pipeline.extract.options import ConfigError
 
 
 def test_staged_weights_sit_in_a_folder_named_by_hash_and_are_copied_once(mobilenet_spec, tmp_path):
@@ -29,7 +30,7 @@ def test_a_remote_runner_gets_staged_weights_or_a_clear_error(tmp_path, sample_p
     (images / "a.jpg").write_bytes(sample_photos["china.jpg"])
     args = ["--input", str(images), "--output", str(tmp_path / "out"), "--runner", "DataflowRunner"]
     with pytest.raises(ConfigError, match="needs --temp_location"):
-        ExtractConfig.from_options(PipelineOptions(args))
-    config = ExtractConfig.from_options(PipelineOptions([*args, "--temp_location", str(tmp_path / "tmp")]))
+        configure(PipelineOptions(args))
+    config = configure(PipelineOptions([*args, "--temp_location", str(tmp_path / "tmp")]))
     assert config.backbone.weights_path.startswith(str(tmp_path / "tmp" / "featurebeam-weights"))
     assert config.threads_per_worker is None  # remote workers keep TensorFlow's own thread sizing

@@ -23,7 +23,7 @@ def digits_features(tmp_path_factory):
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from pipeline.extract.job import run_extraction
-    from pipeline.extract.options import ExtractConfig
+    from pipeline.extract.launch import configure
     from pipeline.tools.demo import write_digits
 
     root = tmp_path_factory.mktemp("digits")
@@ -32,7 +32,7 @@ def digits_features(tmp_path_factory):
     for split in ("train", "test"):
         options = PipelineOptions(["--runner=FnApiRunner", "--input", str(root / "images" / split),
                                    "--output", str(root / split)])
-        run_extraction(ExtractConfig.from_options(options), options)
+        run_extraction(configure(options), options)
     return root
 
 

@@ -16,7 +16,7 @@ import pytest
 from pipeline.cli import main
 from tests import object_storage, packing
 from tests.conftest import REPO
-from tests.test_input_formats import check_same_as_folder
+from tests.pipeline.extract.test_input_formats import check_same_as_folder
 
 ARGS = ["--layer", "features.18", "--batch-size", "4", "--read-chunk-mb", "0.1", "--quiet"]
 
@@ -24,7 +24,7 @@ ARGS = ["--layer", "features.18", "--batch-size", "4", "--read-chunk-mb", "0.1",
 def test_gcs_in_gcs_out_with_only_the_emulator_variable(tmp_path, image_folder, gcs):
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.extract.options import use_storage_options
+    from pipeline.extract.launch import use_storage_options
 
     for bucket in ("inbox", "outbox"):
         gcs.create_bucket(bucket)

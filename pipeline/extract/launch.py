@@ -1,0 +1,272 @@
+"""The launch step of ``featurebeam extract``: everything it does before the job runs, said here and nowhere else.
+
+``configure(options)`` turns the parsed flags into an ``ExtractConfig``: it points this process's filesystems
+at the job's object storage, lists each input (one file is enough), resolves and hashes the backbone (and
+stages it for a remote runner), checks that OUTDIR is empty or may be replaced and that it can be written, and
+for ``--resume`` that OUTDIR was started with the same settings. ``prepare_output`` then readies OUTDIR for
+the run: ``--overwrite`` clears it, a fresh run records its settings, ``--resume`` deletes the dead run's
+uncommitted files and returns its commit records.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
+
+from pipeline.backbones.registry import resolve_backbone
+from pipeline.backbones.spec import BackboneSpec
+from pipeline.backbones.staging import stage_backbone
+from pipeline.extract.options import (
+    CPU_BATCH_SIZE,
+    GPU_BATCH_SIZE,
+    LOCAL_RUNNERS,
+    ConfigError,
+    ExtractConfig,
+    ExtractOptions,
+    absolute,
+    check_flags,
+    local_threads_per_worker,
+    runner_name,
+    uses_gpus,
+)
+from transforms.embed.pooling import pooled_dim
+from transforms.read.sources import InputFields, InputSpec, is_glob
+from transforms.read.storage import bucket_exists, bucket_of, share_storage_options, use_storage_emulator
+from transforms.schema import (
+    COMMITS_DIR,
+    ERRORS_DIR,
+    FEATURES_DIR,
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    PENDING_DIR,
+    RUN_NAME,
+    OutputSpec,
+)
+from transforms.write import committed
+
+__all__ = ["configure", "prepare_output", "resolve_input", "resolve_outputs", "check_output_dir",
+           "clear_previous_outputs", "run_settings", "use_storage_options"]
+
+
+def configure(options: PipelineOptions) -> ExtractConfig:
+    """The job's frozen configuration, with every check that needs the inputs, the backbone or OUTDIR done."""
+    check_flags(options)
+    o = options.view_as(ExtractOptions)
+    gpus = uses_gpus(options)
+    batch_size = o.batch_size if o.batch_size is not None else GPU_BATCH_SIZE if gpus else CPU_BATCH_SIZE
+    use_storage_options(options)
+    inputs = tuple(resolve_input(uri, o.input_format) for uri in o.input)
+    backbone = resolve_backbone(o.backbone, o.weights, o.preprocessing)
+    text = [spec.uri for spec in inputs if spec.format == "text"]
+    images = [spec.uri for spec in inputs if spec.format != "text"]
+    if backbone.modality == "image" and text:
+        raise ConfigError(f"input {text[0]} is text, but backbone {backbone.name} embeds images; "
+                          "choose a text backbone")
+    if backbone.modality == "text" and images:
+        raise ConfigError(f"backbone {backbone.name} embeds text, but input {images[0]} is read as images; "
+                          "give text inputs with --input-format text")
+    if runner_name(options) not in LOCAL_RUNNERS:
+        backbone = stage_backbone(backbone, remote_staging_location(options))
+    outputs = resolve_outputs(backbone, o.layer or [backbone.default_layer], o.pooling)
+    output = absolute(o.output)
+    if not o.resume:
+        check_output_dir(output, o.overwrite)
+    threads = o.threads_per_worker or local_threads_per_worker(options)
+    fields = InputFields(o.uri_field, o.label_field, o.split_field, o.text_field, o.id_field,
+                         o.image_feature, o.label_feature)
+    config = ExtractConfig(inputs, output, backbone, outputs, batch_size, o.records_per_shard, threads, o.overwrite,
+                           o.max_failure_fraction, o.quiet, fields, int(o.read_chunk_mb * 2**20), o.max_image_pixels,
+                           o.resume, model_copies=(1 if gpus else 0) if o.model_copies is None else o.model_copies,
+                           mixed_precision=o.mixed_precision, template_launch=o.template_launch)
+    if o.resume:
+        check_resumable(config)
+    return config
+
+
+def prepare_output(config: ExtractConfig) -> tuple[str, ...]:
+    """Ready OUTDIR for the run; returns the commit records to resume from (none for a fresh run).
+
+    Fresh (``--overwrite``, or an empty OUTDIR): earlier outputs go, the run's settings are recorded.
+    ``--resume``: what the interrupted run left uncommitted goes; its commits stay and are skipped."""
+    if not config.resume:
+        if config.overwrite:
+            clear_previous_outputs(config.output)
+        with FileSystems.create(FileSystems.join(config.output, RUN_NAME)) as f:
+            f.write(json.dumps(run_settings(config), indent=2).encode("utf-8"))
+        return ()
+    done = committed.read_commits(config.output)
+    leftovers = committed.uncommitted_files(config.output, done)
+    stale = [FileSystems.join(config.output, name) for name in (MANIFEST_NAME,)
+             if FileSystems.exists(FileSystems.join(config.output, name))]
+    if leftovers or stale:
+        FileSystems.delete(leftovers + stale)
+    return tuple(FileSystems.join(config.output, COMMITS_DIR, f"{c.id}.json") for c in done)
+
+
+def run_settings(config: ExtractConfig) -> dict:
+    """What decides a run's outputs: a resumed run must match it exactly (recorded in OUTDIR/run.json)."""
+    backbone = config.backbone.describe()
+    return {
+        "format_version": FORMAT_VERSION,
+        "backbone": {"name": backbone["name"], "weights_sha256": backbone["weights_sha256"]},
+        "outputs": [o.to_json() for o in config.outputs],
+        "inputs": [spec.to_json() for spec in config.inputs],
+        "fields": config.fields.to_json(),
+        "max_image_pixels": config.max_pixels,
+    }
+
+
+_SETTING_NAMES = {"backbone": "--backbone (or its weights)", "outputs": "--layer/--pooling",
+                  "inputs": "--input/--input-format", "fields": "the field options", "format_version":
+                  "the feature set format", "max_image_pixels": "--max-image-pixels"}
+
+
+def check_resumable(config: ExtractConfig) -> None:
+    """--resume needs an OUTDIR started by a run with the very same settings."""
+    path = FileSystems.join(config.output, RUN_NAME)
+    try:
+        with FileSystems.open(path) as f:
+            recorded = json.loads(f.read().decode("utf-8"))
+    except (OSError, ValueError):
+        raise ConfigError(f"nothing to resume in {config.output}: it has no {RUN_NAME} from an earlier run "
+                          "(drop --resume to start one)") from None
+    current = run_settings(config)
+    for name, value in current.items():
+        if recorded.get(name) != value:
+            raise ConfigError(f"cannot resume {config.output}: it was started with different "
+                              f"{_SETTING_NAMES.get(name, name)}; use the same settings, or --overwrite to "
+                              "start again")
+
+
+def use_storage_options(options: PipelineOptions) -> None:
+    """Let the launcher's own listing and checks see object storage as the workers will (S3 endpoint and
+    keys, GCS emulator)."""
+    FileSystems.set_options(options)
+    use_storage_emulator()
+    share_storage_options(options)
+
+
+def _missing_bucket(uri: str) -> str | None:
+    found = bucket_of(uri)
+    if found and bucket_exists(uri, FileSystems._pipeline_options) is False:
+        scheme, bucket = found
+        return f"bucket {scheme}://{bucket} does not exist"
+    return None
+
+
+def resolve_input(uri: str, input_format: str = "auto") -> InputSpec:
+    """Classify one ``--input`` and check, cheaply, that it names at least one file (no data is read)."""
+    uri = absolute(uri)
+    fmt = None if input_format == "auto" else input_format
+    if is_glob(uri):
+        spec = InputSpec.glob(uri, fmt)
+    elif "://" not in uri:
+        if os.path.isfile(uri):
+            spec = InputSpec.glob(uri, fmt)  # a single file: a glob that matches itself
+        elif os.path.isdir(uri):
+            spec = InputSpec.directory(uri, fmt or "files")
+        else:
+            raise ConfigError(f"input {uri} does not exist")
+    else:
+        missing = _missing_bucket(uri)
+        if missing:
+            raise ConfigError(f"input {uri}: {missing}")
+        is_file = not uri.endswith("/") and FileSystems.exists(uri)
+        spec = InputSpec.glob(uri, fmt) if is_file else InputSpec.directory(uri, fmt or "files")
+    try:
+        (result,) = FileSystems.match([spec.pattern], limits=[1])
+    except Exception as e:
+        raise ConfigError(f"cannot list input {uri}: {_first_line(e)}") from None
+    if not result.metadata_list:
+        raise ConfigError(f"input {uri} matches no files")
+    return spec
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__
+
+
+def resolve_outputs(backbone: BackboneSpec, layers: list[str], pooling: str) -> tuple[OutputSpec, ...]:
+    outputs = []
+    for layer in layers:
+        if layer not in backbone.layer_shapes:
+            near = difflib.get_close_matches(layer, list(backbone.layer_shapes), n=3, cutoff=0.5)
+            hint = f"did you mean {' or '.join(near)}? " if near else ""
+            raise ConfigError(f"backbone {backbone.name} has no layer {layer!r}; {hint}"
+                              f"'featurebeam layers --backbone {backbone.name}' lists them")
+        shape = backbone.layer_shapes[layer]
+        if backbone.modality == "text" and len(shape) > 1 and pooling == "none":
+            raise ConfigError(f"--pooling none keeps no fixed size for text layer {layer!r} (one vector per token); "
+                              "use avg or max")
+        layer_pooling = pooling if len(shape) > 1 else "none"
+        outputs.append(OutputSpec(layer, layer, layer_pooling, pooled_dim(shape, layer_pooling)))
+    if len({o.name for o in outputs}) != len(outputs):
+        raise ConfigError("each --layer may be given once")
+    return tuple(outputs)
+
+
+def check_output_dir(output: str, overwrite: bool) -> None:
+    """Refuse a non-empty OUTDIR without --overwrite; prove the directory is writable."""
+    if "://" not in output:
+        if os.path.exists(output) and not os.path.isdir(output):
+            raise ConfigError(f"output {output} exists and is not a directory")
+        if os.path.isdir(output) and os.listdir(output) and not overwrite:
+            raise ConfigError(f"output {output} is not empty; pass --overwrite to replace its features, or "
+                              "--resume to finish the run that wrote them")
+        try:
+            os.makedirs(output, exist_ok=True)
+            probe = os.path.join(output, ".featurebeam-write-test")
+            with open(probe, "wb"):
+                pass
+            os.remove(probe)
+        except OSError as e:
+            raise ConfigError(f"output {output} is not writable: {e.strerror or e}") from None
+    else:
+        missing = _missing_bucket(output)
+        if missing:
+            raise ConfigError(f"output {output}: {missing}")
+        try:
+            (existing,) = FileSystems.match([FileSystems.join(output, "**")], limits=[1])
+        except Exception as e:
+            raise ConfigError(f"cannot list output {output}: {_first_line(e)}") from None
+        if existing.metadata_list and not overwrite:
+            raise ConfigError(f"output {output} is not empty; pass --overwrite to replace its features, or "
+                              "--resume to finish the run that wrote them")
+        probe = FileSystems.join(output, ".featurebeam-write-test")
+        try:
+            with FileSystems.create(probe) as f:
+                f.write(b"")
+            FileSystems.delete([probe])
+        except Exception as e:
+            raise ConfigError(f"output {output} is not writable: {_first_line(e)}") from None
+
+
+def clear_previous_outputs(output: str, names=(MANIFEST_NAME, RUN_NAME, FEATURES_DIR, ERRORS_DIR, COMMITS_DIR,
+                                              PENDING_DIR)) -> None:
+    """What --overwrite replaces: the job's own outputs (by default the features, dead letters and
+    manifest of an extraction), nothing else. Object stores have no folders: a folder there is every object
+    under its prefix."""
+    paths = []
+    for name in names:
+        path = FileSystems.join(output, name)
+        if FileSystems.exists(path):  # a file, or a local folder (deleted with what it holds)
+            paths.append(path)
+        elif "://" in output:
+            paths += [m.path for m in FileSystems.match([FileSystems.join(path, "**")])[0].metadata_list]
+    if paths:
+        FileSystems.delete(paths)
+
+
+def remote_staging_location(options: PipelineOptions) -> str:
+    """Where a remote runner's workers read the backbone's weights from."""
+    gcp = options.view_as(GoogleCloudOptions)
+    location = gcp.staging_location or gcp.temp_location
+    if not location:
+        raise ConfigError(f"runner {runner_name(options)} needs --temp_location (or --staging_location): "
+                          "the backbone's weights are staged there for the workers")
+    return location

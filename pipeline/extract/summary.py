@@ -1,0 +1,52 @@
+"""What ``featurebeam extract`` prints: the summary of a finished run, the line for a staged or dry-run job,
+and the warning for records too large to be useful."""
+
+from __future__ import annotations
+
+__all__ = ["format_summary", "format_staged", "large_record_warnings", "LARGE_RECORD_FLOATS"]
+
+LARGE_RECORD_FLOATS = 50_000  # --pooling none beyond this many floats per record gets a warning
+
+
+def format_summary(manifest, output: str, seconds: float) -> str:
+    """The run in a few lines: counts that add up, the outputs, where things are, an example of each failure."""
+    c = manifest.counts
+    done_now = c["embedded"] - manifest.resumed_records if manifest.resumed_records else c["embedded"]
+    rate = max(0, done_now) / seconds if seconds > 0 else 0.0
+    lines = [f"featurebeam: embedded {c['embedded']} of {c['inputs']} inputs ({c['failed']} failed) "
+             f"in {seconds:.1f} s ({rate:.1f} {'texts' if manifest.backbone.get('modality') == 'text' else 'images'}/s)"
+             + (f"; {manifest.resumed_records} of them were committed by the interrupted run and skipped"
+                if manifest.resumed_records else ""),
+             f"  backbone  {manifest.backbone['name']} (weights sha256 {manifest.backbone['weights_sha256'][:16]}...)"]
+    for o in manifest.outputs:
+        lines.append(f"  output    {o.name}: {o.dim} x {o.dtype}, pooling {o.pooling}, Example key {o.example_key!r}")
+    if manifest.labels:
+        shown = ", ".join(manifest.labels[:12]) + (" ..." if len(manifest.labels) > 12 else "")
+        lines.append(f"  labels    {len(manifest.labels)}: {shown}")
+    lines.append(f"  shards    {len(manifest.shards)} in {output.rstrip('/')}/features/")
+    lines.append(f"  manifest  {output.rstrip('/')}/manifest.json")
+    for reason, n in sorted(manifest.failures_by_reason.items(), key=lambda kv: -kv[1])[:5]:
+        example = manifest.failure_examples.get(reason)
+        lines.append(f"  failed    {n} x {reason}" + (f", e.g. {example}" if example else ""))
+    if manifest.failures_by_reason:
+        lines.append(f"  errors    one JSON line per failed input in {output.rstrip('/')}/errors/")
+    return "\n".join(lines)
+
+
+def format_staged(runner: str, template: str | None, template_launch: bool, output: str) -> str:
+    """The line for a job that was built but not run here (``--dry_run``, ``--template_location``)."""
+    if template and template_launch:
+        return (f"featurebeam extract: template launch: {runner} staged the job at {template} to run now, writing "
+                f"to {output}")
+    if template:
+        return (f"featurebeam extract: template: {runner} staged the job as a template at {template} (its code, "
+                f"pipeline and weights under the staging location); nothing was written to {output}")
+    return (f"featurebeam extract: dry run: {runner} built and pickled the whole job and did not submit it; nothing "
+            f"was written to {output}")
+
+
+def large_record_warnings(outputs) -> list[str]:
+    """One warning per output kept whole (``--pooling none``) that makes records too large to be useful."""
+    return [f"featurebeam extract: warning: --pooling none keeps layer {o.layer}'s whole map: {o.dim:,} floats "
+            f"({4 * o.dim / 2**20:.1f} MB) per record; --pooling avg keeps its channels"
+            for o in outputs if o.pooling == "none" and o.dim >= LARGE_RECORD_FLOATS]

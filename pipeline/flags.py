@@ -1,0 +1,60 @@
+"""How every command reads its flags: its own (argparse, a mistake is one line) and Apache Beam's, which pass
+through; a flag that neither knows is an error, never silently dropped. Local runs get the fastest local layout
+unless the user names a runner."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+__all__ = ["UsageError", "Parser", "split_flags", "with_local_defaults"]
+
+
+class UsageError(ValueError):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line (``UsageError``) instead of the usage text and an exit."""
+
+    def error(self, message):
+        raise UsageError(message)
+
+
+def _beam_flag_parser():
+    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    seen = set()
+    for cls in PipelineOptions.__subclasses__():
+        if cls.__name__ not in seen:
+            seen.add(cls.__name__)
+            cls._add_argparse_args(parser)
+    return parser
+
+
+def split_flags(parser: argparse.ArgumentParser, argv: Sequence[str]):
+    """Our own flags -> namespace; the rest must be Beam flags, else a one-line error."""
+    own, rest = parser.parse_known_args(argv)
+    _, unknown = _beam_flag_parser().parse_known_args(rest)
+    if unknown:
+        raise UsageError(f"unknown option {unknown[0]!r} (neither featurebeam's nor Apache Beam's)")
+    return own, with_local_defaults(rest)
+
+
+def given(argv: Sequence[str], flag: str) -> bool:
+    return any(a == flag or a.startswith(flag + "=") for a in argv)
+
+
+def with_local_defaults(argv: Sequence[str]) -> list[str]:
+    """Without --runner: Beam's FnApiRunner (what DirectRunner runs batch jobs on, minus its Prism probe),
+    with two worker processes, each with its own model and its share of the cores, so one decodes while the
+    other runs the network (the fastest local layout measured, within the memory goal; see the README)."""
+    from pipeline.extract.options import DEFAULT_LOCAL_FLAGS
+
+    if given(argv, "--runner"):
+        return list(argv)
+    defaults = [flag for flag in DEFAULT_LOCAL_FLAGS if not given(argv, flag.split("=")[0])]
+    if given(argv, "--direct_num_workers") or given(argv, "--direct_running_mode"):
+        defaults = [flag for flag in defaults if not flag.startswith("--direct_")]
+    return [*argv, *defaults]

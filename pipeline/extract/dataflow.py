@@ -51,7 +51,7 @@ CPU_HARNESS_THREADS = 2   # per worker process: one decodes while the other runs
 CPU_TF_THREADS = 1        # per SDK process: Dataflow already runs one per vCPU
 IMAGE_REPOSITORY = "featurebeam"
 IMAGE_NAME = "featurebeam-gpu"
-SETUP_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.py")
+SETUP_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "setup.py")
 
 
 def _version() -> str:

@@ -130,7 +130,7 @@ def test_a_worker_with_only_the_staged_sdist_runs_the_template_like_a_local_run(
 
 
 def _project_copy(dest, left_out: str) -> str:
-    """The project's packaging files and packages, with ``left_out`` excluded in setup.py."""
+    """The project's packaging files and packages, with ``left_out`` (and its sub-packages) excluded in setup.py."""
     dest.mkdir()
     for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy(os.path.join(REPO, name), dest / name)
@@ -138,7 +138,7 @@ def _project_copy(dest, left_out: str) -> str:
         shutil.copytree(os.path.join(REPO, package), dest / package, ignore=shutil.ignore_patterns("__pycache__"))
     setup = dest / "setup.py"
     text = setup.read_text()
-    edited = text.replace('"transforms.*"])', f'"transforms.*"], exclude=["{left_out}"])')
+    edited = text.replace('"transforms.*"])', f'"transforms.*"], exclude=["{left_out}", "{left_out}.*"])')
     assert edited != text, "setup.py no longer lists its packages the way this test expects"
     setup.write_text(edited)
     return str(setup)

@@ -4,12 +4,20 @@ A ``.pth`` file of that format is a run of pickles (magic number, protocol versi
 dict, the storage keys) followed by the raw storages. Unpickling it with the standard unpickler would run
 whatever the file names; this reader resolves only the handful of globals a tensor state dict needs and
 refuses every other one, so a crafted file raises ``UnsafeWeightsError`` instead of running code.
+
+Every tensor is also checked against its storage before any array is made: a non-negative storage offset,
+as many strides as sizes, no negative size or stride, and (unless the tensor is empty) a last element that
+lies inside the storage. A tensor that would read outside its storage raises ``UnsafeWeightsError`` naming
+it, so a crafted file cannot make the reader hand back process memory. Each storage's byte length must match
+its declared element count, or the file is a ``WeightsFormatError``. Every returned array is a C-contiguous,
+writeable copy that owns its memory.
 """
 
 from __future__ import annotations
 
 import collections
 import io
+import operator
 import pickle
 import struct
 from dataclasses import dataclass
@@ -62,26 +70,52 @@ class _TensorRef:
     shape: tuple
     stride: tuple
 
-    def to_numpy(self) -> np.ndarray:
+    def to_numpy(self, name: object = "?") -> np.ndarray:
         data = self.storage.data
         if data is None:
-            raise WeightsFormatError("a tensor refers to a storage that the file does not contain")
-        if not self.shape:
-            return data[self.offset : self.offset + 1].reshape(()).copy()
-        itemsize = data.itemsize
+            raise WeightsFormatError(f"tensor {name!r} refers to a storage that the file does not contain")
+        problem = self._out_of_bounds(data.size)
+        if problem:
+            raise UnsafeWeightsError(
+                f"refusing to load weights: tensor {name!r} (sizes {self.shape}, strides {self.stride}, "
+                f"storage offset {self.offset}, storage of {data.size} elements) {problem}"
+            )
+        if 0 in self.shape:
+            return np.zeros(self.shape, dtype=data.dtype)
         view = np.lib.stride_tricks.as_strided(
             data[self.offset :],
             shape=self.shape,
-            strides=tuple(s * itemsize for s in self.stride),
+            strides=tuple(st * data.itemsize if sz > 1 else 0 for sz, st in zip(self.shape, self.stride, strict=True)),
             writeable=False,
         )
-        return np.ascontiguousarray(view)
+        return view.copy(order="C")
+
+    def _out_of_bounds(self, numel: int) -> str | None:
+        """Why this tensor would read outside a storage of ``numel`` elements, or None if it would not."""
+        if len(self.shape) != len(self.stride):
+            return f"has {len(self.shape)} sizes but {len(self.stride)} strides"
+        if self.offset < 0:
+            return "starts before its storage"
+        if any(sz < 0 for sz in self.shape):
+            return "has a negative size"
+        if any(st < 0 for st in self.stride):
+            return "has a negative stride"
+        if 0 in self.shape:
+            return None
+        last = self.offset + sum((sz - 1) * st for sz, st in zip(self.shape, self.stride, strict=True))
+        if last >= numel:
+            return f"reaches element {last}, past the end of its storage"
+        return None
 
 
 def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, *_):
     if not isinstance(storage, _Storage):
         raise WeightsFormatError("a tensor is built from something that is not a storage")
-    return _TensorRef(storage, int(storage_offset), tuple(size), tuple(stride))
+    return _TensorRef(storage, operator.index(storage_offset), _ints(size), _ints(stride))
+
+
+def _ints(values) -> tuple[int, ...]:
+    return tuple(operator.index(v) for v in values)
 
 
 _ALLOWED_GLOBALS = {
@@ -163,6 +197,8 @@ def read_legacy_state_dict(source: str | bytes | BinaryIO) -> dict[str, np.ndarr
         if len(header) != 8:
             raise WeightsFormatError("checkpoint is truncated (storage header missing)")
         (numel,) = struct.unpack("<q", header)
+        if numel < 0:
+            raise WeightsFormatError(f"checkpoint storage {key!r} has a negative size")
         nbytes = numel * np.dtype(storage.dtype).itemsize
         raw = f.read(nbytes)
         if numel != storage.numel or len(raw) != nbytes:
@@ -174,5 +210,5 @@ def read_legacy_state_dict(source: str | bytes | BinaryIO) -> dict[str, np.ndarr
     arrays = {}
     for name, value in state.items():
         if isinstance(value, _TensorRef):
-            arrays[name] = value.to_numpy()
+            arrays[name] = value.to_numpy(name)
     return arrays

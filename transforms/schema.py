@@ -33,6 +33,8 @@ __all__ = [
     "FEATURES_DIR",
     "ERRORS_DIR",
     "MANIFEST_NAME",
+    "RETIRED_DIR",
+    "LEASE_NAME",
     "OutputSpec",
     "Manifest",
     "FeatureRecord",
@@ -53,6 +55,8 @@ FEATURES_DIR = "features"
 ERRORS_DIR = "errors"
 COMMITS_DIR = "commits"    # one commit record per committed features/ or errors/ file
 PENDING_DIR = ".pending"   # files being written; never read
+RETIRED_DIR = "retired"    # commit records of damaged files, moved out of commits/ by --resume (inputs redone)
+LEASE_NAME = "lease.json"  # the live run's claim on OUTDIR (owner, heartbeat); absent when none runs
 RUN_NAME = "run.json"      # the settings a run was started with (what --resume must match)
 MANIFEST_NAME = "manifest.json"
 SHARD_PREFIX = "part"
@@ -182,7 +186,7 @@ class Manifest:
     backbone: Mapping            # name, weights_sha256, preprocessing, ...
     outputs: Sequence[OutputSpec]
     labels: Sequence[str]
-    counts: Mapping[str, int]    # inputs, embedded, failed
+    counts: Mapping[str, int]    # inputs = embedded + failed + duplicates
     shards: Sequence[str]        # relative to the feature set's root
     inputs: Mapping              # the input spec as given at launch
     error_files: Sequence[str] = ()
@@ -192,6 +196,9 @@ class Manifest:
     splits: Sequence[str] = ()   # split names the inputs carried (manifest split column, ...), if any
     resumed_records: int = 0     # inputs an interrupted earlier run had committed and the last run skipped
     format_version: int = FORMAT_VERSION
+    duplicate_example: str | None = None  # one key given more than once (counts["duplicates"] copies dropped)
+    retired_commits: int = 0     # earlier commits --resume found damaged (or unreadable) and retired
+    redone_records: int = 0      # the inputs of those commits, done again by the last run (where known)
 
     def to_json(self) -> str:
         d = {
@@ -203,6 +210,9 @@ class Manifest:
             "splits": list(self.splits),
             "counts": dict(self.counts),
             "resumed_records": self.resumed_records,
+            "retired_commits": self.retired_commits,
+            "redone_records": self.redone_records,
+            "duplicate_example": self.duplicate_example,
             "failures_by_reason": dict(self.failures_by_reason),
             "failure_examples": dict(self.failure_examples),
             "shards": list(self.shards),
@@ -230,6 +240,9 @@ class Manifest:
             splits=tuple(d.get("splits", ())),
             resumed_records=int(d.get("resumed_records", 0)),
             format_version=d["format_version"],
+            duplicate_example=d.get("duplicate_example"),
+            retired_commits=int(d.get("retired_commits", 0)),
+            redone_records=int(d.get("redone_records", 0)),
         )
 
 
@@ -240,11 +253,16 @@ def _join(root: str, name: str) -> str:
 
 
 def write_manifest(root: str, manifest: Manifest) -> str:
+    """Written whole or not at all (a pending name, then renamed), so a manifest is never half a file."""
+    import uuid
+
     from apache_beam.io.filesystems import FileSystems
 
     path = _join(root, MANIFEST_NAME)
-    with FileSystems.create(path, mime_type="application/json") as f:
+    pending = _join(root, f"{PENDING_DIR}/{MANIFEST_NAME}.{uuid.uuid4().hex}")
+    with FileSystems.create(pending, mime_type="application/json") as f:
         f.write(manifest.to_json().encode("utf-8"))
+    FileSystems.rename([pending], [path])
     return path
 
 

@@ -1,24 +1,26 @@
 """The extraction job: input files -> decoded images -> backbone features -> TFRecord shards + manifest.
 
 1. ``ReadRecords`` lists the inputs on the workers, expands manifests and archives, spreads the reading
-   (on ``--resume``, keys an earlier run committed are skipped there);
+   (on ``--resume``, the earlier run's commits are verified first, and the keys of those that check out are
+   skipped there); every input's key is counted, so keys given more than once are known;
 2. ``ExtractFeatures`` decodes to the backbone's fixed uint8 input and embeds in batches (``RunInference``);
 3. ``CommitFeatures`` writes and commits ``features/part-<id>.tfrecord`` shards, ``CommitFailures`` the dead
    letters in ``errors/``, each with a commit record in ``commits/`` (see ``transforms/write/commits.py``);
-4. the last step, once every commit of the run is made, writes ``manifest.json`` from the commit records,
-   so a manifest exists only for a finished feature set.
+4. the last step, once every commit of the run is made, keeps each key in one commit only and writes
+   ``manifest.json`` from the commit records, so a manifest exists only for a finished feature set.
 """
 
 from __future__ import annotations
 
 import datetime
+import sys
 import tempfile
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.extract.launch import prepare_output
+from pipeline.extract.lease import OutputLease
 from pipeline.extract.options import LOCAL_RUNNERS, ExtractConfig, runner_name
 from pipeline.extract.progress import ProgressLine
 from transforms import schema
@@ -26,7 +28,7 @@ from transforms.embed.extract import ExtractFeatures
 from transforms.read.sources import SKIPPED, ReadRecords
 from transforms.read.storage import ready_storage
 from transforms.records import FAILED
-from transforms.write import commits, committed
+from transforms.write import committed
 from transforms.write.progress import CountProgress
 from transforms.write.sinks import CommitFailures, CommitFeatures
 
@@ -34,8 +36,10 @@ __all__ = ["build_extraction", "run_extraction", "manifest_from_commits"]
 
 
 def manifest_from_commits(config: ExtractConfig, all_commits, n_inputs: int, created: str,
-                          n_resumed: int = 0) -> schema.Manifest:
-    """The manifest of a feature set, from its commit records and the number of inputs the job found."""
+                          n_resumed: int = 0, duplicates: tuple[int, str | None] = (0, None), n_retired: int = 0,
+                          n_redone: int = 0) -> schema.Manifest:
+    """The manifest of a feature set, from its commit records and the number of inputs the job found
+    (``duplicates``: how many inputs repeated a key given before, and one such key)."""
     features = [c for c in all_commits if c.kind == schema.FEATURES_DIR]
     errors = [c for c in all_commits if c.kind == schema.ERRORS_DIR]
     reasons = committed.failure_reasons(errors)
@@ -44,7 +48,7 @@ def manifest_from_commits(config: ExtractConfig, all_commits, n_inputs: int, cre
         outputs=config.outputs,
         labels=sorted({label for c in features for label in c.labels}),
         counts={"inputs": n_inputs, "embedded": sum(c.records for c in features),
-                "failed": sum(c.records for c in errors)},
+                "failed": sum(c.records for c in errors), "duplicates": duplicates[0]},
         shards=sorted(c.path for c in features if c.records),
         inputs={"specs": [spec.to_json() for spec in config.inputs], "fields": config.fields.to_json()},
         error_files=sorted(c.path for c in errors if c.records),
@@ -53,16 +57,44 @@ def manifest_from_commits(config: ExtractConfig, all_commits, n_inputs: int, cre
         created=created,
         splits=sorted({split for c in features for split in c.splits}),
         resumed_records=n_resumed,
+        duplicate_example=duplicates[1],
+        retired_commits=n_retired,
+        redone_records=n_redone,
     )
 
 
-def _write_manifest(_, config: ExtractConfig, created: str, n_read, n_unreadable, n_skipped, **barrier):
+def _write_manifest(_, config: ExtractConfig, created: str, n_read, n_unreadable, n_skipped, duplicates,
+                    redone, **barrier):
     """After every commit of this run (the ``barrier`` side inputs): read all commit records, earlier runs'
-    included, make sure no key is committed twice, and write the manifest."""
+    included, keep each key in one commit only, and write the manifest."""
     ready_storage()
-    all_commits = committed.drop_duplicates(config.output, committed.read_commits(config.output))
-    manifest = manifest_from_commits(config, all_commits, n_read + n_unreadable + n_skipped, created, n_skipped)
+    all_commits = committed.resolve_duplicates(config.output, committed.read_commits(config.output))
+    manifest = manifest_from_commits(config, all_commits, n_read + n_unreadable + n_skipped, created, n_skipped,
+                                     duplicates, len(redone), sum(redone))
     return schema.write_manifest(config.output, manifest)
+
+
+class _Repeats(beam.CombineFn):
+    """(key, copies) pairs -> (copies beyond the first, summed; the smallest key given more than once), combined
+    on the workers so the per-key counts never meet in one place."""
+
+    def create_accumulator(self):
+        return 0, None
+
+    def add_input(self, acc, counted):
+        key, copies = counted
+        return self.merge_accumulators([acc, (copies - 1, key)]) if copies > 1 else acc
+
+    def merge_accumulators(self, accumulators):
+        total, example = 0, None
+        for n, key in accumulators:
+            total += n
+            if key is not None:
+                example = key if example is None else min(example, key)
+        return total, example
+
+    def extract_output(self, acc):
+        return acc
 
 
 def _counted(pcoll, progress_dir, stage: str):
@@ -75,12 +107,18 @@ def build_extraction(p: beam.Pipeline, config: ExtractConfig, progress_dir: str 
                      done_commits: tuple[str, ...] = ()) -> None:
     """Add the whole extraction job to ``p``; with ``progress_dir``, its steps also report progress there.
 
-    ``done_commits``: commit records of an earlier run of the same job; their keys are skipped."""
-    done_keys = None
-    if done_commits:
-        done_keys = (p
-                     | "Earlier commit records" >> beam.Create(list(done_commits))
-                     | "Keys already committed" >> beam.FlatMap(_committed_keys))
+    ``done_commits``: commit records of an earlier run of the same job; each is verified on the workers, the
+    keys of those whose file checks out are skipped, the others are retired and their inputs done again."""
+    done_keys, redone = None, None
+    if not done_commits:
+        redone = p | "No earlier commits" >> beam.Create([])
+    else:
+        verified = (p
+                    | "Earlier commit records" >> beam.Create(list(done_commits))
+                    | "Spread checks over workers" >> beam.Reshuffle()
+                    | "Verify earlier commits" >> beam.ParDo(committed.VerifyCommitFn(config.output)).with_outputs(
+                        committed.REDONE, main="keys"))
+        done_keys, redone = verified.keys, verified[committed.REDONE]
     read = p | "Read records" >> ReadRecords(config.inputs, config.fields, config.chunk_bytes, done_keys)
     _counted(read["sources"], progress_dir, "listed")
     records = _counted(read["records"], progress_dir, "read")
@@ -98,6 +136,12 @@ def build_extraction(p: beam.Pipeline, config: ExtractConfig, progress_dir: str 
     n_read = read["records"] | "Count records read" >> beam.combiners.Count.Globally()
     n_unreadable = read[FAILED] | "Count unreadable" >> beam.combiners.Count.Globally()
     n_skipped = read[SKIPPED] | "Count skipped" >> beam.combiners.Count.Globally()
+    input_keys = (read["records"] | "Keys read" >> beam.Map(lambda r: r.key),
+                  read[FAILED] | "Keys unreadable" >> beam.Map(lambda f: f.key),
+                  read[SKIPPED]) | "Every input key" >> beam.Flatten()
+    duplicates = (input_keys
+                  | "Copies per key" >> beam.combiners.Count.PerElement()
+                  | "Repeated keys" >> beam.CombineGlobally(_Repeats()))
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     _ = (p
          | "Start manifest" >> beam.Create([None])
@@ -106,14 +150,14 @@ def build_extraction(p: beam.Pipeline, config: ExtractConfig, progress_dir: str 
              n_read=beam.pvalue.AsSingleton(n_read),
              n_unreadable=beam.pvalue.AsSingleton(n_unreadable),
              n_skipped=beam.pvalue.AsSingleton(n_skipped),
+             duplicates=beam.pvalue.AsSingleton(duplicates),
+             redone=beam.pvalue.AsList(redone),
              feature_commits=beam.pvalue.AsList(feature_commits),
              error_commits=beam.pvalue.AsList(error_commits)))
 
 
-def _committed_keys(marker_path: str):
-    ready_storage()
-    with FileSystems.open(marker_path) as f:
-        yield from commits.Commit.from_json(f.read().decode("utf-8")).keys
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 class CountsMismatchError(RuntimeError):
@@ -121,7 +165,7 @@ class CountsMismatchError(RuntimeError):
 
 
 def run_extraction(config: ExtractConfig, options: PipelineOptions, progress: bool = False,
-                   progress_every: float = 5.0) -> schema.Manifest | None:
+                   progress_every: float = 5.0, log=_stderr) -> schema.Manifest | None:
     """Run the job to completion and return its manifest; the counts must add up.
 
     ``progress``: print a live progress line on stderr (local runners: the workers share this machine).
@@ -136,18 +180,19 @@ def run_extraction(config: ExtractConfig, options: PipelineOptions, progress: bo
         with beam.Pipeline(options=options) as p:
             build_extraction(p, config, done_commits=done_commits)
         return None
-    done_commits = prepare_output(config)
-    if progress and runner_name(options) in LOCAL_RUNNERS:  # the workers share this machine
-        with tempfile.TemporaryDirectory(prefix="featurebeam-progress-") as progress_dir:
-            with ProgressLine(progress_dir, log_every=progress_every), beam.Pipeline(options=options) as p:
-                build_extraction(p, config, progress_dir, done_commits)
-    else:
-        with beam.Pipeline(options=options) as p:
-            build_extraction(p, config, done_commits=done_commits)
+    with OutputLease(config.output, takeover=config.resume or config.overwrite, log=log):
+        done_commits = prepare_output(config)
+        if progress and runner_name(options) in LOCAL_RUNNERS:  # the workers share this machine
+            with tempfile.TemporaryDirectory(prefix="featurebeam-progress-") as progress_dir:
+                with ProgressLine(progress_dir, log_every=progress_every), beam.Pipeline(options=options) as p:
+                    build_extraction(p, config, progress_dir, done_commits)
+        else:
+            with beam.Pipeline(options=options) as p:
+                build_extraction(p, config, done_commits=done_commits)
     manifest = schema.read_manifest(config.output)
     counts = manifest.counts
-    if counts["inputs"] != counts["embedded"] + counts["failed"]:
+    if counts["inputs"] != counts["embedded"] + counts["failed"] + counts.get("duplicates", 0):
         raise CountsMismatchError(
             f"records were lost: {counts['inputs']} inputs but {counts['embedded']} embedded + "
-            f"{counts['failed']} failed")
+            f"{counts['failed']} failed + {counts.get('duplicates', 0)} duplicates")
     return manifest

@@ -43,6 +43,7 @@ from transforms.schema import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     PENDING_DIR,
+    RETIRED_DIR,
     RUN_NAME,
     OutputSpec,
 )
@@ -76,8 +77,8 @@ def configure(options: PipelineOptions) -> ExtractConfig:
     if not o.resume:
         check_output_dir(output, o.overwrite)
     threads = o.threads_per_worker or local_threads_per_worker(options)
-    fields = InputFields(o.uri_field, o.label_field, o.split_field, o.text_field, o.id_field,
-                         o.image_feature, o.label_feature)
+    fields = InputFields(o.uri_field, o.label_field, o.split_field, o.text_field, o.id_field, o.image_feature,
+                         o.label_feature, max_input_bytes=o.max_input_bytes, allow_outside_paths=o.allow_outside_paths)
     config = ExtractConfig(inputs, output, backbone, outputs, batch_size, o.records_per_shard, threads, o.overwrite,
                            o.max_failure_fraction, o.quiet, fields, int(o.read_chunk_mb * 2**20), o.max_image_pixels,
                            o.resume, model_copies=(1 if gpus else 0) if o.model_copies is None else o.model_copies,
@@ -91,20 +92,21 @@ def prepare_output(config: ExtractConfig) -> tuple[str, ...]:
     """Ready OUTDIR for the run; returns the commit records to resume from (none for a fresh run).
 
     Fresh (``--overwrite``, or an empty OUTDIR): earlier outputs go, the run's settings are recorded.
-    ``--resume``: what the interrupted run left uncommitted goes; its commits stay and are skipped."""
+    ``--resume``: what the interrupted run left uncommitted goes; its commit records are returned, readable or
+    not, for the job to verify (``VerifyCommitFn``): those that check out are skipped, the others redone."""
     if not config.resume:
         if config.overwrite:
             clear_previous_outputs(config.output)
         with FileSystems.create(FileSystems.join(config.output, RUN_NAME)) as f:
             f.write(json.dumps(run_settings(config), indent=2).encode("utf-8"))
         return ()
-    done = committed.read_commits(config.output)
+    done, unreadable = committed.read_commit_records(config.output)
     leftovers = committed.uncommitted_files(config.output, done)
     stale = [FileSystems.join(config.output, name) for name in (MANIFEST_NAME,)
              if FileSystems.exists(FileSystems.join(config.output, name))]
     if leftovers or stale:
         FileSystems.delete(leftovers + stale)
-    return tuple(FileSystems.join(config.output, COMMITS_DIR, f"{c.id}.json") for c in done)
+    return tuple(sorted([FileSystems.join(config.output, c.marker) for c in done] + unreadable))
 
 
 def run_settings(config: ExtractConfig) -> dict:
@@ -121,8 +123,9 @@ def run_settings(config: ExtractConfig) -> dict:
 
 
 _SETTING_NAMES = {"backbone": "--backbone (or its weights)", "outputs": "--layer/--pooling",
-                  "inputs": "--input/--input-format", "fields": "the field options", "format_version":
-                  "the feature set format", "max_image_pixels": "--max-image-pixels"}
+                  "inputs": "--input/--input-format",
+                  "fields": "field options (--*-field, --*-feature, --max-input-bytes, --allow-outside-paths)",
+                  "format_version": "the feature set format", "max_image_pixels": "--max-image-pixels"}
 
 
 def check_resumable(config: ExtractConfig) -> None:
@@ -247,7 +250,7 @@ def check_output_dir(output: str, overwrite: bool) -> None:
 
 
 def clear_previous_outputs(output: str, names=(MANIFEST_NAME, RUN_NAME, FEATURES_DIR, ERRORS_DIR, COMMITS_DIR,
-                                              PENDING_DIR)) -> None:
+                                              PENDING_DIR, RETIRED_DIR)) -> None:
     """What --overwrite replaces: the job's own outputs (by default the features, dead letters and
     manifest of an extraction), nothing else. Object stores have no folders: a folder there is every object
     under its prefix."""

@@ -62,7 +62,7 @@ class ExtractOptions(PipelineOptions):
         parser.add_argument("--text-field", default=fields.text, metavar="NAME",
                             help=f"text inputs: the column with the text (default: {fields.text})")
         parser.add_argument("--id-field", default=fields.id, metavar="NAME",
-                            help=f"text inputs: the column with a row id; keys are URI#id, else URI#ROW "
+                            help=f"text inputs: the column with a row id; keys are URI#id=ID, else URI#row=N "
                                  f"(default: {fields.id})")
         parser.add_argument("--image-feature", default=fields.image_feature, metavar="NAME",
                             help=f"TFRecord inputs: the bytes feature with the encoded image "
@@ -73,6 +73,13 @@ class ExtractOptions(PipelineOptions):
         parser.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
                             help="images with more pixels are recorded failures, refused from their header before "
                                  f"decoding (default: {DEFAULT_MAX_PIXELS:,})")
+        parser.add_argument("--max-input-bytes", type=int, default=fields.max_input_bytes, metavar="N",
+                            help="the most bytes one input may hold (a file, a manifest or text row, a tar member, a "
+                                 "TFRecord record); larger ones are recorded failures, refused from their size "
+                                 f"before reading (default: {fields.max_input_bytes:,})")
+        parser.add_argument("--allow-outside-paths", action="store_true",
+                            help="manifests: read local paths that lie outside the manifest's folder (after .. and "
+                                 "symlinks); without it such rows are recorded failures")
         parser.add_argument("--read-chunk-mb", type=float, default=DEFAULT_CHUNK_BYTES / 2**20, metavar="MB",
                             help="tar shards and TFRecord files are read in chunks of about this size, spread "
                                  "over the workers (default: 64)")
@@ -173,6 +180,8 @@ def check_flags(options: PipelineOptions) -> None:
         raise ConfigError(f"--threads-per-worker must be at least 1, got {o.threads_per_worker}")
     if o.max_image_pixels < 1:
         raise ConfigError(f"--max-image-pixels must be at least 1, got {o.max_image_pixels}")
+    if o.max_input_bytes < 1:
+        raise ConfigError(f"--max-input-bytes must be at least 1, got {o.max_input_bytes}")
     if o.read_chunk_mb <= 0:
         raise ConfigError(f"--read-chunk-mb must be positive, got {o.read_chunk_mb:g}")
 

@@ -13,24 +13,38 @@ def format_summary(manifest, output: str, seconds: float) -> str:
     c = manifest.counts
     done_now = c["embedded"] - manifest.resumed_records if manifest.resumed_records else c["embedded"]
     rate = max(0, done_now) / seconds if seconds > 0 else 0.0
-    lines = [f"featurebeam: embedded {c['embedded']} of {c['inputs']} inputs ({c['failed']} failed) "
+    duplicates = c.get("duplicates", 0)
+    lines = [f"featurebeam: embedded {c['embedded']} of {c['inputs']} inputs ({c['failed']} failed"
+             + (f", {duplicates} duplicates" if duplicates else "") + ") "
              f"in {seconds:.1f} s ({rate:.1f} {'texts' if manifest.backbone.get('modality') == 'text' else 'images'}/s)"
              + (f"; {manifest.resumed_records} of them were committed by the interrupted run and skipped"
-                if manifest.resumed_records else ""),
+                if manifest.resumed_records else "")
+             + (f"; {manifest.retired_commits} of its commits were damaged and retired, and their "
+                f"{manifest.redone_records} inputs done again" if manifest.retired_commits else ""),
              f"  backbone  {manifest.backbone['name']} (weights sha256 {manifest.backbone['weights_sha256'][:16]}...)"]
     for o in manifest.outputs:
         lines.append(f"  output    {o.name}: {o.dim} x {o.dtype}, pooling {o.pooling}, Example key {o.example_key!r}")
     if manifest.labels:
-        shown = ", ".join(manifest.labels[:12]) + (" ..." if len(manifest.labels) > 12 else "")
+        shown = ", ".join(_short(label, 40) for label in manifest.labels[:12]) + (
+            " ..." if len(manifest.labels) > 12 else "")
         lines.append(f"  labels    {len(manifest.labels)}: {shown}")
     lines.append(f"  shards    {len(manifest.shards)} in {output.rstrip('/')}/features/")
     lines.append(f"  manifest  {output.rstrip('/')}/manifest.json")
+    if duplicates:
+        lines.append(f"  duplicate {duplicates} inputs repeated a key given before (kept once), e.g. "
+                     f"{_short(manifest.duplicate_example)}")
     for reason, n in sorted(manifest.failures_by_reason.items(), key=lambda kv: -kv[1])[:5]:
         example = manifest.failure_examples.get(reason)
-        lines.append(f"  failed    {n} x {reason}" + (f", e.g. {example}" if example else ""))
+        lines.append(f"  failed    {n} x {_short(reason)}" + (f", e.g. {_short(example)}" if example else ""))
     if manifest.failures_by_reason:
         lines.append(f"  errors    one JSON line per failed input in {output.rstrip('/')}/errors/")
     return "\n".join(lines)
+
+
+def _short(text, limit: int = 200) -> str:
+    """A value as the summary shows it: at most ``limit`` characters, one line."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def format_staged(runner: str, template: str | None, template_launch: bool, output: str) -> str:

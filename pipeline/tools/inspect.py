@@ -9,6 +9,7 @@ the vocabulary, keys unique across shards, and shard and record counts as the ma
 from __future__ import annotations
 
 import collections
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -103,9 +104,35 @@ def inspect_feature_set(root: str, samples: int = 3) -> Inspection:
                 problem("unlisted", f"{rel}: a shard on disk that the manifest does not list")
     except Exception:  # listing is advisory; the records themselves were checked above
         pass
-    embedded = manifest.counts.get("embedded")
+    failed_lines = 0
+    for name in manifest.error_files:
+        try:
+            with FileSystems.open(FileSystems.join(root, name), compression_type="uncompressed") as f:
+                failed_lines += sum(1 for line in f.read().splitlines() if line.strip())
+        except OSError as e:
+            problem("missing", f"{name}: cannot be read ({e})")
+    counts = manifest.counts
+    if manifest.error_files and counts.get("failed") is not None and failed_lines != counts["failed"]:
+        problem("count", f"the error files hold {failed_lines} dead letters, the manifest counts {counts['failed']}")
+    listed_files = set(manifest.shards) | set(manifest.error_files)
+    try:
+        (match,) = FileSystems.match([FileSystems.join(root, schema.COMMITS_DIR, "*.json")])
+        for m in match.metadata_list:
+            with FileSystems.open(m.path, compression_type="uncompressed") as f:
+                named = json.loads(f.read().decode("utf-8")).get("path")
+            if named not in listed_files:
+                problem("unlisted", f"{m.path}: a commit record of {named}, which the manifest does not list")
+    except Exception as e:  # a damaged commit record is itself a problem of the set
+        problem("unlisted", f"{schema.COMMITS_DIR}/: a commit record cannot be read ({_short(e)})")
+    embedded = counts.get("embedded")
     if embedded is not None and result.records != embedded:
         problem("count", f"the shards hold {result.records} records, the manifest counts {embedded} embedded")
+    if {"inputs", "embedded", "failed"} <= set(counts):
+        parts = counts["embedded"] + counts["failed"] + counts.get("duplicates", 0)
+        if counts["inputs"] != parts:
+            problem("count", f"the manifest's counts do not add up: {counts['inputs']} inputs, but {counts['embedded']}"
+                             f" embedded + {counts['failed']} failed + {counts.get('duplicates', 0)} duplicates"
+                             f" = {parts}")
     for kind, n in kinds.items():
         if n > _MAX_PROBLEMS_PER_KIND:
             result.problems.append(f"... and {n - _MAX_PROBLEMS_PER_KIND} more of this kind ({kind})")

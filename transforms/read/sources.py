@@ -9,13 +9,18 @@
 3. a Reshuffle spreads the units over all workers, which read them, so a few big shards do not pin the job
    to a few workers, and reading is separated from inference.
 
-Anything that cannot be listed, parsed or read becomes a ``Failure`` with its key and reason.
+Anything that cannot be listed, parsed or read becomes a ``Failure`` with its key and reason. Only regular files
+and object-store objects are opened (a local path's type is checked with ``os.stat`` first: opening a FIFO blocks,
+a device never ends), and no input is read past ``InputFields.max_input_bytes``.
 """
 
 from __future__ import annotations
 
+import io
+import os
 import posixpath
 import re
+import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -25,12 +30,13 @@ from apache_beam.metrics import Metrics
 
 from transforms.read import tables, tar_shards, tfrecords
 from transforms.read.storage import ready_storage
-from transforms.read.tables import InputFields
+from transforms.read.tables import InputFields, InputTooLarge
 from transforms.records import FAILED, METRICS_NAMESPACE, Failure, FileRef, Record, SourceFile
 from transforms.schema import record_key
 
 __all__ = ["InputSpec", "InputFields", "FORMATS", "detect_format", "label_from_path", "list_source_files",
-           "ReadRecords", "ExpandSourceFn", "ReadUnitFn", "SKIPPED"]
+           "ReadRecords", "ExpandSourceFn", "ReadUnitFn", "SKIPPED", "NotARegularFile", "check_regular",
+           "open_regular", "read_whole"]
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
@@ -38,6 +44,7 @@ FORMATS = ("files", "manifest", "tar", "tfrecord", "text")
 _EXTENSION_FORMATS = {".tar": "tar", ".tfrecord": "tfrecord", ".tfrecords": "tfrecord", ".tfrec": "tfrecord",
                       ".csv": "manifest", ".tsv": "manifest", ".jsonl": "manifest", ".ndjson": "manifest"}
 DEFAULT_CHUNK_BYTES = 64 << 20
+MAX_FIELD_CHARS = 1024  # the longest label or split value kept; a longer one is that record's failure
 
 
 def detect_format(pattern: str) -> str:
@@ -102,8 +109,63 @@ def list_source_files(spec: InputSpec) -> Iterator[SourceFile]:
         yield SourceFile(path, label, spec.format)
 
 
+class NotARegularFile(OSError):
+    """A local path names a FIFO, a device, a directory or a socket: it is never opened."""
+
+
+_FILE_TYPES = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def file_type(mode: int) -> str:
+    """What an ``os.stat`` mode names, in words."""
+    return next((name for test, name in _FILE_TYPES if test(mode)), "not a regular file")
+
+
+def check_regular(uri: str) -> int | None:
+    """The size of a local regular file, from ``os.stat`` before anything opens it; ``NotARegularFile`` for anything
+    else (a symlink counts as what it points to). None for an object-store URI, whose objects are all files."""
+    if "://" in uri:
+        return None
+    info = os.stat(uri)
+    if not stat.S_ISREG(info.st_mode):
+        raise NotARegularFile(f"{uri} is {file_type(info.st_mode)}, not a regular file: not read")
+    return info.st_size
+
+
 def _open(uri: str):
     return FileSystems.open(uri, compression_type="uncompressed")
+
+
+def open_regular(uri: str):
+    """A read channel on a regular file or object, its type checked before it is opened."""
+    check_regular(uri)
+    return _open(uri)
+
+
+def _object_size(f) -> int | None:
+    """An open object's size, from seeking to its end (object stores know it from the open, no data is read)."""
+    try:
+        f.seek(0, io.SEEK_END)
+        size = f.tell()
+        f.seek(0)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return size
+
+
+def read_whole(uri: str, limit: int) -> bytes:
+    """All bytes of one file, refused when over ``limit``: from its size before reading, and by reading at most
+    ``limit + 1`` bytes (a file that grows, or whose size is unknown)."""
+    size = check_regular(uri)
+    with _open(uri) as f:
+        size = _object_size(f) if size is None else size
+        if size is not None and size > limit:
+            raise InputTooLarge.of(uri, size, limit)
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise InputTooLarge.of(uri, None, limit)
+    return data
 
 
 def expand_source(source: SourceFile, fields: InputFields, chunk_bytes: int):
@@ -112,13 +174,14 @@ def expand_source(source: SourceFile, fields: InputFields, chunk_bytes: int):
     if source.format == "files":
         yield FileRef(record_key(source.uri), source.uri, source.label)
         return
-    with _open(source.uri) as f:
-        if source.format == "manifest":
-            yield from tables.manifest_refs(source.uri, tables.iter_rows(source.uri, f), fields)
-        elif source.format == "text":
-            yield from tables.text_records(source.uri, tables.iter_rows(source.uri, f), fields)
+    with open_regular(source.uri) as f:
+        if source.format in ("manifest", "text"):
+            rows = tables.iter_rows(source.uri, tables.bounded_lines(f, fields.max_input_bytes))
+            make = tables.manifest_refs if source.format == "manifest" else tables.text_records
+            yield from make(source.uri, rows, fields)
         elif source.format == "tar":
-            yield from tar_shards.chunk_samples(source.uri, tar_shards.index_tar(f), chunk_bytes)
+            samples = tar_shards.index_tar(f, fields.max_input_bytes)
+            yield from tar_shards.chunk_samples(source.uri, samples, chunk_bytes)
         elif source.format == "tfrecord":
             yield from tfrecords.index_tfrecord(source.uri, f, chunk_bytes)
         else:
@@ -126,17 +189,30 @@ def expand_source(source: SourceFile, fields: InputFields, chunk_bytes: int):
 
 
 def read_unit(unit, fields: InputFields) -> Iterator[Record | Failure]:
-    """One unit of reading work -> its ``Record``s (and ``Failure``s for what cannot be read)."""
+    """One unit of reading work -> its ``Record``s (and ``Failure``s for what cannot be read, or whose label or
+    split is longer than ``MAX_FIELD_CHARS``: no such value reaches the manifest or a summary)."""
+    for item in _read_unit(unit, fields):
+        too_long = isinstance(item, Record) and next(
+            ((name, value) for name, value in (("label", item.label), ("split", item.split))
+             if value is not None and len(value) > MAX_FIELD_CHARS), None)
+        if too_long:
+            name, value = too_long
+            yield Failure(item.key, getattr(unit, "uri", item.key), "read", "FieldTooLong",
+                          f"its {name} is {len(value):,} characters, over {MAX_FIELD_CHARS:,}: {value[:60]!r}...")
+        else:
+            yield item
+
+
+def _read_unit(unit, fields: InputFields) -> Iterator[Record | Failure]:
     if isinstance(unit, Record):
         yield unit
     elif isinstance(unit, FileRef):
-        with _open(unit.uri) as f:
-            yield Record(unit.key, f.read(), unit.label, unit.split)
+        yield Record(unit.key, read_whole(unit.uri, fields.max_input_bytes), unit.label, unit.split)
     elif isinstance(unit, tar_shards.TarChunk):
-        with _open(unit.uri) as f:
+        with open_regular(unit.uri) as f:
             yield from tar_shards.read_tar_chunk(f, unit, fields)
     elif isinstance(unit, tfrecords.TFRecordChunk):
-        with _open(unit.uri) as f:
+        with open_regular(unit.uri) as f:
             yield from tfrecords.read_tfrecord_chunk(f, unit, fields)
     else:
         raise TypeError(f"not a unit of reading work: {type(unit).__name__}")

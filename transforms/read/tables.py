@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from transforms.records import Failure, FileRef, Record
 from transforms.schema import record_key
 
-__all__ = ["InputFields", "RowError", "iter_rows", "table_kind", "resolve_relative", "manifest_refs",
-           "text_records", "URI_FIELDS"]
+__all__ = ["InputFields", "InputTooLarge", "RowError", "iter_rows", "bounded_lines", "table_kind", "resolve_relative",
+           "outside_folder", "manifest_refs", "text_key", "text_records", "URI_FIELDS", "DEFAULT_MAX_INPUT_BYTES"]
 
 URI_FIELDS = ("uri", "path", "filepath", "file", "filename", "image")  # tried in order when --uri-field is not given
+DEFAULT_MAX_INPUT_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -30,9 +31,11 @@ class InputFields:
     label: str = "label"                      # manifest, text, tar sample .json
     split: str = "split"                      # manifest, text, tar sample .json
     text: str = "text"                        # text inputs
-    id: str = "id"                            # text inputs: key = URI#id (URI#ROW without it)
+    id: str = "id"                            # text inputs: key = URI#id=ID (URI#row=N without it)
     image_feature: str = "image/encoded"      # TFRecord Examples: encoded image bytes
     label_feature: str = "image/class/label"  # TFRecord Examples: label (bytes or int64)
+    max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES  # the most one input may hold: a file, row, tar member, record
+    allow_outside_paths: bool = False         # manifest: local paths may lie outside the manifest's folder
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -40,6 +43,16 @@ class InputFields:
 
 class RowError(ValueError):
     """One row of a table could not be parsed; the message says why."""
+
+
+class InputTooLarge(ValueError):
+    """One input holds more bytes than ``--max-input-bytes``; it is refused before (or instead of) reading it all."""
+
+    @classmethod
+    def of(cls, what: str, size: int | None, limit: int) -> InputTooLarge:
+        """``what`` is ``size`` bytes (None: more than the limit, found while reading), over ``limit``."""
+        held = f"more than {limit:,}" if size is None else f"{size:,}"
+        return cls(f"{what} is {held} bytes, over the limit of {limit:,} (--max-input-bytes)")
 
 
 def table_kind(uri: str) -> str:
@@ -95,6 +108,17 @@ def _jsonl_rows(lines: Iterator[bytes]) -> Iterator[tuple[int, dict | RowError]]
         row += 1
 
 
+def bounded_lines(fileobj, limit: int) -> Iterator[bytes]:
+    """The lines of a file, none read past ``limit`` bytes (plus its line end): a longer line is ``InputTooLarge``,
+    so a file without line breaks is never read whole into memory."""
+    number = 0
+    while line := fileobj.readline(limit + 2):
+        number += 1
+        if len(line.rstrip(b"\r\n")) > limit:
+            raise InputTooLarge.of(f"line {number}", None, limit)
+        yield line
+
+
 def iter_rows(uri: str, lines: Iterable[bytes]) -> Iterator[tuple[int, dict | RowError]]:
     """(row number from 0, fields) for each non-blank data row of a CSV (header first) or JSONL file."""
     kind = table_kind(uri)
@@ -123,9 +147,28 @@ def resolve_relative(table_uri: str, ref: str) -> str:
     return os.path.normpath(os.path.join(base, ref))
 
 
+def _within(path: str, folder: str) -> bool:
+    return os.path.commonpath([path, folder]) == folder
+
+
+def outside_folder(table_uri: str, target: str) -> str | None:
+    """Where a local path named by a table leads when that lies outside the table's own folder (after ``..`` and
+    after symlinks), else None. Object-store URIs are never outside; any local path named by a remote table is."""
+    if "://" in target:
+        return None
+    if "://" in table_uri:
+        return os.path.normpath(target)
+    folder = os.path.dirname(os.path.abspath(table_uri))
+    plain, real = os.path.normpath(os.path.abspath(target)), os.path.realpath(target)
+    if not _within(plain, folder):
+        return plain
+    return None if _within(real, os.path.realpath(folder)) else real
+
+
 def manifest_refs(uri: str, rows: Iterable[tuple[int, dict | RowError]],
                   fields: InputFields) -> Iterator[FileRef | Failure]:
-    """Rows of a manifest -> one ``FileRef`` per row (key = the file's URI), or a ``Failure`` for a bad row."""
+    """Rows of a manifest -> one ``FileRef`` per row (key = the file's URI), or a ``Failure`` for a bad row (one
+    whose local path leads outside the manifest's folder, unless ``allow_outside_paths``)."""
     for row, value in rows:
         key = record_key(uri, row)
         if isinstance(value, RowError):
@@ -138,18 +181,38 @@ def manifest_refs(uri: str, rows: Iterable[tuple[int, dict | RowError]],
             yield Failure(key, uri, "read", "MissingField", f"row {row} has no file URI (field {wanted})")
             continue
         target = resolve_relative(uri, ref)
+        escape = None if fields.allow_outside_paths else outside_folder(uri, target)
+        if escape is not None:
+            folder = uri.rsplit("/", 1)[0]
+            yield Failure(key, uri, "read", "OutsidePath",
+                          f"row {row} names {ref!r}, which leads to {escape}, outside the manifest's folder {folder}; "
+                          "pass --allow-outside-paths to read it")
+            continue
         yield FileRef(record_key(target), target, _text_field(value, fields.label), _text_field(value, fields.split))
+
+
+def text_key(uri: str, row: int, row_id: str | None) -> str:
+    """``URI#id=ID`` for a row with an id, ``URI#row=N`` for one without: the two never collide."""
+    return record_key(uri, f"row={row}" if row_id is None else f"id={row_id}")
 
 
 def text_records(uri: str, rows: Iterable[tuple[int, dict | RowError]],
                  fields: InputFields) -> Iterator[Record | Failure]:
-    """Rows of a text file -> ``Record`` with the text as payload (key = URI#id, or URI#ROW), or a ``Failure``."""
+    """Rows of a text file -> ``Record`` with the text as payload (key = URI#id=ID, or URI#row=N), or a
+    ``Failure``; a repeated id is a failure of the later row (keyed by its row), the first one is kept."""
+    first_row: dict[str, int] = {}
     for row, value in rows:
         if isinstance(value, RowError):
-            yield Failure(record_key(uri, row), uri, "read", "RowError", str(value))
+            yield Failure(text_key(uri, row, None), uri, "read", "RowError", str(value))
             continue
         row_id = _text_field(value, fields.id)
-        key = record_key(uri, row if row_id is None else row_id)
+        if row_id in first_row:
+            yield Failure(text_key(uri, row, None), uri, "read", "DuplicateId",
+                          f"row {row} repeats id {row_id!r} of row {first_row[row_id]}; the first is kept")
+            continue
+        if row_id is not None:
+            first_row[row_id] = row
+        key = text_key(uri, row, row_id)
         text = value.get(fields.text)
         if not isinstance(text, str):
             problem = "no" if text is None else f"a non-string ({type(text).__name__})"

@@ -5,7 +5,8 @@ dot of the file name (``dir/x.jpg`` + ``dir/x.cls`` -> sample ``dir/x``). A samp
 member with an image extension; its label comes from ``.cls`` (the text), else the label field of ``.json``,
 else ``.txt``. The record key is ``SHARD_URI#IMAGE_MEMBER``.
 
-Nothing is extracted to disk and member names are never used as paths. Indexing reads the headers only
+Nothing is extracted to disk, member names are never used as paths, and links are never followed: a sample whose
+image or label member is a symlink, hard link or other special member is a failure. Indexing reads the headers only
 (seeking over the data); reading a chunk reads its byte range once, one member at a time, so a multi-GB shard
 is never in memory and its chunks can go to different workers.
 """
@@ -17,7 +18,7 @@ import tarfile
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from transforms.read.tables import InputFields
+from transforms.read.tables import DEFAULT_MAX_INPUT_BYTES, InputFields, InputTooLarge
 from transforms.records import Failure, Record
 from transforms.schema import record_key
 
@@ -31,8 +32,10 @@ _MAX_LABEL_BYTES = 1 << 20
 
 class TarMember(NamedTuple):
     name: str
-    offset: int  # of the member's data in the shard
+    offset: int        # of the member's data in the shard (-1: not a regular file, nothing to read)
     size: int
+    kind: str = "file"  # "file", "symlink", "hard link", "FIFO", "character device", "block device"
+    link: str = ""      # a link's target, as the header names it
 
 
 class TarSample(NamedTuple):
@@ -61,12 +64,41 @@ def split_member_name(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), ext
 
 
-def index_tar(fileobj) -> Iterator[TarSample | tarfile.TarError]:
-    """The samples of a seekable tar stream, in order, reading headers only.
+_LINKS = ("symlink", "hard link")
+
+
+def _member_kind(info: tarfile.TarInfo) -> str:
+    checks = ((info.isreg, "file"), (info.issym, "symlink"), (info.islnk, "hard link"), (info.isfifo, "FIFO"),
+              (info.ischr, "character device"), (info.isblk, "block device"))
+    return next((kind for test, kind in checks if test()), "special member")
+
+
+class _BoundedReads:
+    """A file object whose single reads may not exceed ``limit`` bytes: tarfile reads a pax or GNU long-name
+    header's data in one read of whatever size that header claims."""
+
+    def __init__(self, fileobj, limit: int):
+        self._fileobj, self._limit = fileobj, limit
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0 or size > self._limit:
+            raise tarfile.ReadError(f"a tar header asks to read {'all' if size is None or size < 0 else f'{size:,}'}"
+                                    f" bytes at once, over the limit of {self._limit:,} (--max-input-bytes)")
+        return self._fileobj.read(size)
+
+    def seek(self, *args) -> int:
+        return self._fileobj.seek(*args)
+
+    def tell(self) -> int:
+        return self._fileobj.tell()
+
+
+def index_tar(fileobj, max_bytes: int = DEFAULT_MAX_INPUT_BYTES) -> Iterator[TarSample | tarfile.TarError]:
+    """The samples of a seekable tar stream, in order, reading headers only (no read over ``max_bytes``).
 
     A damaged shard yields the samples before the damage, then the ``TarError``."""
     try:
-        tar = tarfile.open(fileobj=fileobj, mode="r:")
+        tar = tarfile.open(fileobj=_BoundedReads(fileobj, max(max_bytes, tarfile.BLOCKSIZE)), mode="r:")
     except tarfile.TarError as e:
         yield tarfile.ReadError(f"not a tar archive: {e}")
         return
@@ -90,13 +122,33 @@ def index_tar(fileobj) -> Iterator[TarSample | tarfile.TarError]:
             yield TarSample(prefix, tuple(members))
             members = []
         prefix = key
-        members.append(TarMember(info.name, info.offset_data if info.isreg() else -1, info.size))
+        kind = _member_kind(info)
+        members.append(TarMember(info.name, info.offset_data if kind == "file" else -1, info.size, kind,
+                                 info.linkname if kind in _LINKS else ""))
     if members:
         yield TarSample(prefix, tuple(members))
 
 
+def _wanted(sample: TarSample) -> list[TarMember]:
+    """The members a sample's record is read from: its image, then its label members."""
+    labels = (sample.member([ext]) for ext in LABEL_EXTENSIONS)
+    return [sample.member(IMAGE_EXTENSIONS)] + [m for m in labels if m is not None]
+
+
+def _special_member(uri: str, sample: TarSample) -> Failure | None:
+    """The failure of a sample whose image or label member is a link or another special member (never read)."""
+    special = next((m for m in _wanted(sample) if m.kind != "file"), None)
+    if special is None:
+        return None
+    link = special.kind in _LINKS
+    what = f"{special.name} -> {special.link}" if link else special.name
+    return Failure(record_key(uri, sample.member(IMAGE_EXTENSIONS).name), uri, "read",
+                   "TarLink" if link else "NotARegularFile", f"tar member is a {special.kind}: not read ({what})")
+
+
 def chunk_samples(uri: str, samples, chunk_bytes: int) -> Iterator[TarChunk | Failure]:
-    """Group samples into chunks of about ``chunk_bytes``; a sample without an image is a ``Failure`` here."""
+    """Group samples into chunks of about ``chunk_bytes``; a sample without an image, or whose image or label is
+    a link or special member, is a ``Failure`` here."""
     chunk, size = [], 0
     for sample in samples:
         if isinstance(sample, tarfile.TarError):
@@ -107,6 +159,9 @@ def chunk_samples(uri: str, samples, chunk_bytes: int) -> Iterator[TarChunk | Fa
             yield Failure(record_key(uri, sample.members[0].name), uri, "read", "NotAnImage",
                           f"tar sample {sample.prefix!r} has no image member (members: {names}; "
                           f"images end in .{', .'.join(IMAGE_EXTENSIONS)})")
+            continue
+        if (special := _special_member(uri, sample)) is not None:
+            yield special
             continue
         chunk.append(sample)
         size += sum(m.size for m in sample.members)
@@ -149,15 +204,17 @@ def _label_of(sample: TarSample, payloads: dict, fields: InputFields) -> tuple[s
 
 
 def read_tar_chunk(fileobj, chunk: TarChunk, fields: InputFields) -> Iterator[Record | Failure]:
-    """The records of one chunk, read in one pass over its byte range."""
+    """The records of one chunk, read in one pass over its byte range; a member over ``max_input_bytes`` is
+    refused from its header's size, before reading."""
     fileobj.seek(min(m.offset for m in chunk.samples[0].members if m.offset >= 0))
     for sample in chunk.samples:
         image = sample.member(IMAGE_EXTENSIONS)
         key = record_key(chunk.uri, image.name)
         try:
-            wanted = [image] + [m for m in (sample.member([e]) for e in LABEL_EXTENSIONS) if m is not None]
             payloads = {}
-            for member in sorted(wanted, key=lambda m: m.offset):
+            for member in sorted(_wanted(sample), key=lambda m: m.offset):
+                if member.size > fields.max_input_bytes:
+                    raise InputTooLarge.of(f"tar member {member.name}", member.size, fields.max_input_bytes)
                 if member is not image and member.size > _MAX_LABEL_BYTES:
                     raise ValueError(f"label member {member.name} is {member.size} bytes; labels are short text")
                 payloads[member.name] = _read_member(fileobj, member)

@@ -5,7 +5,8 @@ A ``CommitFn`` writes its elements to a pending file and, every ``records_per_co
 
 1. the pending file is renamed to its final name (``features/part-<id>.tfrecord`` or ``errors/part-<id>.jsonl``);
 2. then a marker ``commits/<id>.json`` is written (pending name, then renamed): the commit record. It lists the
-   file, its record count, every key it holds, and the labels, splits and failure reasons in it.
+   file, its size and sha256 (so a resumed run can tell that the file is still the one committed), its record
+   count, every key it holds, and the labels, splits and failure reasons in it.
 
 A file without a marker was never committed: readers ignore it and a resumed run deletes it. The markers'
 keys tell a resumed run what is done, and the final step reads only markers to write the manifest
@@ -14,7 +15,9 @@ keys tell a resumed run what is done, and the final step reads only markers to w
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import time
 import uuid
 from collections.abc import Sequence
@@ -32,7 +35,7 @@ from transforms.framing import frame
 from transforms.read.storage import ready_storage
 from transforms.records import METRICS_NAMESPACE, Failure
 
-__all__ = ["Commit", "CommitFn", "FeatureCommitFn", "FailureCommitFn", "write_atomically",
+__all__ = ["Commit", "CommitRecordError", "CommitFn", "FeatureCommitFn", "FailureCommitFn", "write_atomically",
            "DEFAULT_RECORDS_PER_COMMIT", "DEFAULT_SECONDS_PER_COMMIT"]
 
 DEFAULT_RECORDS_PER_COMMIT = 10_000
@@ -51,22 +54,46 @@ class Commit:
     labels: tuple[str, ...] = ()
     splits: tuple[str, ...] = ()
     reasons: dict = field(default_factory=dict)  # errors: reason -> [count, one key]
+    bytes: int | None = None  # the file's size and sha256 when it was committed (None: not recorded)
+    sha256: str | None = None
 
     def to_json(self) -> str:
         return json.dumps({"id": self.id, "kind": self.kind, "path": self.path, "records": self.records,
-                           "labels": list(self.labels), "splits": list(self.splits), "reasons": self.reasons,
-                           "keys": list(self.keys)}, ensure_ascii=False)
+                           "bytes": self.bytes, "sha256": self.sha256, "labels": list(self.labels),
+                           "splits": list(self.splits), "reasons": self.reasons, "keys": list(self.keys)},
+                          ensure_ascii=False)
 
     @classmethod
     def from_json(cls, text: str) -> Commit:
-        d = json.loads(text)
-        return cls(d["id"], d["kind"], d["path"], int(d["records"]), tuple(d["keys"]), tuple(d.get("labels", ())),
-                   tuple(d.get("splits", ())), dict(d.get("reasons", {})))
+        """A commit record; ``CommitRecordError`` when it is not one (damaged, truncated, not JSON)."""
+        try:
+            d = json.loads(text)
+            commit = cls(str(d["id"]), str(d["kind"]), str(d["path"]), int(d["records"]),
+                         tuple(str(k) for k in d["keys"]), tuple(d.get("labels", ())), tuple(d.get("splits", ())),
+                         dict(d.get("reasons", {})), d.get("bytes"), d.get("sha256"))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise CommitRecordError(f"not a commit record ({type(e).__name__}: {e})") from None
+        if commit.records != len(commit.keys) or commit.kind not in (schema.FEATURES_DIR, schema.ERRORS_DIR):
+            raise CommitRecordError(f"commit record {commit.id} does not add up ({commit.records} records, "
+                                    f"{len(commit.keys)} keys, kind {commit.kind!r})")
+        return commit
+
+    @property
+    def marker(self) -> str:
+        """The commit record's path, relative to OUTDIR."""
+        return f"{schema.COMMITS_DIR}/{self.id}.json"
+
+
+class CommitRecordError(ValueError):
+    """A file in ``commits/`` that cannot be read as a commit record."""
 
 
 def write_atomically(path: str, pending: str, data: bytes) -> None:
+    """``data`` at ``path``, whole or not at all: written under ``pending``, then renamed."""
     with FileSystems.create(pending) as f:
         f.write(data)
+    if "://" not in path:  # a local rename needs the folder; object stores have none to make
+        os.makedirs(os.path.dirname(path), exist_ok=True)
     FileSystems.rename([pending], [path])
 
 
@@ -104,12 +131,15 @@ class CommitFn(beam.DoFn):
         self._file = FileSystems.create(self._pending)
         self._opened = time.monotonic()
         self._keys, self._labels, self._splits, self._reasons = [], set(), set(), {}
+        self._size, self._digest = 0, hashlib.sha256()
 
     def process(self, element):
         if self._file is None:
             self._open()
         key, data = self.encode(element)
         self._file.write(data)
+        self._size += len(data)
+        self._digest.update(data)
         self._keys.append(key)
         self.note(element)
         if len(self._keys) >= self._every or time.monotonic() - self._opened >= self._seconds:
@@ -125,7 +155,7 @@ class CommitFn(beam.DoFn):
         rel = f"{self.kind}/{schema.SHARD_PREFIX}-{self._id}{self.suffix}"
         FileSystems.rename([self._pending], [FileSystems.join(self._output, rel)])
         commit = Commit(self._id, self.kind, rel, len(self._keys), tuple(self._keys), tuple(sorted(self._labels)),
-                        tuple(sorted(self._splits)), self._reasons)
+                        tuple(sorted(self._splits)), self._reasons, self._size, self._digest.hexdigest())
         marker = FileSystems.join(self._output, schema.COMMITS_DIR, f"{self._id}.json")
         pending = FileSystems.join(self._output, schema.PENDING_DIR, f"{self._id}.json")
         write_atomically(marker, pending, commit.to_json().encode("utf-8"))

@@ -114,7 +114,7 @@ def test_every_bad_input_is_a_dead_letter_and_every_good_one_has_its_features(tm
 
     good = {name: expected for name, (_, expected) in CORPUS.items() if isinstance(expected, tuple)}
     bad = {name: expected for name, (_, expected) in CORPUS.items() if isinstance(expected, str)}
-    assert manifest.counts == {"inputs": len(CORPUS), "embedded": len(good), "failed": len(bad)}
+    assert manifest.counts == {"inputs": len(CORPUS), "embedded": len(good), "failed": len(bad), "duplicates": 0}
 
     records = {os.path.basename(r.key): r for p in schema.shard_paths(config.output, manifest)
                for r in schema.read_records(p, manifest.outputs)}

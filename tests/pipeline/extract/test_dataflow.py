@@ -312,7 +312,7 @@ def test_a_flex_template_launch_prepares_the_output_and_its_staged_job_runs(tmp_
     done = _run_worker(_staged("gs://fx-staging"), tmp_path / "worker")
     assert done.returncode == 0, done.stderr[-5000:]
     manifest, records = packing.read_feature_set("gs://fx-out/features")
-    assert manifest.counts == {"inputs": 10, "embedded": 8, "failed": 2}
+    assert manifest.counts == {"inputs": 10, "embedded": 8, "failed": 2, "duplicates": 0}
     assert sorted(str(r.label) for r in records) == ["None"] + ["china"] * 4 + ["flower"] * 3
 
 

@@ -59,7 +59,7 @@ def test_pipeline_writes_every_image_once_with_its_label_and_vector(tmp_path, ma
     manifest = run_extraction(config, PipelineOptions(runner_flags))
 
     manifest, records = _read_all(config.output)
-    assert manifest.counts == {"inputs": 40, "embedded": 40, "failed": 0}
+    assert manifest.counts == {"inputs": 40, "embedded": 40, "failed": 0, "duplicates": 0}
     assert manifest.labels == ("even", "odd")
     assert sorted(r.key for r in records) == sorted(expected)
     for r in records:
@@ -100,7 +100,7 @@ def test_model_copies_fix_how_many_models_a_machine_loads(tmp_path, many_images,
     assert len(pids) == copies, pids
     assert os.getpid() not in pids
     manifest, records = _read_all(config.output)
-    assert manifest.counts == {"inputs": 40, "embedded": 40, "failed": 0}
+    assert manifest.counts == {"inputs": 40, "embedded": 40, "failed": 0, "duplicates": 0}
     for r in records:
         np.testing.assert_allclose(r.vectors["pixels"], expected[r.key][1], atol=1e-4)
 
@@ -109,7 +109,7 @@ def test_bad_files_become_recorded_failures_and_counts_add_up(tmp_path, image_fo
     config = _config(tmp_path, [InputSpec.directory(str(image_folder))], MeanColourBackbone(str(tmp_path / "l")))
     manifest = run_extraction(config, PipelineOptions(IN_PROCESS))
 
-    assert manifest.counts == {"inputs": 10, "embedded": 8, "failed": 2}
+    assert manifest.counts == {"inputs": 10, "embedded": 8, "failed": 2, "duplicates": 0}
     assert manifest.failures_by_reason == {"decode: ImageDecodeError": 2}
     assert manifest.failure_examples == {"decode: ImageDecodeError": str(image_folder / "china/empty.jpg")}
     lines = [json.loads(line) for f in manifest.error_files
@@ -135,7 +135,7 @@ def test_real_backbone_through_the_pipeline_equals_a_direct_call(tmp_path, image
                  "--layer", "features.18", "--layer", "classifier", *runner_flags]) == 0
 
     manifest, records = _read_all(str(out))
-    assert manifest.counts == {"inputs": 10, "embedded": 8, "failed": 2}
+    assert manifest.counts == {"inputs": 10, "embedded": 8, "failed": 2, "duplicates": 0}
     assert manifest.backbone["weights_sha256"] == mobilenet_spec.weights_sha256
     assert [(o.name, o.dim) for o in manifest.outputs] == [("features.18", 1280), ("classifier", 1000)]
     keys = sorted(r.key for r in records)
@@ -223,7 +223,7 @@ def test_an_image_the_backbone_fails_on_does_not_take_its_batch_with_it(tmp_path
     result_manifest = run_extraction(config, PipelineOptions(IN_PROCESS))
 
     manifest, records = _read_all(config.output)
-    assert manifest.counts == result_manifest.counts == {"inputs": 12, "embedded": 11, "failed": 1}
+    assert manifest.counts == result_manifest.counts == {"inputs": 12, "embedded": 11, "failed": 1, "duplicates": 0}
     assert sorted(os.path.basename(r.key) for r in records) == [f"{i:02d}.png" for i in range(12) if i != 5]
     assert manifest.failures_by_reason == {"embed: InvalidArgumentError": 1}
     (error,) = [json.loads(line) for f in manifest.error_files for line in open(os.path.join(config.output, f))]

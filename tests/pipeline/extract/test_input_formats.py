@@ -42,7 +42,7 @@ def check_same_as_folder(manifest, records, keys) -> None:
     assert manifest.splits == ("test", "train")
     assert manifest.labels == ("china", "flower")
     # the two non-images of each copy are recorded failures, nothing else is
-    assert manifest.counts == {"inputs": 4 * (GOOD + 2), "embedded": 4 * GOOD, "failed": 8}
+    assert manifest.counts == {"inputs": 4 * (GOOD + 2), "embedded": 4 * GOOD, "failed": 8, "duplicates": 0}
     assert manifest.failures_by_reason == {"decode: ImageDecodeError": 7, "read: NotAnImage": 1}
     assert manifest.failure_examples["read: NotAnImage"].endswith(".tar#flower/notes.txt")
     assert [s["format"] for s in manifest.inputs["specs"]] == ["files", "manifest", "tar", "tfrecord"]
@@ -71,10 +71,11 @@ def test_jsonl_manifest_and_bad_rows(tmp_path, image_folder, worker_env):
     index.write_text("\n".join(lines) + "\n")
     config = ExtractConfig(inputs=(resolve_input(str(index)),), output=str(tmp_path / "out"),
                            backbone=MeanColourBackbone(str(tmp_path / "l")), outputs=(MEAN_COLOUR,), batch_size=4,
-                           records_per_shard=1000, threads_per_worker=1, overwrite=False)
+                           records_per_shard=1000, threads_per_worker=1, overwrite=False,
+                           fields=InputFields(allow_outside_paths=True))  # the rows name the image folder's files
     manifest = run_extraction(config, PipelineOptions(["--runner=FnApiRunner"]))
 
-    assert manifest.counts == {"inputs": GOOD + 5, "embedded": GOOD, "failed": 5}
+    assert manifest.counts == {"inputs": GOOD + 5, "embedded": GOOD, "failed": 5, "duplicates": 0}
     assert manifest.failures_by_reason == {"decode: ImageDecodeError": 2, "read: FileNotFoundError": 1,
                                            "read: RowError": 1, "read: MissingField": 1}
     errors = {e["error_type"]: e for f in manifest.error_files
@@ -98,7 +99,7 @@ def test_tfrecord_feature_names_are_configurable_and_missing_images_recorded(tmp
                            fields=InputFields(image_feature="jpeg", label_feature="class"))
     manifest = run_extraction(config, PipelineOptions(["--runner=FnApiRunner"]))
 
-    assert manifest.counts == {"inputs": 2, "embedded": 1, "failed": 1}
+    assert manifest.counts == {"inputs": 2, "embedded": 1, "failed": 1, "duplicates": 0}
     assert manifest.labels == ("7",)
     (error,) = [json.loads(line) for f in manifest.error_files for line in open(os.path.join(config.output, f))]
     assert error["key"] == f"{path}#1"

@@ -81,7 +81,7 @@ def test_resume_skips_what_was_committed_and_finishes_the_rest(tmp_path, colours
 
     resumed = run_extraction(dataclasses.replace(config, resume=True), PipelineOptions(IN_PROCESS))
     manifest, after = _records(config.output)
-    assert resumed.counts == full.counts == {"inputs": 31, "embedded": 30, "failed": 1}
+    assert resumed.counts == full.counts == {"inputs": 31, "embedded": 30, "failed": 1, "duplicates": 0}
     assert sorted(r.key for r in after) == sorted(r.key for r in before)          # every key, once
     by_key = {r.key: r.vectors["pixels"] for r in before}
     for r in after:
@@ -107,7 +107,7 @@ def test_a_key_committed_twice_is_kept_once(tmp_path, colours, worker_env):
     with open(os.path.join(config.output, schema.COMMITS_DIR, f"{second.id}.json"), "w") as f:
         f.write(twice.to_json())
 
-    fixed = committed.drop_duplicates(config.output, committed.read_commits(config.output))
+    fixed = committed.resolve_duplicates(config.output, committed.read_commits(config.output))
     keys = [k for c in fixed for k in c.keys]
     assert len(keys) == len(set(keys)) == 31
     for c in committed.read_commits(config.output):  # each rewritten file holds exactly what its record says
@@ -177,7 +177,7 @@ def test_killed_multi_process_run_resumes_to_the_same_features(tmp_path, image_f
 
     manifest, records = _records(killed)
     _, reference = _records(complete)
-    assert manifest.counts == {"inputs": 96, "embedded": 96, "failed": 0}
+    assert manifest.counts == {"inputs": 96, "embedded": 96, "failed": 0, "duplicates": 0}
     assert sorted(r.key for r in records) == sorted(r.key for r in reference) and len(records) == 96
     expected = {r.key: r.vectors["features.18"] for r in reference}
     for r in records:
@@ -207,7 +207,7 @@ def test_resume_on_object_storage(tmp_path, colours, worker_env, gcs):
 
     resumed = run_extraction(dataclasses.replace(config, resume=True), PipelineOptions(IN_PROCESS))
     manifest, after = read_feature_set(config.output)
-    assert resumed.counts == full.counts == {"inputs": 31, "embedded": 30, "failed": 1}
+    assert resumed.counts == full.counts == {"inputs": 31, "embedded": 30, "failed": 1, "duplicates": 0}
     assert sorted(r.key for r in after) == sorted(r.key for r in before)          # every key, once
     assert manifest.resumed_records == 31 - sum(c.records for c in lost)
     assert not FileSystems.exists(pending)

@@ -57,11 +57,11 @@ def test_raw_text_through_the_pipeline_matches(tmp_path, minilm_reference):
     assert main(["extract", "--input", str(path), "--input-format", "text", "--backbone", "minilm_l6",
                  "--layer", "sentence", "--layer", "layer.2", "--output", out, *IN_PROCESS]) == 0
     manifest = schema.read_manifest(out)
-    assert manifest.counts == {"inputs": 5, "embedded": 4, "failed": 1}
+    assert manifest.counts == {"inputs": 5, "embedded": 4, "failed": 1, "duplicates": 0}
     assert [(o.name, o.dim, o.pooling) for o in manifest.outputs] == [("sentence", 384, "none"),
                                                                         ("layer.2", 384, "avg")]
     records = {r.key: r for p in schema.shard_paths(out, manifest) for r in schema.read_records(p, manifest.outputs)}
-    got = np.stack([records[f"{path}#s{i}"].vectors["sentence"] for i in range(4)])
+    got = np.stack([records[f"{path}#id=s{i}"].vectors["sentence"] for i in range(4)])
     np.testing.assert_allclose(got, minilm_reference["embeddings"], atol=1e-5, rtol=0)
 
 

@@ -155,7 +155,7 @@ def test_workers_load_the_staged_artifact_never_its_origin(tmp_path, photos, mon
                            overwrite=False)
     manifest = run_extraction(config, PipelineOptions(["--runner=FnApiRunner", "--direct_num_workers=2",
                                                        "--direct_running_mode=multi_processing"]))
-    assert manifest.counts == {"inputs": 3, "embedded": 3, "failed": 0}
+    assert manifest.counts == {"inputs": 3, "embedded": 3, "failed": 0, "duplicates": 0}
 
     tampered = dataclasses.replace(staged, weights_sha256="0" * 64)
     with pytest.raises(RuntimeError, match="changed since launch"):

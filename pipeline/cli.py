@@ -23,6 +23,7 @@ import time
 from collections.abc import Sequence
 
 from pipeline.flags import Parser, UsageError, split_flags, with_local_defaults
+from transforms.process import QUIET_WORKERS
 
 __all__ = ["main"]
 
@@ -81,7 +82,7 @@ def cmd_demo(argv: Sequence[str]) -> int:
         description="Write scikit-learn's digits as PNG files in class folders and extract their features.")
     parser.add_argument("--workdir", default="featurebeam-demo", help="where images and features go")
     own, beam_argv = split_flags(parser, argv)
-    return run_demo(own.workdir, beam_argv)
+    return run_demo(own.workdir, with_local_defaults(beam_argv))
 
 
 def _train_parser() -> argparse.ArgumentParser:
@@ -89,7 +90,8 @@ def _train_parser() -> argparse.ArgumentParser:
 
     parser = Parser(
         prog="featurebeam train", allow_abbrev=False,
-        description="Train classifier heads on extracted features; export the best as a serving model.")
+        description="Train classifier heads on extracted features; export the best as a serving model.",
+        epilog="Paths may be local, gs:// or s3://; Apache Beam's storage flags (--s3_endpoint_url ...) pass through.")
     parser.add_argument("--features", action="append", required=True, metavar="DIR",
                         help="a feature set written by featurebeam extract (repeatable)")
     parser.add_argument("--output", required=True, metavar="MODELDIR")
@@ -110,13 +112,27 @@ def _train_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _use_storage_flags(beam_argv: Sequence[str]):
+    """Beam's flags as this process's view of object storage (S3 endpoint and keys, GCS emulator), before any
+    path is looked at; returns the pipeline options."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.extract.launch import use_storage_options
+
+    options = PipelineOptions(list(beam_argv))
+    use_storage_options(options)
+    return options
+
+
 def cmd_train(argv: Sequence[str]) -> int:
+    from pipeline.extract.options import absolute
     from pipeline.train.layer_sweep import run_layer_sweep
     from pipeline.train.run import TrainConfig, run_training
     from pipeline.train.summary import format_layer_sweep, format_training
 
-    args = _train_parser().parse_args(argv)
-    config = TrainConfig(features=tuple(args.features), output=os.path.abspath(args.output),
+    args, beam_argv = split_flags(_train_parser(), argv)
+    _use_storage_flags(beam_argv)
+    config = TrainConfig(features=tuple(args.features), output=absolute(args.output),
                          heads=tuple(dict.fromkeys(args.head or ["linear"])), output_name=args.output_name,
                          test_features=tuple(args.test_features), validation_fraction=args.validation_fraction,
                          class_weights=args.class_weights, memory_limit_mb=args.memory_limit_mb,
@@ -135,8 +151,6 @@ def cmd_train(argv: Sequence[str]) -> int:
 
 
 def cmd_predict(argv: Sequence[str]) -> int:
-    from apache_beam.options.pipeline_options import PipelineOptions
-
     from pipeline.tools.predict import PredictConfig, format_prediction, run_prediction
 
     parser = Parser(
@@ -149,9 +163,10 @@ def cmd_predict(argv: Sequence[str]) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--overwrite", action="store_true")
     own, beam_argv = split_flags(parser, argv)
+    options = _use_storage_flags(with_local_defaults(beam_argv))  # before any input, MODELDIR or OUTDIR is looked at
     config = PredictConfig.create(own.model, own.input, own.output, own.batch_size, own.overwrite)
     start = time.monotonic()
-    summary = run_prediction(config, PipelineOptions(beam_argv))
+    summary = run_prediction(config, options)
     print(format_prediction(summary, config.output, time.monotonic() - start))
     return 0
 
@@ -229,11 +244,14 @@ def cmd_report(argv: Sequence[str]) -> int:
     from pipeline.tools.report import build_report
 
     parser = Parser(prog="featurebeam report", allow_abbrev=False,
-                                     description="Write one self-contained HTML page about a feature set.")
+                    description="Write one self-contained HTML page about a feature set.",
+                    epilog="Paths may be local, gs:// or s3://; Apache Beam's storage flags (--s3_endpoint_url ...) "
+                           "pass through.")
     parser.add_argument("output", metavar="OUTDIR", help="a feature set written by featurebeam extract")
     parser.add_argument("--model", metavar="MODELDIR", help="also show a trained model's metrics")
     parser.add_argument("--html", metavar="FILE", help="where to write the page (default: OUTDIR/report.html)")
-    args = parser.parse_args(argv)
+    args, beam_argv = split_flags(parser, argv)
+    _use_storage_flags(beam_argv)
     from apache_beam.io.filesystems import FileSystems
 
     path = args.html or FileSystems.join(args.output, "report.html")
@@ -264,8 +282,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     command, rest = argv[0], argv[1:]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported, here or in workers
-    # Local worker processes relay every start-up notice at WARNING; their errors still come through.
-    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
+    # Beam logs a failed bundle's traceback from every worker that ran it (hundreds of lines) before the job
+    # fails; the one line below says why. FEATUREBEAM_DEBUG=1 shows all of it, and the traceback.
+    if not os.environ.get("FEATUREBEAM_DEBUG"):
+        for name in ("", "apache_beam"):                # Beam logs to its own loggers and to the root one
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+        os.environ[QUIET_WORKERS] = str(os.getpid())     # and so do local worker processes (transforms.process)
     if command == "extract" and ("-h" in rest or "--help" in rest):
         _extract_parser().print_help()
         return 0

@@ -34,12 +34,13 @@ def _beam_flag_parser():
 
 
 def split_flags(parser: argparse.ArgumentParser, argv: Sequence[str]):
-    """Our own flags -> namespace; the rest must be Beam flags, else a one-line error."""
+    """(our own flags as a namespace, the rest as given): the rest must be Beam flags, else a one-line error.
+    Local defaults are not added here: a command that runs a pipeline adds them once (``with_local_defaults``)."""
     own, rest = parser.parse_known_args(argv)
     _, unknown = _beam_flag_parser().parse_known_args(rest)
     if unknown:
         raise UsageError(f"unknown option {unknown[0]!r} (neither featurebeam's nor Apache Beam's)")
-    return own, with_local_defaults(rest)
+    return own, list(rest)
 
 
 def given(argv: Sequence[str], flag: str) -> bool:

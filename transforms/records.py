@@ -29,12 +29,19 @@ class FileRef(NamedTuple):
 
 
 class Record(NamedTuple):
-    """One input: its stable key, raw payload (encoded image bytes, or ``str`` for text), label and split."""
+    """One input: its stable key, raw payload (encoded image bytes, or ``str`` for text), label, split, and the
+    file it was read from (a tar shard, a TFRecord or text file, the file a manifest row names; None: the key)."""
 
     key: str
     payload: bytes | str
     label: str | None
     split: str | None = None
+    source: str | None = None
+
+    @property
+    def origin(self) -> str:
+        """The file this record was read from, for its failures: ``source``, else the key."""
+        return self.key if self.source is None else self.source
 
 
 class Failure(NamedTuple):

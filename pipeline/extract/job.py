@@ -25,8 +25,8 @@ from pipeline.extract.options import LOCAL_RUNNERS, ExtractConfig, runner_name
 from pipeline.extract.progress import ProgressLine
 from transforms import schema
 from transforms.embed.extract import ExtractFeatures
-from transforms.read.sources import SKIPPED, ReadRecords
-from transforms.read.storage import ready_storage
+from transforms.process import ready_process
+from transforms.read.sources import SKIPPED, ReadRecords, unit_keys
 from transforms.records import FAILED
 from transforms.write import committed
 from transforms.write.progress import CountProgress
@@ -67,7 +67,7 @@ def _write_manifest(_, config: ExtractConfig, created: str, n_read, n_unreadable
                     redone, **barrier):
     """After every commit of this run (the ``barrier`` side inputs): read all commit records, earlier runs'
     included, keep each key in one commit only, and write the manifest."""
-    ready_storage()
+    ready_process()
     all_commits = committed.resolve_duplicates(config.output, committed.read_commits(config.output))
     manifest = manifest_from_commits(config, all_commits, n_read + n_unreadable + n_skipped, created, n_skipped,
                                      duplicates, len(redone), sum(redone))
@@ -97,10 +97,14 @@ class _Repeats(beam.CombineFn):
         return acc
 
 
-def _counted(pcoll, progress_dir, stage: str):
+def _counted(pcoll, progress_dir, stage: str, weight=None):
     if not progress_dir:
         return pcoll
-    return pcoll | f"Progress: {stage}" >> beam.ParDo(CountProgress(progress_dir, stage))
+    return pcoll | f"Progress: {stage}" >> beam.ParDo(CountProgress(progress_dir, stage, weight=weight))
+
+
+def _records_in(unit) -> int:
+    return len(unit_keys(unit))
 
 
 def build_extraction(p: beam.Pipeline, config: ExtractConfig, progress_dir: str | None = None,
@@ -121,6 +125,8 @@ def build_extraction(p: beam.Pipeline, config: ExtractConfig, progress_dir: str 
         done_keys, redone = verified.keys, verified[committed.REDONE]
     read = p | "Read records" >> ReadRecords(config.inputs, config.fields, config.chunk_bytes, done_keys)
     _counted(read["sources"], progress_dir, "listed")
+    _counted(read["units"], progress_dir, "expected", weight=_records_in)  # inputs known once files are expanded
+    _counted(read[SKIPPED], progress_dir, "skipped")
     records = _counted(read["records"], progress_dir, "read")
     extracted = records | "Extract features" >> ExtractFeatures(
         config.backbone, config.outputs, config.batch_size, config.threads_per_worker, config.max_pixels,

@@ -34,8 +34,14 @@ from pipeline.extract.options import (
     uses_gpus,
 )
 from transforms.embed.pooling import pooled_dim
-from transforms.read.sources import InputFields, InputSpec, is_glob
-from transforms.read.storage import bucket_exists, bucket_of, share_storage_options, use_storage_emulator
+from transforms.read.sources import InputFields, InputSpec, is_glob, local_path
+from transforms.read.storage import (
+    bound_storage_retries,
+    bucket_exists,
+    bucket_of,
+    share_storage_options,
+    use_storage_emulator,
+)
 from transforms.schema import (
     COMMITS_DIR,
     ERRORS_DIR,
@@ -70,6 +76,9 @@ def configure(options: PipelineOptions) -> ExtractConfig:
     if backbone.modality == "text" and images:
         raise ConfigError(f"backbone {backbone.name} embeds text, but input {images[0]} is read as images; "
                           "give text inputs with --input-format text")
+    if backbone.modality == "text" and o.mixed_precision:
+        raise ConfigError(f"--mixed-precision is for image backbones; text backbone {backbone.name} runs in float32 "
+                          "(its LayerNorm epsilon and attention scores are not safe in float16)")
     if runner_name(options) not in LOCAL_RUNNERS:
         backbone = stage_backbone(backbone, remote_staging_location(options))
     outputs = resolve_outputs(backbone, o.layer or [backbone.default_layer], o.pooling)
@@ -114,7 +123,9 @@ def run_settings(config: ExtractConfig) -> dict:
     backbone = config.backbone.describe()
     return {
         "format_version": FORMAT_VERSION,
-        "backbone": {"name": backbone["name"], "weights_sha256": backbone["weights_sha256"]},
+        "backbone": {"name": backbone["name"], "weights_sha256": backbone["weights_sha256"],
+                     "preprocessing": backbone["preprocessing"]},
+        "mixed_precision": config.mixed_precision,
         "outputs": [o.to_json() for o in config.outputs],
         "inputs": [spec.to_json() for spec in config.inputs],
         "fields": config.fields.to_json(),
@@ -122,10 +133,11 @@ def run_settings(config: ExtractConfig) -> dict:
     }
 
 
-_SETTING_NAMES = {"backbone": "--backbone (or its weights)", "outputs": "--layer/--pooling",
+_SETTING_NAMES = {"backbone": "--backbone (its weights or --preprocessing)", "outputs": "--layer/--pooling",
                   "inputs": "--input/--input-format",
                   "fields": "field options (--*-field, --*-feature, --max-input-bytes, --allow-outside-paths)",
-                  "format_version": "the feature set format", "max_image_pixels": "--max-image-pixels"}
+                  "format_version": "the feature set format", "max_image_pixels": "--max-image-pixels",
+                  "mixed_precision": "--mixed-precision"}
 
 
 def check_resumable(config: ExtractConfig) -> None:
@@ -147,10 +159,11 @@ def check_resumable(config: ExtractConfig) -> None:
 
 def use_storage_options(options: PipelineOptions) -> None:
     """Let the launcher's own listing and checks see object storage as the workers will (S3 endpoint and
-    keys, GCS emulator)."""
+    keys, GCS emulator, how long a failing call is retried)."""
     FileSystems.set_options(options)
     use_storage_emulator()
     share_storage_options(options)
+    bound_storage_retries(options.view_as(ExtractOptions).storage_retry_seconds)
 
 
 def _missing_bucket(uri: str) -> str | None:
@@ -162,31 +175,55 @@ def _missing_bucket(uri: str) -> str | None:
 
 
 def resolve_input(uri: str, input_format: str = "auto") -> InputSpec:
-    """Classify one ``--input`` and check, cheaply, that it names at least one file (no data is read)."""
-    uri = absolute(uri)
+    """Classify one ``--input`` and check, cheaply, that it names at least one file (no data is read).
+
+    A path that exists (a file or directory; an object or prefix) is taken literally, glob characters and all;
+    only then is it a glob. A ``file://`` URI is the local path it names."""
+    try:
+        uri = absolute(local_path(uri))
+    except ValueError as e:
+        raise ConfigError(f"input {e}") from None
     fmt = None if input_format == "auto" else input_format
+    if "://" in uri and (missing := _missing_bucket(uri)):
+        raise ConfigError(f"input {uri}: {missing}")
+    literal = _literal_input(uri, fmt)
+    if literal is not None:
+        return literal
     if is_glob(uri):
         spec = InputSpec.glob(uri, fmt)
+        try:
+            (result,) = FileSystems.match([spec.pattern], limits=[1])
+        except Exception as e:
+            raise ConfigError(f"cannot list input {uri}: {_first_line(e)}") from None
+        if result.metadata_list:
+            return spec
     elif "://" not in uri:
+        raise ConfigError(f"input {uri} does not exist")
+    raise ConfigError(f"input {uri} matches no files")
+
+
+def _literal_input(uri: str, fmt: str | None) -> InputSpec | None:
+    """The spec of an input that exists as named, taken literally: a file or object, or a directory or prefix
+    that holds files (an empty directory is a ``ConfigError``); None when nothing has that very name.
+
+    Checked without matching the spec's escaped pattern, which would list all that lies under the part of the
+    path before its first glob character (the workers do match it)."""
+    if "://" not in uri:
         if os.path.isfile(uri):
-            spec = InputSpec.glob(uri, fmt)  # a single file: a glob that matches itself
-        elif os.path.isdir(uri):
-            spec = InputSpec.directory(uri, fmt or "files")
-        else:
-            raise ConfigError(f"input {uri} does not exist")
-    else:
-        missing = _missing_bucket(uri)
-        if missing:
-            raise ConfigError(f"input {uri}: {missing}")
-        is_file = not uri.endswith("/") and FileSystems.exists(uri)
-        spec = InputSpec.glob(uri, fmt) if is_file else InputSpec.directory(uri, fmt or "files")
-    try:
-        (result,) = FileSystems.match([spec.pattern], limits=[1])
+            return InputSpec.file(uri, fmt)
+        if not os.path.isdir(uri):
+            return None
+        if not any(files for _, _, files in os.walk(uri)):
+            raise ConfigError(f"input {uri} matches no files")
+        return InputSpec.directory(uri, fmt or "files")
+    if not uri.endswith("/") and FileSystems.exists(uri):
+        return InputSpec.file(uri, fmt)
+    try:  # the store's listing of a literal prefix, first page only
+        listing = FileSystems.get_filesystem(uri)._list(uri.rstrip("/") + "/")
+        holds_objects = next(iter(listing), None) is not None
     except Exception as e:
         raise ConfigError(f"cannot list input {uri}: {_first_line(e)}") from None
-    if not result.metadata_list:
-        raise ConfigError(f"input {uri} matches no files")
-    return spec
+    return InputSpec.directory(uri, fmt or "files") if holds_objects else None
 
 
 def _first_line(error: BaseException) -> str:
@@ -243,7 +280,7 @@ def check_output_dir(output: str, overwrite: bool) -> None:
         probe = FileSystems.join(output, ".featurebeam-write-test")
         try:
             with FileSystems.create(probe) as f:
-                f.write(b"")
+                f.write(b"featurebeam write test\n")  # not empty: Beam's S3 writer cannot complete an empty upload
             FileSystems.delete([probe])
         except Exception as e:
             raise ConfigError(f"output {output} is not writable: {_first_line(e)}") from None

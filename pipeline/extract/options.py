@@ -23,6 +23,7 @@ from pipeline.backbones.spec import BackboneSpec
 from transforms.decode.images import DEFAULT_MAX_PIXELS
 from transforms.embed.pooling import POOLINGS
 from transforms.read.sources import DEFAULT_CHUNK_BYTES, FORMATS, InputFields, InputSpec
+from transforms.read.storage import DEFAULT_RETRY_SECONDS
 from transforms.schema import (
     OutputSpec,
 )
@@ -122,6 +123,9 @@ class ExtractOptions(PipelineOptions):
                             help="finish an interrupted run into the same OUTDIR: what it committed is kept and "
                                  "skipped, the rest is done; the settings must be the same")
         parser.add_argument("--quiet", action="store_true", help="no live progress line on stderr")
+        parser.add_argument("--storage-retry-seconds", type=float, default=DEFAULT_RETRY_SECONDS, metavar="S",
+                            help="how long a failing Cloud Storage call is retried before the run fails with its "
+                                 f"reason (default: {DEFAULT_RETRY_SECONDS:g})")
         parser.add_argument("--template-launch", action="store_true",
                             help="with --template_location: the template is launched right away (the Flex "
                                  "Template entry point sets this), so OUTDIR is prepared now: --overwrite clears "
@@ -182,6 +186,8 @@ def check_flags(options: PipelineOptions) -> None:
         raise ConfigError(f"--max-image-pixels must be at least 1, got {o.max_image_pixels}")
     if o.max_input_bytes < 1:
         raise ConfigError(f"--max-input-bytes must be at least 1, got {o.max_input_bytes}")
+    if o.storage_retry_seconds <= 0:
+        raise ConfigError(f"--storage-retry-seconds must be positive, got {o.storage_retry_seconds:g}")
     if o.read_chunk_mb <= 0:
         raise ConfigError(f"--read-chunk-mb must be positive, got {o.read_chunk_mb:g}")
 

@@ -12,13 +12,19 @@ __all__ = ["ProgressLine", "format_progress"]
 
 
 def format_progress(counts: dict, seconds: float) -> str:
+    """The line for ``counts`` (per stage: listed files, expected inputs, read, embedded, failed, skipped).
+
+    The ETA counts inputs, not files: ``expected`` is the number of inputs the listed files hold (a tar shard
+    or a manifest holds many), known once they are expanded; skipped inputs (``--resume``) are already done."""
     listed, embedded, failed = counts.get("listed", 0), counts.get("embedded", 0), counts.get("failed", 0)
+    expected, skipped = counts.get("expected", 0), counts.get("skipped", 0)
     rate = embedded / seconds if seconds > 0 else 0.0
+    done_rate = (embedded + failed) / seconds if seconds > 0 else 0.0
     line = (f"featurebeam: progress  listed {listed}, read {counts.get('read', 0)}, embedded {embedded}, "
             f"failed {failed}, {rate:.1f} images/s")
-    remaining = listed - embedded - failed
-    if listed and rate > 0 and remaining >= 0:
-        line += f", ETA {remaining / rate:.0f} s"
+    remaining = expected - embedded - failed - skipped
+    if expected and done_rate > 0 and remaining >= 0:
+        line += f", ETA {remaining / done_rate:.0f} s"
     return line
 
 

@@ -11,12 +11,13 @@ LARGE_RECORD_FLOATS = 50_000  # --pooling none beyond this many floats per recor
 def format_summary(manifest, output: str, seconds: float) -> str:
     """The run in a few lines: counts that add up, the outputs, where things are, an example of each failure."""
     c = manifest.counts
-    done_now = c["embedded"] - manifest.resumed_records if manifest.resumed_records else c["embedded"]
-    rate = max(0, done_now) / seconds if seconds > 0 else 0.0
+    done_now = c["embedded"] + c["failed"] - manifest.resumed_records  # what this run did: resumed records are
+    rate = max(0, done_now) / seconds if seconds > 0 else 0.0        # embedded and failed ones alike
     duplicates = c.get("duplicates", 0)
     lines = [f"featurebeam: embedded {c['embedded']} of {c['inputs']} inputs ({c['failed']} failed"
              + (f", {duplicates} duplicates" if duplicates else "") + ") "
-             f"in {seconds:.1f} s ({rate:.1f} {'texts' if manifest.backbone.get('modality') == 'text' else 'images'}/s)"
+             f"in {seconds:.1f} s ({rate:.1f} {'texts' if manifest.backbone.get('modality') == 'text' else 'images'}/s"
+             + (" this run" if manifest.resumed_records else "") + ")"
              + (f"; {manifest.resumed_records} of them were committed by the interrupted run and skipped"
                 if manifest.resumed_records else "")
              + (f"; {manifest.retired_commits} of its commits were damaged and retired, and their "

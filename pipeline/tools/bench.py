@@ -106,6 +106,7 @@ class ProcessTreeMemory:
     def __init__(self, pid: int, every: float = 0.25):
         self.pid, self.every = pid, every
         self.peaks_kb: dict[int, int] = {}
+        self._stop = threading.Event()  # made here, not by the thread: a run that ends first still stops it
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
     def __enter__(self):
@@ -113,17 +114,17 @@ class ProcessTreeMemory:
         return self
 
     def __exit__(self, *exc):
-        self._stop = True
+        self._stop.set()
         self._thread.join()
 
     def _poll(self):
-        self._stop = False
-        while not self._stop:
+        while True:
             for pid in descendants(self.pid):
                 kb = vm_hwm_kb(pid)
                 if kb:
                     self.peaks_kb[pid] = max(self.peaks_kb.get(pid, 0), kb)
-            time.sleep(self.every)
+            if self._stop.wait(self.every):
+                return
 
     @property
     def peak_mb(self) -> float:

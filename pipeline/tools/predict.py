@@ -4,12 +4,14 @@
 2. ``RunInference`` over the serving SavedModel (loaded once per worker process, batched);
 3. ``predictions/part-*.jsonl``: one ``{"key", "label" (true, if known), "predicted", "probabilities"}`` per
    image; undecodable files in ``errors/``, as in extraction.
+
+MODELDIR, the inputs and OUTDIR may each be local, ``gs://`` or ``s3://``; each worker process copies a remote
+serving model to its local disk before loading it.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -21,6 +23,7 @@ from pipeline.extract.options import ConfigError, absolute
 from transforms.decode.image_fn import DecodeImageFn
 from transforms.decode.images import ImagePreprocessing
 from transforms.embed.classify import ClassifierHandler
+from transforms.process import ready_process
 from transforms.read.sources import InputSpec, ReadRecords
 from transforms.records import FAILED
 from transforms.schema import ERRORS_DIR
@@ -42,17 +45,49 @@ class PredictConfig:
 
     @classmethod
     def create(cls, model_dir: str, inputs, output: str, batch_size: int = 32, overwrite: bool = False):
-        spec_path = os.path.join(model_dir, "model.json")
-        if not os.path.isfile(spec_path):
-            raise ConfigError(f"{spec_path} is missing: not a model directory written by featurebeam train")
-        with open(spec_path) as f:
-            spec = json.load(f)
-        prep = ImagePreprocessing(**{**spec["preprocessing"], "mean": tuple(spec["preprocessing"]["mean"]),
-                                     "std": tuple(spec["preprocessing"]["std"])})
+        """Checked at launch: the model can serve images, the inputs exist, OUTDIR may be written.
+
+        Object storage must already be set up as the job sees it (``launch.use_storage_options``)."""
+        model_dir = absolute(model_dir)
+        prep = _serving_preprocessing(model_dir, read_model_spec(model_dir))
         output = absolute(output)
         check_output_dir(output, overwrite)
-        return cls(os.path.abspath(model_dir), tuple(resolve_input(i) for i in inputs), output, prep,
-                   batch_size, overwrite)
+        return cls(model_dir, tuple(resolve_input(i) for i in inputs), output, prep, batch_size, overwrite)
+
+
+def read_model_spec(model_dir: str) -> dict:
+    """MODELDIR/model.json (local, gs:// or s3://), as featurebeam train wrote it."""
+    spec_path = FileSystems.join(model_dir, "model.json")
+    if not FileSystems.exists(spec_path):
+        raise ConfigError(f"{spec_path} is missing: not a model directory written by featurebeam train")
+    with FileSystems.open(spec_path, compression_type="uncompressed") as f:
+        return json.loads(f.read().decode("utf-8"))
+
+
+def _serving_preprocessing(model_dir: str, spec: dict) -> ImagePreprocessing:
+    """The image preprocessing of a model with a serving model; a text model has none, so it is refused."""
+    backbone = spec.get("backbone", {})
+    if backbone.get("modality") == "text":
+        raise ConfigError(f"{model_dir} was trained on text backbone {backbone.get('name')}, which has no serving "
+                          "model yet: predict classifies images")
+    if not spec.get("serving"):
+        raise ConfigError(f"{model_dir} has no serving model (its model.json names none); train it again")
+    prep = spec["preprocessing"]
+    return ImagePreprocessing(**{**prep, "mean": tuple(prep["mean"]), "std": tuple(prep["std"])})
+
+
+class ModelDirClassifier(ClassifierHandler):
+    """``ClassifierHandler`` over a serving model anywhere: a remote one is copied to local disk, once per worker
+    process, since TensorFlow loads SavedModels from local paths."""
+
+    def load_model(self):
+        import tensorflow as tf
+
+        from pipeline.train.serving import local_copy
+
+        ready_process()
+        with local_copy(self._path) as folder:
+            return tf.saved_model.load(folder)
 
 
 def _prediction_json(meta, inference) -> str:
@@ -68,12 +103,13 @@ def build_prediction(p: beam.Pipeline, config: PredictConfig):
     read = p | "Read records" >> ReadRecords(config.inputs)
     decoded = read["records"] | "Decode images" >> beam.ParDo(
         DecodeImageFn(config.preprocessing)).with_outputs(FAILED, main="images")
-    handler = KeyedModelHandler(ClassifierHandler(os.path.join(config.model_dir, "serving"), config.batch_size))
+    handler = KeyedModelHandler(ModelDirClassifier(FileSystems.join(config.model_dir, "serving"), config.batch_size))
     written = (decoded.images
                | "Classify" >> RunInference(handler)
                | "Prediction to JSON" >> beam.MapTuple(lambda meta, result: _prediction_json(meta, result.inference))
                | "Write predictions" >> beam.io.WriteToText(
-                   FileSystems.join(config.output, PREDICTIONS_DIR, "part"), file_name_suffix=".jsonl"))
+                   FileSystems.join(config.output, PREDICTIONS_DIR, "part"), file_name_suffix=".jsonl",
+                   skip_if_empty=True))  # no empty shard: S3 cannot take an empty upload from Beam
     failures = (read[FAILED], decoded[FAILED]) | "All failures" >> beam.Flatten()
     failures | "Write failures" >> WriteFailures(config.output)
     return written

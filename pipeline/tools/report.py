@@ -13,13 +13,12 @@ import collections
 import html
 import io
 import json
-import os
 
 import numpy as np
 
-from pipeline.train.feature_sets import load_table, open_feature_sets
+from pipeline.train.feature_sets import FeatureSetError, load_table, open_feature_sets
 
-__all__ = ["build_report", "pca_2d"]
+__all__ = ["build_report", "pca_2d", "read_metrics"]
 
 _MAX_POINTS = 5000
 
@@ -77,6 +76,17 @@ def _table(rows) -> str:
     return f"<table>{cells}</table>"
 
 
+def read_metrics(model_dir: str) -> dict:
+    """MODELDIR/metrics.json, local or on gs:// or s3://."""
+    from apache_beam.io.filesystems import FileSystems
+
+    path = FileSystems.join(model_dir, "metrics.json")
+    if not FileSystems.exists(path):
+        raise FeatureSetError(f"{path} is missing: not a model directory written by featurebeam train")
+    with FileSystems.open(path, compression_type="uncompressed") as f:
+        return json.loads(f.read().decode("utf-8"))
+
+
 def build_report(output: str, model_dir: str | None = None) -> str:
     """The report's HTML text."""
     (source,) = open_feature_sets([output])
@@ -104,8 +114,7 @@ def build_report(output: str, model_dir: str | None = None) -> str:
                          for reason, n in manifest.failures_by_reason.items()]) if manifest.failures_by_reason
                  else "<p>None: every input was embedded.</p>")
     if model_dir:
-        with open(os.path.join(model_dir, "metrics.json")) as f:
-            metrics = json.load(f)
+        metrics = read_metrics(model_dir)
         parts.append(f"<h2>Model {html.escape(model_dir)} (best head: {html.escape(metrics['best_head'])})</h2>")
         for name, head in metrics["heads"].items():
             rows = [(split, f"accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, {m['examples']} examples")

@@ -11,7 +11,8 @@ import numpy as np
 
 from pipeline.train import evaluation, heads
 from pipeline.train.feature_sets import FeatureSetError, load_table, open_feature_sets, validation_mask
-from pipeline.train.run import METRICS, TrainConfig, label_index, run_training, test_split
+from pipeline.train.run import METRICS, TrainConfig, check_training, label_index, test_split, train_into
+from pipeline.train.serving import model_dir_for_writing
 
 __all__ = ["sweep_layers", "run_layer_sweep", "LAYER_SWEEP"]
 
@@ -59,17 +60,26 @@ def sweep_layers(config: TrainConfig, log=print) -> dict:
 
 def run_layer_sweep(config: TrainConfig, log=print) -> dict:
     """``train --sweep-layers``: probe every layer, then train the requested heads on the best one."""
+    config.validate()  # a MODELDIR that cannot be written is said before the probes, not after
     sweep = sweep_layers(config, log)
     log(f"featurebeam train: layer {sweep['best_layer']} transfers best; training on it")
-    report = run_training(dataclasses.replace(config, output_name=sweep["best_layer"]), log)
-    report["layer_sweep"] = sweep
-    with open(os.path.join(config.output, LAYER_SWEEP), "w") as f:
+    best = dataclasses.replace(config, output_name=sweep["best_layer"])
+    checked = check_training(best)
+    with model_dir_for_writing(config.output, config.overwrite) as folder:
+        report = train_into(best, checked, folder, log)
+        report["layer_sweep"] = sweep
+        _write_sweep(folder, sweep, report)
+    return report
+
+
+def _write_sweep(folder: str, sweep: dict, report: dict) -> None:
+    """layer_sweep.json, the plot of accuracy by layer, and metrics.json again with the sweep in it."""
+    with open(os.path.join(folder, LAYER_SWEEP), "w") as f:
         json.dump(sweep, f, indent=2)
-    with open(os.path.join(config.output, METRICS), "w") as f:
+    with open(os.path.join(folder, METRICS), "w") as f:
         json.dump(report, f, indent=2)
     series = {"validation": [sweep["layers"][n]["validation_accuracy"] for n in sweep["order"]]}
     if any("test_accuracy" in sweep["layers"][n] for n in sweep["order"]):
         series["test"] = [sweep["layers"][n].get("test_accuracy") for n in sweep["order"]]
     evaluation.plot_by_layer(sweep["order"], series, "linear probe accuracy by layer",
-                             os.path.join(config.output, "layer_sweep.png"))
-    return report
+                             os.path.join(folder, "layer_sweep.png"))

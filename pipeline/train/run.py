@@ -6,6 +6,7 @@
 4. fit each requested head (``pipeline.train.heads``), evaluate it on train, validation and the test sets;
 5. write MODELDIR: ``metrics.json``, ``model.json``, ``heads/<name>/head.keras`` and plots, and
    ``serving/``, the SavedModel of frozen backbone + preprocessing + the best head by validation accuracy.
+   A gs:// or s3:// MODELDIR is written locally first and copied there at the end (``serving.model_dir_for_writing``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import collections
 import dataclasses
 import json
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,7 +32,8 @@ from pipeline.train.feature_sets import (
     validation_mask,
 )
 
-__all__ = ["TrainConfig", "run_training", "label_index", "test_split", "HEADS", "METRICS"]
+__all__ = ["TrainConfig", "run_training", "check_training", "train_into", "label_index", "test_split", "HEADS",
+           "METRICS"]
 
 HEADS = ("linear", "mlp")
 MODEL_SPEC = "model.json"
@@ -63,7 +64,15 @@ class TrainConfig:
             raise FeatureSetError(f"unknown head {unknown[0]!r}; choose from {', '.join(HEADS)}")
         if not 0.0 < self.validation_fraction < 1.0:
             raise FeatureSetError(f"--validation-fraction must be between 0 and 1, got {self.validation_fraction}")
-        if os.path.isdir(self.output) and os.listdir(self.output) and not self.overwrite:
+        from apache_beam.io.filesystems import FileSystems
+
+        from pipeline.train.serving import is_empty_dir
+        from transforms.read.storage import bucket_exists, bucket_of
+
+        if bucket_exists(self.output, FileSystems._pipeline_options) is False:
+            scheme, bucket = bucket_of(self.output)
+            raise FeatureSetError(f"output {self.output}: bucket {scheme}://{bucket} does not exist")
+        if not self.overwrite and not is_empty_dir(self.output):
             raise FeatureSetError(f"output {self.output} is not empty; pass --overwrite to replace it")
 
 
@@ -152,7 +161,7 @@ def _write_head_outputs(root: str, name: str, model, metrics: dict, curves: dict
                                "mlp head: learning curves", os.path.join(folder, "learning_curve.png"))
 
 
-def _train_in_memory(config: TrainConfig, sources, test_sources, report: dict, log) -> list[str]:
+def _train_in_memory(config: TrainConfig, sources, test_sources, report: dict, folder: str, log) -> list[str]:
     table = load_table(sources)
     labelled = np.array([label is not None for label in table.labels], bool)
     classes = sorted(set(table.labels[labelled]))
@@ -177,11 +186,11 @@ def _train_in_memory(config: TrainConfig, sources, test_sources, report: dict, l
         for split_name, (split, extra) in tests.items():
             splits[split_name] = {**evaluation.split_metrics(split.y, _predict(model, split.x), classes), **extra}
         report["heads"][name] = {"hyperparameters": hyper, "splits": splits}
-        _write_head_outputs(config.output, name, model, report["heads"][name], curves, classes)
+        _write_head_outputs(folder, name, model, report["heads"][name], curves, classes)
     return classes
 
 
-def _train_streamed(config: TrainConfig, sources, test_sources, report: dict, log) -> list[str]:
+def _train_streamed(config: TrainConfig, sources, test_sources, report: dict, folder: str, log) -> list[str]:
     classes = sorted({label for s in sources for label in s.manifest.labels})
     if len(classes) < 2:
         raise FeatureSetError(f"{config.features[0]}: training needs at least two labels, found {classes}")
@@ -221,16 +230,32 @@ def _train_streamed(config: TrainConfig, sources, test_sources, report: dict, lo
             splits["test"] = {**evaluation.split_metrics(*_collect(test_ds, model), classes),
                               "unseen_labels": {label: "not counted when streamed" for label in unseen}}
         report["heads"][name] = {"hyperparameters": hyper, "splits": splits}
-        _write_head_outputs(config.output, name, model, report["heads"][name], curves, classes)
+        _write_head_outputs(folder, name, model, report["heads"][name], curves, classes)
     return classes
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What training reads, checked before MODELDIR is touched."""
+
+    sources: list
+    test_sources: list
+    backbone: object
+    start: float
 
 
 def run_training(config: TrainConfig, log=print) -> dict:
     """Train, evaluate and export; returns the metrics dict that is also written to metrics.json."""
-    import keras
+    from pipeline.train.serving import model_dir_for_writing
 
+    checked = check_training(config)
+    with model_dir_for_writing(config.output, config.overwrite) as folder:
+        return train_into(config, checked, folder, log)
+
+
+def check_training(config: TrainConfig) -> Checked:
+    """Every check that needs no training: flags, MODELDIR, the feature sets and the backbone's weights."""
     from pipeline.backbones.registry import resolve_described
-    from pipeline.train.serving import export_serving_model
 
     config.validate()
     start = time.monotonic()
@@ -247,32 +272,39 @@ def run_training(config: TrainConfig, log=print) -> dict:
     if backbone.weights_sha256 != sources[0].manifest.backbone.get("weights_sha256"):
         raise FeatureSetError(f"{sources[0].root}: the installed {backbone.name} weights differ from those the "
                               "features were extracted with (sha256 mismatch); cannot build a serving model")
+    return Checked(sources, test_sources, backbone, start)
 
+
+def train_into(config: TrainConfig, checked: Checked, folder: str, log=print) -> dict:
+    """Train and evaluate the heads and export the serving model into a local folder; returns the metrics."""
+    import keras
+
+    from pipeline.train.serving import export_serving_model
+
+    sources, test_sources, backbone = checked.sources, checked.test_sources, checked.backbone
+    output = sources[0].output
     n_records = sum(int(s.manifest.counts.get("embedded", 0)) for s in sources)
     in_memory = n_records * output.dim * 4 <= config.memory_limit_mb * 2 ** 20
     report = {"features": list(config.features), "test_features": list(config.test_features),
               "output": output.to_json(), "backbone": sources[0].manifest.backbone,
               "validation_fraction": config.validation_fraction, "split": "hash of key (tf Fingerprint64)",
               "mode": "in memory" if in_memory else "streamed", "heads": {}}
-    if config.overwrite and os.path.isdir(config.output):
-        shutil.rmtree(config.output)
-    os.makedirs(config.output, exist_ok=True)
 
     train = _train_in_memory if in_memory else _train_streamed
-    classes = train(config, sources, test_sources, report, log)
+    classes = train(config, sources, test_sources, report, folder, log)
     best = max(report["heads"], key=lambda n: report["heads"][n]["splits"]["validation"].get("accuracy", 0.0))
-    report.update(classes=classes, best_head=best, seconds=round(time.monotonic() - start, 2))
+    report.update(classes=classes, best_head=best, seconds=round(time.monotonic() - checked.start, 2))
 
     serving = None
     if backbone.modality == "image":  # text needs its tokenizer beside the graph: heads only, for now
-        head = keras.saving.load_model(os.path.join(config.output, "heads", best, "head.keras"), safe_mode=True)
-        export_serving_model(os.path.join(config.output, "serving"), backbone, output, head, classes)
+        head = keras.saving.load_model(os.path.join(folder, "heads", best, "head.keras"), safe_mode=True)
+        export_serving_model(os.path.join(folder, "serving"), backbone, output, head, classes)
         serving = "serving"
     report["serving"] = serving
     model_spec = {"backbone": backbone.describe(), "preprocessing": dataclasses.asdict(backbone.preprocessing),
                   "output": output.to_json(), "classes": classes, "head": best, "serving": serving}
-    with open(os.path.join(config.output, MODEL_SPEC), "w") as f:
+    with open(os.path.join(folder, MODEL_SPEC), "w") as f:
         json.dump(model_spec, f, indent=2)
-    with open(os.path.join(config.output, METRICS), "w") as f:
+    with open(os.path.join(folder, METRICS), "w") as f:
         json.dump(report, f, indent=2)
     return report

@@ -23,7 +23,7 @@ class DecodeImageFn(beam.DoFn):
         try:
             image = decode_image(record.payload, self._prep, self._max_pixels)
         except Exception as e:  # a bad file is this record's failure, never the job's
-            yield beam.pvalue.TaggedOutput(FAILED, Failure.from_exception(record.key, record.key, "decode", e))
+            yield beam.pvalue.TaggedOutput(FAILED, Failure.from_exception(record.key, record.origin, "decode", e))
             return
         self._decoded.inc()
         yield (record.key, record.label, record.split), image

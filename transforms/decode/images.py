@@ -8,7 +8,7 @@ and produces a fixed-shape uint8 array; the arithmetic (scale, mean, std) runs i
 from __future__ import annotations
 
 import io
-import warnings
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,6 +100,8 @@ def to_rgb(image):
         peak = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
         grey = np.clip(np.round(values * (255.0 / peak)), 0, 255).astype(np.uint8)
         return Image.fromarray(grey).convert("RGB")
+    if image.mode == "P" and isinstance(image.info.get("transparency"), bytes):
+        image = image.convert("RGBA")  # the same colours, without PIL's warning for a direct conversion
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
@@ -118,30 +120,53 @@ def reduce_jpeg_decoding(image, prep: ImagePreprocessing) -> None:
         image.draft(None, (max(1, int(width * factor)), max(1, int(height * factor))))
 
 
+_PIL_LOCK = threading.Lock()
+_PIL_READY = False
+
+
+def ready_pil() -> None:
+    """PIL's process-wide settings, made once per process (idempotent; any thread may call it first): every
+    format plugin registered before any image opens, and PIL's own pixel limit off, since ``decode_image``
+    checks its configurable one from the header itself (so it never warns or raises its own bomb errors)."""
+    global _PIL_READY
+    if _PIL_READY:
+        return
+    with _PIL_LOCK:
+        if not _PIL_READY:
+            from PIL import Image
+
+            Image.preinit()  # the common formats first, tried in the order Image.open itself would
+            Image.init()
+            Image.MAX_IMAGE_PIXELS = None
+            _PIL_READY = True
+
+
+def check_pixels(width: int, height: int, max_pixels: int) -> None:
+    """Refuse, from its header's size, an image of more than ``max_pixels`` pixels or of none."""
+    if width * height > max_pixels:
+        raise ImageDecodeError(f"image too large: {width}x{height} is {width * height / 1e6:.0f} "
+                               f"megapixels, over the limit of {max_pixels / 1e6:g} (--max-image-pixels)")
+    if width < 1 or height < 1:
+        raise ImageDecodeError(f"image has no pixels ({width}x{height})")
+
+
 def decode_image(data: bytes, prep: ImagePreprocessing, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Encoded image bytes -> the backbone's fixed-shape uint8 RGB input, or ``ImageDecodeError``.
 
     The first frame of animated or multi-page files is used; EXIF orientation is applied; an image of more
-    than ``max_pixels`` is refused from its header, before any pixel is decoded."""
+    than ``max_pixels`` is refused from its header, before any pixel is decoded. Safe to call from many threads
+    at once: no process-wide state (warning filters, PIL settings) is changed after ``ready_pil``'s first call."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
-    Image.MAX_IMAGE_PIXELS = None  # PIL's own bomb check, replaced by the configurable one below
+    ready_pil()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            warnings.simplefilter("ignore", UserWarning)  # "palette images with transparency ..."
-            with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
-                if width * height > max_pixels:
-                    raise ImageDecodeError(f"image too large: {width}x{height} is {width * height / 1e6:.0f} "
-                                           f"megapixels, over the limit of {max_pixels / 1e6:g} (--max-image-pixels)")
-                if width < 1 or height < 1:
-                    raise ImageDecodeError(f"image has no pixels ({width}x{height})")
-                reduce_jpeg_decoding(image, prep)
-                ImageOps.exif_transpose(image, in_place=True)  # no copy when there is nothing to turn
-                return resize_and_crop(to_rgb(image), prep)
+        with Image.open(io.BytesIO(data)) as image:
+            check_pixels(*image.size, max_pixels)
+            reduce_jpeg_decoding(image, prep)
+            ImageOps.exif_transpose(image, in_place=True)  # no copy when there is nothing to turn
+            return resize_and_crop(to_rgb(image), prep)
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:

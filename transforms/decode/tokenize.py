@@ -13,7 +13,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from transforms.read.storage import ready_storage
+from transforms.process import ready_process
 from transforms.records import FAILED, METRICS_NAMESPACE, Failure, Record
 
 __all__ = ["TextPreprocessing", "TokenizeFn"]
@@ -40,7 +40,7 @@ class TokenizeFn(beam.DoFn):
     def setup(self):
         from tokenizers import Tokenizer
 
-        ready_storage()
+        ready_process()
         self._tokenizer = Tokenizer.from_str(self._spec.read_asset("tokenizer").decode("utf-8"))
         self._tokenizer.enable_truncation(self._spec.preprocessing.max_length)
         self._tokenizer.no_padding()
@@ -48,7 +48,7 @@ class TokenizeFn(beam.DoFn):
     def process(self, record: Record):
         if not isinstance(record.payload, str) or not record.payload.strip():
             kind = "empty text" if isinstance(record.payload, str) else "not text (a binary payload)"
-            yield beam.pvalue.TaggedOutput(FAILED, Failure(record.key, record.key, "tokenize", "NotText",
+            yield beam.pvalue.TaggedOutput(FAILED, Failure(record.key, record.origin, "tokenize", "NotText",
                                                            f"{kind}; backbone {self._spec.name} embeds text"))
             return
         ids = np.asarray(self._tokenizer.encode(record.payload).ids, dtype=np.int32)

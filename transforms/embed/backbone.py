@@ -21,7 +21,7 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from transforms.embed.inputs import ModelInputs, inputs_for
-from transforms.read.storage import ready_storage
+from transforms.process import ready_process
 from transforms.records import METRICS_NAMESPACE
 from transforms.schema import OutputSpec
 
@@ -110,7 +110,7 @@ class BackboneHandler(ModelHandler[np.ndarray, PredictionResult, LoadedBackbone]
     def load_model(self) -> LoadedBackbone:
         import tensorflow as tf
 
-        ready_storage()
+        ready_process()
         configure_tensorflow_threads(self._threads)
         gpus = use_gpu_memory_growth()
         if self._mixed_precision:

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from transforms.read.storage import ready_storage
+from transforms.process import ready_process
 from transforms.records import METRICS_NAMESPACE
 
 __all__ = ["ClassifierHandler"]
@@ -26,7 +26,7 @@ class ClassifierHandler(ModelHandler[np.ndarray, PredictionResult, object]):
     def load_model(self):
         import tensorflow as tf
 
-        ready_storage()
+        ready_process()
         return tf.saved_model.load(self._path)
 
     def run_inference(self, batch: Sequence[np.ndarray], model, inference_args=None) -> Iterable[PredictionResult]:

@@ -12,7 +12,7 @@ from transforms.decode.images import DEFAULT_MAX_PIXELS
 from transforms.decode.tokenize import TokenizeFn
 from transforms.embed.backbone import BackboneHandler
 from transforms.embed.retry import EmbeddingFailure, RetryOneByOne
-from transforms.records import FAILED, Failure
+from transforms.records import FAILED, Failure, Record
 from transforms.schema import OutputSpec
 
 __all__ = ["ExtractFeatures"]
@@ -39,9 +39,9 @@ class ExtractFeatures(beam.PTransform):
 
     def expand(self, records):
         if getattr(self._backbone, "modality", "image") == "text":
-            label, fn = "Tokenize texts", TokenizeFn(self._backbone)
+            label, fn = "Tokenize texts", _TokenizeKeepingSourceFn(self._backbone)
         else:
-            label, fn = "Decode images", DecodeImageFn(self._backbone.preprocessing, self._max_pixels)
+            label, fn = "Decode images", _DecodeKeepingSourceFn(self._backbone.preprocessing, self._max_pixels)
         decoded = records | label >> beam.ParDo(fn).with_outputs(FAILED, main="images")
         embedded = (
             decoded.images
@@ -52,14 +52,39 @@ class ExtractFeatures(beam.PTransform):
         return {"embedded": embedded.embedded, FAILED: failed}
 
 
+def _with_source(outputs, record: Record):
+    """A decoding step's outputs, the meta ``(key, label, split)`` of each input extended with the record's
+    source file, so an embed failure can name it; failures pass as they are."""
+    for output in outputs:
+        if isinstance(output, beam.pvalue.TaggedOutput):
+            yield output
+        else:
+            meta, value = output
+            yield (*meta, record.origin), value
+
+
+class _DecodeKeepingSourceFn(DecodeImageFn):
+    """``DecodeImageFn`` with ``(key, label, split, source)`` meta."""
+
+    def process(self, record: Record):
+        return _with_source(super().process(record), record)
+
+
+class _TokenizeKeepingSourceFn(TokenizeFn):
+    """``TokenizeFn`` with ``(key, label, split, source)`` meta."""
+
+    def process(self, record: Record):
+        return _with_source(super().process(record), record)
+
+
 class _KeepVectorsFn(beam.DoFn):
-    """(meta, PredictionResult) -> (meta, vectors), or a ``Failure`` for an image the backbone failed on."""
+    """((key, label, split, source), PredictionResult) -> ((key, label, split), vectors), or a ``Failure`` for an
+    input the backbone failed on."""
 
     def process(self, element):
-        meta, result = element
+        (key, label, split, source), result = element
         if isinstance(result.inference, EmbeddingFailure):
-            key = meta[0]
-            yield beam.pvalue.TaggedOutput(FAILED, Failure(key, key, "embed", result.inference.error_type,
+            yield beam.pvalue.TaggedOutput(FAILED, Failure(key, source, "embed", result.inference.error_type,
                                                            result.inference.message))
         else:
-            yield meta, result.inference
+            yield (key, label, split), result.inference

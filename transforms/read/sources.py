@@ -21,6 +21,7 @@ import os
 import posixpath
 import re
 import stat
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -28,19 +29,20 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from transforms.process import ready_process
 from transforms.read import tables, tar_shards, tfrecords
-from transforms.read.storage import ready_storage
 from transforms.read.tables import InputFields, InputTooLarge
 from transforms.records import FAILED, METRICS_NAMESPACE, Failure, FileRef, Record, SourceFile
 from transforms.schema import record_key
 
-__all__ = ["InputSpec", "InputFields", "FORMATS", "detect_format", "label_from_path", "list_source_files",
-           "ReadRecords", "ExpandSourceFn", "ReadUnitFn", "SKIPPED", "NotARegularFile", "check_regular",
-           "open_regular", "read_whole"]
+__all__ = ["InputSpec", "InputFields", "FORMATS", "AUTO", "detect_format", "glob_format", "escape_glob", "local_path",
+           "label_from_path", "list_source_files", "ReadRecords", "ExpandSourceFn", "ReadUnitFn", "SKIPPED",
+           "NotARegularFile", "check_regular", "open_regular", "read_whole"]
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 FORMATS = ("files", "manifest", "tar", "tfrecord", "text")
+AUTO = "auto"  # a glob's format when its files' names differ in it: each listed file's own, by its extension
 _EXTENSION_FORMATS = {".tar": "tar", ".tfrecord": "tfrecord", ".tfrecords": "tfrecord", ".tfrec": "tfrecord",
                       ".csv": "manifest", ".tsv": "manifest", ".jsonl": "manifest", ".ndjson": "manifest"}
 DEFAULT_CHUNK_BYTES = 64 << 20
@@ -57,15 +59,46 @@ def detect_format(pattern: str) -> str:
     return "files"
 
 
+def glob_format(pattern: str) -> str:
+    """The format every file a glob matches has by its name (``*.tar``: tar, ``*.jpg``: files), or ``AUTO`` when
+    the names it matches can differ in it (``*``, ``*.t*``): then each listed file is read by its own extension."""
+    tail = re.split(r"[*?\[\]]", pattern)[-1].lower()  # what every matched name ends with
+    if any(len(extension) > len(tail) and extension.endswith(tail) for extension in _EXTENSION_FORMATS):
+        return AUTO
+    return detect_format(tail)
+
+
+def escape_glob(path: str) -> str:
+    """A pattern that matches ``path`` only, taken literally: each ``[``, ``*`` and ``?`` in brackets (fnmatch)."""
+    return _GLOB_CHARS.sub(lambda m: f"[{m.group()}]", path)
+
+
+_FILE_URI = re.compile(r"(?i)file:(//[^/]*)?(?=/)")
+
+
+def local_path(uri: str) -> str:
+    """A ``file://`` URI as the local path it names (percent-escapes decoded); anything else as given.
+    ``ValueError`` for a file URI that names another host."""
+    found = _FILE_URI.match(uri)
+    if not found:
+        return uri
+    host = (found.group(1) or "//")[2:]
+    if host.lower() not in ("", "localhost"):
+        raise ValueError(f"{uri} names a file on host {host!r}; only local files can be read as paths")
+    return urllib.parse.unquote(uri[found.end():])
+
+
 @dataclass(frozen=True)
 class InputSpec:
-    """One ``--input``: a directory (recursive) or a glob of files, and the format of those files.
+    """One ``--input``: a directory (recursive), one file or a glob of files, and the format of those files.
 
     For loose files, files in first-level subfolders of ``root`` take that folder's name as label
     (ImageFolder layout); files directly in ``root`` have no label. Other formats carry their own labels.
+    ``AUTO``: each listed file's format is its extension's. A directory's or a file's ``pattern`` is its path
+    with glob characters escaped, so it matches that path only.
     """
 
-    kind: str      # "directory" | "glob"
+    kind: str      # "directory" | "glob" (a glob, or one file: a pattern that matches itself)
     uri: str       # as resolved at launch (absolute for local paths)
     pattern: str   # what FileSystems.match lists
     root: str      # where labels are read from
@@ -73,14 +106,20 @@ class InputSpec:
 
     @classmethod
     def directory(cls, uri: str, format: str = "files") -> InputSpec:
-        root = uri.rstrip("/")
-        return cls("directory", root, f"{root}/**", root, format)
+        root = local_path(uri).rstrip("/")
+        return cls("directory", root, f"{escape_glob(root)}/**", root, format)
+
+    @classmethod
+    def file(cls, uri: str, format: str | None = None) -> InputSpec:
+        path = local_path(uri)
+        return cls("glob", path, escape_glob(path), posixpath.dirname(path), format or detect_format(path))
 
     @classmethod
     def glob(cls, pattern: str, format: str | None = None) -> InputSpec:
+        pattern = local_path(pattern)
         prefix = pattern[: m.start()] if (m := _GLOB_CHARS.search(pattern)) else pattern
         root = prefix if prefix.endswith("/") else posixpath.dirname(prefix)
-        return cls("glob", pattern, pattern, root.rstrip("/"), format or detect_format(pattern))
+        return cls("glob", pattern, pattern, root.rstrip("/"), format or glob_format(pattern))
 
     def to_json(self) -> dict:
         return {"kind": self.kind, "uri": self.uri, "pattern": self.pattern, "label_root": self.root,
@@ -101,12 +140,14 @@ def label_from_path(root: str, uri: str) -> str | None:
 
 
 def list_source_files(spec: InputSpec) -> Iterator[SourceFile]:
-    """List the files of one input spec with their labels and format, in a stable order."""
-    ready_storage()
-    (result,) = FileSystems.match([spec.pattern])
+    """List the files of one input spec with their labels and format (``AUTO``: each file's own), in a stable
+    order."""
+    ready_process()
+    (result,) = FileSystems.match([local_path(spec.pattern)])
+    root = local_path(spec.root)
     for path in sorted(m.path for m in result.metadata_list):
-        label = label_from_path(spec.root, path) if spec.format == "files" else None
-        yield SourceFile(path, label, spec.format)
+        fmt = detect_format(path) if spec.format == AUTO else spec.format
+        yield SourceFile(path, label_from_path(root, path) if fmt == "files" else None, fmt)
 
 
 class NotARegularFile(OSError):
@@ -197,7 +238,7 @@ def read_unit(unit, fields: InputFields) -> Iterator[Record | Failure]:
              if value is not None and len(value) > MAX_FIELD_CHARS), None)
         if too_long:
             name, value = too_long
-            yield Failure(item.key, getattr(unit, "uri", item.key), "read", "FieldTooLong",
+            yield Failure(item.key, item.origin, "read", "FieldTooLong",
                           f"its {name} is {len(value):,} characters, over {MAX_FIELD_CHARS:,}: {value[:60]!r}...")
         else:
             yield item
@@ -207,7 +248,7 @@ def _read_unit(unit, fields: InputFields) -> Iterator[Record | Failure]:
     if isinstance(unit, Record):
         yield unit
     elif isinstance(unit, FileRef):
-        yield Record(unit.key, read_whole(unit.uri, fields.max_input_bytes), unit.label, unit.split)
+        yield Record(unit.key, read_whole(unit.uri, fields.max_input_bytes), unit.label, unit.split, unit.uri)
     elif isinstance(unit, tar_shards.TarChunk):
         with open_regular(unit.uri) as f:
             yield from tar_shards.read_tar_chunk(f, unit, fields)
@@ -241,7 +282,7 @@ class ExpandSourceFn(beam.DoFn):
         self._chunk_bytes = chunk_bytes
 
     def setup(self):
-        ready_storage()
+        ready_process()
 
     def process(self, source: SourceFile):
         try:
@@ -269,7 +310,7 @@ class ReadUnitFn(beam.DoFn):
         self._skipped = Metrics.counter(METRICS_NAMESPACE, "records_skipped_as_committed")
 
     def setup(self):
-        ready_storage()
+        ready_process()
 
     def process(self, unit, done=()):
         if self._done is None:
@@ -294,7 +335,7 @@ class ReadUnitFn(beam.DoFn):
                     self._bytes.inc(len(item.payload))
                     yield item
         except Exception as e:  # storage errors: every record of the unit not yet read fails with the reason
-            source = getattr(unit, "uri", unit.key)
+            source = unit.origin if isinstance(unit, Record) else unit.uri
             for key in keys:
                 if key not in seen and key not in self._done:
                     yield beam.pvalue.TaggedOutput(FAILED, Failure.from_exception(key, source, "read", _describe(e)))
@@ -341,7 +382,8 @@ class ReadRecords(beam.PTransform):
             expand_failed = kept.failed
             skipped = (skipped, kept[SKIPPED]) | "All skipped" >> beam.Flatten()
         failed = (expand_failed, read[FAILED]) | "Reading failures" >> beam.Flatten()
-        return {"sources": sources, "records": read.records, FAILED: failed, SKIPPED: skipped}
+        return {"sources": sources, "units": expanded.units, "records": read.records, FAILED: failed,
+                SKIPPED: skipped}
 
 
 class _SkipDoneFn(beam.DoFn):

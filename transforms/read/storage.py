@@ -14,23 +14,42 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["ready_storage", "use_storage_emulator", "bucket_of", "bucket_exists", "share_storage_options",
-           "adopt_storage_options"]
+__all__ = ["ready_storage", "bound_storage_retries", "use_storage_emulator", "bucket_of", "bucket_exists",
+           "share_storage_options", "adopt_storage_options"]
 
 _SHARED = "FEATUREBEAM_STORAGE_OPTIONS"
 
 
 _READY = False
+_RETRY_ENV = "FEATUREBEAM_STORAGE_RETRY_S"  # the launcher's --storage-retry-seconds, for local worker processes
+DEFAULT_RETRY_SECONDS = 60.0
 
 
 def ready_storage() -> None:
     """This process sees object storage as the job should: the GCS emulator when one is named, the launcher's
-    S3 flags in local worker processes. Idempotent; the first call does the work."""
+    S3 flags in local worker processes, and GCS calls retried for a bounded time. Idempotent; the first call
+    does the work."""
     global _READY
     if not _READY:
         use_storage_emulator()
         adopt_storage_options()
+        bound_storage_retries(float(os.environ.get(_RETRY_ENV, DEFAULT_RETRY_SECONDS)), share=False)
         _READY = True
+
+
+def bound_storage_retries(seconds: float, share: bool = True) -> None:
+    """Retry a failing GCS call for at most ``seconds`` (the client library's default is 120 s per call, and a
+    job makes many): an outage then fails the run promptly, with the reason. ``share``: local worker processes
+    that this process starts do the same."""
+    try:
+        from apache_beam.io.gcp import gcsio_retry
+    except ImportError:  # Beam without its GCP extra: nothing to bound
+        return
+    bounded = gcsio_retry.DEFAULT_RETRY_WITH_THROTTLING_COUNTER.with_timeout(seconds)
+    gcsio_retry.DEFAULT_RETRY_WITH_THROTTLING_COUNTER = bounded
+    _bound_metadata_reloads(bounded)
+    if share:
+        os.environ[_RETRY_ENV] = repr(float(seconds))
 
 
 def use_storage_emulator() -> bool:
@@ -46,6 +65,22 @@ def use_storage_emulator() -> bool:
         auth._Credentials._credentials = None
         auth._Credentials._credentials_init = True
     return True
+
+
+def _bound_metadata_reloads(retry) -> None:
+    """Beam's GCS reader reloads an object's metadata with the client library's own default retry (120 s),
+    not the one Beam is given: reloads without an explicit retry get ``retry`` too."""
+    from google.cloud.storage import _helpers
+
+    reload = _helpers._PropertyMixin.reload
+    original = getattr(reload, "__wrapped__", reload)
+
+    def bounded_reload(self, *args, **kwargs):
+        kwargs.setdefault("retry", retry)
+        return original(self, *args, **kwargs)
+
+    bounded_reload.__wrapped__ = original
+    _helpers._PropertyMixin.reload = bounded_reload
 
 
 def share_storage_options(options) -> None:

@@ -220,4 +220,4 @@ def text_records(uri: str, rows: Iterable[tuple[int, dict | RowError]],
         elif not text.strip():
             yield Failure(key, uri, "read", "EmptyText", f"row {row} has an empty {fields.text!r} field")
         else:
-            yield Record(key, text, _text_field(value, fields.label), _text_field(value, fields.split))
+            yield Record(key, text, _text_field(value, fields.label), _text_field(value, fields.split), uri)

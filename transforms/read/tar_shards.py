@@ -222,4 +222,4 @@ def read_tar_chunk(fileobj, chunk: TarChunk, fields: InputFields) -> Iterator[Re
         except (OSError, tarfile.TarError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError included
             yield Failure.from_exception(key, chunk.uri, "read", e)
             continue
-        yield Record(key, payloads[image.name], label, split)
+        yield Record(key, payloads[image.name], label, split, chunk.uri)

@@ -216,7 +216,7 @@ def read_tfrecord_chunk(fileobj, chunk: TFRecordChunk, fields: InputFields) -> I
             if length > fields.max_input_bytes:
                 fileobj.seek(position)
                 raise InputTooLarge.of(f"record {index}", length, fields.max_input_bytes)
-            yield example_record(key, read_frame(fileobj, length, index), fields)
+            yield example_record(key, read_frame(fileobj, length, index), fields)._replace(source=chunk.uri)
         except FramingError as e:  # the file changed since it was indexed: the rest of the chunk is lost
             for lost in range(index, end):
                 yield Failure(record_key(chunk.uri, lost), chunk.uri, "read", "TFRecordError", str(e))

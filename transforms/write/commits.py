@@ -32,10 +32,11 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms import schema
 from transforms.framing import frame
-from transforms.read.storage import ready_storage
+from transforms.process import ready_process
 from transforms.records import METRICS_NAMESPACE, Failure
 
-__all__ = ["Commit", "CommitRecordError", "CommitFn", "FeatureCommitFn", "FailureCommitFn", "write_atomically",
+__all__ = ["Commit", "CommitRecordError", "CommitFn", "FeatureCommitFn", "FailureCommitFn", "dead_letter",
+           "write_atomically",
            "DEFAULT_RECORDS_PER_COMMIT", "DEFAULT_SECONDS_PER_COMMIT"]
 
 DEFAULT_RECORDS_PER_COMMIT = 10_000
@@ -113,7 +114,7 @@ class CommitFn(beam.DoFn):
         self._commits = Metrics.counter(METRICS_NAMESPACE, f"{self.kind}_files_committed")
 
     def setup(self):
-        ready_storage()
+        ready_process()
         for folder in (self.kind, schema.COMMITS_DIR, schema.PENDING_DIR):
             path = FileSystems.join(self._output, folder)
             if not FileSystems.exists(path):  # local disks need the folders; object stores have none to make
@@ -196,6 +197,14 @@ class FeatureCommitFn(CommitFn):
             self._splits.add(split)
 
 
+def dead_letter(failure: Failure) -> str:
+    """A failed input's line in ``errors/``, counted in the job's metrics (``records_failed``, ``failed REASON``):
+    the one encoding of a dead letter, committed or not."""
+    Metrics.counter(METRICS_NAMESPACE, "records_failed").inc()
+    Metrics.counter(METRICS_NAMESPACE, f"failed {failure.reason}").inc()
+    return failure.to_json()
+
+
 class FailureCommitFn(CommitFn):
     """``Failure`` -> committed ``errors/part-<id>.jsonl`` dead-letter files, one JSON object per line."""
 
@@ -204,12 +213,9 @@ class FailureCommitFn(CommitFn):
 
     def __init__(self, output_dir: str, **kwargs):
         super().__init__(output_dir, **kwargs)
-        self._failed = Metrics.counter(METRICS_NAMESPACE, "records_failed")
 
     def encode(self, failure: Failure):
-        self._failed.inc()
-        Metrics.counter(METRICS_NAMESPACE, f"failed {failure.reason}").inc()
-        return failure.key, (failure.to_json() + "\n").encode("utf-8")
+        return failure.key, (dead_letter(failure) + "\n").encode("utf-8")
 
     def note(self, failure: Failure):
         count, example = self._reasons.get(failure.reason, (0, None))

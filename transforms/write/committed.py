@@ -27,7 +27,7 @@ from apache_beam.metrics import Metrics
 
 from transforms import schema
 from transforms.framing import frame, iter_frames
-from transforms.read.storage import ready_storage
+from transforms.process import ready_process
 from transforms.records import METRICS_NAMESPACE, Failure
 from transforms.write.commits import Commit, CommitRecordError, write_atomically
 
@@ -272,7 +272,7 @@ class VerifyCommitFn(beam.DoFn):
         self._retired = Metrics.counter(METRICS_NAMESPACE, "earlier_commits_retired")
 
     def setup(self):
-        ready_storage()
+        ready_process()
 
     def process(self, marker_path: str):
         rel = marker_path[len(self._output.rstrip("/")) + 1:]

@@ -19,10 +19,13 @@ __all__ = ["CountProgress", "read_progress"]
 
 
 class CountProgress(beam.DoFn):
-    def __init__(self, directory: str, stage: str, every_seconds: float = 0.5):
+    """Counts the elements passing through (or ``weight(element)`` of each) into ``directory`` for ``stage``."""
+
+    def __init__(self, directory: str, stage: str, every_seconds: float = 0.5, weight=None):
         self._directory = directory
         self._stage = stage
         self._every = every_seconds
+        self._weight = weight
 
     def setup(self):
         self._path = os.path.join(self._directory, f"{self._stage}-{os.getpid()}-{uuid.uuid4().hex[:8]}.count")
@@ -37,7 +40,7 @@ class CountProgress(beam.DoFn):
         self._written = time.monotonic()
 
     def process(self, element):
-        self._count += 1
+        self._count += 1 if self._weight is None else self._weight(element)
         if time.monotonic() - self._written >= self._every:
             self._write()
         yield element

@@ -9,12 +9,11 @@ from collections.abc import Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
 
 from transforms import schema
-from transforms.read.storage import ready_storage
-from transforms.records import METRICS_NAMESPACE, Failure
-from transforms.write.commits import DEFAULT_RECORDS_PER_COMMIT, FailureCommitFn, FeatureCommitFn
+from transforms.process import ready_process
+from transforms.records import Failure
+from transforms.write.commits import DEFAULT_RECORDS_PER_COMMIT, FailureCommitFn, FeatureCommitFn, dead_letter
 
 __all__ = ["CommitFeatures", "CommitFailures", "WriteFailures"]
 
@@ -43,14 +42,12 @@ class CommitFailures(beam.PTransform):
         return failures | "Write and commit dead letters" >> beam.ParDo(self._fn)
 
 
-class _CountFailureFn(beam.DoFn):
+class _DeadLetterFn(beam.DoFn):
     def setup(self):
-        ready_storage()
+        ready_process()
 
     def process(self, failure: Failure):
-        Metrics.counter(METRICS_NAMESPACE, "records_failed").inc()
-        Metrics.counter(METRICS_NAMESPACE, f"failed {failure.reason}").inc()
-        yield failure.to_json()
+        yield dead_letter(failure)
 
 
 class WriteFailures(beam.PTransform):
@@ -63,6 +60,6 @@ class WriteFailures(beam.PTransform):
     def expand(self, failures):
         return (
             failures
-            | "Count and serialise failure" >> beam.ParDo(_CountFailureFn())
-            | "Write JSON lines" >> beam.io.WriteToText(self._prefix, file_name_suffix=".jsonl")
+            | "Count and serialise failure" >> beam.ParDo(_DeadLetterFn())
+            | "Write JSON lines" >> beam.io.WriteToText(self._prefix, file_name_suffix=".jsonl", skip_if_empty=True)
         )

@@ -18,19 +18,12 @@ from pipeline.backbones.ports.packaged import packaged_weights
 from pipeline.backbones.spec import BackboneSpec, sha256_of
 from transforms.decode.tokenize import TextPreprocessing
 
-__all__ = ["resolve", "build", "build_minilm", "LAYER_SHAPES", "MAX_LENGTH", "encode_texts"]
+__all__ = ["resolve", "build", "build_minilm", "LAYER_SHAPES", "MAX_LENGTH"]
 
 HIDDEN, HEADS, LAYERS, INTERMEDIATE, EPS = 384, 12, 6, 1536, 1e-12
 MAX_LENGTH = 256
 LAYER_SHAPES = {"embeddings": (MAX_LENGTH, HIDDEN), **{f"layer.{i}": (MAX_LENGTH, HIDDEN) for i in range(LAYERS)},
                 "sentence": (HIDDEN,)}
-
-
-def encode_texts(tokenizer, texts: Sequence[str]) -> list[np.ndarray]:
-    """Token ids (int32) of each text, with [CLS]/[SEP], cut at ``MAX_LENGTH`` as sentence-transformers does."""
-    tokenizer.enable_truncation(MAX_LENGTH)
-    tokenizer.no_padding()
-    return [np.asarray(e.ids, dtype=np.int32) for e in tokenizer.encode_batch(list(texts))]
 
 
 def build_minilm(weights: Mapping[str, np.ndarray], outputs: Sequence[str] = ("sentence",)):

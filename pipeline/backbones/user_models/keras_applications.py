@@ -11,7 +11,7 @@ import tempfile
 from pipeline.backbones.spec import BackboneSpec, BackboneUnavailableError, UnknownBackboneError, sha256_of
 from pipeline.backbones.user_models import keras_models as km
 
-__all__ = ["KERAS_PREFIX", "FAMILY_MODES", "family_of", "family_module", "application_class", "build_application",
+__all__ = ["KERAS_PREFIX", "FAMILY_MODES", "family_of", "application_class", "build_application",
            "resolve", "build"]
 
 KERAS_PREFIX = "keras:"
@@ -34,11 +34,6 @@ def family_of(class_name: str) -> tuple[str, str]:
         if class_name.startswith(prefix):
             return FAMILY_MODES[prefix]
     raise ValueError(f"keras.applications.{class_name} has no known preprocessing")
-
-
-def family_module(class_name: str) -> str:
-    """The ``keras.applications`` module whose ``preprocess_input`` the class uses."""
-    return family_of(class_name)[0]
 
 
 def application_class(class_name: str):

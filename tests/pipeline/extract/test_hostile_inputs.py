@@ -175,10 +175,11 @@ def test_text_keys_never_collide_and_a_repeated_id_is_a_failure(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with TestPipeline() as p:
         read = p | ReadRecords([InputSpec.glob(str(path), "text")])
+        source = str(path)
         assert_that(read["records"], equal_to(
-            [Record(f"{path}#id=7", "id seven", None)] + [Record(f"{path}#row={i}", f"row {i}", None)
-                                                          for i in range(1, 8)]
-            + [Record(f"{path}#id=x", "x", None)]), label="records")
+            [Record(f"{path}#id=7", "id seven", None, None, source)]
+            + [Record(f"{path}#row={i}", f"row {i}", None, None, source) for i in range(1, 8)]
+            + [Record(f"{path}#id=x", "x", None, None, source)]), label="records")
         assert_that(read["failed"], equal_to([
             Failure(f"{path}#row=8", str(path), "read", "DuplicateId",
                     "row 8 repeats id '7' of row 0; the first is kept")]), label="failures")

@@ -100,3 +100,96 @@ def test_extreme_aspect_ratios_resample_only_the_crop_with_the_same_pixels(sampl
     top, left = 16, (5120 - 224) // 2
     direct = np.asarray(needle.resize((5120, 256), Image.BILINEAR).crop((left, top, left + 224, top + 224)))
     assert np.abs(resize_and_crop(needle, PREP).astype(int) - direct).max() <= 1
+
+
+# --- many threads at once (a Dataflow worker process runs several harness threads) ---------------------------------
+
+SMALL = ImagePreprocessing(resize_shorter=32, crop=32)
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` pixels, followed by no pixel data at all."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + chunk(
+        b"IEND", b"")
+
+
+def thread_mix() -> list[bytes]:
+    """Good images (one a palette PNG with per-entry transparency), images too large by their header alone, and
+    files that are not images or are broken."""
+    ys, xs = np.mgrid[0:48, 0:64]
+    pattern = Image.fromarray(np.stack([(xs * 3 + ys * 7) % 251, xs * 4, ys * 5], axis=-1).astype(np.uint8))
+    palette = Image.fromarray((xs % 7).astype(np.uint8), "P")
+    palette.putpalette([(i * 37) % 256 for i in range(768)])
+    jpeg = encode(pattern, "JPEG", quality=90)
+    return [encode(pattern, "PNG"), jpeg, encode(pattern.convert("L"), "PNG"),
+            encode(palette, "PNG", transparency=bytes([0, 60, 120, 180, 240, 255, 30])),
+            encode(pattern.resize((300, 4)), "PNG"),
+            png_claiming(50_000, 50_000), png_claiming(20_000, 6_000),
+            jpeg[:300], encode(pattern, "PNG")[:200], b"plain text, not pixels\n", b""]
+
+
+def outcome(data: bytes):
+    """What decoding gives: the pixels, or the reason it refused."""
+    try:
+        return "ok", decode_image(data, SMALL).tobytes()
+    except ImageDecodeError as e:
+        return "refused", str(e)
+
+
+def test_the_mix_decodes_as_expected_and_warns_of_nothing():
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = [outcome(data) for data in thread_mix()]
+    assert [kind for kind, _ in got] == ["ok"] * 5 + ["refused"] * 6
+    assert [reason for _, reason in got[5:7]] == [
+        "image too large: 50000x50000 is 2500 megapixels, over the limit of 100 (--max-image-pixels)",
+        "image too large: 20000x6000 is 120 megapixels, over the limit of 100 (--max-image-pixels)"]
+    assert [reason.split(":")[0] for _, reason in got[7:]] == [
+        "damaged image", "damaged image", "not an image (unrecognised file format)", "empty file (0 bytes)"]
+    assert [str(w.message) for w in caught] == []  # nothing that would need a warning filter
+
+
+def test_many_threads_decode_as_one_does_and_no_global_state_changes(monkeypatch):
+    import random
+    import threading
+    import warnings
+
+    inputs = thread_mix()
+    expected = [outcome(data) for data in inputs]  # the first call sets up PIL for the process, once
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10**12)  # another component's limit, far above these images
+    filters = list(warnings.filters)
+    start, stop, changes = threading.Barrier(9), threading.Event(), []
+
+    def watch():
+        start.wait()
+        while not stop.is_set():
+            if warnings.filters != filters or Image.MAX_IMAGE_PIXELS != 10**12:
+                changes.append((list(warnings.filters[:2]), Image.MAX_IMAGE_PIXELS))
+
+    def decode_all(seed: int, results: list):
+        order = list(range(len(inputs))) * 20
+        random.Random(seed).shuffle(order)
+        start.wait()
+        results.extend((i, outcome(inputs[i])) for i in order)
+
+    results = [[] for _ in range(8)]
+    threads = [threading.Thread(target=decode_all, args=(n, results[n])) for n in range(8)]
+    watcher = threading.Thread(target=watch)
+    for thread in [watcher, *threads]:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    stop.set()
+    watcher.join()
+    assert [len(r) for r in results] == [20 * len(inputs)] * 8
+    assert [(i, got) for r in results for i, got in r if got != expected[i]] == []
+    assert changes[:1] == []
+    assert warnings.filters == filters and Image.MAX_IMAGE_PIXELS == 10**12

@@ -71,8 +71,8 @@ def test_manifest_rows_find_the_uri_field_or_say_which_they_wanted():
 def test_text_keys_use_the_id_field_else_the_row_and_empty_text_is_a_failure():
     data = b'{"id": "q1", "text": "a question", "label": "faq"}\n{"text": "no id"}\n{"text": "  "}\n{"x": 1}\n'
     got = list(tables.text_records("gs://b/t.jsonl", rows("t.jsonl", data), FIELDS))
-    assert got[0] == Record("gs://b/t.jsonl#id=q1", "a question", "faq", None)
-    assert got[1] == Record("gs://b/t.jsonl#row=1", "no id", None, None)
+    assert got[0] == Record("gs://b/t.jsonl#id=q1", "a question", "faq", None, "gs://b/t.jsonl")
+    assert got[1] == Record("gs://b/t.jsonl#row=1", "no id", None, None, "gs://b/t.jsonl")
     assert (got[2].error_type, got[3].error_type) == ("EmptyText", "MissingField")
 
 
@@ -81,8 +81,9 @@ def test_text_inputs_become_text_records_through_the_pipeline(tmp_path):
     path.write_text("id,text,label\n7,hello world,greeting\n,second,\n", encoding="utf-8")
     with TestPipeline() as p:
         read = p | ReadRecords([InputSpec.glob(str(path), "text")])
-        assert_that(read["records"], equal_to([Record(f"{path}#id=7", "hello world", "greeting", None),
-                                                Record(f"{path}#row=1", "second", None, None)]), label="records")
+        assert_that(read["records"], equal_to([Record(f"{path}#id=7", "hello world", "greeting", None, str(path)),
+                                                Record(f"{path}#row=1", "second", None, None, str(path))]),
+                    label="records")
         assert_that(read["failed"], equal_to([]), label="failures")
 
 
@@ -119,8 +120,9 @@ def test_tar_members_group_into_samples_with_labels_by_priority():
                  ("z.json", b'{"label": 5}'), ("z.webp", b"Z"),
                  ("w.jpg", b"W")])
     _, got = _read_all("s.tar", data)
-    assert got == [Record("s.tar#a/x.jpg", b"X", "3", "val"), Record("s.tar#y.seg.png", b"Y", "caption", None),
-                   Record("s.tar#z.webp", b"Z", "5", None), Record("s.tar#w.jpg", b"W", None, None)]
+    assert got == [Record("s.tar#a/x.jpg", b"X", "3", "val", "s.tar"),
+                   Record("s.tar#y.seg.png", b"Y", "caption", None, "s.tar"),
+                   Record("s.tar#z.webp", b"Z", "5", None, "s.tar"), Record("s.tar#w.jpg", b"W", None, None, "s.tar")]
 
 
 def test_tar_chunks_cover_every_sample_once():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import socket
 import threading
 import time
@@ -12,6 +13,7 @@ import time
 import apache_beam as beam
 import pytest
 
+from transforms.read import sources
 from transforms.read.sources import (
     ExpandSourceFn,
     InputFields,
@@ -147,7 +149,7 @@ def test_a_file_over_the_limit_is_refused_from_its_size_and_one_at_the_limit_is_
     fn = ReadUnitFn(InputFields(max_input_bytes=100))
     at = str(tmp_path / "at.jpg")
     over = str(tmp_path / "over.jpg")
-    assert outputs(fn.process(FileRef(at, at, "x"))) == [("main", Record(at, b"a" * 100, "x"))]
+    assert outputs(fn.process(FileRef(at, at, "x"))) == [("main", Record(at, b"a" * 100, "x", source=at))]
     assert [(tag, f.key, f.error_type, f.message) for tag, f in outputs(fn.process(FileRef(over, over, None)))] == [
         (FAILED, over, "InputTooLarge", f"{over} is 101 bytes, over the limit of 100 (--max-input-bytes)")]
 
@@ -191,4 +193,86 @@ def test_an_object_without_a_local_path_is_measured_before_reading(monkeypatch):
     assert reads == []  # refused from its size, nothing read
     monkeypatch.setattr(sources, "_open", lambda uri: Remote(b"r" * 100))
     assert outputs(ReadUnitFn(InputFields(max_input_bytes=100)).process(FileRef("gs://b/r.jpg", "gs://b/r.jpg", None))
-                   ) == [("main", Record("gs://b/r.jpg", b"r" * 100, None))]
+                   ) == [("main", Record("gs://b/r.jpg", b"r" * 100, None, source="gs://b/r.jpg"))]
+
+
+# --- literal paths, file:// URIs, a glob's format ------------------------------------------------------------------
+
+@pytest.mark.parametrize("pattern, fmt", [
+    ("/d/*.tar", "tar"), ("/d/*/*.jpg", "files"), ("gs://b/x/part-*.tfrecord", "tfrecord"), ("/d/*.csv", "manifest"),
+    ("/d/one.tar", "tar"), ("/d/*", "auto"), ("/d/**", "auto"), ("/d/*.t*", "auto"), ("/d/x.tar*", "auto"),
+    ("/d/*.[tc]sv", "auto"), ("/d/*r", "auto"), ("/d/*.png", "files"),
+])
+def test_a_globs_format_is_fixed_only_when_every_name_it_matches_has_it(pattern, fmt):
+    assert sources.glob_format(pattern) == fmt
+
+
+@pytest.mark.parametrize("path, escaped, as_a_glob_matches", [
+    ("/d/photos [2024]/a*b?.jpg", "/d/photos [[]2024]/a[*]b[?].jpg", "/d/photos 2/a-b!.jpg"),
+    ("gs://b/x[!y]**", "gs://b/x[[]!y][*][*]", "gs://b/xz/deep"), ("/a]b", "/a]b", None)])
+def test_escaped_paths_match_only_themselves(path, escaped, as_a_glob_matches):
+    from apache_beam.io.filesystem import FileSystem
+
+    assert sources.escape_glob(path) == escaped
+    assert re.match(FileSystem.translate_pattern(escaped), path)
+    if as_a_glob_matches:
+        assert re.match(FileSystem.translate_pattern(path), as_a_glob_matches)
+        assert not re.match(FileSystem.translate_pattern(escaped), as_a_glob_matches)
+
+
+@pytest.mark.parametrize("uri, path", [
+    ("file:///tmp/x/photos", "/tmp/x/photos"), ("file://localhost/tmp/x", "/tmp/x"), ("FILE:/tmp/x", "/tmp/x"),
+    ("file:///tmp/photos%20%5B2024%5D/a%2Ab%3F.jpg", "/tmp/photos [2024]/a*b?.jpg"),
+    ("file:///tmp/photos [2024]/a*b?.jpg", "/tmp/photos [2024]/a*b?.jpg"),
+    ("/tmp/x", "/tmp/x"), ("gs://b/file:///x", "gs://b/file:///x"), ("file-list.csv", "file-list.csv"),
+])
+def test_file_uris_are_the_local_paths_they_name(uri, path):
+    assert sources.local_path(uri) == path
+
+
+def test_a_file_uri_of_another_host_is_refused():
+    with pytest.raises(ValueError, match="names a file on host 'nas'"):
+        sources.local_path("file://nas/share/x.jpg")
+
+
+@pytest.fixture
+def bracketed(tmp_path):
+    """``photos [2024]/`` holding ``a*b?.jpg`` and ``cats/c[1].png``, beside ``photos 2/``, which its name read
+    as a glob would match instead."""
+    folder = tmp_path / "photos [2024]"
+    (folder / "cats").mkdir(parents=True)
+    (folder / "a*b?.jpg").write_bytes(b"a")
+    (folder / "cats" / "c[1].png").write_bytes(b"c")
+    (tmp_path / "photos 2").mkdir()
+    (tmp_path / "photos 2" / "decoy.jpg").write_bytes(b"d")
+    return folder
+
+
+def test_a_folder_or_file_with_glob_characters_is_listed_literally(bracketed):
+    folder = str(bracketed)
+    found = list(list_source_files(InputSpec.directory(folder)))
+    assert found == [SourceFile(f"{folder}/a*b?.jpg", None), SourceFile(f"{folder}/cats/c[1].png", "cats")]
+    assert list(list_source_files(InputSpec.file(f"{folder}/a*b?.jpg"))) == [SourceFile(f"{folder}/a*b?.jpg", None)]
+
+
+def test_specs_of_file_uris_list_the_same_paths_as_plain_paths(bracketed):
+    folder = str(bracketed)
+    assert InputSpec.directory(bracketed.as_uri()) == InputSpec.directory(folder)
+    assert InputSpec.file((bracketed / "a*b?.jpg").as_uri()) == InputSpec.file(f"{folder}/a*b?.jpg")
+    assert InputSpec.glob(f"file://{bracketed.parent}/photos */*.jpg") == InputSpec.glob(
+        f"{bracketed.parent}/photos */*.jpg")
+    written = InputSpec("directory", f"file://{folder}", f"file://{sources.escape_glob(folder)}/**", f"file://{folder}")
+    assert list(list_source_files(written)) == list(list_source_files(InputSpec.directory(folder)))
+
+
+def test_an_auto_glob_lists_each_file_with_its_own_format(tmp_path):
+    for rel in ("cat/a.jpg", "cat/s.tar", "cat/r.tfrecord", "cat/m.csv", "cat/t.jsonl", "dog/notes.txt"):
+        (tmp_path / rel).parent.mkdir(exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    auto = InputSpec.glob(f"{tmp_path}/*/*")
+    assert auto.format == "auto"
+    assert [(f.uri[len(str(tmp_path)) + 1:], f.label, f.format) for f in list_source_files(auto)] == [
+        ("cat/a.jpg", "cat", "files"), ("cat/m.csv", None, "manifest"), ("cat/r.tfrecord", None, "tfrecord"),
+        ("cat/s.tar", None, "tar"), ("cat/t.jsonl", None, "manifest"), ("dog/notes.txt", "dog", "files")]
+    told = InputSpec.glob(f"{tmp_path}/*/*", "files")
+    assert {(f.label, f.format) for f in list_source_files(told)} == {("cat", "files"), ("dog", "files")}

@@ -29,16 +29,22 @@ def spec():
     return resolve_backbone("minilm_l6")
 
 
-def test_sentence_embeddings_match_sentence_transformers(spec, minilm_reference):
-    from tokenizers import Tokenizer
+def _token_ids(spec, texts):
+    """Token ids as the pipeline makes them (``TokenizeFn``, the model's own tokenizer.json)."""
+    from transforms.decode.tokenize import TokenizeFn
+    from transforms.records import Record
 
-    from pipeline.backbones.ports.minilm import encode_texts
+    fn = TokenizeFn(spec)
+    fn.setup()
+    return [ids for text in texts for _, ids in fn.process(Record(text, text, None))]
+
+
+def test_sentence_embeddings_match_sentence_transformers(spec, minilm_reference):
     from transforms.embed.backbone import BackboneHandler
     from transforms.embed.inputs import pad_tokens
     from transforms.schema import OutputSpec
 
-    tokenizer = Tokenizer.from_str(spec.read_asset("tokenizer").decode())
-    sequences = encode_texts(tokenizer, [str(s) for s in minilm_reference["sentences"]])
+    sequences = _token_ids(spec, [str(s) for s in minilm_reference["sentences"]])
     model = BackboneHandler(spec, [OutputSpec("sentence", "sentence", "none", 384)]).load_model()
     batched = model.embed(pad_tokens(sequences))["sentence"]            # padded to the longest
     alone = np.stack([model.embed(pad_tokens([s]))["sentence"][0] for s in sequences])
@@ -63,6 +69,55 @@ def test_raw_text_through_the_pipeline_matches(tmp_path, minilm_reference):
     records = {r.key: r for p in schema.shard_paths(out, manifest) for r in schema.read_records(p, manifest.outputs)}
     got = np.stack([records[f"{path}#id=s{i}"].vectors["sentence"] for i in range(4)])
     np.testing.assert_allclose(got, minilm_reference["embeddings"], atol=1e-5, rtol=0)
+    spec = _spec()
+    weights = _weights(spec)
+    for i, sentence in enumerate(minilm_reference["sentences"]):  # a token layer, pooled over the real tokens
+        (ids,) = _token_ids(spec, [str(sentence)])
+        expected = _bert_layer(weights, ids, 2).mean(axis=0)
+        np.testing.assert_allclose(records[f"{path}#id=s{i}"].vectors["layer.2"], expected, atol=2e-4, rtol=1e-4)
+
+
+def _spec():
+    from pipeline.backbones.registry import resolve_backbone
+
+    return resolve_backbone("minilm_l6")
+
+
+def _weights(spec):
+    from safetensors.numpy import load
+
+    return {k: v.astype(np.float64) for k, v in load(spec.read_weights()).items()}
+
+
+def _bert_layer(w, ids, last: int) -> np.ndarray:
+    """An independent float64 BERT forward pass in numpy (Hugging Face's layout and names), one sequence, up to
+    and including encoder layer ``last``: (tokens, 384)."""
+    from scipy.special import erf
+
+    def norm(x, key):
+        mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+        return (x - mu) / np.sqrt(var + 1e-12) * w[f"{key}.weight"] + w[f"{key}.bias"]
+
+    def dense(x, key):
+        return x @ w[f"{key}.weight"].T + w[f"{key}.bias"]
+
+    e = "embeddings"
+    x = w[f"{e}.word_embeddings.weight"][ids] + w[f"{e}.position_embeddings.weight"][: len(ids)] \
+        + w[f"{e}.token_type_embeddings.weight"][0]
+    x = norm(x, f"{e}.LayerNorm")
+    for i in range(last + 1):
+        p = f"encoder.layer.{i}.attention"
+        q, k, v = (dense(x, f"{p}.self.{n}").reshape(len(ids), 12, 32).transpose(1, 0, 2)
+                   for n in ("query", "key", "value"))
+        scores = q @ k.transpose(0, 2, 1) / np.sqrt(32)
+        attention = np.exp(scores - scores.max(-1, keepdims=True))
+        attention /= attention.sum(-1, keepdims=True)
+        context = (attention @ v).transpose(1, 0, 2).reshape(len(ids), 384)
+        x = norm(x + dense(context, f"{p}.output.dense"), f"{p}.output.LayerNorm")
+        inner = dense(x, f"encoder.layer.{i}.intermediate.dense")
+        inner = 0.5 * inner * (1 + erf(inner / np.sqrt(2)))
+        x = norm(x + dense(inner, f"encoder.layer.{i}.output.dense"), f"encoder.layer.{i}.output.LayerNorm")
+    return x
 
 
 def test_images_and_text_do_not_mix(tmp_path, capsys, sample_photos):
@@ -90,7 +145,9 @@ def test_heads_train_on_text_features_and_the_layer_sweep_picks_a_layer(tmp_path
     report = json.load(open(os.path.join(model, "metrics.json")))
     sweep = json.load(open(os.path.join(model, "layer_sweep.json")))
     assert sweep["order"] == layers and sweep == report["layer_sweep"]
-    assert all(0.0 <= sweep["layers"][name]["validation_accuracy"] <= 1.0 for name in layers)
+    # the two topics share no content word: every layer's probe separates the held-out texts exactly
+    assert {name: (r["dim"], r["validation_accuracy"]) for name, r in sweep["layers"].items()} == {
+        name: (384, 1.0) for name in layers}
     best = sweep["best_layer"]
     accuracies = [r["validation_accuracy"] for r in sweep["layers"].values()]
     assert sweep["layers"][best]["validation_accuracy"] == max(accuracies)

@@ -47,12 +47,12 @@ def test_preprocessing_equals_the_familys_preprocess_input(class_name, tmp_path,
     import tensorflow as tf
 
     from pipeline.backbones.registry import resolve_backbone
-    from pipeline.backbones.user_models.keras_applications import family_module
+    from pipeline.backbones.user_models.keras_applications import family_of
 
     _, path = _weights(tmp_path, class_name)
     spec = resolve_backbone(f"keras:{class_name}", weights=path)
     images = np.stack([decode_image(data, spec.preprocessing) for data in sample_photos.values()])
-    preprocess_input = importlib.import_module(f"keras.applications.{family_module(class_name)}").preprocess_input
+    preprocess_input = importlib.import_module(f"keras.applications.{family_of(class_name)[0]}").preprocess_input
     expected = preprocess_input(images.astype(np.float32))
     np.testing.assert_allclose(spec.preprocessing.normalize(tf.constant(images)).numpy(), expected, atol=1e-4)
 
@@ -62,7 +62,7 @@ def test_preprocessing_equals_the_familys_preprocess_input(class_name, tmp_path,
 def test_features_through_the_pipeline_equal_the_keras_model_at_that_layer(class_name, layer, tmp_path, photos):
     import keras
 
-    from pipeline.backbones.user_models.keras_applications import family_module
+    from pipeline.backbones.user_models.keras_applications import family_of
 
     model, path = _weights(tmp_path, class_name)
     out = str(tmp_path / "features")
@@ -73,7 +73,7 @@ def test_features_through_the_pipeline_equal_the_keras_model_at_that_layer(class
     assert manifest.backbone["name"] == f"keras:{class_name}" and manifest.backbone["options"]["include_top"] is False
     records = {os.path.basename(r.key): r for p in schema.shard_paths(out, manifest)
                for r in schema.read_records(p, manifest.outputs)}
-    preprocess_input = importlib.import_module(f"keras.applications.{family_module(class_name)}").preprocess_input
+    preprocess_input = importlib.import_module(f"keras.applications.{family_of(class_name)[0]}").preprocess_input
     probe = keras.Model(model.inputs, model.get_layer(layer).output)
     from pipeline.backbones.registry import resolve_backbone
 

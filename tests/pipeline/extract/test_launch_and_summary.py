@@ -1,0 +1,79 @@
+"""What --resume compares, what launch refuses, and the numbers the progress line and the summary print."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from pipeline.cli import main
+from pipeline.extract.progress import format_progress
+from pipeline.extract.summary import format_summary
+from transforms import schema
+
+
+@pytest.fixture(scope="module")
+def small_images(tmp_path_factory):
+    root = tmp_path_factory.mktemp("small")
+    for i in range(6):
+        Image.new("RGB", (24, 20), (40 * i, 90, 200 - 30 * i)).save(root / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    import keras
+
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    path = str(tmp_path_factory.mktemp("model") / "tiny.keras")
+    keras.Model(inputs, x).save(path)
+    return path
+
+
+@pytest.mark.parametrize("changed, named", [
+    (["--preprocessing", "torch"], "--backbone (its weights or --preprocessing)"),
+    (["--preprocessing", "raw", "--mixed-precision"], "--mixed-precision"),
+], ids=["preprocessing", "mixed-precision"])
+def test_resume_refuses_settings_that_change_the_outputs(tmp_path, small_images, model_file, capsys, changed, named):
+    out = str(tmp_path / "out")
+    base = ["extract", "--input", str(small_images), "--output", out, "--backbone", model_file, "--quiet"]
+    assert main([*base, "--preprocessing", "raw"]) == 0
+    capsys.readouterr()
+    assert main([*base, *changed, "--resume"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"featurebeam extract: error: cannot resume {out}: it was started with different {named}; use the same "
+        "settings, or --overwrite to start again")
+
+
+def test_mixed_precision_with_a_text_backbone_is_refused_at_launch(tmp_path, capsys):
+    texts = tmp_path / "posts.jsonl"
+    texts.write_text('{"id": "1", "text": "hello"}\n')
+    code = main(["extract", "--input", str(texts), "--input-format", "text", "--backbone", "minilm_l6",
+                 "--output", str(tmp_path / "out"), "--mixed-precision", "--quiet"])
+    assert code == 2
+    assert capsys.readouterr().err.strip().startswith(
+        "featurebeam extract: error: --mixed-precision is for image backbones; text backbone minilm_l6 runs in "
+        "float32")
+
+
+@pytest.mark.parametrize("counts, seconds, eta", [
+    # two tar shards listed, 100 inputs in them: 50 done at 5 inputs/s leaves 10 s
+    ({"listed": 2, "expected": 100, "read": 60, "embedded": 40, "failed": 10}, 10.0, "ETA 10 s"),
+    # a resumed run: 30 of 100 were skipped as committed; 20 done this run at 2/s, 50 left
+    ({"listed": 100, "expected": 100, "embedded": 18, "failed": 2, "skipped": 30}, 10.0, "ETA 25 s"),
+    # still expanding: nothing known yet, no ETA rather than a wrong one
+    ({"listed": 3, "embedded": 0, "failed": 0}, 10.0, None),
+], ids=["archives", "resumed", "unknown"])
+def test_the_eta_counts_inputs_not_files(counts, seconds, eta):
+    line = format_progress(counts, seconds)
+    assert (eta in line) if eta else ("ETA" not in line), line
+
+
+def test_the_summary_rate_counts_what_this_run_did():
+    manifest = schema.Manifest(
+        backbone={"name": "mobilenet_v2", "weights_sha256": "0" * 64}, outputs=(), labels=(),
+        counts={"inputs": 31, "embedded": 30, "failed": 1, "duplicates": 0}, shards=(), inputs={},
+        resumed_records=11)  # 11 committed earlier, one of them a failure: this run did 20 inputs
+    first = format_summary(manifest, "/out", 10.0).splitlines()[0]
+    assert "(2.0 images/s this run)" in first, first

@@ -1,0 +1,28 @@
+"""What a worker process readies once, from the ``setup()`` of the first DoFn (or handler) that starts there:
+object storage as the job sees it (``read.storage.ready_storage``) and, when the featurebeam command asked for
+it, a quiet worker. The command sets ``FEATUREBEAM_QUIET_WORKERS`` to its own process id (unless
+``FEATUREBEAM_DEBUG``); a local worker process started under it then neither logs nor prints (Beam's harness
+prints a failed bundle's traceback to stderr as well as logging it), so a failure is reported once, by the
+command, in one line. The command's own process and other pipelines are untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from transforms.read.storage import ready_storage
+
+__all__ = ["ready_process", "QUIET_WORKERS"]
+
+QUIET_WORKERS = "FEATUREBEAM_QUIET_WORKERS"
+
+
+def ready_process() -> None:
+    ready_storage()
+    launcher = os.environ.get(QUIET_WORKERS)
+    if launcher and launcher != str(os.getpid()):
+        for name in ("", "apache_beam"):  # Beam's own loggers may carry a level of their own
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+        sys.stderr = open(os.devnull, "w")  # for the life of the worker process

@@ -16,14 +16,13 @@ Dataflow's flags ...); a flag that neither knows is an error, not silently dropp
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import time
 from collections.abc import Sequence
 
-from pipeline.flags import Parser, UsageError, split_flags, with_local_defaults
-from transforms.process import QUIET_WORKERS
+from pipeline.flags import Parser, UsageError, split_flags, use_storage_flags, with_local_defaults
+from pipeline.logs import quiet_beam
 
 __all__ = ["main"]
 
@@ -86,7 +85,7 @@ def cmd_demo(argv: Sequence[str]) -> int:
 
 
 def _train_parser() -> argparse.ArgumentParser:
-    from pipeline.train.run import HEADS
+    from pipeline.train.config import HEADS
 
     parser = Parser(
         prog="featurebeam train", allow_abbrev=False,
@@ -112,26 +111,15 @@ def _train_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _use_storage_flags(beam_argv: Sequence[str]):
-    """Beam's flags as this process's view of object storage (S3 endpoint and keys, GCS emulator), before any
-    path is looked at; returns the pipeline options."""
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    from pipeline.extract.launch import use_storage_options
-
-    options = PipelineOptions(list(beam_argv))
-    use_storage_options(options)
-    return options
-
-
 def cmd_train(argv: Sequence[str]) -> int:
     from pipeline.extract.options import absolute
+    from pipeline.train.config import TrainConfig
     from pipeline.train.layer_sweep import run_layer_sweep
-    from pipeline.train.run import TrainConfig, run_training
+    from pipeline.train.run import run_training
     from pipeline.train.summary import format_layer_sweep, format_training
 
     args, beam_argv = split_flags(_train_parser(), argv)
-    _use_storage_flags(beam_argv)
+    use_storage_flags(beam_argv)
     config = TrainConfig(features=tuple(args.features), output=absolute(args.output),
                          heads=tuple(dict.fromkeys(args.head or ["linear"])), output_name=args.output_name,
                          test_features=tuple(args.test_features), validation_fraction=args.validation_fraction,
@@ -163,7 +151,7 @@ def cmd_predict(argv: Sequence[str]) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--overwrite", action="store_true")
     own, beam_argv = split_flags(parser, argv)
-    options = _use_storage_flags(with_local_defaults(beam_argv))  # before any input, MODELDIR or OUTDIR is looked at
+    options = use_storage_flags(with_local_defaults(beam_argv))  # before any input, MODELDIR or OUTDIR is looked at
     config = PredictConfig.create(own.model, own.input, own.output, own.batch_size, own.overwrite)
     start = time.monotonic()
     summary = run_prediction(config, options)
@@ -198,7 +186,8 @@ def cmd_bench(argv: Sequence[str]) -> int:
 
 def cmd_layers(argv: Sequence[str]) -> int:
     from pipeline.backbones.registry import available_backbones, resolve_backbone
-    from transforms.embed.pooling import POOLINGS, pooled_dim
+    from pipeline.tools.layers import format_layers
+    from transforms.embed.pooling import POOLINGS
 
     parser = Parser(prog="featurebeam layers", allow_abbrev=False,
                      description="The layers of a backbone worth extracting, with their output shapes and the bytes "
@@ -211,17 +200,7 @@ def cmd_layers(argv: Sequence[str]) -> int:
     parser.add_argument("--pooling", default="avg", choices=POOLINGS)
     args = parser.parse_args(argv)
     spec = resolve_backbone(args.backbone, args.weights, args.preprocessing)
-    print(f"featurebeam layers: {spec.name} (default --layer {spec.default_layer}), pooling {args.pooling}")
-    width = max(14, *(len(name) for name in spec.layer_shapes))
-    print(f"  {'layer':{width}s} {'output shape':>16s} {'dim':>9s} {'bytes/record':>13s}")
-    shown = spec.layer_shapes if args.all or not spec.candidates else {
-        name: spec.layer_shapes[name] for name in spec.candidates}
-    for name, shape in shown.items():
-        dim = pooled_dim(shape, args.pooling if len(shape) > 1 else "none")
-        mark = "  (default)" if name == spec.default_layer else ""
-        print(f"  {name:{width}s} {'x'.join(map(str, shape)):>16s} {dim:>9,d} {4 * dim:>13,d}{mark}")
-    if len(shown) < len(spec.layer_shapes):
-        print(f"  ({len(spec.layer_shapes) - len(shown)} more layers with --all; --layer takes any of them)")
+    print(format_layers(spec, args.pooling, args.all))
     return 0
 
 
@@ -251,7 +230,7 @@ def cmd_report(argv: Sequence[str]) -> int:
     parser.add_argument("--model", metavar="MODELDIR", help="also show a trained model's metrics")
     parser.add_argument("--html", metavar="FILE", help="where to write the page (default: OUTDIR/report.html)")
     args, beam_argv = split_flags(parser, argv)
-    _use_storage_flags(beam_argv)
+    use_storage_flags(beam_argv)
     from apache_beam.io.filesystems import FileSystems
 
     path = args.html or FileSystems.join(args.output, "report.html")
@@ -282,12 +261,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     command, rest = argv[0], argv[1:]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported, here or in workers
-    # Beam logs a failed bundle's traceback from every worker that ran it (hundreds of lines) before the job
-    # fails; the one line below says why. FEATUREBEAM_DEBUG=1 shows all of it, and the traceback.
-    if not os.environ.get("FEATUREBEAM_DEBUG"):
-        for name in ("", "apache_beam"):                # Beam logs to its own loggers and to the root one
-            logging.getLogger(name).setLevel(logging.CRITICAL)
-        os.environ[QUIET_WORKERS] = str(os.getpid())     # and so do local worker processes (transforms.process)
     if command == "extract" and ("-h" in rest or "--help" in rest):
         _extract_parser().print_help()
         return 0
@@ -297,8 +270,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from transforms.read.storage import ready_storage
 
     try:
-        ready_storage()  # object storage as the workers will see it (GCS emulator, S3 flags)
-        return COMMANDS[command](rest)
+        with quiet_beam(not os.environ.get("FEATUREBEAM_DEBUG")):
+            ready_storage()  # object storage as the workers will see it (GCS emulator, S3 flags)
+            return COMMANDS[command](rest)
     except (UsageError, ConfigError, UnknownBackboneError, BackboneUnavailableError, FeatureSetError) as e:
         print(f"featurebeam {command}: error: {e}", file=sys.stderr)
         return 2

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-__all__ = ["UsageError", "Parser", "split_flags", "with_local_defaults"]
+__all__ = ["UsageError", "Parser", "split_flags", "with_local_defaults", "use_storage_flags"]
 
 
 class UsageError(ValueError):
@@ -59,3 +59,15 @@ def with_local_defaults(argv: Sequence[str]) -> list[str]:
     if given(argv, "--direct_num_workers") or given(argv, "--direct_running_mode"):
         defaults = [flag for flag in defaults if not flag.startswith("--direct_")]
     return [*argv, *defaults]
+
+
+def use_storage_flags(beam_argv: Sequence[str]):
+    """Beam's flags as this process's view of object storage (S3 endpoint and keys, GCS emulator), before any
+    path is looked at; returns the pipeline options."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.extract.launch import use_storage_options
+
+    options = PipelineOptions(list(beam_argv))
+    use_storage_options(options)
+    return options

@@ -33,8 +33,9 @@ from pipeline.extract.options import (
     runner_name,
     uses_gpus,
 )
+from pipeline.extract.settings import check_resumable, run_settings
 from transforms.embed.pooling import pooled_dim
-from transforms.read.sources import InputFields, InputSpec, is_glob, local_path
+from transforms.read.inputs import InputSpec, is_glob, local_path
 from transforms.read.storage import (
     bound_storage_retries,
     bucket_exists,
@@ -42,11 +43,11 @@ from transforms.read.storage import (
     share_storage_options,
     use_storage_emulator,
 )
+from transforms.read.tables import InputFields
 from transforms.schema import (
     COMMITS_DIR,
     ERRORS_DIR,
     FEATURES_DIR,
-    FORMAT_VERSION,
     MANIFEST_NAME,
     PENDING_DIR,
     RETIRED_DIR,
@@ -56,7 +57,7 @@ from transforms.schema import (
 from transforms.write import committed
 
 __all__ = ["configure", "prepare_output", "resolve_input", "resolve_outputs", "check_output_dir",
-           "clear_previous_outputs", "run_settings", "use_storage_options"]
+           "clear_previous_outputs", "use_storage_options"]
 
 
 def configure(options: PipelineOptions) -> ExtractConfig:
@@ -116,45 +117,6 @@ def prepare_output(config: ExtractConfig) -> tuple[str, ...]:
     if leftovers or stale:
         FileSystems.delete(leftovers + stale)
     return tuple(sorted([FileSystems.join(config.output, c.marker) for c in done] + unreadable))
-
-
-def run_settings(config: ExtractConfig) -> dict:
-    """What decides a run's outputs: a resumed run must match it exactly (recorded in OUTDIR/run.json)."""
-    backbone = config.backbone.describe()
-    return {
-        "format_version": FORMAT_VERSION,
-        "backbone": {"name": backbone["name"], "weights_sha256": backbone["weights_sha256"],
-                     "preprocessing": backbone["preprocessing"]},
-        "mixed_precision": config.mixed_precision,
-        "outputs": [o.to_json() for o in config.outputs],
-        "inputs": [spec.to_json() for spec in config.inputs],
-        "fields": config.fields.to_json(),
-        "max_image_pixels": config.max_pixels,
-    }
-
-
-_SETTING_NAMES = {"backbone": "--backbone (its weights or --preprocessing)", "outputs": "--layer/--pooling",
-                  "inputs": "--input/--input-format",
-                  "fields": "field options (--*-field, --*-feature, --max-input-bytes, --allow-outside-paths)",
-                  "format_version": "the feature set format", "max_image_pixels": "--max-image-pixels",
-                  "mixed_precision": "--mixed-precision"}
-
-
-def check_resumable(config: ExtractConfig) -> None:
-    """--resume needs an OUTDIR started by a run with the very same settings."""
-    path = FileSystems.join(config.output, RUN_NAME)
-    try:
-        with FileSystems.open(path) as f:
-            recorded = json.loads(f.read().decode("utf-8"))
-    except (OSError, ValueError):
-        raise ConfigError(f"nothing to resume in {config.output}: it has no {RUN_NAME} from an earlier run "
-                          "(drop --resume to start one)") from None
-    current = run_settings(config)
-    for name, value in current.items():
-        if recorded.get(name) != value:
-            raise ConfigError(f"cannot resume {config.output}: it was started with different "
-                              f"{_SETTING_NAMES.get(name, name)}; use the same settings, or --overwrite to "
-                              "start again")
 
 
 def use_storage_options(options: PipelineOptions) -> None:

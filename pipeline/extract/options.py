@@ -22,8 +22,10 @@ from apache_beam.options.pipeline_options import (
 from pipeline.backbones.spec import BackboneSpec
 from transforms.decode.images import DEFAULT_MAX_PIXELS
 from transforms.embed.pooling import POOLINGS
-from transforms.read.sources import DEFAULT_CHUNK_BYTES, FORMATS, InputFields, InputSpec
+from transforms.read.inputs import FORMATS, InputSpec
+from transforms.read.sources import DEFAULT_CHUNK_BYTES
 from transforms.read.storage import DEFAULT_RETRY_SECONDS
+from transforms.read.tables import InputFields
 from transforms.schema import (
     OutputSpec,
 )

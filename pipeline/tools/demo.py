@@ -51,7 +51,8 @@ def _extract(images: str, features: str, beam_argv: Sequence[str]):
 
 
 def run_demo(workdir: str, beam_argv: Sequence[str]) -> int:
-    from pipeline.train.run import TrainConfig, run_training
+    from pipeline.train.config import TrainConfig
+    from pipeline.train.run import run_training
     from pipeline.train.summary import format_training
 
     workdir = os.path.abspath(workdir)

@@ -24,7 +24,8 @@ from transforms.decode.image_fn import DecodeImageFn
 from transforms.decode.images import ImagePreprocessing
 from transforms.embed.classify import ClassifierHandler
 from transforms.process import ready_process
-from transforms.read.sources import InputSpec, ReadRecords
+from transforms.read.inputs import InputSpec
+from transforms.read.sources import ReadRecords
 from transforms.records import FAILED
 from transforms.schema import ERRORS_DIR
 from transforms.write.sinks import WriteFailures
@@ -83,7 +84,7 @@ class ModelDirClassifier(ClassifierHandler):
     def load_model(self):
         import tensorflow as tf
 
-        from pipeline.train.serving import local_copy
+        from pipeline.folders import local_copy
 
         ready_process()
         with local_copy(self._path) as folder:

@@ -9,10 +9,11 @@ import os
 
 import numpy as np
 
+from pipeline.folders import model_dir_for_writing
 from pipeline.train import evaluation, heads
+from pipeline.train.config import METRICS, TrainConfig
 from pipeline.train.feature_sets import FeatureSetError, load_table, open_feature_sets, validation_mask
-from pipeline.train.run import METRICS, TrainConfig, check_training, label_index, test_split, train_into
-from pipeline.train.serving import model_dir_for_writing
+from pipeline.train.run import check_training, label_index, test_split, train_into
 
 __all__ = ["sweep_layers", "run_layer_sweep", "LAYER_SWEEP"]
 

@@ -6,7 +6,8 @@
 4. fit each requested head (``pipeline.train.heads``), evaluate it on train, validation and the test sets;
 5. write MODELDIR: ``metrics.json``, ``model.json``, ``heads/<name>/head.keras`` and plots, and
    ``serving/``, the SavedModel of frozen backbone + preprocessing + the best head by validation accuracy.
-   A gs:// or s3:// MODELDIR is written locally first and copied there at the end (``serving.model_dir_for_writing``).
+   A gs:// or s3:// MODELDIR is written locally first and copied there at the end
+   (``pipeline.folders.model_dir_for_writing``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.train import evaluation, heads
+from pipeline.train.config import METRICS, MODEL_SPEC, TrainConfig
 from pipeline.train.feature_sets import (
     FeatureSetError,
     FeatureTable,
@@ -32,49 +34,7 @@ from pipeline.train.feature_sets import (
     validation_mask,
 )
 
-__all__ = ["TrainConfig", "run_training", "check_training", "train_into", "label_index", "test_split", "HEADS",
-           "METRICS"]
-
-HEADS = ("linear", "mlp")
-MODEL_SPEC = "model.json"
-METRICS = "metrics.json"
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    features: tuple[str, ...]
-    output: str
-    heads: tuple[str, ...] = ("linear",)
-    output_name: str | None = None
-    test_features: tuple[str, ...] = ()
-    validation_fraction: float = 0.2
-    class_weights: bool = False
-    memory_limit_mb: int = 2048
-    overwrite: bool = False
-    hidden: int = 512
-    dropout: float = 0.5
-    max_epochs: int = 100
-    seed: int = 0
-
-    def validate(self) -> None:
-        if not self.features:
-            raise FeatureSetError("--features is required (a directory written by featurebeam extract)")
-        unknown = [h for h in self.heads if h not in HEADS]
-        if unknown:
-            raise FeatureSetError(f"unknown head {unknown[0]!r}; choose from {', '.join(HEADS)}")
-        if not 0.0 < self.validation_fraction < 1.0:
-            raise FeatureSetError(f"--validation-fraction must be between 0 and 1, got {self.validation_fraction}")
-        from apache_beam.io.filesystems import FileSystems
-
-        from pipeline.train.serving import is_empty_dir
-        from transforms.read.storage import bucket_exists, bucket_of
-
-        if bucket_exists(self.output, FileSystems._pipeline_options) is False:
-            scheme, bucket = bucket_of(self.output)
-            raise FeatureSetError(f"output {self.output}: bucket {scheme}://{bucket} does not exist")
-        if not self.overwrite and not is_empty_dir(self.output):
-            raise FeatureSetError(f"output {self.output} is not empty; pass --overwrite to replace it")
-
+__all__ = ["run_training", "check_training", "train_into", "label_index", "test_split"]
 
 @dataclass
 class Split:
@@ -246,7 +206,7 @@ class Checked:
 
 def run_training(config: TrainConfig, log=print) -> dict:
     """Train, evaluate and export; returns the metrics dict that is also written to metrics.json."""
-    from pipeline.train.serving import model_dir_for_writing
+    from pipeline.folders import model_dir_for_writing
 
     checked = check_training(config)
     with model_dir_for_writing(config.output, config.overwrite) as folder:

@@ -1,4 +1,4 @@
-"""Where records come from: input specs, listing, expanding manifests and archives, reading the bytes.
+"""Where records come from: listing the inputs, expanding manifests and archives, reading the bytes.
 
 ``ReadRecords`` turns input specs into ``Record``s in three steps, each on the workers:
 
@@ -9,204 +9,31 @@
 3. a Reshuffle spreads the units over all workers, which read them, so a few big shards do not pin the job
    to a few workers, and reading is separated from inference.
 
-Anything that cannot be listed, parsed or read becomes a ``Failure`` with its key and reason. Only regular files
-and object-store objects are opened (a local path's type is checked with ``os.stat`` first: opening a FIFO blocks,
-a device never ends), and no input is read past ``InputFields.max_input_bytes``.
+Anything that cannot be listed, parsed or read becomes a ``Failure`` with its key and reason. What an input
+names is ``inputs.py``; files are opened through ``files.py`` (regular files only, reads bounded by
+``InputFields.max_input_bytes``).
 """
 
 from __future__ import annotations
 
-import io
-import os
-import posixpath
-import re
-import stat
-import urllib.parse
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from transforms.process import ready_process
 from transforms.read import tables, tar_shards, tfrecords
-from transforms.read.tables import InputFields, InputTooLarge
+from transforms.read.files import open_regular, read_whole
+from transforms.read.inputs import InputSpec, list_source_files
+from transforms.read.tables import InputFields
 from transforms.records import FAILED, METRICS_NAMESPACE, Failure, FileRef, Record, SourceFile
 from transforms.schema import record_key
 
-__all__ = ["InputSpec", "InputFields", "FORMATS", "AUTO", "detect_format", "glob_format", "escape_glob", "local_path",
-           "label_from_path", "list_source_files", "ReadRecords", "ExpandSourceFn", "ReadUnitFn", "SKIPPED",
-           "NotARegularFile", "check_regular", "open_regular", "read_whole"]
+__all__ = ["ReadRecords", "ExpandSourceFn", "ReadUnitFn", "expand_source", "read_unit", "unit_keys", "SKIPPED",
+           "DEFAULT_CHUNK_BYTES", "MAX_FIELD_CHARS"]
 
-_GLOB_CHARS = re.compile(r"[*?\[]")
-
-FORMATS = ("files", "manifest", "tar", "tfrecord", "text")
-AUTO = "auto"  # a glob's format when its files' names differ in it: each listed file's own, by its extension
-_EXTENSION_FORMATS = {".tar": "tar", ".tfrecord": "tfrecord", ".tfrecords": "tfrecord", ".tfrec": "tfrecord",
-                      ".csv": "manifest", ".tsv": "manifest", ".jsonl": "manifest", ".ndjson": "manifest"}
 DEFAULT_CHUNK_BYTES = 64 << 20
 MAX_FIELD_CHARS = 1024  # the longest label or split value kept; a longer one is that record's failure
-
-
-def detect_format(pattern: str) -> str:
-    """The format a glob or file name implies: ``.tar`` shards, ``.tfrecord`` files, ``.csv``/``.jsonl``
-    manifests, anything else loose files. Text is never guessed (a ``.jsonl`` is a manifest unless told)."""
-    name = pattern.rsplit("/", 1)[-1].lower()
-    for extension, fmt in _EXTENSION_FORMATS.items():
-        if name.endswith(extension):
-            return fmt
-    return "files"
-
-
-def glob_format(pattern: str) -> str:
-    """The format every file a glob matches has by its name (``*.tar``: tar, ``*.jpg``: files), or ``AUTO`` when
-    the names it matches can differ in it (``*``, ``*.t*``): then each listed file is read by its own extension."""
-    tail = re.split(r"[*?\[\]]", pattern)[-1].lower()  # what every matched name ends with
-    if any(len(extension) > len(tail) and extension.endswith(tail) for extension in _EXTENSION_FORMATS):
-        return AUTO
-    return detect_format(tail)
-
-
-def escape_glob(path: str) -> str:
-    """A pattern that matches ``path`` only, taken literally: each ``[``, ``*`` and ``?`` in brackets (fnmatch)."""
-    return _GLOB_CHARS.sub(lambda m: f"[{m.group()}]", path)
-
-
-_FILE_URI = re.compile(r"(?i)file:(//[^/]*)?(?=/)")
-
-
-def local_path(uri: str) -> str:
-    """A ``file://`` URI as the local path it names (percent-escapes decoded); anything else as given.
-    ``ValueError`` for a file URI that names another host."""
-    found = _FILE_URI.match(uri)
-    if not found:
-        return uri
-    host = (found.group(1) or "//")[2:]
-    if host.lower() not in ("", "localhost"):
-        raise ValueError(f"{uri} names a file on host {host!r}; only local files can be read as paths")
-    return urllib.parse.unquote(uri[found.end():])
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """One ``--input``: a directory (recursive), one file or a glob of files, and the format of those files.
-
-    For loose files, files in first-level subfolders of ``root`` take that folder's name as label
-    (ImageFolder layout); files directly in ``root`` have no label. Other formats carry their own labels.
-    ``AUTO``: each listed file's format is its extension's. A directory's or a file's ``pattern`` is its path
-    with glob characters escaped, so it matches that path only.
-    """
-
-    kind: str      # "directory" | "glob" (a glob, or one file: a pattern that matches itself)
-    uri: str       # as resolved at launch (absolute for local paths)
-    pattern: str   # what FileSystems.match lists
-    root: str      # where labels are read from
-    format: str = "files"
-
-    @classmethod
-    def directory(cls, uri: str, format: str = "files") -> InputSpec:
-        root = local_path(uri).rstrip("/")
-        return cls("directory", root, f"{escape_glob(root)}/**", root, format)
-
-    @classmethod
-    def file(cls, uri: str, format: str | None = None) -> InputSpec:
-        path = local_path(uri)
-        return cls("glob", path, escape_glob(path), posixpath.dirname(path), format or detect_format(path))
-
-    @classmethod
-    def glob(cls, pattern: str, format: str | None = None) -> InputSpec:
-        pattern = local_path(pattern)
-        prefix = pattern[: m.start()] if (m := _GLOB_CHARS.search(pattern)) else pattern
-        root = prefix if prefix.endswith("/") else posixpath.dirname(prefix)
-        return cls("glob", pattern, pattern, root.rstrip("/"), format or glob_format(pattern))
-
-    def to_json(self) -> dict:
-        return {"kind": self.kind, "uri": self.uri, "pattern": self.pattern, "label_root": self.root,
-                "format": self.format}
-
-
-def is_glob(path: str) -> bool:
-    return bool(_GLOB_CHARS.search(path))
-
-
-def label_from_path(root: str, uri: str) -> str | None:
-    """The first-level folder under ``root`` that holds ``uri``, or None for files directly in ``root``."""
-    prefix = root.rstrip("/") + "/"
-    if not uri.startswith(prefix):
-        return None
-    parts = uri[len(prefix):].split("/")
-    return parts[0] if len(parts) > 1 else None
-
-
-def list_source_files(spec: InputSpec) -> Iterator[SourceFile]:
-    """List the files of one input spec with their labels and format (``AUTO``: each file's own), in a stable
-    order."""
-    ready_process()
-    (result,) = FileSystems.match([local_path(spec.pattern)])
-    root = local_path(spec.root)
-    for path in sorted(m.path for m in result.metadata_list):
-        fmt = detect_format(path) if spec.format == AUTO else spec.format
-        yield SourceFile(path, label_from_path(root, path) if fmt == "files" else None, fmt)
-
-
-class NotARegularFile(OSError):
-    """A local path names a FIFO, a device, a directory or a socket: it is never opened."""
-
-
-_FILE_TYPES = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
-
-
-def file_type(mode: int) -> str:
-    """What an ``os.stat`` mode names, in words."""
-    return next((name for test, name in _FILE_TYPES if test(mode)), "not a regular file")
-
-
-def check_regular(uri: str) -> int | None:
-    """The size of a local regular file, from ``os.stat`` before anything opens it; ``NotARegularFile`` for anything
-    else (a symlink counts as what it points to). None for an object-store URI, whose objects are all files."""
-    if "://" in uri:
-        return None
-    info = os.stat(uri)
-    if not stat.S_ISREG(info.st_mode):
-        raise NotARegularFile(f"{uri} is {file_type(info.st_mode)}, not a regular file: not read")
-    return info.st_size
-
-
-def _open(uri: str):
-    return FileSystems.open(uri, compression_type="uncompressed")
-
-
-def open_regular(uri: str):
-    """A read channel on a regular file or object, its type checked before it is opened."""
-    check_regular(uri)
-    return _open(uri)
-
-
-def _object_size(f) -> int | None:
-    """An open object's size, from seeking to its end (object stores know it from the open, no data is read)."""
-    try:
-        f.seek(0, io.SEEK_END)
-        size = f.tell()
-        f.seek(0)
-    except (OSError, ValueError, AttributeError):
-        return None
-    return size
-
-
-def read_whole(uri: str, limit: int) -> bytes:
-    """All bytes of one file, refused when over ``limit``: from its size before reading, and by reading at most
-    ``limit + 1`` bytes (a file that grows, or whose size is unknown)."""
-    size = check_regular(uri)
-    with _open(uri) as f:
-        size = _object_size(f) if size is None else size
-        if size is not None and size > limit:
-            raise InputTooLarge.of(uri, size, limit)
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise InputTooLarge.of(uri, None, limit)
-    return data
 
 
 def expand_source(source: SourceFile, fields: InputFields, chunk_bytes: int):

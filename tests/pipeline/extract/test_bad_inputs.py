@@ -17,7 +17,7 @@ from pipeline.extract.options import ExtractConfig
 from tests.conftest import REPO, encode
 from tests.fakes import MEAN_COLOUR, MeanColourBackbone
 from transforms import schema
-from transforms.read.sources import InputSpec
+from transforms.read.inputs import InputSpec
 
 RED, GREEN, BLUE, ORANGE = (220, 30, 30), (30, 200, 60), (40, 60, 220), (200, 100, 50)
 

@@ -17,7 +17,7 @@ from pipeline.extract.options import ExtractConfig
 from tests.fakes import MEAN_COLOUR, MeanColourBackbone, load_pids
 from transforms import schema
 from transforms.decode.images import decode_image
-from transforms.read.sources import InputSpec
+from transforms.read.inputs import InputSpec
 
 IN_PROCESS = ["--runner=FnApiRunner"]
 TWO_PROCESSES = ["--runner=FnApiRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing"]

@@ -19,12 +19,15 @@ from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from pipeline.extract.job import run_extraction
-from pipeline.extract.launch import configure, prepare_output, run_settings
+from pipeline.extract.launch import configure, prepare_output
 from pipeline.extract.options import ConfigError, ExtractConfig, check_flags
+from pipeline.extract.settings import run_settings
 from tests import packing
 from tests.conftest import encode
 from tests.fakes import MEAN_COLOUR, MeanColourBackbone
-from transforms.read.sources import InputFields, InputSpec, ReadRecords
+from transforms.read.inputs import InputSpec
+from transforms.read.sources import ReadRecords
+from transforms.read.tables import InputFields
 from transforms.records import Failure, Record
 
 IN_PROCESS = ["--runner=FnApiRunner"]

@@ -15,7 +15,7 @@ from pipeline.extract.options import ExtractConfig
 from tests import packing
 from tests.fakes import MEAN_COLOUR, MeanColourBackbone
 from transforms import schema
-from transforms.read.sources import InputFields
+from transforms.read.tables import InputFields
 
 GOOD = 8  # images in the image_folder fixture; it also holds an empty .jpg and a .txt
 

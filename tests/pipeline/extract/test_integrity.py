@@ -24,7 +24,7 @@ from pipeline.tools.inspect import inspect_feature_set
 from tests.conftest import REPO
 from tests.fakes import MEAN_COLOUR, MeanColourBackbone
 from transforms import schema
-from transforms.read.sources import InputSpec
+from transforms.read.inputs import InputSpec
 from transforms.records import Failure
 from transforms.write import committed
 from transforms.write.commits import Commit

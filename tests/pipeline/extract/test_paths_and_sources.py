@@ -14,15 +14,17 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline.extract.job import run_extraction
-from pipeline.extract.launch import resolve_input, run_settings, use_storage_options
+from pipeline.extract.launch import resolve_input, use_storage_options
 from pipeline.extract.options import ConfigError, ExtractConfig
+from pipeline.extract.settings import run_settings
 from tests import packing
 from tests.conftest import encode
 from tests.fakes import MEAN_COLOUR, POISON, MeanColourBackbone, PoisonedBackbone
 from transforms.decode.image_fn import DecodeImageFn
 from transforms.decode.images import ImagePreprocessing
 from transforms.decode.tokenize import TokenizeFn
-from transforms.read.sources import ReadRecords, list_source_files
+from transforms.read.inputs import list_source_files
+from transforms.read.sources import ReadRecords
 from transforms.records import FAILED, Record
 
 

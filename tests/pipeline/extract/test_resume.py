@@ -21,7 +21,7 @@ from pipeline.extract.options import ExtractConfig
 from tests.conftest import REPO
 from tests.fakes import MEAN_COLOUR, MeanColourBackbone
 from transforms import schema
-from transforms.read.sources import InputSpec
+from transforms.read.inputs import InputSpec
 from transforms.write import commits, committed
 
 IN_PROCESS = ["--runner=FnApiRunner"]

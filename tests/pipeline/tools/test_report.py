@@ -49,7 +49,8 @@ def test_pca_finds_the_direction_of_largest_variance():
 
 @pytest.fixture(scope="module")
 def report_inputs(tmp_path_factory, mobilenet_spec):
-    from pipeline.train.run import TrainConfig, run_training
+    from pipeline.train.config import TrainConfig
+    from pipeline.train.run import run_training
 
     root = tmp_path_factory.mktemp("report")
     keys, labels, x = blobs(200, ["cat", "dog", "fox"], dim=1280, seed=11)

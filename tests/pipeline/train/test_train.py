@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from pipeline.train import heads
+from pipeline.train.config import TrainConfig
 from pipeline.train.feature_sets import FeatureSetError, load_table, open_feature_sets, validation_mask
-from pipeline.train.run import TrainConfig, run_training
+from pipeline.train.run import run_training
 from tests.featuresets import blobs, write_feature_set
 
 QUIET = {"log": lambda message: None}

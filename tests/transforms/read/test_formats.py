@@ -15,7 +15,8 @@ from apache_beam.testing.util import assert_that, equal_to
 from tests import packing
 from transforms import framing
 from transforms.read import tables, tar_shards, tfrecords
-from transforms.read.sources import InputSpec, ReadRecords, detect_format
+from transforms.read.inputs import InputSpec, detect_format
+from transforms.read.sources import ReadRecords
 from transforms.read.tables import InputFields, RowError
 from transforms.records import Failure, FileRef, Record
 

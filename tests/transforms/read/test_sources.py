@@ -13,15 +13,10 @@ import time
 import apache_beam as beam
 import pytest
 
-from transforms.read import sources
-from transforms.read.sources import (
-    ExpandSourceFn,
-    InputFields,
-    InputSpec,
-    ReadUnitFn,
-    label_from_path,
-    list_source_files,
-)
+from transforms.read import files, inputs
+from transforms.read.inputs import InputSpec, label_from_path, list_source_files
+from transforms.read.sources import ExpandSourceFn, ReadUnitFn
+from transforms.read.tables import InputFields
 from transforms.records import FAILED, FileRef, Record, SourceFile
 
 
@@ -155,13 +150,12 @@ def test_a_file_over_the_limit_is_refused_from_its_size_and_one_at_the_limit_is_
 
 
 def test_a_read_stops_one_byte_past_the_limit_whatever_the_size_said(tmp_path, monkeypatch):
-    from transforms.read import sources
 
     path = tmp_path / "grown.jpg"
     path.write_bytes(b"g" * 5000)
-    monkeypatch.setattr(sources, "check_regular", lambda uri: 10)  # its size when it was checked
+    monkeypatch.setattr(files, "check_regular", lambda uri: 10)  # its size when it was checked
     reads = []
-    real_open = sources._open
+    real_open = files._open
 
     def counting_open(uri):
         f = real_open(uri)
@@ -169,7 +163,7 @@ def test_a_read_stops_one_byte_past_the_limit_whatever_the_size_said(tmp_path, m
         f.read = lambda n=-1: reads.append(n) or read(n)
         return f
 
-    monkeypatch.setattr(sources, "_open", counting_open)
+    monkeypatch.setattr(files, "_open", counting_open)
     got = outputs(ReadUnitFn(InputFields(max_input_bytes=100)).process(FileRef(str(path), str(path), None)))
     assert [(f.error_type, f.message) for _, f in got] == [
         ("InputTooLarge", f"{path} is more than 100 bytes, over the limit of 100 (--max-input-bytes)")]
@@ -177,7 +171,6 @@ def test_a_read_stops_one_byte_past_the_limit_whatever_the_size_said(tmp_path, m
 
 
 def test_an_object_without_a_local_path_is_measured_before_reading(monkeypatch):
-    from transforms.read import sources
 
     reads = []
 
@@ -186,12 +179,12 @@ def test_an_object_without_a_local_path_is_measured_before_reading(monkeypatch):
             reads.append(n)
             return super().read(n)
 
-    monkeypatch.setattr(sources, "_open", lambda uri: Remote(b"r" * 300))
+    monkeypatch.setattr(files, "_open", lambda uri: Remote(b"r" * 300))
     got = outputs(ReadUnitFn(InputFields(max_input_bytes=100)).process(FileRef("gs://b/r.jpg", "gs://b/r.jpg", None)))
     assert [(f.error_type, f.message) for _, f in got] == [
         ("InputTooLarge", "gs://b/r.jpg is 300 bytes, over the limit of 100 (--max-input-bytes)")]
     assert reads == []  # refused from its size, nothing read
-    monkeypatch.setattr(sources, "_open", lambda uri: Remote(b"r" * 100))
+    monkeypatch.setattr(files, "_open", lambda uri: Remote(b"r" * 100))
     assert outputs(ReadUnitFn(InputFields(max_input_bytes=100)).process(FileRef("gs://b/r.jpg", "gs://b/r.jpg", None))
                    ) == [("main", Record("gs://b/r.jpg", b"r" * 100, None, source="gs://b/r.jpg"))]
 
@@ -204,7 +197,7 @@ def test_an_object_without_a_local_path_is_measured_before_reading(monkeypatch):
     ("/d/*.[tc]sv", "auto"), ("/d/*r", "auto"), ("/d/*.png", "files"),
 ])
 def test_a_globs_format_is_fixed_only_when_every_name_it_matches_has_it(pattern, fmt):
-    assert sources.glob_format(pattern) == fmt
+    assert inputs.glob_format(pattern) == fmt
 
 
 @pytest.mark.parametrize("path, escaped, as_a_glob_matches", [
@@ -213,7 +206,7 @@ def test_a_globs_format_is_fixed_only_when_every_name_it_matches_has_it(pattern,
 def test_escaped_paths_match_only_themselves(path, escaped, as_a_glob_matches):
     from apache_beam.io.filesystem import FileSystem
 
-    assert sources.escape_glob(path) == escaped
+    assert inputs.escape_glob(path) == escaped
     assert re.match(FileSystem.translate_pattern(escaped), path)
     if as_a_glob_matches:
         assert re.match(FileSystem.translate_pattern(path), as_a_glob_matches)
@@ -227,12 +220,12 @@ def test_escaped_paths_match_only_themselves(path, escaped, as_a_glob_matches):
     ("/tmp/x", "/tmp/x"), ("gs://b/file:///x", "gs://b/file:///x"), ("file-list.csv", "file-list.csv"),
 ])
 def test_file_uris_are_the_local_paths_they_name(uri, path):
-    assert sources.local_path(uri) == path
+    assert inputs.local_path(uri) == path
 
 
 def test_a_file_uri_of_another_host_is_refused():
     with pytest.raises(ValueError, match="names a file on host 'nas'"):
-        sources.local_path("file://nas/share/x.jpg")
+        inputs.local_path("file://nas/share/x.jpg")
 
 
 @pytest.fixture
@@ -261,7 +254,7 @@ def test_specs_of_file_uris_list_the_same_paths_as_plain_paths(bracketed):
     assert InputSpec.file((bracketed / "a*b?.jpg").as_uri()) == InputSpec.file(f"{folder}/a*b?.jpg")
     assert InputSpec.glob(f"file://{bracketed.parent}/photos */*.jpg") == InputSpec.glob(
         f"{bracketed.parent}/photos */*.jpg")
-    written = InputSpec("directory", f"file://{folder}", f"file://{sources.escape_glob(folder)}/**", f"file://{folder}")
+    written = InputSpec("directory", f"file://{folder}", f"file://{inputs.escape_glob(folder)}/**", f"file://{folder}")
     assert list(list_source_files(written)) == list(list_source_files(InputSpec.directory(folder)))
 
 

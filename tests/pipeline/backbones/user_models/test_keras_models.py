@@ -138,7 +138,7 @@ def test_workers_load_the_staged_artifact_never_its_origin(tmp_path, photos, mon
     from pipeline.extract.launch import resolve_outputs
     from pipeline.extract.options import ExtractConfig
     from tests.conftest import REPO
-    from transforms.read.sources import InputSpec
+    from transforms.read.inputs import InputSpec
 
     monkeypatch.setenv("PYTHONPATH", REPO)
     origin = tmp_path / "origin"

@@ -1,0 +1,52 @@
+"""What a run's outputs depend on, recorded in ``OUTDIR/run.json`` at the start of a run: ``--resume`` must
+be given the very same, or it is refused with one line naming what differs."""
+
+from __future__ import annotations
+
+import json
+
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.extract.options import ConfigError, ExtractConfig
+from transforms.schema import FORMAT_VERSION, RUN_NAME
+
+__all__ = ["run_settings", "check_resumable"]
+
+
+def run_settings(config: ExtractConfig) -> dict:
+    """What decides a run's outputs: a resumed run must match it exactly (recorded in OUTDIR/run.json)."""
+    backbone = config.backbone.describe()
+    return {
+        "format_version": FORMAT_VERSION,
+        "backbone": {"name": backbone["name"], "weights_sha256": backbone["weights_sha256"],
+                     "preprocessing": backbone["preprocessing"]},
+        "mixed_precision": config.mixed_precision,
+        "outputs": [o.to_json() for o in config.outputs],
+        "inputs": [spec.to_json() for spec in config.inputs],
+        "fields": config.fields.to_json(),
+        "max_image_pixels": config.max_pixels,
+    }
+
+
+_SETTING_NAMES = {"backbone": "--backbone (its weights or --preprocessing)", "outputs": "--layer/--pooling",
+                  "inputs": "--input/--input-format",
+                  "fields": "field options (--*-field, --*-feature, --max-input-bytes, --allow-outside-paths)",
+                  "format_version": "the feature set format", "max_image_pixels": "--max-image-pixels",
+                  "mixed_precision": "--mixed-precision"}
+
+
+def check_resumable(config: ExtractConfig) -> None:
+    """--resume needs an OUTDIR started by a run with the very same settings."""
+    path = FileSystems.join(config.output, RUN_NAME)
+    try:
+        with FileSystems.open(path) as f:
+            recorded = json.loads(f.read().decode("utf-8"))
+    except (OSError, ValueError):
+        raise ConfigError(f"nothing to resume in {config.output}: it has no {RUN_NAME} from an earlier run "
+                          "(drop --resume to start one)") from None
+    current = run_settings(config)
+    for name, value in current.items():
+        if recorded.get(name) != value:
+            raise ConfigError(f"cannot resume {config.output}: it was started with different "
+                              f"{_SETTING_NAMES.get(name, name)}; use the same settings, or --overwrite to "
+                              "start again")

@@ -13,7 +13,8 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 
-__all__ = ["is_remote", "is_empty_dir", "clear_dir", "copy_tree_to", "local_copy", "model_dir_for_writing"]
+__all__ = ["read_model_file", "is_remote", "is_empty_dir", "clear_dir", "copy_tree_to", "local_copy",
+           "model_dir_for_writing"]
 
 UNCOMPRESSED = "uncompressed"  # Beam's CompressionTypes.UNCOMPRESSED: copy bytes as they are, whatever the suffix
 
@@ -115,3 +116,17 @@ def model_dir_for_writing(output: str, overwrite: bool = False) -> Iterator[str]
         if overwrite:
             clear_dir(output)
         copy_tree_to(folder, output)
+
+
+def read_model_file(model_dir: str, name: str, error: type[Exception]) -> dict:
+    """MODELDIR/``name`` (a JSON file ``featurebeam train`` wrote), local or on gs:// or s3://; ``error`` with one
+    line when it is not there."""
+    import json
+
+    from apache_beam.io.filesystems import FileSystems
+
+    path = FileSystems.join(model_dir, name)
+    if not FileSystems.exists(path):
+        raise error(f"{path} is missing: not a model directory written by featurebeam train")
+    with FileSystems.open(path, compression_type=UNCOMPRESSED) as f:
+        return json.loads(f.read().decode("utf-8"))

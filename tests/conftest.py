@@ -124,3 +124,15 @@ def s3(tmp_path_factory):
     with object_storage.s3_server(str(tmp_path_factory.mktemp("s3"))) as server:
         yield server
         FileSystems.set_options(PipelineOptions([]))
+
+
+@pytest.fixture(scope="module")
+def colours(tmp_path_factory):
+    """30 small PNGs of different colours and one file that is not an image: a folder a run embeds in seconds."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("colours")
+    for i in range(30):
+        Image.new("RGB", (40, 30), (i * 8, 200 - i * 6, 50)).save(root / f"{i:02d}.png")
+    (root / "broken.jpg").write_bytes(b"not a jpeg")
+    return root

@@ -1,3 +1,4 @@
+
 """Pack a folder of images into each input format the pipeline reads, so tests can compare them.
 
 Every packer returns ``{key the pipeline will give the record: path relative to the folder}``.
@@ -5,11 +6,13 @@ Every packer returns ``{key the pipeline will give the record: path relative to 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
 import tarfile
+import threading
 from collections.abc import Callable
 
 from transforms.framing import frame as tfrecord_frame
@@ -167,3 +170,50 @@ def read_feature_set(output: str):
     records = [schema.decode_example(data, manifest.outputs)
                for path in schema.shard_paths(output, manifest) for data in schema.iter_serialized(path)]
     return manifest, records
+
+
+def tar_with(entries, format=tarfile.PAX_FORMAT) -> bytes:
+    """(name, tar member type, data or link target) -> a tar archive, links and special members included."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=format) as tar:
+        for name, kind, value in entries:
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            if kind == tarfile.REGTYPE:
+                info.size = len(value)
+                tar.addfile(info, io.BytesIO(value))
+            else:
+                info.linkname = value
+                tar.addfile(info)
+    return buf.getvalue()
+
+
+@contextlib.contextmanager
+def fed_if_opened(fifos, after: float = 20.0):
+    """Should the job open one of ``fifos`` for reading, write to it after ``after`` seconds, so that a job which
+    would hang ends (and the test fails on what it read) instead. Yields the list of FIFOs it had to feed."""
+    fed, stop = [], threading.Event()
+
+    def feed(fifo):
+        if stop.wait(after):
+            return
+        while not stop.is_set():
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # fails while no reader has it open
+            except OSError:
+                stop.wait(0.05)
+                continue
+            os.write(fd, b"fed by the test")
+            os.close(fd)
+            fed.append(str(fifo))
+            stop.wait(1.0)  # it may be opened again (indexed, then read)
+
+    threads = [threading.Thread(target=feed, args=(f,), daemon=True) for f in fifos]
+    for thread in threads:
+        thread.start()
+    try:
+        yield fed
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()

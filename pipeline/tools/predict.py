@@ -20,6 +20,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from pipeline.extract.launch import check_output_dir, clear_previous_outputs, resolve_input
 from pipeline.extract.options import ConfigError, absolute
+from pipeline.folders import read_model_file
 from transforms.decode.image_fn import DecodeImageFn
 from transforms.decode.images import ImagePreprocessing
 from transforms.embed.classify import ClassifierHandler
@@ -58,11 +59,7 @@ class PredictConfig:
 
 def read_model_spec(model_dir: str) -> dict:
     """MODELDIR/model.json (local, gs:// or s3://), as featurebeam train wrote it."""
-    spec_path = FileSystems.join(model_dir, "model.json")
-    if not FileSystems.exists(spec_path):
-        raise ConfigError(f"{spec_path} is missing: not a model directory written by featurebeam train")
-    with FileSystems.open(spec_path, compression_type="uncompressed") as f:
-        return json.loads(f.read().decode("utf-8"))
+    return read_model_file(model_dir, "model.json", ConfigError)
 
 
 def _serving_preprocessing(model_dir: str, spec: dict) -> ImagePreprocessing:

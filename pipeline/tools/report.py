@@ -12,10 +12,10 @@ import base64
 import collections
 import html
 import io
-import json
 
 import numpy as np
 
+from pipeline.folders import read_model_file
 from pipeline.train.feature_sets import FeatureSetError, load_table, open_feature_sets
 
 __all__ = ["build_report", "pca_2d", "read_metrics"]
@@ -78,13 +78,7 @@ def _table(rows) -> str:
 
 def read_metrics(model_dir: str) -> dict:
     """MODELDIR/metrics.json, local or on gs:// or s3://."""
-    from apache_beam.io.filesystems import FileSystems
-
-    path = FileSystems.join(model_dir, "metrics.json")
-    if not FileSystems.exists(path):
-        raise FeatureSetError(f"{path} is missing: not a model directory written by featurebeam train")
-    with FileSystems.open(path, compression_type="uncompressed") as f:
-        return json.loads(f.read().decode("utf-8"))
+    return read_model_file(model_dir, "metrics.json", FeatureSetError)
 
 
 def build_report(output: str, model_dir: str | None = None) -> str:

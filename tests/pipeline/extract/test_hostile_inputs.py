@@ -4,13 +4,11 @@ recorded failure with a clear reason; nothing hangs, nothing is read that should
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
 import socket
 import tarfile
-import threading
 
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -57,37 +55,6 @@ def counts(manifest) -> dict:
     return {k: manifest.counts[k] for k in ("inputs", "embedded", "failed")}
 
 
-@contextlib.contextmanager
-def fed_if_opened(fifos, after: float = 20.0):
-    """Should the job open one of ``fifos`` for reading, write to it after ``after`` seconds, so that a job which
-    would hang ends (and the test fails on what it read) instead. Yields the list of FIFOs it had to feed."""
-    fed, stop = [], threading.Event()
-
-    def feed(fifo):
-        if stop.wait(after):
-            return
-        while not stop.is_set():
-            try:
-                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # fails while no reader has it open
-            except OSError:
-                stop.wait(0.05)
-                continue
-            os.write(fd, b"fed by the test")
-            os.close(fd)
-            fed.append(str(fifo))
-            stop.wait(1.0)  # it may be opened again (indexed, then read)
-
-    threads = [threading.Thread(target=feed, args=(f,), daemon=True) for f in fifos]
-    for thread in threads:
-        thread.start()
-    try:
-        yield fed
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join()
-
-
 def test_special_files_are_failures_and_nothing_hangs(tmp_path, worker_env):
     photos, index = tmp_path / "photos", tmp_path / "index"
     photos.mkdir()
@@ -104,7 +71,7 @@ def test_special_files_are_failures_and_nothing_hangs(tmp_path, worker_env):
     specs = [InputSpec.directory(str(photos)), InputSpec.glob(str(index / "index.csv")),
              InputSpec.glob(str(tmp_path / "pipe.tar")), InputSpec.glob(str(tmp_path / "pipe.tfrecord"))]
     try:
-        with fed_if_opened(fifos) as fed:
+        with packing.fed_if_opened(fifos) as fed:
             manifest, errors = extract(tmp_path, specs, InputFields(allow_outside_paths=True))  # /dev/zero is outside
     finally:
         server.close()
@@ -223,20 +190,10 @@ def test_manifest_rows_outside_its_folder_are_failures_unless_allowed(tmp_path, 
 def test_tar_links_are_failures_never_followed(tmp_path, worker_env):
     secret = tmp_path / "secret.png"
     secret.write_bytes(png((1, 2, 3)))
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, kind, value in (("good.png", tarfile.REGTYPE, png()), ("soft.png", tarfile.SYMTYPE, str(secret)),
-                                  ("hard.png", tarfile.LNKTYPE, "good.png")):
-            info = tarfile.TarInfo(name)
-            info.type = kind
-            if kind == tarfile.REGTYPE:
-                info.size = len(value)
-                tar.addfile(info, io.BytesIO(value))
-            else:
-                info.linkname = value
-                tar.addfile(info)
+    entries = (("good.png", tarfile.REGTYPE, png()), ("soft.png", tarfile.SYMTYPE, str(secret)),
+               ("hard.png", tarfile.LNKTYPE, "good.png"))
     shard = tmp_path / "links.tar"
-    shard.write_bytes(buf.getvalue())
+    shard.write_bytes(packing.tar_with(entries, tarfile.USTAR_FORMAT))
     manifest, errors = extract(tmp_path, [InputSpec.glob(str(shard))])
 
     assert counts(manifest) == {"inputs": 3, "embedded": 1, "failed": 2}

@@ -27,15 +27,6 @@ from transforms.write import commits, committed
 IN_PROCESS = ["--runner=FnApiRunner"]
 
 
-@pytest.fixture(scope="module")
-def colours(tmp_path_factory):
-    root = tmp_path_factory.mktemp("colours")
-    for i in range(30):
-        Image.new("RGB", (40, 30), (i * 8, 200 - i * 6, 50)).save(root / f"{i:02d}.png")
-    (root / "broken.jpg").write_bytes(b"not a jpeg")
-    return root
-
-
 def _config(tmp_path, root, **changes):
     config = ExtractConfig(inputs=(InputSpec.directory(str(root)),), output=str(tmp_path / "out"),
                            backbone=MeanColourBackbone(str(tmp_path / "loads.log")), outputs=(MEAN_COLOUR,),

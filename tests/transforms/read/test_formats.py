@@ -262,24 +262,8 @@ def test_remote_manifests_resolve_in_their_bucket_and_refuse_local_paths():
 
 # --- hostile tar shards: links, special members, oversized members and headers -------------------------------------
 
-def _tar_with(entries) -> bytes:
-    """(name, type, data or link target) -> a tar archive."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, kind, value in entries:
-            info = tarfile.TarInfo(name)
-            info.type = kind
-            if kind == tarfile.REGTYPE:
-                info.size = len(value)
-                tar.addfile(info, io.BytesIO(value))
-            else:
-                info.linkname = value
-                tar.addfile(info)
-    return buf.getvalue()
-
-
 def test_tar_links_and_special_members_are_failures_never_followed():
-    data = _tar_with([("a.jpg", tarfile.REGTYPE, b"A"), ("b.jpg", tarfile.SYMTYPE, "/etc/passwd"),
+    data = packing.tar_with([("a.jpg", tarfile.REGTYPE, b"A"), ("b.jpg", tarfile.SYMTYPE, "/etc/passwd"),
                       ("c.jpg", tarfile.LNKTYPE, "a.jpg"), ("d.jpg", tarfile.FIFOTYPE, ""),
                       ("e.jpg", tarfile.REGTYPE, b"E"), ("e.cls", tarfile.SYMTYPE, "../../labels"),
                       ("f.jpg", tarfile.REGTYPE, b"F")])

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import re
 import socket
-import threading
 import time
 
 import apache_beam as beam
 import pytest
 
+from tests import packing
 from transforms.read import files, inputs
 from transforms.read.inputs import InputSpec, label_from_path, list_source_files
 from transforms.read.sources import ExpandSourceFn, ReadUnitFn
@@ -60,35 +59,6 @@ def test_glob_lists_only_what_matches(tmp_path):
 
 # --- special files and the size limit ------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def fed_if_opened(fifo, after: float = 3.0):
-    """Should anything open ``fifo`` for reading, write to it after ``after`` seconds, so that a test which would
-    hang fails instead (the reader then gets these bytes). Yields a list that holds True once it was fed."""
-    fed, stop = [], threading.Event()
-
-    def feed():
-        if stop.wait(after):
-            return
-        while not stop.is_set():
-            try:
-                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # fails while no reader has it open
-            except OSError:
-                stop.wait(0.05)
-                continue
-            os.write(fd, b"fed by the test")
-            os.close(fd)
-            fed.append(True)
-            return
-
-    thread = threading.Thread(target=feed, daemon=True)
-    thread.start()
-    try:
-        yield fed
-    finally:
-        stop.set()
-        thread.join()
-
-
 def outputs(results) -> list[tuple[str, object]]:
     """A DoFn's outputs as (tag, value); "main" for the main output."""
     return [(r.tag, r.value) if isinstance(r, beam.pvalue.TaggedOutput) else ("main", r) for r in results]
@@ -111,7 +81,7 @@ def specials(tmp_path):
 def test_listing_a_folder_with_a_fifo_opens_nothing(tmp_path):
     (tmp_path / "a.jpg").write_bytes(b"x")
     os.mkfifo(tmp_path / "b.jpg")
-    with fed_if_opened(tmp_path / "b.jpg", after=0.5) as fed:
+    with packing.fed_if_opened([tmp_path / "b.jpg"], after=0.5) as fed:
         found = [f.uri for f in list_source_files(InputSpec.directory(str(tmp_path)))]
         time.sleep(1.0)
     assert found == [str(tmp_path / "a.jpg"), str(tmp_path / "b.jpg")] and not fed
@@ -120,7 +90,7 @@ def test_listing_a_folder_with_a_fifo_opens_nothing(tmp_path):
 @pytest.mark.parametrize("name", ["pipe.jpg", "sock.jpg", "folder.jpg", "null"])
 def test_a_loose_file_that_is_not_a_regular_file_is_a_failure_decided_before_opening(specials, name):
     path, what = specials[name]
-    with fed_if_opened(specials["pipe.jpg"][0]) as fed:
+    with packing.fed_if_opened([specials["pipe.jpg"][0]], after=3.0) as fed:
         got = outputs(ReadUnitFn(InputFields()).process(FileRef(path, path, None)))
     assert not fed
     assert [(tag, f.key, f.error_type, f.message) for tag, f in got] == [
@@ -131,7 +101,7 @@ def test_a_loose_file_that_is_not_a_regular_file_is_a_failure_decided_before_ope
 def test_a_source_file_that_is_a_fifo_is_a_failure(tmp_path, fmt):
     path = str(tmp_path / f"source.{ {'manifest': 'csv', 'text': 'jsonl'}.get(fmt, fmt)}")
     os.mkfifo(path)
-    with fed_if_opened(path) as fed:
+    with packing.fed_if_opened([path], after=3.0) as fed:
         got = outputs(ExpandSourceFn(InputFields()).process(SourceFile(path, None, fmt)))
     assert not fed
     assert [(tag, f.key, f.error_type, f.message) for tag, f in got] == [

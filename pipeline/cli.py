@@ -213,7 +213,8 @@ def cmd_inspect(argv: Sequence[str]) -> int:
     parser.add_argument("--check", action="store_true",
                         help="verify every record against the manifest; exit 1 on any mismatch")
     parser.add_argument("--samples", type=int, default=3, help="sample records to show (default: 3)")
-    args = parser.parse_args(argv)
+    args, beam_argv = split_flags(parser, argv)
+    use_storage_flags(beam_argv)  # gs:// and s3:// sets too (Beam's --s3_* flags)
     result = inspect_feature_set(args.output, samples=args.samples)
     print(format_inspection(result, args.check))
     return 1 if args.check and result.problems else 0

@@ -75,3 +75,24 @@ def test_a_directory_without_manifest_is_one_line(tmp_path, capsys):
     assert main(["inspect", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"featurebeam inspect: error: {tmp_path}/manifest.json is missing")
+
+
+@pytest.mark.parametrize("store", ["gcs", "s3"])
+def test_a_set_on_object_storage_is_checked_the_same(feature_set, capsys, request, store):
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from tests import object_storage
+
+    server = request.getfixturevalue(store)
+    root, keys, labels, x = feature_set
+    write_feature_set(str(root), keys, labels, x, shard_sizes=[10, 20])
+    local_code, local_out = _check(root, capsys)
+    bucket, flags = f"inspect-{store}", ([] if store == "gcs" else server.beam_flags)
+    server.create_bucket(bucket)
+    FileSystems.set_options(PipelineOptions(flags))
+    remote = f"{'gs' if store == 'gcs' else 's3'}://{bucket}/fs"
+    object_storage.upload_tree(str(root), remote)
+    code = main(["inspect", remote, "--check", *flags])
+    out = capsys.readouterr().out
+    assert code == local_code == 0 and out.replace(remote, "ROOT") == local_out.replace(str(root), "ROOT")

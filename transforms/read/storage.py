@@ -1,4 +1,4 @@
-"""Object storage helpers shared by the launcher and the workers: emulators and bucket checks.
+"""Object storage helpers shared by the launcher and the workers: emulators, bounded retries, bucket checks.
 
 ``STORAGE_EMULATOR_HOST=http://127.0.0.1:PORT`` points every gs:// path at a local GCS emulator. The GCS client
 library honours it, but Beam first looks for Google credentials, which without any configured means probing
@@ -7,7 +7,9 @@ authenticate against, so ``use_storage_emulator`` tells Beam up front to connect
 
 Importing changes nothing: ``ready_storage()`` does it, once per process, where work starts: a command, and
 the ``setup()`` of every DoFn (and ``load_model()`` of every handler) that reads or writes files, so each
-worker process is ready before its first read.
+worker process is ready before its first read. A GCS call that keeps failing is retried for a bounded time
+(``bound_storage_retries``, ``--storage-retry-seconds``), so an outage fails a run in about a minute with its
+reason instead of many times the client library's 120 s per call.
 """
 
 from __future__ import annotations
@@ -17,12 +19,10 @@ import os
 __all__ = ["ready_storage", "bound_storage_retries", "use_storage_emulator", "bucket_of", "bucket_exists",
            "share_storage_options", "adopt_storage_options"]
 
-_SHARED = "FEATUREBEAM_STORAGE_OPTIONS"
-
-
-_READY = False
+_SHARED = "FEATUREBEAM_STORAGE_OPTIONS"    # the launcher's S3 flags, for local worker processes
 _RETRY_ENV = "FEATUREBEAM_STORAGE_RETRY_S"  # the launcher's --storage-retry-seconds, for local worker processes
 DEFAULT_RETRY_SECONDS = 60.0
+_READY = False
 
 
 def ready_storage() -> None:

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 
-__all__ = ["read_model_file", "is_remote", "is_empty_dir", "clear_dir", "copy_tree_to", "local_copy",
+__all__ = ["read_model_file", "objects_under", "is_remote", "is_empty_dir", "clear_dir", "copy_tree_to", "local_copy",
            "model_dir_for_writing"]
 
 UNCOMPRESSED = "uncompressed"  # Beam's CompressionTypes.UNCOMPRESSED: copy bytes as they are, whatever the suffix
@@ -24,7 +24,7 @@ def is_remote(path: str) -> bool:
     return "://" in path
 
 
-def _objects_under(uri: str) -> list[str]:
+def objects_under(uri: str) -> list[str]:
     """Every object under a URI's prefix; object stores have no folders, only names."""
     from apache_beam.io.filesystems import FileSystems
 
@@ -50,7 +50,7 @@ def clear_dir(path: str) -> None:
         return
     from apache_beam.io.filesystems import FileSystems
 
-    objects = _objects_under(path)
+    objects = objects_under(path)
     if objects:
         FileSystems.delete(objects)
 
@@ -77,7 +77,7 @@ def _download(uri: str, local_root: str) -> None:
 
     prefix = uri.rstrip("/") + "/"
     root = os.path.realpath(local_root)
-    for path in _objects_under(uri):
+    for path in objects_under(uri):
         rel = path[len(prefix):] if path.startswith(prefix) else ""
         if not rel or rel.endswith("/"):
             continue  # the prefix itself, or a folder marker

@@ -34,6 +34,7 @@ from pipeline.extract.options import (
     uses_gpus,
 )
 from pipeline.extract.settings import check_resumable, run_settings
+from pipeline.folders import objects_under
 from transforms.embed.pooling import pooled_dim
 from transforms.read.inputs import InputSpec, is_glob, local_path
 from transforms.read.storage import (
@@ -259,7 +260,7 @@ def clear_previous_outputs(output: str, names=(MANIFEST_NAME, RUN_NAME, FEATURES
         if FileSystems.exists(path):  # a file, or a local folder (deleted with what it holds)
             paths.append(path)
         elif "://" in output:
-            paths += [m.path for m in FileSystems.match([FileSystems.join(path, "**")])[0].metadata_list]
+            paths += objects_under(path)
     if paths:
         FileSystems.delete(paths)
 

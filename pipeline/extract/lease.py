@@ -25,6 +25,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.extract.options import ConfigError
 from transforms.schema import LEASE_NAME, PENDING_DIR
+from transforms.write.commits import write_atomically
 
 __all__ = ["OutputLease", "LeaseError", "HEARTBEAT_S", "STALE_AFTER_S"]
 
@@ -91,10 +92,8 @@ class OutputLease:
 
     def _write(self) -> None:
         """Replace the lease with this run's record (pending name, then renamed)."""
-        pending = FileSystems.join(self._output, PENDING_DIR, f"{LEASE_NAME}.{self._token}")
-        with FileSystems.create(pending, compression_type="uncompressed") as f:
-            f.write(self._record())
-        FileSystems.rename([pending], [self._path])
+        write_atomically(self._path, FileSystems.join(self._output, PENDING_DIR, f"{LEASE_NAME}.{self._token}"),
+                         self._record())
 
     def _create_exclusively(self) -> bool:
         """Local disk: create the lease only if there is none; False when another run's is there."""

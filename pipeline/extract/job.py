@@ -2,12 +2,16 @@
 
 1. ``ReadRecords`` lists the inputs on the workers, expands manifests and archives, spreads the reading
    (on ``--resume``, the earlier run's commits are verified first, and the keys of those that check out are
-   skipped there); every input's key is counted, so keys given more than once are known;
+   skipped there, by a join); every input's key is counted by fingerprint, so keys given more than once are
+   known;
 2. ``ExtractFeatures`` decodes to the backbone's fixed uint8 input and embeds in batches (``RunInference``);
 3. ``CommitFeatures`` writes and commits ``features/part-<id>.tfrecord`` shards, ``CommitFailures`` the dead
    letters in ``errors/``, each with a commit record in ``commits/`` (see ``transforms/write/commits.py``);
-4. the last step, once every commit of the run is made, keeps each key in one commit only and writes
-   ``manifest.json`` from the commit records, so a manifest exists only for a finished feature set.
+4. once every commit of the run is made, ``ResolveDuplicates`` keeps each key in one commit only (on the
+   workers, by fingerprint bucket), and the last step writes ``manifest.json`` from the commit records (small
+   summaries), so a manifest exists only for a finished feature set.
+
+No step holds every key: keys travel as packed fingerprints through the runner's shuffle.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from transforms.process import ready_process
 from transforms.read.sources import SKIPPED, ReadRecords, unit_keys
 from transforms.records import FAILED
 from transforms.write import committed
+from transforms.write.dedupe import CountRepeatedKeys, ResolveDuplicates
 from transforms.write.progress import CountProgress
 from transforms.write.sinks import CommitFailures, CommitFeatures
 
@@ -63,38 +68,16 @@ def manifest_from_commits(config: ExtractConfig, all_commits, n_inputs: int, cre
     )
 
 
-def _write_manifest(_, config: ExtractConfig, created: str, n_read, n_unreadable, n_skipped, duplicates,
-                    redone, **barrier):
-    """After every commit of this run (the ``barrier`` side inputs): read all commit records, earlier runs'
-    included, keep each key in one commit only, and write the manifest."""
+def _write_manifest(_, config: ExtractConfig, created: str, n_read, n_unreadable, n_skipped, repeated, resolved,
+                    redone):
+    """Once every commit is de-duplicated (the ``resolved`` side input): read the commit records, earlier runs'
+    included, and write the manifest."""
     ready_process()
-    all_commits = committed.resolve_duplicates(config.output, committed.read_commits(config.output))
+    all_commits = committed.read_commits(config.output)
+    _, _, example = resolved
     manifest = manifest_from_commits(config, all_commits, n_read + n_unreadable + n_skipped, created, n_skipped,
-                                     duplicates, len(redone), sum(redone))
+                                     (repeated, example if repeated else None), len(redone), sum(redone))
     return schema.write_manifest(config.output, manifest)
-
-
-class _Repeats(beam.CombineFn):
-    """(key, copies) pairs -> (copies beyond the first, summed; the smallest key given more than once), combined
-    on the workers so the per-key counts never meet in one place."""
-
-    def create_accumulator(self):
-        return 0, None
-
-    def add_input(self, acc, counted):
-        key, copies = counted
-        return self.merge_accumulators([acc, (copies - 1, key)]) if copies > 1 else acc
-
-    def merge_accumulators(self, accumulators):
-        total, example = 0, None
-        for n, key in accumulators:
-            total += n
-            if key is not None:
-                example = key if example is None else min(example, key)
-        return total, example
-
-    def extract_output(self, acc):
-        return acc
 
 
 def _counted(pcoll, progress_dir, stage: str, weight=None):
@@ -112,18 +95,19 @@ def build_extraction(p: beam.Pipeline, config: ExtractConfig, progress_dir: str 
     """Add the whole extraction job to ``p``; with ``progress_dir``, its steps also report progress there.
 
     ``done_commits``: commit records of an earlier run of the same job; each is verified on the workers, the
-    keys of those whose file checks out are skipped, the others are retired and their inputs done again."""
-    done_keys, redone = None, None
+    keys of those whose files check out are skipped, the others are retired and their inputs done again."""
+    verified, redone = None, None
     if not done_commits:
         redone = p | "No earlier commits" >> beam.Create([])
     else:
-        verified = (p
-                    | "Earlier commit records" >> beam.Create(list(done_commits))
-                    | "Spread checks over workers" >> beam.Reshuffle()
-                    | "Verify earlier commits" >> beam.ParDo(committed.VerifyCommitFn(config.output)).with_outputs(
-                        committed.REDONE, main="keys"))
-        done_keys, redone = verified.keys, verified[committed.REDONE]
-    read = p | "Read records" >> ReadRecords(config.inputs, config.fields, config.chunk_bytes, done_keys)
+        checked = (p
+                   | "Earlier commit records" >> beam.Create(list(done_commits))
+                   | "Spread checks over workers" >> beam.Reshuffle()
+                   | "Verify earlier commits" >> beam.ParDo(committed.VerifyCommitFn(config.output)).with_outputs(
+                       committed.REDONE, main="commits"))
+        verified, redone = checked.commits, checked[committed.REDONE]
+    read = p | "Read records" >> ReadRecords(config.inputs, config.fields, config.chunk_bytes, verified,
+                                             config.output)
     _counted(read["sources"], progress_dir, "listed")
     _counted(read["units"], progress_dir, "expected", weight=_records_in)  # inputs known once files are expanded
     _counted(read[SKIPPED], progress_dir, "skipped")
@@ -145,9 +129,11 @@ def build_extraction(p: beam.Pipeline, config: ExtractConfig, progress_dir: str 
     input_keys = (read["records"] | "Keys read" >> beam.Map(lambda r: r.key),
                   read[FAILED] | "Keys unreadable" >> beam.Map(lambda f: f.key),
                   read[SKIPPED]) | "Every input key" >> beam.Flatten()
-    duplicates = (input_keys
-                  | "Copies per key" >> beam.combiners.Count.PerElement()
-                  | "Repeated keys" >> beam.CombineGlobally(_Repeats()))
+    repeated = input_keys | "Repeated keys" >> CountRepeatedKeys()
+    n_commits = ((feature_commits, error_commits)
+                 | "Every commit of the run" >> beam.Flatten()
+                 | "Count commits" >> beam.combiners.Count.Globally())
+    resolved = n_commits | "Keep each key once" >> ResolveDuplicates(config.output, config.records_per_shard)
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     _ = (p
          | "Start manifest" >> beam.Create([None])
@@ -156,10 +142,9 @@ def build_extraction(p: beam.Pipeline, config: ExtractConfig, progress_dir: str 
              n_read=beam.pvalue.AsSingleton(n_read),
              n_unreadable=beam.pvalue.AsSingleton(n_unreadable),
              n_skipped=beam.pvalue.AsSingleton(n_skipped),
-             duplicates=beam.pvalue.AsSingleton(duplicates),
-             redone=beam.pvalue.AsList(redone),
-             feature_commits=beam.pvalue.AsList(feature_commits),
-             error_commits=beam.pvalue.AsList(error_commits)))
+             repeated=beam.pvalue.AsSingleton(repeated),
+             resolved=beam.pvalue.AsSingleton(resolved),
+             redone=beam.pvalue.AsList(redone)))
 
 
 def _stderr(message: str) -> None:

@@ -6,8 +6,9 @@
 2. each listed file is expanded into units of reading work: a loose file is one unit; a manifest gives one
    unit per row; a tar shard or TFRecord file is indexed (headers only) and cut into chunks of consecutive
    records; a text file gives its rows as records;
-3. a Reshuffle spreads the units over all workers, which read them, so a few big shards do not pin the job
-   to a few workers, and reading is separated from inference.
+3. the units are grouped by unit, which spreads them over all workers, which read them, so a few big shards
+   do not pin the job to a few workers, and reading is separated from inference. On ``--resume`` each unit
+   is grouped with the keys of it that an earlier run committed (``resume.py``), and those are skipped.
 
 Anything that cannot be listed, parsed or read becomes a ``Failure`` with its key and reason. What an input
 names is ``inputs.py``; files are opened through ``files.py`` (regular files only, reads bounded by
@@ -21,8 +22,9 @@ from collections.abc import Iterator, Sequence
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from transforms.fingerprints import fingerprint
 from transforms.process import ready_process
-from transforms.read import tables, tar_shards, tfrecords
+from transforms.read import resume, tables, tar_shards, tfrecords
 from transforms.read.files import open_regular, read_whole
 from transforms.read.inputs import InputSpec, list_source_files
 from transforms.read.tables import InputFields
@@ -72,7 +74,7 @@ def read_unit(unit, fields: InputFields) -> Iterator[Record | Failure]:
 
 
 def _read_unit(unit, fields: InputFields) -> Iterator[Record | Failure]:
-    if isinstance(unit, Record):
+    if isinstance(unit, (Record, Failure)):  # a failure found while expanding is a unit of one failed record
         yield unit
     elif isinstance(unit, FileRef):
         yield Record(unit.key, read_whole(unit.uri, fields.max_input_bytes), unit.label, unit.split, unit.uri)
@@ -88,7 +90,7 @@ def _read_unit(unit, fields: InputFields) -> Iterator[Record | Failure]:
 
 def unit_keys(unit) -> list[str]:
     """The keys of every record a unit holds (to record them all when the unit cannot be opened)."""
-    if isinstance(unit, (Record, FileRef)):
+    if isinstance(unit, (Record, FileRef, Failure)):
         return [unit.key]
     if isinstance(unit, tar_shards.TarChunk):
         return [record_key(unit.uri, s.member(tar_shards.IMAGE_EXTENSIONS).name) for s in unit.samples]
@@ -124,14 +126,12 @@ SKIPPED = "skipped"  # tag of the keys a resumed run does not read again
 
 
 class ReadUnitFn(beam.DoFn):
-    """Unit of reading work -> ``Record``s; what cannot be read goes to ``failed``.
-
-    With a ``done`` side input (keys already committed by an earlier run), those keys go to ``skipped``
-    instead: a unit whose keys are all done is not even opened."""
+    """(unit id, [(UNIT, unit) or (DONE, fingerprints), ...]) -> ``Record``s of each unit; what cannot be
+    read goes to ``failed``, the keys among the done fingerprints (committed by an earlier run) to ``skipped``:
+    a unit whose keys are all done is not even opened."""
 
     def __init__(self, fields: InputFields):
         self._fields = fields
-        self._done = None
         self._read = Metrics.counter(METRICS_NAMESPACE, "records_read")
         self._bytes = Metrics.counter(METRICS_NAMESPACE, "bytes_read")
         self._skipped = Metrics.counter(METRICS_NAMESPACE, "records_skipped_as_committed")
@@ -139,20 +139,27 @@ class ReadUnitFn(beam.DoFn):
     def setup(self):
         ready_process()
 
-    def process(self, unit, done=()):
-        if self._done is None:
-            self._done = frozenset(done)  # the same for every bundle of a batch job: build the set once
+    def process(self, element):
+        _, values = element
+        values = list(values)
+        done = resume.done_set(v for tag, v in values if tag == resume.DONE)
+        for tag, unit in values:
+            if tag == UNIT:
+                yield from self._read_one(unit, done)
+
+    def _read_one(self, unit, done: frozenset[bytes]):
         keys = unit_keys(unit)
-        if self._done and all(k in self._done for k in keys):
+        is_done = (lambda key: fingerprint(key) in done) if done else (lambda key: False)
+        if done and all(is_done(k) for k in keys):
             self._skipped.inc(len(keys))
             for key in keys:
                 yield beam.pvalue.TaggedOutput(SKIPPED, key)
             return
-        seen = set()
+        seen = set()  # one unit's keys: bounded by the unit
         try:
             for item in read_unit(unit, self._fields):
                 seen.add(item.key)
-                if item.key in self._done:
+                if is_done(item.key):
                     self._skipped.inc()
                     yield beam.pvalue.TaggedOutput(SKIPPED, item.key)
                 elif isinstance(item, Failure):
@@ -164,24 +171,35 @@ class ReadUnitFn(beam.DoFn):
         except Exception as e:  # storage errors: every record of the unit not yet read fails with the reason
             source = unit.origin if isinstance(unit, Record) else unit.uri
             for key in keys:
-                if key not in seen and key not in self._done:
+                if key not in seen and not is_done(key):
                     yield beam.pvalue.TaggedOutput(FAILED, Failure.from_exception(key, source, "read", _describe(e)))
                 elif key not in seen:
                     yield beam.pvalue.TaggedOutput(SKIPPED, key)
 
 
-class ReadRecords(beam.PTransform):
-    """Input specs -> ``{"sources": SourceFile, "records": Record, "failed": Failure, "skipped": key}``.
+UNIT = "unit"
 
-    ``done_keys``: an optional PCollection of keys to skip (committed by an earlier run of the same job)."""
+
+def _keyed_unit(unit):
+    keys = unit_keys(unit)
+    return resume.unit_id(unit, keys), keys
+
+
+class ReadRecords(beam.PTransform):
+    """Input specs -> ``{"sources": SourceFile, "units": units of reading work, "records": Record,
+    "failed": Failure, "skipped": key}``.
+
+    ``done_commits``: an optional PCollection of verified ``Commit``s of an earlier run of the same job in
+    ``output``, whose keys are skipped."""
 
     def __init__(self, specs: Sequence[InputSpec], fields: InputFields = InputFields(),
-                 chunk_bytes: int = DEFAULT_CHUNK_BYTES, done_keys=None):
+                 chunk_bytes: int = DEFAULT_CHUNK_BYTES, done_commits=None, output: str | None = None):
         super().__init__()
         self._specs = list(specs)
         self._fields = fields
         self._chunk_bytes = chunk_bytes
-        self._done_keys = done_keys
+        self._done_commits = done_commits
+        self._output = output
 
     def expand(self, pbegin):
         sources = (
@@ -195,34 +213,19 @@ class ReadRecords(beam.PTransform):
             | "Expand manifests and archives" >> beam.ParDo(
                 ExpandSourceFn(self._fields, self._chunk_bytes)).with_outputs(FAILED, main="units")
         )
-        done = () if self._done_keys is None else (beam.pvalue.AsList(self._done_keys),)
+        units = (expanded.units, expanded[FAILED]) | "Every unit" >> beam.Flatten()  # failures may be done too
+        grouped = [units | "Key units" >> beam.Map(lambda u: (_keyed_unit(u)[0], (UNIT, u)))]
+        if self._done_commits is not None:
+            grouped.append(
+                units
+                | "Keys of units" >> beam.Map(_keyed_unit)
+                | "Done keys of units" >> resume.DoneKeysOfUnits(self._output, self._done_commits)
+                | "Tag done keys" >> beam.MapTuple(lambda uid, fps: (uid, (resume.DONE, fps))))
         read = (
-            expanded.units
-            | "Spread reading over workers" >> beam.Reshuffle()
-            | "Read records" >> beam.ParDo(ReadUnitFn(self._fields), *done).with_outputs(
-                FAILED, SKIPPED, main="records")
+            grouped
+            | "Units and done keys" >> beam.Flatten()
+            | "Spread reading over workers" >> beam.GroupByKey()
+            | "Read records" >> beam.ParDo(ReadUnitFn(self._fields)).with_outputs(FAILED, SKIPPED, main="records")
         )
-        expand_failed, skipped = expanded[FAILED], read[SKIPPED]
-        if self._done_keys is not None:
-            kept = expand_failed | "Skip committed failures" >> beam.ParDo(_SkipDoneFn(), *done).with_outputs(
-                SKIPPED, main="failed")
-            expand_failed = kept.failed
-            skipped = (skipped, kept[SKIPPED]) | "All skipped" >> beam.Flatten()
-        failed = (expand_failed, read[FAILED]) | "Reading failures" >> beam.Flatten()
-        return {"sources": sources, "units": expanded.units, "records": read.records, FAILED: failed,
-                SKIPPED: skipped}
-
-
-class _SkipDoneFn(beam.DoFn):
-    """Failure -> itself, or its key to ``skipped`` when an earlier run already committed it."""
-
-    def __init__(self):
-        self._done = None
-
-    def process(self, failure: Failure, done=()):
-        if self._done is None:
-            self._done = frozenset(done)
-        if failure.key in self._done:
-            yield beam.pvalue.TaggedOutput(SKIPPED, failure.key)
-        else:
-            yield failure
+        return {"sources": sources, "units": expanded.units, "records": read.records, FAILED: read[FAILED],
+                SKIPPED: read[SKIPPED]}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -21,13 +20,16 @@ from pipeline.cli import main
 from pipeline.extract.job import run_extraction
 from pipeline.extract.options import ExtractConfig
 from pipeline.tools.inspect import inspect_feature_set
+from tests.commit_tools import commit_keys, resolve_in
 from tests.conftest import REPO
 from tests.fakes import MEAN_COLOUR, MeanColourBackbone
 from transforms import schema
+from transforms.fingerprints import fingerprint
 from transforms.read.inputs import InputSpec
 from transforms.records import Failure
 from transforms.write import committed
-from transforms.write.commits import Commit
+from transforms.write.commits import commit_files, key_line
+from transforms.write.dedupe import keep_one_copy
 
 IN_PROCESS = ["--runner=FnApiRunner"]
 
@@ -136,26 +138,38 @@ def test_a_retried_bundles_second_copy_keeps_the_embedded_one(tmp_path, colours,
     run_extraction(config, PipelineOptions(IN_PROCESS))
     out = config.output
     features = [c for c in committed.read_commits(out) if c.kind == "features"]
-    key = features[0].keys[0]
+    key = commit_keys(out, features[0])[0]
     # what a retried bundle can leave: the same key also committed as a failure, in a commit of its own
     line = Failure(key, key, "embed", "ResourceExhaustedError", "out of memory").to_json() + "\n"
-    copy = Commit("0" * 32, "errors", "errors/part-" + "0" * 32 + ".jsonl", 1, (key,),
-                  reasons={"embed: ResourceExhaustedError": [1, key]})
-    with open(os.path.join(out, copy.path), "w") as f:
-        f.write(line)
-    with open(os.path.join(out, copy.marker), "w") as f:
-        f.write(copy.to_json())
+    copy = commit_files(out, "0" * 32, "errors", "errors/part-" + "0" * 32 + ".jsonl", None, line.encode(),
+                        key_line(key), records=1, reasons={"embed: ResourceExhaustedError": [1, key]})
 
-    twin = str(tmp_path / "twin")
-    shutil.copytree(out, twin)
-    for root, reverse in ((out, False), (twin, True)):  # the same choice whatever order the commits come in
-        order = committed.read_commits(root)
-        kept = committed.resolve_duplicates(root, order[::-1] if reverse else order)
-        holders = [c for c in kept if key in c.keys]
-        assert [(c.kind, c.id) for c in holders] == [("features", features[0].id)]
-        assert not os.path.exists(os.path.join(root, copy.path))
-        assert not os.path.exists(os.path.join(root, copy.marker))
-        assert sorted(os.listdir(os.path.join(root, schema.COMMITS_DIR))) == sorted(f"{c.id}.json" for c in kept)
+    assert resolve_in(out) == (1, 1, key)
+    kept = committed.read_commits(out)
+    holders = [c for c in kept if key in commit_keys(out, c)]
+    assert [(c.kind, c.id) for c in holders] == [("features", features[0].id)]
+    for path in (copy.path, copy.marker, copy.keys_path):
+        assert not os.path.exists(os.path.join(out, path))
+    assert sorted(os.listdir(os.path.join(out, schema.COMMITS_DIR))) == sorted(
+        name for c in kept for name in (f"{c.id}.json", f"{c.id}.keys"))
+    assert resolve_in(out) == (0, 0, None)  # nothing left to resolve
+
+
+def _pack(commit_id, rank, keys_and_labels):
+    fps = b"".join(fingerprint(k) for k, _ in keys_and_labels)
+    metas = b"".join(fingerprint(json.dumps([label, None])) for _, label in keys_and_labels)
+    return commit_id, rank, fps, metas, np.arange(len(keys_and_labels), dtype=np.int32).tobytes()
+
+
+def test_which_copy_stays_does_not_depend_on_the_order_commits_come_in():
+    packs = [_pack("b" * 32, 0, [("x", "cat"), ("y", "dog")]), _pack("a" * 32, 0, [("z", "cat"), ("x", "cat")]),
+             _pack("c" * 32, 1, [("y", None), ("w", None)]), _pack("d" * 32, 0, [("v", "cat"), ("v", "dog")])]
+    for order in (packs, packs[::-1], packs[1:] + packs[:1]):
+        decided = {commit_id: (sorted(drop), sorted(conflicting))
+                   for commit_id, (drop, conflicting) in keep_one_copy(order).items()}
+        # x: the lowest commit id's copy stays; y: the embedded copy over the failed one; v: its two embedded
+        # copies disagree on the label, so neither stays and both are the conflict's
+        assert decided == {"b" * 32: ([0], []), "c" * 32: ([0], []), "d" * 32: ([0, 1], [0, 1])}
 
 
 def test_the_manifest_is_written_whole_or_not_at_all(tmp_path, monkeypatch):

@@ -18,6 +18,7 @@ from PIL import Image
 from pipeline.cli import main
 from pipeline.extract.job import run_extraction
 from pipeline.extract.options import ExtractConfig
+from tests.commit_tools import commit_keys, resolve_in
 from tests.conftest import REPO
 from tests.fakes import MEAN_COLOUR, MeanColourBackbone
 from transforms import schema
@@ -48,10 +49,17 @@ def test_outputs_are_committed_in_units_with_their_keys(tmp_path, colours, worke
     assert len(features) >= 30 // 4 and all(c.records <= 4 for c in features)
     assert sorted(manifest.shards) == sorted(c.path for c in features)
     _, records = _records(config.output)
-    assert sorted(k for c in features for k in c.keys) == sorted(r.key for r in records)
+    assert sorted(k for c in features for k in commit_keys(config.output, c)) == sorted(r.key for r in records)
+    by_key = {r.key: r.label for r in records}
+    for c in features:  # the keys file says each record's label, in the file's order
+        for key, label, split in committed.read_commit_keys(config.output, c):
+            assert (label, split) == (by_key[key], None)
     (errors,) = [c for c in done if c.kind == "errors"]
-    assert errors.keys == (str(colours / "broken.jpg"),) and errors.reasons == {
+    assert commit_keys(config.output, errors) == [str(colours / "broken.jpg")] and errors.reasons == {
         "decode: ImageDecodeError": [1, str(colours / "broken.jpg")]}
+    for c in done:  # a commit record is a summary: no keys in it, whatever the number of records
+        record = json.load(open(os.path.join(config.output, c.marker)))
+        assert "keys" not in record and record["keys_sha256"] == c.keys_sha256
     assert not os.listdir(os.path.join(config.output, schema.PENDING_DIR))
     assert manifest.resumed_records == 0
 
@@ -89,23 +97,23 @@ def test_a_key_committed_twice_is_kept_once(tmp_path, colours, worker_env):
     run_extraction(config, PipelineOptions(IN_PROCESS))
     first, second = [c for c in committed.read_commits(config.output) if c.kind == "features"][:2]
     # what a distributed runner's retried bundle can leave: the same record committed in two files
-    with open(os.path.join(config.output, first.path), "rb") as f:
-        frame = f.read()
-    with open(os.path.join(config.output, second.path), "ab") as f:
-        f.write(frame)
-    twice = commits.Commit(second.id, second.kind, second.path, second.records + first.records,
-                           second.keys + first.keys, second.labels)
-    with open(os.path.join(config.output, schema.COMMITS_DIR, f"{second.id}.json"), "w") as f:
-        f.write(twice.to_json())
+    def read(path):
+        with open(os.path.join(config.output, path), "rb") as f:
+            return f.read()
 
-    fixed = committed.resolve_duplicates(config.output, committed.read_commits(config.output))
-    keys = [k for c in fixed for k in c.keys]
+    commits.commit_files(config.output, second.id, second.kind, second.path, None,
+                         read(second.path) + read(first.path), read(second.keys_path) + read(first.keys_path),
+                         records=second.records + first.records, labels=tuple(sorted({*first.labels, *second.labels})))
+
+    assert resolve_in(config.output) == (1, first.records, min(commit_keys(config.output, first)))
+    keys = [k for c in committed.read_commits(config.output) for k in commit_keys(config.output, c)]
     assert len(keys) == len(set(keys)) == 31
     for c in committed.read_commits(config.output):  # each rewritten file holds exactly what its record says
+        assert committed.verify_commit(config.output, c) is None
         path = os.path.join(config.output, c.path)
         held = [json.loads(line)["key"] for line in open(path)] if c.kind == "errors" else [
             r.key for r in schema.read_records(path, (MEAN_COLOUR,))]
-        assert tuple(held) == c.keys
+        assert held == commit_keys(config.output, c)
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -152,7 +160,7 @@ def test_killed_multi_process_run_resumes_to_the_same_features(tmp_path, image_f
     markers = os.path.join(killed, schema.COMMITS_DIR)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and run.poll() is None:
-        if os.path.isdir(markers) and len(os.listdir(markers)) >= 6:
+        if os.path.isdir(markers) and sum(name.endswith(".json") for name in os.listdir(markers)) >= 6:
             break
         time.sleep(0.05)
     assert run.poll() is None, "the run ended before it could be killed part-way"

@@ -14,9 +14,14 @@ import pytest
 from tests import packing
 from transforms.read import files, inputs
 from transforms.read.inputs import InputSpec, label_from_path, list_source_files
-from transforms.read.sources import ExpandSourceFn, ReadUnitFn
+from transforms.read.sources import UNIT, ExpandSourceFn, ReadUnitFn
 from transforms.read.tables import InputFields
 from transforms.records import FAILED, FileRef, Record, SourceFile
+
+
+def _read(fn: ReadUnitFn, unit):
+    """A unit read as the job reads it: grouped by itself, with no done keys."""
+    return fn.process(("unit", [(UNIT, unit)]))
 
 
 @pytest.mark.parametrize("root, uri, label", [
@@ -91,7 +96,7 @@ def test_listing_a_folder_with_a_fifo_opens_nothing(tmp_path):
 def test_a_loose_file_that_is_not_a_regular_file_is_a_failure_decided_before_opening(specials, name):
     path, what = specials[name]
     with packing.fed_if_opened([specials["pipe.jpg"][0]], after=3.0) as fed:
-        got = outputs(ReadUnitFn(InputFields()).process(FileRef(path, path, None)))
+        got = outputs(_read(ReadUnitFn(InputFields()), FileRef(path, path, None)))
     assert not fed
     assert [(tag, f.key, f.error_type, f.message) for tag, f in got] == [
         (FAILED, path, "NotARegularFile", f"{path} is {what}, not a regular file: not read")]
@@ -114,8 +119,8 @@ def test_a_file_over_the_limit_is_refused_from_its_size_and_one_at_the_limit_is_
     fn = ReadUnitFn(InputFields(max_input_bytes=100))
     at = str(tmp_path / "at.jpg")
     over = str(tmp_path / "over.jpg")
-    assert outputs(fn.process(FileRef(at, at, "x"))) == [("main", Record(at, b"a" * 100, "x", source=at))]
-    assert [(tag, f.key, f.error_type, f.message) for tag, f in outputs(fn.process(FileRef(over, over, None)))] == [
+    assert outputs(_read(fn, FileRef(at, at, "x"))) == [("main", Record(at, b"a" * 100, "x", source=at))]
+    assert [(tag, f.key, f.error_type, f.message) for tag, f in outputs(_read(fn, FileRef(over, over, None)))] == [
         (FAILED, over, "InputTooLarge", f"{over} is 101 bytes, over the limit of 100 (--max-input-bytes)")]
 
 
@@ -134,7 +139,7 @@ def test_a_read_stops_one_byte_past_the_limit_whatever_the_size_said(tmp_path, m
         return f
 
     monkeypatch.setattr(files, "_open", counting_open)
-    got = outputs(ReadUnitFn(InputFields(max_input_bytes=100)).process(FileRef(str(path), str(path), None)))
+    got = outputs(_read(ReadUnitFn(InputFields(max_input_bytes=100)), FileRef(str(path), str(path), None)))
     assert [(f.error_type, f.message) for _, f in got] == [
         ("InputTooLarge", f"{path} is more than 100 bytes, over the limit of 100 (--max-input-bytes)")]
     assert reads == [101]
@@ -150,12 +155,12 @@ def test_an_object_without_a_local_path_is_measured_before_reading(monkeypatch):
             return super().read(n)
 
     monkeypatch.setattr(files, "_open", lambda uri: Remote(b"r" * 300))
-    got = outputs(ReadUnitFn(InputFields(max_input_bytes=100)).process(FileRef("gs://b/r.jpg", "gs://b/r.jpg", None)))
+    got = outputs(_read(ReadUnitFn(InputFields(max_input_bytes=100)), FileRef("gs://b/r.jpg", "gs://b/r.jpg", None)))
     assert [(f.error_type, f.message) for _, f in got] == [
         ("InputTooLarge", "gs://b/r.jpg is 300 bytes, over the limit of 100 (--max-input-bytes)")]
     assert reads == []  # refused from its size, nothing read
     monkeypatch.setattr(files, "_open", lambda uri: Remote(b"r" * 100))
-    assert outputs(ReadUnitFn(InputFields(max_input_bytes=100)).process(FileRef("gs://b/r.jpg", "gs://b/r.jpg", None))
+    assert outputs(_read(ReadUnitFn(InputFields(max_input_bytes=100)), FileRef("gs://b/r.jpg", "gs://b/r.jpg", None))
                    ) == [("main", Record("gs://b/r.jpg", b"r" * 100, None, source="gs://b/r.jpg"))]
 
 
@@ -239,3 +244,44 @@ def test_an_auto_glob_lists_each_file_with_its_own_format(tmp_path):
         ("cat/s.tar", None, "tar"), ("cat/t.jsonl", None, "manifest"), ("dog/notes.txt", "dog", "files")]
     told = InputSpec.glob(f"{tmp_path}/*/*", "files")
     assert {(f.label, f.format) for f in list_source_files(told)} == {("cat", "files"), ("dog", "files")}
+
+
+# --- resuming: the done keys of a unit ----------------------------------------------------------------------------
+
+def test_a_unit_is_read_without_the_keys_an_earlier_run_committed(tmp_path):
+    import json
+
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from transforms.fingerprints import fingerprint
+    from transforms.read import resume, tfrecords
+    from transforms.read.sources import SKIPPED, unit_keys
+    from transforms.write.commits import commit_files, key_line
+
+    path = tmp_path / "r.tfrecord"
+    path.write_bytes(b"".join(packing.tfrecord_frame(packing.image_example(bytes([i]) * 9, "a")) for i in range(6)))
+    with open(path, "rb") as f:
+        (chunk,) = tfrecords.index_tfrecord(str(path), f, chunk_bytes=1 << 20)
+    keys = unit_keys(chunk)
+    out = str(tmp_path / "out")
+    done = commit_files(out, "c" * 32, "features", "features/part-c.tfrecord", None, b"x",
+                        key_line(keys[1], "a") + key_line(keys[4], "a"), records=2)
+    found = str(tmp_path / "found.json")
+    with beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as p:
+        _ = ((p | "Units" >> beam.Create([(resume.unit_id(chunk, keys), keys), ("other", ["elsewhere#0"])]))
+             | resume.DoneKeysOfUnits(out, p | "Commits" >> beam.Create([done]))
+             | beam.combiners.ToList()
+             | beam.Map(lambda pairs: open(found, "w").write(json.dumps([(uid, fps.hex()) for uid, fps in pairs]))))
+    pairs = json.load(open(found))  # the unit with done keys, once per bucket they fall in; not the other unit
+    uid = resume.unit_id(chunk, keys)
+    assert {u for u, _ in pairs} == {uid} and sum(len(fps) for _, fps in pairs) == 2 * 2 * 16
+    done_packs = [(resume.DONE, bytes.fromhex(fps)) for _, fps in pairs]
+    got = outputs(ReadUnitFn(InputFields()).process((uid, [(UNIT, chunk), *done_packs])))
+    assert [(tag, v if tag == SKIPPED else v.key) for tag, v in got] == [
+        ("main", keys[0]), (SKIPPED, keys[1]), ("main", keys[2]), ("main", keys[3]), (SKIPPED, keys[4]),
+        ("main", keys[5])]
+
+    all_done = b"".join(fingerprint(k) for k in keys)
+    path.unlink()  # a unit whose keys are all done is not opened
+    got = outputs(ReadUnitFn(InputFields()).process((uid, [(UNIT, chunk), (resume.DONE, all_done)])))
+    assert got == [(SKIPPED, k) for k in keys]

@@ -1,0 +1,82 @@
+"""Keys as 16-byte fingerprints, gathered in buckets: how the job answers per-key questions (which keys repeat,
+which an earlier run committed) on the workers, with no process holding every key.
+
+A key's fingerprint is its 128-bit BLAKE2b digest: two different keys share one with probability about
+n² / 2¹²⁹ (10⁻²² for 10⁸ keys). Its first byte picks one of ``BUCKETS`` buckets. Steps pack fingerprints
+(with any fixed-width columns they need) into one element per bucket and bundle, ``Packs``, and group them by
+bucket, so the runner's shuffle carries a few bytes per key in a few large elements, and each bucket (about
+1 / ``BUCKETS`` of the keys) is examined by one worker with numpy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Iterator
+
+import numpy as np
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
+
+__all__ = ["BUCKETS", "FINGERPRINT", "fingerprint", "bucket_of", "as_fingerprints", "Packs", "in_global_window",
+           "column", "repeats"]
+
+BUCKETS = 64
+FINGERPRINT = np.dtype("V16")
+PACK_ROWS = 100_000  # a bucket's pack is handed out when it reaches this many rows (bounds a worker's buffer)
+
+
+def fingerprint(key: str) -> bytes:
+    return hashlib.blake2b(key.encode("utf-8"), digest_size=16).digest()
+
+
+def bucket_of(fp: bytes) -> int:
+    return fp[0] % BUCKETS
+
+
+def as_fingerprints(data: bytes) -> np.ndarray:
+    """Concatenated fingerprints as a numpy array (sortable, comparable, ``np.isin``-able)."""
+    return np.frombuffer(data, dtype=FINGERPRINT)
+
+
+def in_global_window(value) -> WindowedValue:
+    """An element output from ``finish_bundle`` of a batch job."""
+    return WindowedValue(value, MIN_TIMESTAMP, [GlobalWindow()])
+
+
+class Packs:
+    """Rows of a fingerprint and further columns (more fingerprints, or int32) gathered per bucket; ``add``
+    returns a full pack, ``drain`` the rest. A pack is ``(bucket, (column bytes, ...))``: the fingerprints,
+    then each column as bytes (``column`` reads one back)."""
+
+    def __init__(self, columns=(), rows: int = PACK_ROWS):
+        self._dtypes = (FINGERPRINT, *(np.dtype(c) for c in columns))
+        self._rows = rows
+        self._cols = defaultdict(lambda: [[] for _ in self._dtypes])
+
+    def add(self, fp: bytes, *values):
+        b = bucket_of(fp)
+        cols = self._cols[b]
+        for column, value in zip(cols, (fp, *values), strict=True):
+            column.append(value)
+        return self._pack(b) if len(cols[0]) >= self._rows else None
+
+    def _pack(self, b: int):
+        cols = self._cols.pop(b)
+        return b, tuple(b"".join(c) if dtype == FINGERPRINT else np.asarray(c, dtype=dtype).tobytes()
+                        for c, dtype in zip(cols, self._dtypes, strict=True))
+
+    def drain(self) -> Iterator:
+        for b in sorted(self._cols):
+            yield self._pack(b)
+
+
+def column(data: bytes, dtype) -> np.ndarray:
+    """One column of a pack as an array."""
+    return np.frombuffer(data, dtype=dtype)
+
+
+def repeats(fps: np.ndarray) -> int:
+    """How many fingerprints repeat one given before (copies beyond the first)."""
+    return int(len(fps) - len(np.unique(fps))) if len(fps) else 0

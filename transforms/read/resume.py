@@ -1,0 +1,117 @@
+"""Which keys of each unit of reading work an earlier run already committed, found by a join on the workers.
+
+A resumed run must not read again what is done, and no process may hold every done key. So the question is
+asked per fingerprint bucket (``transforms/fingerprints.py``):
+
+1. the keys of every unit (from its index: nothing is read) are packed by bucket with the unit they belong
+   to; the keys of every verified earlier commit (from its keys file) likewise;
+2. each bucket, on one worker, matches the two: the done keys of each unit go out keyed by the unit;
+3. ``ReadRecords`` groups them with the unit itself, and reads the unit skipping those keys.
+"""
+
+from __future__ import annotations
+
+import apache_beam as beam
+import numpy as np
+
+from transforms.fingerprints import PACK_ROWS, Packs, as_fingerprints, column, fingerprint, in_global_window
+from transforms.process import ready_process
+from transforms.write import committed
+
+__all__ = ["DoneKeysOfUnits", "unit_id", "done_per_unit", "done_set"]
+
+DONE, WANTED = "done", "wanted"
+
+
+def unit_id(unit, keys) -> str:
+    """What groups a unit with its done keys: its first key (units that share one are read alike)."""
+    return f"{type(unit).__name__}:{keys[0] if keys else ''}"
+
+
+class _WantedFn(beam.DoFn):
+    """(unit id, keys) -> ``(bucket, (WANTED, unit ids, unit of each key, fingerprints))`` packs, per bundle."""
+
+    def start_bundle(self):
+        self._ids, self._packs, self._n = [], Packs(columns=(np.int32,), rows=1 << 62), 0
+
+    def process(self, element):
+        uid, keys = element
+        index = len(self._ids)
+        self._ids.append(uid)
+        for key in keys:
+            self._packs.add(fingerprint(key), index)
+        self._n += len(keys)
+        if self._n >= 10 * PACK_ROWS:
+            yield from self._drain()
+
+    def finish_bundle(self):
+        for pack in self._drain():
+            yield in_global_window(pack)
+
+    def _drain(self):
+        for bucket, (fps, indices) in self._packs.drain():
+            used, local = np.unique(column(indices, np.int32), return_inverse=True)
+            yield bucket, (WANTED, tuple(self._ids[i] for i in used), local.astype(np.int32).tobytes(), fps)
+        self.start_bundle()
+
+
+class _DoneFn(beam.DoFn):
+    """A verified earlier ``Commit`` -> ``(bucket, (DONE, fingerprints))`` packs of its keys."""
+
+    def __init__(self, output: str):
+        self._output = output
+
+    def setup(self):
+        ready_process()
+
+    def process(self, commit):
+        packs = Packs(rows=1 << 62)
+        for key, _, _ in committed.read_commit_keys(self._output, commit):
+            packs.add(fingerprint(key))
+        for bucket, (fps,) in packs.drain():
+            yield bucket, (DONE, fps)
+
+
+def done_per_unit(packs):
+    """One bucket's packs -> ``(unit id, fingerprints of its done keys)`` for each unit with any."""
+    done = [as_fingerprints(p[1]) for p in packs if p[0] == DONE]
+    if not done:
+        return
+    done = np.unique(np.concatenate(done))
+    for tag, *rest in packs:
+        if tag != WANTED:
+            continue
+        ids, local, fps = rest
+        fps, local = as_fingerprints(fps), column(local, np.int32)
+        hit = np.isin(fps, done)
+        if not hit.any():
+            continue
+        fps, local = fps[hit], local[hit]
+        order = np.argsort(local, kind="stable")
+        fps, local = fps[order], local[order]
+        starts = np.flatnonzero(np.r_[True, local[1:] != local[:-1]])
+        for start, end in zip(starts, np.r_[starts[1:], len(local)], strict=True):
+            yield ids[local[start]], fps[start:end].tobytes()
+
+
+class DoneKeysOfUnits(beam.PTransform):
+    """``(unit id, keys)`` of every unit, and the verified earlier commits -> ``(unit id, done fingerprints)``."""
+
+    def __init__(self, output: str, done_commits):
+        super().__init__()
+        self._output = output
+        self._done_commits = done_commits
+
+    def expand(self, unit_keys):
+        wanted = unit_keys | "Pack keys of units" >> beam.ParDo(_WantedFn())
+        done = self._done_commits | "Pack committed keys" >> beam.ParDo(_DoneFn(self._output))
+        return ((wanted, done)
+                | "Both" >> beam.Flatten()
+                | "Group buckets" >> beam.GroupByKey()
+                | "Match done keys" >> beam.FlatMap(lambda bucket: done_per_unit(list(bucket[1]))))
+
+
+def done_set(values) -> frozenset[bytes]:
+    """The fingerprints of several packs of done keys, as a set."""
+    return frozenset(fp.tobytes() for data in values for fp in as_fingerprints(data))
+

@@ -1,19 +1,25 @@
 """``featurebeam inspect OUTDIR [--check]``: what a feature set holds, and whether it is intact.
 
-The summary (manifest, per-shard counts, dims, label distribution, a few sample records) reads every
+The summary (manifest, per-shard counts, dims, label distribution, the first few records) reads every
 record once through Beam's FileSystems, so local and gs:// sets work alike. ``--check`` also verifies each
 record against the manifest: readable (CRC), every output present with its dim, finite values, a label from
 the vocabulary, keys unique across shards, and shard and record counts as the manifest says.
+
+Memory does not grow with the records: keys are checked for repeats by fingerprint in buckets on local
+temporary disk (``duplicate_keys``, 24 bytes a record while it runs), and only the shards holding a reported
+repeat are read a second time, to name its key.
 """
 
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.tools.duplicate_keys import BUCKET_ROWS, DuplicateKeys, Repeat
 from pipeline.train.feature_sets import read_feature_manifest
 from transforms import schema
 
@@ -40,23 +46,43 @@ def _short(error: Exception) -> str:
     return str(error).split(":")[0][:200] if str(error) else type(error).__name__
 
 
-def inspect_feature_set(root: str, samples: int = 3) -> Inspection:
-    """Read every record of the set once; collect the summary and every disagreement with the manifest."""
-    from apache_beam.io.filesystems import FileSystems
+def _parse(raw: bytes):
+    """The feature map of a serialised Example, and its key."""
     from tensorflow.core.example import example_pb2
 
-    manifest = read_feature_manifest(root)
-    result = Inspection(root, manifest)
-    seen_keys: dict[str, str] = {}
-    kinds = collections.Counter()
+    feature = example_pb2.Example.FromString(raw).features.feature
+    return feature, feature[schema.KEY].bytes_list.value[0].decode("utf-8")
+
+
+def _keys_of(root: str, shards: list[str], repeats: list[Repeat]) -> dict[tuple[int, int], str]:
+    """The keys at the repeats' places, ``(shard index, record number) -> key``: a second pass over the
+    shards that hold a repeat, each read up to its last repeat only."""
+    from apache_beam.io.filesystems import FileSystems
+
+    wanted = collections.defaultdict(set)
+    for r in repeats:
+        wanted[r.shard].add(r.record)
+    keys = {}
+    for index, records in sorted(wanted.items()):
+        path = FileSystems.join(root, shards[index])
+        raws = itertools.islice(schema.iter_serialized(path), max(records))
+        try:
+            for number, raw in enumerate(raws, start=1):
+                if number in records:
+                    keys[(index, number)] = _parse(raw)[1]
+        except (ValueError, OSError):  # read once already; a shard that fails now leaves its keys unnamed
+            pass
+    return keys
+
+
+def _read_shards(root: str, manifest: schema.Manifest, result: Inspection, keys: DuplicateKeys, samples: int,
+                 problem) -> None:
+    """Every record once, in the manifest's order: counts, labels, samples, per-record problems, and each
+    key to ``keys``."""
+    from apache_beam.io.filesystems import FileSystems
+
     vocabulary = set(manifest.labels)
-
-    def problem(kind: str, message: str) -> None:
-        kinds[kind] += 1
-        if kinds[kind] <= _MAX_PROBLEMS_PER_KIND:
-            result.problems.append(message)
-
-    for shard in manifest.shards:
+    for index, shard in enumerate(manifest.shards):
         path = FileSystems.join(root, shard)
         count = 0
         try:
@@ -64,17 +90,13 @@ def inspect_feature_set(root: str, samples: int = 3) -> Inspection:
                 count += 1
                 where = f"{shard} record {count}"
                 try:
-                    feature = example_pb2.Example.FromString(raw).features.feature
-                    key = feature[schema.KEY].bytes_list.value[0].decode("utf-8")
+                    feature, key = _parse(raw)
                 except Exception as e:
                     problem("parse", f"{where}: not a feature record ({_short(e)})")
                     continue
                 label = feature[schema.LABEL].bytes_list.value[0].decode("utf-8") if schema.LABEL in feature else None
                 result.labels[label] += 1
-                if key in seen_keys:
-                    problem("duplicate", f"{where}: duplicate key {key!r} (also in {seen_keys[key]})")
-                else:
-                    seen_keys[key] = shard
+                keys.add(key, index, count)
                 if label is not None and label not in vocabulary:
                     problem("label", f"{where}: label {label!r} is not in the manifest's vocabulary")
                 vectors = {}
@@ -93,6 +115,35 @@ def inspect_feature_set(root: str, samples: int = 3) -> Inspection:
         except OSError as e:
             problem("missing", f"{shard}: cannot be read ({e})")
         result.shard_counts[shard] = count
+
+
+def inspect_feature_set(root: str, samples: int = 3, bucket_rows: int = BUCKET_ROWS) -> Inspection:
+    """Read every record of the set once; collect the summary and every disagreement with the manifest.
+
+    ``bucket_rows`` bounds how many key fingerprints the duplicate check holds in memory at once."""
+    from apache_beam.io.filesystems import FileSystems
+
+    manifest = read_feature_manifest(root)
+    result = Inspection(root, manifest)
+    expected = int(manifest.counts.get("embedded") or 0)  # too low or absent: oversized buckets are split
+    keys = DuplicateKeys(expected, bucket_rows=bucket_rows, buffer_rows=bucket_rows)
+    kinds = collections.Counter()
+
+    def problem(kind: str, message: str) -> None:
+        kinds[kind] += 1
+        if kinds[kind] <= _MAX_PROBLEMS_PER_KIND:
+            result.problems.append(message)
+
+    with keys:
+        _read_shards(root, manifest, result, keys, samples, problem)
+        total, repeats = keys.repeats(limit=_MAX_PROBLEMS_PER_KIND)
+    named = _keys_of(root, manifest.shards, repeats)
+    for r in repeats:
+        key = named.get((r.shard, r.record), "(unreadable now)")
+        problem("duplicate", f"{manifest.shards[r.shard]} record {r.record}: duplicate key {key!r} "
+                             f"(also in {manifest.shards[r.first_shard]})")
+    if total > len(repeats):
+        kinds["duplicate"] += total - len(repeats)
 
     listed = set(manifest.shards)
     try:

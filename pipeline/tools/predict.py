@@ -3,7 +3,9 @@
 1. ``ReadRecords`` (the same sources as extraction) -> ``DecodeImageFn`` with the backbone's preprocessing;
 2. ``RunInference`` over the serving SavedModel (loaded once per worker process, batched);
 3. ``predictions/part-*.jsonl``: one ``{"key", "label" (true, if known), "predicted", "probabilities"}`` per
-   image; undecodable files in ``errors/``, as in extraction.
+   image; undecodable files in ``errors/``, as in extraction;
+4. ``summary.json``: the counts (classified, failed, labelled, accuracy on the labelled ones), summed by the job
+   itself (``SummarizePredictions``) and written whole or not at all, so the launcher reads one small file.
 
 MODELDIR, the inputs and OUTDIR may each be local, ``gs://`` or ``s3://``; each worker process copies a remote
 serving model to its local disk before loading it.
@@ -12,6 +14,7 @@ serving model to its local disk before loading it.
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -28,12 +31,15 @@ from transforms.process import ready_process
 from transforms.read.inputs import InputSpec
 from transforms.read.sources import ReadRecords
 from transforms.records import FAILED
-from transforms.schema import ERRORS_DIR
+from transforms.schema import ERRORS_DIR, PENDING_DIR
+from transforms.write.commits import write_atomically
 from transforms.write.sinks import WriteFailures
 
-__all__ = ["PredictConfig", "build_prediction", "run_prediction", "format_prediction", "PREDICTIONS_DIR"]
+__all__ = ["PredictConfig", "build_prediction", "run_prediction", "format_prediction", "SummarizePredictions",
+           "PredictionCountsFn", "read_summary", "PREDICTIONS_DIR", "SUMMARY_NAME"]
 
 PREDICTIONS_DIR = "predictions"
+SUMMARY_NAME = "summary.json"
 
 
 @dataclass(frozen=True)
@@ -88,13 +94,71 @@ class ModelDirClassifier(ClassifierHandler):
             return tf.saved_model.load(folder)
 
 
-def _prediction_json(meta, inference) -> str:
+def _prediction(meta, inference) -> dict:
     key, label, split = meta
     prediction = {"key": key, "label": label, "predicted": inference["label"],
                   "probabilities": inference["probabilities"]}
     if split is not None:
         prediction["split"] = split
-    return json.dumps(prediction, sort_keys=True)
+    return prediction
+
+
+class PredictionCountsFn(beam.CombineFn):
+    """Sums ``(classified, failed, labelled, correct)`` tuples; the output is the summary ``run_prediction``
+    returns."""
+
+    def create_accumulator(self):
+        return 0, 0, 0, 0
+
+    def add_input(self, accumulator, counts):
+        return tuple(a + c for a, c in zip(accumulator, counts, strict=True))
+
+    def merge_accumulators(self, accumulators):
+        return tuple(sum(column) for column in zip(*accumulators, strict=True)) or self.create_accumulator()
+
+    def extract_output(self, accumulator):
+        classified, failed, labelled, correct = accumulator
+        return {"classified": classified, "failed": failed, "labelled": labelled,
+                "accuracy_on_labelled": correct / labelled if labelled else None}
+
+
+def _counts(prediction: dict) -> tuple[int, int, int, int]:
+    labelled = prediction["label"] is not None
+    return 1, 0, int(labelled), int(labelled and prediction["label"] == prediction["predicted"])
+
+
+class _WriteSummaryFn(beam.DoFn):
+    def __init__(self, output: str):
+        self._output = output
+
+    def setup(self):
+        ready_process()
+
+    def process(self, summary: dict):
+        pending = FileSystems.join(self._output, PENDING_DIR, f"{SUMMARY_NAME}.{uuid.uuid4().hex}")
+        write_atomically(FileSystems.join(self._output, SUMMARY_NAME), pending,
+                         json.dumps(summary).encode("utf-8"))
+        yield summary
+
+
+class SummarizePredictions(beam.PTransform):
+    """(predictions as dicts, failures) -> ``OUTDIR/summary.json``, the counts of both; returns the summary.
+
+    1. each prediction becomes ``(1, 0, labelled, correct)``, each failure ``(0, 1, 0, 0)``;
+    2. one ``CombineGlobally`` sums them (a job with no inputs gives all zeros);
+    3. the summary is written under a pending name, then renamed."""
+
+    def __init__(self, output: str):
+        super().__init__()
+        self._output = output
+
+    def expand(self, inputs):
+        predictions, failures = inputs
+        return ((predictions | "Count prediction" >> beam.Map(_counts),
+                 failures | "Count failure" >> beam.Map(lambda _: (0, 1, 0, 0)))
+                | "All counts" >> beam.Flatten()
+                | "Sum counts" >> beam.CombineGlobally(PredictionCountsFn())
+                | "Write summary" >> beam.ParDo(_WriteSummaryFn(self._output)))
 
 
 def build_prediction(p: beam.Pipeline, config: PredictConfig):
@@ -102,47 +166,33 @@ def build_prediction(p: beam.Pipeline, config: PredictConfig):
     decoded = read["records"] | "Decode images" >> beam.ParDo(
         DecodeImageFn(config.preprocessing)).with_outputs(FAILED, main="images")
     handler = KeyedModelHandler(ModelDirClassifier(FileSystems.join(config.model_dir, "serving"), config.batch_size))
-    written = (decoded.images
-               | "Classify" >> RunInference(handler)
-               | "Prediction to JSON" >> beam.MapTuple(lambda meta, result: _prediction_json(meta, result.inference))
+    predictions = (decoded.images
+                   | "Classify" >> RunInference(handler)
+                   | "Prediction" >> beam.MapTuple(lambda meta, result: _prediction(meta, result.inference)))
+    written = (predictions
+               | "Prediction to JSON" >> beam.Map(lambda prediction: json.dumps(prediction, sort_keys=True))
                | "Write predictions" >> beam.io.WriteToText(
                    FileSystems.join(config.output, PREDICTIONS_DIR, "part"), file_name_suffix=".jsonl",
                    skip_if_empty=True))  # no empty shard: S3 cannot take an empty upload from Beam
     failures = (read[FAILED], decoded[FAILED]) | "All failures" >> beam.Flatten()
     failures | "Write failures" >> WriteFailures(config.output)
+    (predictions, failures) | "Summarize" >> SummarizePredictions(config.output)
     return written
 
 
 def run_prediction(config: PredictConfig, options) -> dict:
-    """Run to completion; returns counts read back from the outputs."""
+    """Run to completion; returns the counts the job wrote to ``OUTDIR/summary.json``."""
     if config.overwrite:
-        clear_previous_outputs(config.output, names=(PREDICTIONS_DIR, ERRORS_DIR))
+        clear_previous_outputs(config.output, names=(PREDICTIONS_DIR, ERRORS_DIR, SUMMARY_NAME, PENDING_DIR))
     with beam.Pipeline(options=options) as p:
         build_prediction(p, config)
-    return summarize_predictions(config.output)
+    return read_summary(config.output)
 
 
-def _jsonl(folder: str):
-    """JSON objects of every ``part-*.jsonl`` under ``folder`` (local or remote)."""
-    from apache_beam.io.filesystems import FileSystems
-
-    (match,) = FileSystems.match([FileSystems.join(folder, "part-*.jsonl")])
-    for path in sorted(m.path for m in match.metadata_list):
-        with FileSystems.open(path, compression_type="uncompressed") as f:
-            for line in f.read().decode("utf-8").splitlines():
-                if line.strip():
-                    yield json.loads(line)
-
-
-def summarize_predictions(output: str) -> dict:
-    from apache_beam.io.filesystems import FileSystems
-
-    predictions = list(_jsonl(FileSystems.join(output, PREDICTIONS_DIR)))
-    failed = list(_jsonl(FileSystems.join(output, ERRORS_DIR)))
-    labelled = [r for r in predictions if r["label"] is not None]
-    correct = sum(r["label"] == r["predicted"] for r in labelled)
-    return {"classified": len(predictions), "failed": len(failed), "labelled": len(labelled),
-            "accuracy_on_labelled": correct / len(labelled) if labelled else None}
+def read_summary(output: str) -> dict:
+    """``OUTDIR/summary.json`` (local or remote), as ``SummarizePredictions`` wrote it."""
+    with FileSystems.open(FileSystems.join(output, SUMMARY_NAME), compression_type="uncompressed") as f:
+        return json.loads(f.read().decode("utf-8"))
 
 
 def format_prediction(summary: dict, output: str, seconds: float) -> str:

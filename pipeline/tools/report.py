@@ -1,7 +1,9 @@
 """``featurebeam report OUTDIR [--model MODELDIR]``: one self-contained HTML page about a feature set.
 
 It holds the manifest, the label distribution, a 2-D PCA projection of the features coloured by label, the
-failure reasons, and, with a model directory, the heads' metrics and confusion matrix. Plots are PNGs
+failure reasons, and, with a model directory, the heads' metrics and confusion matrix. The records are read
+once, streamed: labels and records are counted, and the projection is of a seeded uniform sample of at most
+``sample_size`` records (reservoir sampling), so memory does not grow with the set. Plots are PNGs
 embedded as data URIs, so the file opens anywhere, offline. A small script marks the page ready once every
 plot has decoded, and records script errors, so a headless browser can check it.
 """
@@ -16,11 +18,67 @@ import io
 import numpy as np
 
 from pipeline.folders import read_model_file
-from pipeline.train.feature_sets import FeatureSetError, load_table, open_feature_sets
+from pipeline.train.feature_sets import FeatureSetError, FeatureSource, _shard_records, open_feature_sets
+from transforms import schema
 
-__all__ = ["build_report", "pca_2d", "read_metrics"]
+__all__ = ["build_report", "pca_2d", "read_metrics", "stream_summary", "Reservoir", "SAMPLE_SIZE"]
 
-_MAX_POINTS = 5000
+SAMPLE_SIZE = 5000
+
+
+class Reservoir:
+    """A uniform sample of at most ``size`` rows of a stream of unknown length (Algorithm R), seeded."""
+
+    def __init__(self, size: int, dim: int, seed: int = 0):
+        self._rng = np.random.default_rng(seed)
+        self.x = np.empty((size, dim), np.float32)
+        self.labels = np.empty(size, dtype=object)
+        self.seen = 0
+
+    def offer(self, row: np.ndarray, label) -> None:
+        size = len(self.x)
+        slot = self.seen if self.seen < size else int(self._rng.integers(0, self.seen + 1))
+        self.seen += 1
+        if slot < size:
+            self.x[slot], self.labels[slot] = row, label
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, labels) of the sample, in slot order."""
+        n = min(self.seen, len(self.x))
+        return self.x[:n], self.labels[:n]
+
+
+def _records(source: FeatureSource):
+    """(label, vector) of each record's chosen output, shard after shard, one at a time; each vector's dim is
+    checked against the manifest, and a damaged shard is named."""
+    for path in source.shards:
+        try:
+            for record in _shard_records(path, source.output):
+                vector = record.vectors[source.output.name]
+                if len(vector) != source.output.dim:
+                    raise FeatureSetError(f"{path}: record {record.key!r} has {len(vector)} values for output "
+                                          f"{source.output.name!r}, but the manifest says {source.output.dim}")
+                yield record.label, vector
+        except FeatureSetError:
+            raise
+        except Exception as e:
+            raise FeatureSetError(f"{path}: cannot read feature records ({type(e).__name__}: {e})") from None
+
+
+def stream_summary(source: FeatureSource, sample_size: int = SAMPLE_SIZE, seed: int = 0):
+    """One pass: (records per label, records, a sample's (x, labels)); the count is checked against the manifest."""
+    from apache_beam.io.filesystems import FileSystems
+
+    labels = collections.Counter()
+    reservoir = Reservoir(sample_size, source.output.dim, seed)
+    for label, vector in _records(source):
+        labels[label] += 1
+        reservoir.offer(vector, label)
+    expected = source.manifest.counts.get("embedded")
+    if expected is not None and reservoir.seen != expected:
+        raise FeatureSetError(f"{FileSystems.join(source.root, schema.MANIFEST_NAME)}: manifest counts {expected} "
+                              f"embedded records, the shards hold {reservoir.seen}")
+    return labels, reservoir.seen, reservoir.sample()
 
 
 def pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -37,7 +95,7 @@ def _png(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _plots(table, labels_count):
+def _plots(x: np.ndarray, sample_labels: np.ndarray, labels_count):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -53,11 +111,9 @@ def _plots(table, labels_count):
     plots["labels"] = _png(fig)
     plt.close(fig)
 
-    rng = np.random.default_rng(0)
-    take = np.sort(rng.choice(len(table), size=min(len(table), _MAX_POINTS), replace=False))
-    points, ratio = pca_2d(table.x[take].astype(np.float64))
+    points, ratio = pca_2d(x.astype(np.float64))
     fig, ax = plt.subplots(figsize=(6, 5))
-    labels = np.array([str(v) if v is not None else "(none)" for v in table.labels[take]])
+    labels = np.array([str(v) if v is not None else "(none)" for v in sample_labels])
     for i, name in enumerate(sorted(set(labels))):
         mask = labels == name
         ax.scatter(points[mask, 0], points[mask, 1], s=6, alpha=0.7, label=name, color=plt.cm.tab20(i % 20))
@@ -68,7 +124,7 @@ def _plots(table, labels_count):
     fig.tight_layout()
     plots["projection"] = _png(fig)
     plt.close(fig)
-    return plots, len(take)
+    return plots
 
 
 def _table(rows) -> str:
@@ -81,13 +137,15 @@ def read_metrics(model_dir: str) -> dict:
     return read_model_file(model_dir, "metrics.json", FeatureSetError)
 
 
-def build_report(output: str, model_dir: str | None = None) -> str:
-    """The report's HTML text."""
+def build_report(output: str, model_dir: str | None = None, sample_size: int = SAMPLE_SIZE, seed: int = 0) -> str:
+    """The report's HTML text; the projection is of at most ``sample_size`` records, drawn with ``seed``."""
     (source,) = open_feature_sets([output])
     manifest = source.manifest
-    table = load_table([source])
-    labels_count = sorted(collections.Counter(table.labels.tolist()).items(), key=lambda kv: str(kv[0]))
-    plots, n_points = _plots(table, labels_count) if len(table) >= 2 else ({}, 0)
+    labels, n_records, (x, sample_labels) = stream_summary(source, sample_size, seed)
+    labels_count = sorted(labels.items(), key=lambda kv: str(kv[0]))
+    plots = _plots(x, sample_labels, labels_count) if len(x) >= 2 else {}
+    n_points = len(x) if plots else 0
+    output_name = html.escape(source.output.name)
 
     parts = [f"<h1>Feature set {html.escape(output)}</h1>",
              "<h2>Manifest</h2>",
@@ -100,7 +158,9 @@ def build_report(output: str, model_dir: str | None = None) -> str:
              _table([(k if k is not None else "(no label)", n) for k, n in labels_count])]
     if "labels" in plots:
         parts.append(f'<img class="plot" id="labels-plot" alt="label distribution" src="{plots["labels"]}">')
-    parts.append(f"<h2>Features: PCA projection ({n_points} records, output {html.escape(source.output.name)})</h2>")
+    parts.append(f"<h2>Features: PCA of a sample of {n_points} of {n_records} records (output {output_name})</h2>"
+                 if 0 < n_points < n_records else
+                 f"<h2>Features: PCA projection ({n_points} records, output {output_name})</h2>")
     if "projection" in plots:
         parts.append(f'<img class="plot" id="projection-plot" alt="PCA projection" src="{plots["projection"]}">')
     parts.append("<h2>Failures</h2>")

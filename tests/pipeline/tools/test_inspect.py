@@ -96,3 +96,30 @@ def test_a_set_on_object_storage_is_checked_the_same(feature_set, capsys, reques
     code = main(["inspect", remote, "--check", *flags])
     out = capsys.readouterr().out
     assert code == local_code == 0 and out.replace(remote, "ROOT") == local_out.replace(str(root), "ROOT")
+
+
+def test_a_duplicate_across_shards_is_found_with_buckets_of_four_keys(feature_set, capsys):
+    from pipeline.tools.inspect import format_inspection, inspect_feature_set
+
+    root, keys, labels, x = feature_set
+    keys[25], keys[12] = keys[2], keys[2]  # shard 0's key again in shards 1 and 2
+    write_feature_set(str(root), keys, labels, x, shard_sizes=[10, 10, 10])
+    result = inspect_feature_set(str(root), bucket_rows=4)
+    assert [p for p in result.problems if "duplicate" in p] == [
+        f"features/part-00001-of-00003.tfrecord record 3: duplicate key {keys[2]!r} "
+        "(also in features/part-00000-of-00003.tfrecord)",
+        f"features/part-00002-of-00003.tfrecord record 6: duplicate key {keys[2]!r} "
+        "(also in features/part-00000-of-00003.tfrecord)"]
+    assert "check FAILED: 2 problem(s)" in format_inspection(result, check=True)
+
+
+def test_many_duplicates_are_reported_first_twenty_then_counted(tmp_path):
+    from pipeline.tools.inspect import inspect_feature_set
+
+    keys, labels, x = blobs(60, ["cat", "dog"], dim=4)
+    keys[30:] = keys[:30]  # shard 1 repeats shard 0, record for record
+    write_feature_set(str(tmp_path / "fs"), keys, labels, x, shard_sizes=[30, 30])
+    problems = inspect_feature_set(str(tmp_path / "fs"), bucket_rows=8).problems
+    assert problems[:20] == [f"features/part-00001-of-00002.tfrecord record {i + 1}: duplicate key {keys[i]!r} "
+                             "(also in features/part-00000-of-00002.tfrecord)" for i in range(20)]
+    assert problems[20:] == ["... and 10 more of this kind (duplicate)"]

@@ -88,3 +88,72 @@ def test_the_browser_check_sees_a_broken_plot_and_a_script_error(report_inputs, 
     body, console = _load(page, tmp_path)
     assert 'data-ready="broken"' in body and 'data-errors="1"' in body, body
     assert any("Uncaught ReferenceError: notDefinedAnywhere" in line for line in console), console
+
+
+def test_the_reservoir_is_a_bounded_uniform_seeded_sample():
+    from pipeline.tools.report import Reservoir
+
+    def draw(seed, n=50, size=10):
+        reservoir = Reservoir(size, 1, seed)
+        for i in range(n):
+            reservoir.offer(np.array([i], np.float32), f"r{i}")
+        return reservoir.sample()
+
+    x, labels = draw(3)
+    assert x.shape == (10, 1) and len(set(labels)) == 10
+    assert list(labels) == [f"r{int(v)}" for v in x[:, 0]]  # rows and labels stay paired
+    np.testing.assert_array_equal(draw(3)[0], x)
+    chosen = np.zeros(50)
+    for seed in range(2000):
+        chosen[draw(seed)[0][:, 0].astype(int)] += 1
+    assert np.all(np.abs(chosen / 2000 - 0.2) < 0.06), chosen / 2000  # every record equally likely
+    x, labels = draw(0, n=4)
+    assert sorted(labels) == ["r0", "r1", "r2", "r3"]  # fewer records than the sample: all of them
+
+
+@pytest.fixture
+def small_set(tmp_path):
+    keys, labels, x = blobs(300, ["cat", "dog", "fox"], dim=8, seed=5)
+    labels[7] = None
+    write_feature_set(str(tmp_path / "fs"), keys, labels, x, shard_sizes=[100, 120, 80])
+    return str(tmp_path / "fs"), labels, x
+
+
+def test_the_report_projects_a_bounded_sample_and_says_so(small_set):
+    import collections
+    import re
+
+    from pipeline.tools.report import build_report, stream_summary
+    from pipeline.train.feature_sets import open_feature_sets
+
+    root, labels, x = small_set
+    counts, n, (sample, sample_labels) = stream_summary(open_feature_sets([root])[0], sample_size=40, seed=1)
+    assert counts == collections.Counter(labels) and n == 300
+    assert sample.shape == (40, 8) and len(sample_labels) == 40
+    rows = {tuple(r): label for r, label in zip(x, labels, strict=True)}
+    assert all(rows[tuple(r)] == label for r, label in zip(sample, sample_labels, strict=True))  # real records
+
+    text = build_report(root, sample_size=40)
+    assert "Features: PCA of a sample of 40 of 300 records (output features.18)" in text
+    table = dict(re.findall(r"<tr><th>(cat|dog|fox|\(no label\))</th><td>(\d+)</td></tr>", text))
+    assert table == {"cat": str(counts["cat"]), "dog": str(counts["dog"]), "fox": str(counts["fox"]),
+                     "(no label)": "1"}
+    assert 'id="projection-plot"' in text
+
+
+def test_a_set_smaller_than_the_sample_is_projected_whole(small_set):
+    from pipeline.tools.report import build_report
+
+    text = build_report(small_set[0])
+    assert "Features: PCA projection (300 records, output features.18)" in text and "a sample of" not in text
+
+
+def test_a_shard_with_fewer_records_than_the_manifest_counts_is_refused(small_set):
+    from pipeline.tools.report import build_report
+    from pipeline.train.feature_sets import FeatureSetError
+
+    root = small_set[0]
+    manifest = open(f"{root}/manifest.json").read().replace('"embedded": 300', '"embedded": 301')
+    open(f"{root}/manifest.json", "w").write(manifest)
+    with pytest.raises(FeatureSetError, match="manifest counts 301 embedded records, the shards hold 300"):
+        build_report(root)

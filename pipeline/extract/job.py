@@ -126,10 +126,10 @@ def build_extraction(p: beam.Pipeline, config: ExtractConfig, progress_dir: str 
     n_read = read["records"] | "Count records read" >> beam.combiners.Count.Globally()
     n_unreadable = read[FAILED] | "Count unreadable" >> beam.combiners.Count.Globally()
     n_skipped = read[SKIPPED] | "Count skipped" >> beam.combiners.Count.Globally()
-    input_keys = (read["records"] | "Keys read" >> beam.Map(lambda r: r.key),
-                  read[FAILED] | "Keys unreadable" >> beam.Map(lambda f: f.key),
-                  read[SKIPPED]) | "Every input key" >> beam.Flatten()
-    repeated = input_keys | "Repeated keys" >> CountRepeatedKeys()
+    repeated = ((read["records"] | "Keys read" >> beam.Map(lambda r: r.key),
+                 read[FAILED] | "Keys unreadable" >> beam.Map(lambda f: f.key),
+                 read[SKIPPED])
+                | "Repeated keys" >> CountRepeatedKeys())  # packed where produced: no Flatten of single keys
     n_commits = ((feature_commits, error_commits)
                  | "Every commit of the run" >> beam.Flatten()
                  | "Count commits" >> beam.combiners.Count.Globally())

@@ -219,11 +219,16 @@ class _PackKeysFn(beam.DoFn):
 
 
 class CountRepeatedKeys(beam.PTransform):
-    """Keys -> a one-element PCollection: how many repeat a key given before (copies beyond the first)."""
+    """Keys (one PCollection, or several) -> a one-element PCollection: how many repeat a key given before
+    (copies beyond the first), over all of them.
+
+    Each PCollection's keys are packed where they are produced, before anything joins them: a Flatten of
+    single keys would have a local runner hold every key between steps."""
 
     def expand(self, keys):
-        return (keys
-                | "Pack by bucket" >> beam.ParDo(_PackKeysFn())
+        sources = keys if isinstance(keys, (tuple, list)) else (keys,)
+        return ([pcoll | f"Pack by bucket {i}" >> beam.ParDo(_PackKeysFn()) for i, pcoll in enumerate(sources)]
+                | "Every pack" >> beam.Flatten()
                 | "Group buckets" >> beam.GroupByKey()
                 | "Repeats per bucket" >> beam.MapTuple(
                     lambda _, packs: repeats(np.concatenate([as_fingerprints(fps) for (fps,) in packs])))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -17,29 +17,12 @@ def write_feature_set(root: str, keys: Sequence[str], labels: Sequence[str | Non
 
     ``dim_override`` maps a record index to a vector to write instead (e.g. of a wrong length).
     """
-    import tensorflow as tf
-
-    output = output or schema.OutputSpec("features.18", "features.18", "avg", x.shape[1])
+    output = output or _default_output(x.shape[1])
     shard_sizes = list(shard_sizes or [len(keys)])
     assert sum(shard_sizes) == len(keys)
-    os.makedirs(os.path.join(root, schema.FEATURES_DIR), exist_ok=True)
-    shards, i = [], 0
-    for s, size in enumerate(shard_sizes):
-        rel = f"{schema.FEATURES_DIR}/part-{s:05d}-of-{len(shard_sizes):05d}.tfrecord"
-        with tf.io.TFRecordWriter(os.path.join(root, rel)) as writer:
-            for _ in range(size):
-                vector = (dim_override or {}).get(i, x[i])
-                padded = schema.OutputSpec(output.name, output.layer, output.pooling, len(vector))
-                writer.write(schema.encode_example(keys[i], labels[i], {output.name: vector}, [padded]))
-                i += 1
-        shards.append(rel)
-    manifest = schema.Manifest(
-        backbone=backbone or {"name": "mobilenet_v2", "weights_sha256": "unknown"},
-        outputs=(output,), labels=tuple(sorted({label for label in labels if label is not None})),
-        counts={"inputs": len(keys), "embedded": len(keys), "failed": 0}, shards=tuple(shards),
-        inputs={"specs": []}, created="2026-01-01T00:00:00+00:00")
-    schema.write_manifest(root, manifest)
-    return manifest
+    records = ((keys[i], labels[i], (dim_override or {}).get(i, x[i])) for i in range(len(keys)))
+    present = {label for label in labels if label is not None}
+    return _write(root, records, shard_sizes, present, backbone, output)
 
 
 def blobs(n: int, classes: Sequence[str], dim: int = 1280, seed: int = 0, spread: float = 0.6):
@@ -48,5 +31,60 @@ def blobs(n: int, classes: Sequence[str], dim: int = 1280, seed: int = 0, spread
     centres = rng.normal(0, 1, (len(classes), dim)).astype(np.float32)
     y = rng.integers(0, len(classes), n)
     x = centres[y] + rng.normal(0, spread, (n, dim)).astype(np.float32)
-    keys = [f"mem://blobs/{seed}/{i:06d}.jpg" for i in range(n)]
-    return keys, [classes[k] for k in y], x.astype(np.float32)
+    return _blob_keys(seed, range(n)), [classes[k] for k in y], x.astype(np.float32)
+
+
+def write_blobs(root: str, n: int, classes: Sequence[str], dim: int = 1280, seed: int = 0, spread: float = 0.6,
+                shard_sizes: Sequence[int] | None = None, backbone: dict | None = None,
+                chunk: int = 10_000) -> schema.Manifest:
+    """``write_feature_set(root, *blobs(...))`` without holding the features: the same records, drawn
+    ``chunk`` at a time (only the class of each record, 8 bytes, is drawn up front)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 1, (len(classes), dim)).astype(np.float32)
+    y = rng.integers(0, len(classes), n)
+
+    def records():
+        for start in range(0, n, chunk):
+            rows = y[start:start + chunk]
+            x = centres[rows] + rng.normal(0, spread, (len(rows), dim)).astype(np.float32)
+            keys = _blob_keys(seed, range(start, start + len(rows)))
+            yield from zip(keys, (classes[k] for k in rows), x, strict=True)
+
+    shard_sizes = list(shard_sizes or [n])
+    assert sum(shard_sizes) == n
+    present = {classes[k] for k in np.unique(y)}
+    return _write(root, records(), shard_sizes, present, backbone, _default_output(dim))
+
+
+def _blob_keys(seed: int, indices: Iterable[int]) -> list[str]:
+    return [f"mem://blobs/{seed}/{i:06d}.jpg" for i in indices]
+
+
+def _default_output(dim: int) -> schema.OutputSpec:
+    return schema.OutputSpec("features.18", "features.18", "avg", dim)
+
+
+def _write(root: str, records: Iterable, shard_sizes: list[int], labels: set, backbone: dict | None,
+           output: schema.OutputSpec) -> schema.Manifest:
+    """(key, label, vector) records into shards of ``shard_sizes``, then the manifest."""
+    import tensorflow as tf
+
+    os.makedirs(os.path.join(root, schema.FEATURES_DIR), exist_ok=True)
+    records = iter(records)
+    shards = []
+    for s, size in enumerate(shard_sizes):
+        rel = f"{schema.FEATURES_DIR}/part-{s:05d}-of-{len(shard_sizes):05d}.tfrecord"
+        with tf.io.TFRecordWriter(os.path.join(root, rel)) as writer:
+            for _ in range(size):
+                key, label, vector = next(records)
+                padded = schema.OutputSpec(output.name, output.layer, output.pooling, len(vector))
+                writer.write(schema.encode_example(key, label, {output.name: vector}, [padded]))
+        shards.append(rel)
+    n = sum(shard_sizes)
+    manifest = schema.Manifest(
+        backbone=backbone or {"name": "mobilenet_v2", "weights_sha256": "unknown"},
+        outputs=(output,), labels=tuple(sorted(labels)),
+        counts={"inputs": n, "embedded": n, "failed": 0}, shards=tuple(shards),
+        inputs={"specs": []}, created="2026-01-01T00:00:00+00:00")
+    schema.write_manifest(root, manifest)
+    return manifest

@@ -1,35 +1,66 @@
-"""Metrics and plots of a trained head: what metrics.json and the PNGs in MODELDIR hold."""
+"""Metrics and plots of a trained head: what metrics.json and the PNGs in MODELDIR hold.
+
+Every metric comes from a confusion matrix, so a streamed split is scored by adding up its batches' matrices
+(``confusion_of_batches``) and gives the same numbers as the split held in memory (``split_metrics``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["split_metrics", "plot_confusion_matrix", "plot_curves"]
+__all__ = ["confusion_matrix", "confusion_of_batches", "confusion_metrics", "split_metrics",
+           "plot_confusion_matrix", "plot_curves"]
 
 
-def split_metrics(y_true: np.ndarray, probabilities: np.ndarray, classes: Sequence[str]) -> dict:
-    """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix of one split."""
-    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """(n_classes, n_classes) int64 counts, rows the true class, columns the predicted one."""
+    cells = np.asarray(y_true, np.int64) * n_classes + np.asarray(y_pred, np.int64)
+    return np.bincount(cells, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
-    labels = np.arange(len(classes))
-    n = int(len(y_true))
+
+def confusion_of_batches(batches: Iterable, predict: Callable, n_classes: int) -> np.ndarray:
+    """The confusion matrix of a split given as (x, y) batches, read once; nothing per record is kept."""
+    matrix = np.zeros((n_classes, n_classes), np.int64)
+    for x, y in batches:
+        predicted = np.asarray(predict(x)).argmax(axis=1)
+        matrix += confusion_matrix(np.asarray(y), predicted, n_classes)
+    return matrix
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """numerator / denominator, 0 where the denominator is 0 (scikit-learn's ``zero_division=0``)."""
+    numerator, denominator = numerator.astype(np.float64), denominator.astype(np.float64)
+    return np.divide(numerator, denominator, out=np.zeros_like(numerator), where=denominator > 0)
+
+
+def confusion_metrics(matrix: np.ndarray, classes: Sequence[str]) -> dict:
+    """Accuracy, macro-F1, per-class precision/recall/F1/support and the matrix itself, all from the counts:
+    the same numbers scikit-learn gives on the records (``zero_division=0``)."""
+    matrix = np.asarray(matrix, np.int64)
+    n = int(matrix.sum())
     if n == 0:
         return {"examples": 0}
-    y_pred = probabilities.argmax(axis=1)
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0)
+    tp, support, predicted = np.diag(matrix), matrix.sum(axis=1), matrix.sum(axis=0)
+    precision, recall, f1 = _ratio(tp, predicted), _ratio(tp, support), _ratio(2 * tp, support + predicted)
     return {
         "examples": n,
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "accuracy": float(np.trace(matrix) / n),
+        "macro_f1": float(np.mean(f1)),
         "per_class": {
             name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
             for name, p, r, f, s in zip(classes, precision, recall, f1, support, strict=True)
         },
-        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "confusion_matrix": matrix.tolist(),
     }
+
+
+def split_metrics(y_true: np.ndarray, probabilities: np.ndarray, classes: Sequence[str]) -> dict:
+    """``confusion_metrics`` of one split held in memory (true class indices, predicted probabilities)."""
+    if len(y_true) == 0:
+        return {"examples": 0}
+    return confusion_metrics(confusion_matrix(y_true, probabilities.argmax(axis=1), len(classes)), classes)
 
 
 def _pyplot():

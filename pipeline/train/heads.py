@@ -20,15 +20,20 @@ from dataclasses import dataclass, field
 import numpy as np
 
 __all__ = ["LinearFit", "fit_logistic", "sweep_linear", "linear_head", "fit_mlp", "class_weights",
-           "fit_linear_streaming", "INITIAL_CS"]
+           "balanced_weights", "fit_linear_streaming", "INITIAL_CS"]
 
 INITIAL_CS = tuple(10.0 ** e for e in (-6, -4, -2, 0, 2, 4, 6))
 
 
 def class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
     """'balanced' weights per class: n / (n_classes * count), 0 for classes absent from ``y``."""
-    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
-    return np.where(counts > 0, len(y) / (n_classes * np.maximum(counts, 1)), 0.0)
+    return balanced_weights(np.bincount(y, minlength=n_classes))
+
+
+def balanced_weights(counts: np.ndarray) -> np.ndarray:
+    """``class_weights`` from the records per class alone (what a streamed pass counts)."""
+    counts = np.asarray(counts, np.float64)
+    return np.where(counts > 0, counts.sum() / (len(counts) * np.maximum(counts, 1)), 0.0)
 
 
 @dataclass

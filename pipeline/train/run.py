@@ -1,7 +1,9 @@
 """``featurebeam train``: classifier heads on extracted features, their metrics, and the serving model.
 
 1. open the feature sets (manifests checked, same backbone and output in each);
-2. read the features: into memory when they fit (tfrecord-lite), else streamed through tf.data;
+2. read the features: into memory when they fit (tfrecord-lite), else streamed through tf.data, holding
+   nothing per record (classes from the manifests, class counts and confusion matrices added up batch by
+   batch), so its memory does not grow with the set;
 3. split train/validation by a hash of each record's key (stable across reruns and resumed extractions);
 4. fit each requested head (``pipeline.train.heads``), evaluate it on train, validation and the test sets;
 5. write MODELDIR: ``metrics.json``, ``model.json``, ``heads/<name>/head.keras`` and plots, and
@@ -95,14 +97,10 @@ def _fit_in_memory(name: str, config: TrainConfig, train: Split, val: Split, bot
     return model, hyper, curves, _predict(model, val.x)
 
 
-def _collect(ds, model):
-    ys, ps = [], []
-    for x, y in ds:
-        ys.append(y.numpy())
-        ps.append(np.asarray(model(x, training=False)))
-    if not ys:
-        return np.zeros(0, np.int64), np.zeros((0, model.output_shape[-1]))
-    return np.concatenate(ys), np.concatenate(ps)
+def _streamed_metrics(ds, model, classes) -> dict:
+    """Metrics of a streamed split: one pass, only the confusion matrix kept."""
+    matrix = evaluation.confusion_of_batches(ds, lambda x: model(x, training=False), len(classes))
+    return evaluation.confusion_metrics(matrix, classes)
 
 
 def _write_head_outputs(root: str, name: str, model, metrics: dict, curves: dict, classes) -> None:
@@ -158,8 +156,7 @@ def _train_streamed(config: TrainConfig, sources, test_sources, report: dict, fo
     frac, batch = config.validation_fraction, 512
     cw = None
     if config.class_weights:
-        counts = count_labels(sources, classes, frac)
-        weights = heads.class_weights(np.repeat(np.arange(len(classes)), counts), len(classes))
+        weights = heads.balanced_weights(count_labels(sources, classes, frac))
         cw = {i: float(w) for i, w in enumerate(weights)}
     train_ds = stream_examples(sources, classes, frac, "train", batch, shuffle=True, seed=config.seed)
     val_ds = stream_examples(sources, classes, frac, "validation", batch)
@@ -183,11 +180,11 @@ def _train_streamed(config: TrainConfig, sources, test_sources, report: dict, fo
             hyper = {"hidden": config.hidden, "dropout": config.dropout, "epochs_run": epochs,
                      "best_epoch": best_epoch, "class_weights": "balanced" if cw else None}
             curves = {k: (list(range(1, epochs + 1)), v) for k, v in history.items() if "loss" in k}
-        splits = {"validation": evaluation.split_metrics(*_collect(val_ds, model), classes)}
+        splits = {"validation": _streamed_metrics(val_ds, model, classes)}
         if test_ds is not None:
             # Streaming skips test records whose label is unknown; the manifests name those labels.
             unseen = sorted({label for t in test_sources for label in t.manifest.labels} - set(classes))
-            splits["test"] = {**evaluation.split_metrics(*_collect(test_ds, model), classes),
+            splits["test"] = {**_streamed_metrics(test_ds, model, classes),
                               "unseen_labels": {label: "not counted when streamed" for label in unseen}}
         report["heads"][name] = {"hyperparameters": hyper, "splits": splits}
         _write_head_outputs(folder, name, model, report["heads"][name], curves, classes)

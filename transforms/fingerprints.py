@@ -24,7 +24,7 @@ __all__ = ["BUCKETS", "FINGERPRINT", "fingerprint", "bucket_of", "as_fingerprint
 
 BUCKETS = 64
 FINGERPRINT = np.dtype("V16")
-PACK_ROWS = 100_000  # a bucket's pack is handed out when it reaches this many rows (bounds a worker's buffer)
+PACK_ROWS = 100_000  # packs are handed out once this many rows are held (bounds a worker's buffer)
 
 
 def fingerprint(key: str) -> bytes:
@@ -46,30 +46,29 @@ def in_global_window(value) -> WindowedValue:
 
 
 class Packs:
-    """Rows of a fingerprint and further columns (more fingerprints, or int32) gathered per bucket; ``add``
-    returns a full pack, ``drain`` the rest. A pack is ``(bucket, (column bytes, ...))``: the fingerprints,
-    then each column as bytes (``column`` reads one back)."""
+    """Rows of a fingerprint and further columns (more fingerprints, or int32) gathered per bucket. ``add``
+    returns every pack once ``rows`` rows are held (else nothing), ``drain`` the rest. A pack is
+    ``(bucket, (column bytes, ...))``: the fingerprints, then each column as bytes (``column`` reads one back)."""
 
     def __init__(self, columns=(), rows: int = PACK_ROWS):
         self._dtypes = (FINGERPRINT, *(np.dtype(c) for c in columns))
         self._rows = rows
+        self._held = 0
         self._cols = defaultdict(lambda: [[] for _ in self._dtypes])
 
-    def add(self, fp: bytes, *values):
-        b = bucket_of(fp)
-        cols = self._cols[b]
+    def add(self, fp: bytes, *values) -> list:
+        cols = self._cols[bucket_of(fp)]
         for column, value in zip(cols, (fp, *values), strict=True):
             column.append(value)
-        return self._pack(b) if len(cols[0]) >= self._rows else None
-
-    def _pack(self, b: int):
-        cols = self._cols.pop(b)
-        return b, tuple(b"".join(c) if dtype == FINGERPRINT else np.asarray(c, dtype=dtype).tobytes()
-                        for c, dtype in zip(cols, self._dtypes, strict=True))
+        self._held += 1
+        return list(self.drain()) if self._held >= self._rows else []
 
     def drain(self) -> Iterator:
         for b in sorted(self._cols):
-            yield self._pack(b)
+            cols = self._cols.pop(b)
+            yield b, tuple(b"".join(c) if dtype == FINGERPRINT else np.asarray(c, dtype=dtype).tobytes()
+                           for c, dtype in zip(cols, self._dtypes, strict=True))
+        self._held = 0
 
 
 def column(data: bytes, dtype) -> np.ndarray:

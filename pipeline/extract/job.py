@@ -133,7 +133,13 @@ def build_extraction(p: beam.Pipeline, config: ExtractConfig, progress_dir: str 
     n_commits = ((feature_commits, error_commits)
                  | "Every commit of the run" >> beam.Flatten()
                  | "Count commits" >> beam.combiners.Count.Globally())
-    resolved = n_commits | "Keep each key once" >> ResolveDuplicates(config.output, config.records_per_shard)
+    distinct = (p
+                | "Start counting keys" >> beam.Create([None])
+                | "Distinct input keys" >> beam.Map(
+                    lambda _, read, unreadable, skipped, repeats: read + unreadable + skipped - repeats,
+                    *(beam.pvalue.AsSingleton(n) for n in (n_read, n_unreadable, n_skipped, repeated))))
+    resolved = n_commits | "Keep each key once" >> ResolveDuplicates(config.output, config.records_per_shard,
+                                                                     distinct)
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     _ = (p
          | "Start manifest" >> beam.Create([None])

@@ -41,7 +41,7 @@ class _WantedFn(beam.DoFn):
         for key in keys:
             self._packs.add(fingerprint(key), index)
         self._n += len(keys)
-        if self._n >= 10 * PACK_ROWS:
+        if self._n >= PACK_ROWS:
             yield from self._drain()
 
     def finish_bundle(self):

@@ -50,7 +50,12 @@ def _meta(label, split) -> bytes:
 
 
 class _ListCommitsFn(beam.DoFn):
-    """(after the barrier) -> the path of every commit record in OUTDIR."""
+    """(after the barrier) -> the path of every commit record in OUTDIR; none when they hold as many records
+    as there are distinct input keys.
+
+    That shortcut is exact: every distinct input key is in at least one commit (each input is embedded or
+    failed, or skipped because a verified commit holds it), so commits holding no more records than there are
+    distinct keys hold each key once, and nothing else."""
 
     def __init__(self, output: str):
         self._output = output
@@ -58,9 +63,11 @@ class _ListCommitsFn(beam.DoFn):
     def setup(self):
         ready_process()
 
-    def process(self, _, barrier=None):
-        (match,) = FileSystems.match([FileSystems.join(self._output, schema.COMMITS_DIR, "*.json")])
-        yield from sorted(m.path for m in match.metadata_list)
+    def process(self, _, barrier=None, distinct_keys=None):
+        commits, unreadable = committed.read_commit_records(self._output)
+        if not unreadable and distinct_keys is not None and sum(c.records for c in commits) == distinct_keys:
+            return
+        yield from sorted([FileSystems.join(self._output, c.marker) for c in commits] + unreadable)
 
 
 class _CopiesFn(beam.DoFn):
@@ -172,18 +179,24 @@ class _SummaryFn(beam.CombineFn):
 class ResolveDuplicates(beam.PTransform):
     """``barrier`` (a PCollection ready once every commit of the run is made) -> a one-element PCollection
     ``(commits rewritten, copies dropped, smallest key dropped)``, ready once every commit is rewritten and
-    every conflict committed."""
+    every conflict committed.
 
-    def __init__(self, output: str, records_per_commit: int):
+    ``distinct_keys``: optionally, a one-element PCollection, the number of distinct input keys; when the
+    commits hold exactly that many records, no key repeats and nothing more is read."""
+
+    def __init__(self, output: str, records_per_commit: int, distinct_keys=None):
         super().__init__()
         self._output = output
         self._records_per_commit = records_per_commit
+        self._distinct_keys = distinct_keys
 
     def expand(self, barrier):
+        distinct = () if self._distinct_keys is None else (beam.pvalue.AsSingleton(self._distinct_keys),)
         dropped = (
             barrier.pipeline
             | "Start" >> beam.Create([None])
-            | "List commit records" >> beam.ParDo(_ListCommitsFn(self._output), beam.pvalue.AsSingleton(barrier))
+            | "List commit records" >> beam.ParDo(_ListCommitsFn(self._output), beam.pvalue.AsSingleton(barrier),
+                                                  *distinct)
             | "Spread commits" >> beam.Reshuffle()
             | "Pack keys by bucket" >> beam.ParDo(_CopiesFn(self._output))
             | "Group buckets" >> beam.GroupByKey()
@@ -209,9 +222,7 @@ class _PackKeysFn(beam.DoFn):
         self._packs = Packs()
 
     def process(self, key: str):
-        full = self._packs.add(fingerprint(key))
-        if full:
-            yield full
+        yield from self._packs.add(fingerprint(key))
 
     def finish_bundle(self):
         for pack in self._packs.drain():

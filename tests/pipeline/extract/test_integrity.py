@@ -279,3 +279,21 @@ def test_labels_too_long_for_a_manifest_are_failures_and_summaries_stay_short(tm
         "message"]
     summary = format_summary(manifest, config.output, 1.0)
     assert max(len(line) for line in summary.splitlines()) < 400 and "y" * 41 not in summary
+
+
+def test_keys_are_read_again_only_when_the_commits_hold_more_records_than_there_are_distinct_keys(
+        tmp_path, colours, worker_env, monkeypatch):
+    from transforms.write import dedupe
+
+    config = _config(tmp_path, [InputSpec.directory(str(colours))])
+    real = committed.read_commit_keys
+    reads = []
+    monkeypatch.setattr(committed, "read_commit_keys", lambda *a: reads.append(a) or real(*a))
+    manifest = run_extraction(config, PipelineOptions(IN_PROCESS))
+    assert manifest.counts == {"inputs": 31, "embedded": 30, "failed": 1, "duplicates": 0} and reads == []
+
+    listing = dedupe._ListCommitsFn(config.output)
+    markers = sorted(os.path.join(config.output, c.marker) for c in committed.read_commits(config.output))
+    assert list(listing.process(None, 1, 31)) == []          # 31 records in commits, 31 distinct keys: each once
+    assert sorted(listing.process(None, 1, 30)) == markers   # one more record than keys: a copy to find
+    assert sorted(listing.process(None, 1)) == markers       # no count given: always looked at

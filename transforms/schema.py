@@ -196,7 +196,7 @@ class Manifest:
     splits: Sequence[str] = ()   # split names the inputs carried (manifest split column, ...), if any
     resumed_records: int = 0     # inputs an interrupted earlier run had committed and the last run skipped
     format_version: int = FORMAT_VERSION
-    duplicate_example: str | None = None  # one key given more than once (counts["duplicates"] copies dropped)
+    duplicate_example: str | None = None  # the smallest key of a copy dropped as a repeat (None: none was dropped)
     retired_commits: int = 0     # earlier commits --resume found damaged (or unreadable) and retired
     redone_records: int = 0      # the inputs of those commits, done again by the last run (where known)
 

@@ -32,8 +32,9 @@ def format_summary(manifest, output: str, seconds: float) -> str:
     lines.append(f"  shards    {len(manifest.shards)} in {output.rstrip('/')}/features/")
     lines.append(f"  manifest  {output.rstrip('/')}/manifest.json")
     if duplicates:
-        lines.append(f"  duplicate {duplicates} inputs repeated a key given before (kept once), e.g. "
-                     f"{_short(manifest.duplicate_example)}")
+        example = manifest.duplicate_example  # none when every copy was skipped as done by an earlier run
+        lines.append(f"  duplicate {duplicates} inputs repeated a key given before (kept once)"
+                     + (f", e.g. {_short(example)}" if example else ""))
     for reason, n in sorted(manifest.failures_by_reason.items(), key=lambda kv: -kv[1])[:5]:
         example = manifest.failure_examples.get(reason)
         lines.append(f"  failed    {n} x {_short(reason)}" + (f", e.g. {_short(example)}" if example else ""))

@@ -77,3 +77,15 @@ def test_the_summary_rate_counts_what_this_run_did():
         resumed_records=11)  # 11 committed earlier, one of them a failure: this run did 20 inputs
     first = format_summary(manifest, "/out", 10.0).splitlines()[0]
     assert "(2.0 images/s this run)" in first, first
+
+
+@pytest.mark.parametrize("example, line", [
+    ("/in/a.png", "  duplicate 2 inputs repeated a key given before (kept once), e.g. /in/a.png"),
+    (None, "  duplicate 2 inputs repeated a key given before (kept once)"),  # every copy skipped as done
+])
+def test_the_summary_names_a_repeated_key_when_one_was_dropped(example, line):
+    manifest = schema.Manifest(
+        backbone={"name": "mobilenet_v2", "weights_sha256": "0" * 64}, outputs=(), labels=(),
+        counts={"inputs": 5, "embedded": 3, "failed": 0, "duplicates": 2}, shards=(), inputs={},
+        duplicate_example=example)
+    assert line in format_summary(manifest, "/out", 1.0).splitlines()

@@ -136,3 +136,16 @@ def colours(tmp_path_factory):
         Image.new("RGB", (40, 30), (i * 8, 200 - i * 6, 50)).save(root / f"{i:02d}.png")
     (root / "broken.jpg").write_bytes(b"not a jpeg")
     return root
+
+
+@pytest.fixture
+def bracketed(tmp_path):
+    """``photos [2024]/`` holding ``a*b?.jpg`` and ``cats/c[1].png``, beside ``photos 2/``, which its name read
+    as a glob would match instead."""
+    folder = tmp_path / "photos [2024]"
+    (folder / "cats").mkdir(parents=True)
+    (folder / "a*b?.jpg").write_bytes(b"A")
+    (folder / "cats" / "c[1].png").write_bytes(b"C")
+    (tmp_path / "photos 2").mkdir()
+    (tmp_path / "photos 2" / "decoy.jpg").write_bytes(b"D")
+    return folder

@@ -59,19 +59,6 @@ def assert_read(specs, records, failures=()) -> None:
 
 # --- paths with glob characters, taken literally when they exist -------------------------------------------------
 
-@pytest.fixture
-def bracketed(tmp_path):
-    """``photos [2024]/`` holding ``a*b?.jpg`` and ``cats/c[1].png``, beside ``photos 2/``, which its name read
-    as a glob would match instead."""
-    folder = tmp_path / "photos [2024]"
-    (folder / "cats").mkdir(parents=True)
-    (folder / "a*b?.jpg").write_bytes(b"A")
-    (folder / "cats" / "c[1].png").write_bytes(b"C")
-    (tmp_path / "photos 2").mkdir()
-    (tmp_path / "photos 2" / "decoy.jpg").write_bytes(b"D")
-    return folder
-
-
 def test_an_existing_folder_or_file_with_glob_characters_is_read_literally(tmp_path, bracketed):
     folder = str(bracketed)
     photo, cat = f"{folder}/a*b?.jpg", f"{folder}/cats/c[1].png"

@@ -203,19 +203,6 @@ def test_a_file_uri_of_another_host_is_refused():
         inputs.local_path("file://nas/share/x.jpg")
 
 
-@pytest.fixture
-def bracketed(tmp_path):
-    """``photos [2024]/`` holding ``a*b?.jpg`` and ``cats/c[1].png``, beside ``photos 2/``, which its name read
-    as a glob would match instead."""
-    folder = tmp_path / "photos [2024]"
-    (folder / "cats").mkdir(parents=True)
-    (folder / "a*b?.jpg").write_bytes(b"a")
-    (folder / "cats" / "c[1].png").write_bytes(b"c")
-    (tmp_path / "photos 2").mkdir()
-    (tmp_path / "photos 2" / "decoy.jpg").write_bytes(b"d")
-    return folder
-
-
 def test_a_folder_or_file_with_glob_characters_is_listed_literally(bracketed):
     folder = str(bracketed)
     found = list(list_source_files(InputSpec.directory(folder)))

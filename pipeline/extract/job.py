@@ -106,8 +106,7 @@ def build_extraction(p: beam.Pipeline, config: ExtractConfig, progress_dir: str 
                    | "Verify earlier commits" >> beam.ParDo(committed.VerifyCommitFn(config.output)).with_outputs(
                        committed.REDONE, main="commits"))
         verified, redone = checked.commits, checked[committed.REDONE]
-    read = p | "Read records" >> ReadRecords(config.inputs, config.fields, config.chunk_bytes, verified,
-                                             config.output)
+    read = p | "Read records" >> ReadRecords(config.inputs, config.fields, config.chunk_bytes, verified)
     _counted(read["sources"], progress_dir, "listed")
     _counted(read["units"], progress_dir, "expected", weight=_records_in)  # inputs known once files are expanded
     _counted(read[SKIPPED], progress_dir, "skipped")

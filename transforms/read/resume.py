@@ -15,8 +15,6 @@ import apache_beam as beam
 import numpy as np
 
 from transforms.fingerprints import PACK_ROWS, Packs, as_fingerprints, column, fingerprint, in_global_window
-from transforms.process import ready_process
-from transforms.write import committed
 
 __all__ = ["DoneKeysOfUnits", "unit_id", "done_per_unit", "done_set"]
 
@@ -56,17 +54,12 @@ class _WantedFn(beam.DoFn):
 
 
 class _DoneFn(beam.DoFn):
-    """A verified earlier ``Commit`` -> ``(bucket, (DONE, fingerprints))`` packs of its keys."""
+    """(a verified earlier ``Commit``, its keys) -> ``(bucket, (DONE, fingerprints))`` packs of its keys."""
 
-    def __init__(self, output: str):
-        self._output = output
-
-    def setup(self):
-        ready_process()
-
-    def process(self, commit):
+    def process(self, verified):
+        _, keys = verified
         packs = Packs(rows=1 << 62)
-        for key, _, _ in committed.read_commit_keys(self._output, commit):
+        for key in keys:
             packs.add(fingerprint(key))
         for bucket, (fps,) in packs.drain():
             yield bucket, (DONE, fps)
@@ -95,16 +88,16 @@ def done_per_unit(packs):
 
 
 class DoneKeysOfUnits(beam.PTransform):
-    """``(unit id, keys)`` of every unit, and the verified earlier commits -> ``(unit id, done fingerprints)``."""
+    """``(unit id, keys)`` of every unit, and ``(Commit, keys)`` of the verified earlier commits ->
+    ``(unit id, done fingerprints)``."""
 
-    def __init__(self, output: str, done_commits):
+    def __init__(self, done_commits):
         super().__init__()
-        self._output = output
         self._done_commits = done_commits
 
     def expand(self, unit_keys):
         wanted = unit_keys | "Pack keys of units" >> beam.ParDo(_WantedFn())
-        done = self._done_commits | "Pack committed keys" >> beam.ParDo(_DoneFn(self._output))
+        done = self._done_commits | "Pack committed keys" >> beam.ParDo(_DoneFn())
         return ((wanted, done)
                 | "Both" >> beam.Flatten()
                 | "Group buckets" >> beam.GroupByKey()

@@ -189,17 +189,16 @@ class ReadRecords(beam.PTransform):
     """Input specs -> ``{"sources": SourceFile, "units": units of reading work, "records": Record,
     "failed": Failure, "skipped": key}``.
 
-    ``done_commits``: an optional PCollection of verified ``Commit``s of an earlier run of the same job in
-    ``output``, whose keys are skipped."""
+    ``done_commits``: an optional PCollection of ``(Commit, keys)`` of the verified commits of an earlier run
+    of the same job, whose keys are skipped."""
 
     def __init__(self, specs: Sequence[InputSpec], fields: InputFields = InputFields(),
-                 chunk_bytes: int = DEFAULT_CHUNK_BYTES, done_commits=None, output: str | None = None):
+                 chunk_bytes: int = DEFAULT_CHUNK_BYTES, done_commits=None):
         super().__init__()
         self._specs = list(specs)
         self._fields = fields
         self._chunk_bytes = chunk_bytes
         self._done_commits = done_commits
-        self._output = output
 
     def expand(self, pbegin):
         sources = (
@@ -219,7 +218,7 @@ class ReadRecords(beam.PTransform):
             grouped.append(
                 units
                 | "Keys of units" >> beam.Map(_keyed_unit)
-                | "Done keys of units" >> resume.DoneKeysOfUnits(self._output, self._done_commits)
+                | "Done keys of units" >> resume.DoneKeysOfUnits(self._done_commits)
                 | "Tag done keys" >> beam.MapTuple(lambda uid, fps: (uid, (resume.DONE, fps))))
         read = (
             grouped

@@ -40,7 +40,7 @@ from transforms.write.commits import (
 )
 
 __all__ = ["read_commits", "read_commit_records", "uncommitted_files", "failure_reasons", "verify_commit",
-           "read_commit_keys", "retire_commit", "drop_records", "conflict_failure", "VerifyCommitFn",
+           "verified_keys", "read_commit_keys", "retire_commit", "drop_records", "conflict_failure", "VerifyCommitFn",
            "DUPLICATE_CONFLICT", "REDONE"]
 
 DUPLICATE_CONFLICT = "ConflictingDuplicates"  # error type of a key whose copies disagree on label or split
@@ -108,8 +108,28 @@ def _check_file(output: str, rel: str, size: int, sha256: str) -> str | None:
 def verify_commit(output: str, commit: Commit) -> str | None:
     """Why the committed file or its keys file is not the one committed (missing, another size, another
     sha256), or None."""
-    return (_check_file(output, commit.path, commit.bytes, commit.sha256)
-            or _check_file(output, commit.keys_path, commit.keys_bytes, commit.keys_sha256))
+    return verified_keys(output, commit)[0]
+
+
+def verified_keys(output: str, commit: Commit) -> tuple[str | None, list[str]]:
+    """(``verify_commit``'s answer, the commit's keys when both files check out): its keys file is read once,
+    to check and to parse (one commit's keys: bounded)."""
+    problem = _check_file(output, commit.path, commit.bytes, commit.sha256)
+    if problem:
+        return problem, []
+    path = FileSystems.join(output, commit.keys_path)
+    if not FileSystems.exists(path):
+        return f"{commit.keys_path} is missing", []
+    with FileSystems.open(path, compression_type="uncompressed") as f:
+        data = f.read()
+    if len(data) != commit.keys_bytes:
+        return f"{commit.keys_path} has {len(data)} bytes, {commit.keys_bytes} were committed", []
+    if hashlib.sha256(data).hexdigest() != commit.keys_sha256:
+        return f"{commit.keys_path} fails its sha256", []
+    try:
+        return None, [key for key, _, _ in parse_key_lines(data)]
+    except CommitRecordError as e:
+        return f"{commit.keys_path} is damaged ({e})", []
 
 
 def retire_commit(output: str, marker: str, data_paths: Sequence[str], reason: str) -> None:
@@ -197,8 +217,8 @@ def data_paths_of(commit_id: str) -> list[str]:
 
 
 class VerifyCommitFn(beam.DoFn):
-    """Commit record path -> its ``Commit``, when its files are still the ones committed; otherwise the commit
-    is retired (``retire_commit``) and its record count goes to ``redone``: its inputs are done again."""
+    """Commit record path -> ``(Commit, its keys)``, when its files are still the ones committed; otherwise the
+    commit is retired (``retire_commit``) and its record count goes to ``redone``: its inputs are done again."""
 
     def __init__(self, output: str):
         self._output = output
@@ -218,9 +238,9 @@ class VerifyCommitFn(beam.DoFn):
             self._retired.inc()
             yield beam.pvalue.TaggedOutput(REDONE, 0)
             return
-        problem = verify_commit(self._output, commit)
+        problem, keys = verified_keys(self._output, commit)
         if problem is None:
-            yield commit
+            yield commit, keys
             return
         retire_commit(self._output, commit.marker, [commit.path], problem)
         self._retired.inc()

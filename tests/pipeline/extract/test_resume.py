@@ -213,3 +213,17 @@ def test_resume_on_object_storage(tmp_path, colours, worker_env, gcs):
     (listed,) = FileSystems.match([FileSystems.join(config.output, schema.FEATURES_DIR, "*")])
     assert sorted(m.path.rsplit("/", 1)[-1] for m in listed.metadata_list) == sorted(
         s.rsplit("/", 1)[-1] for s in manifest.shards)                             # no orphan shards left
+
+
+def test_a_commit_is_trusted_only_with_its_keys_file_intact(tmp_path, colours, worker_env):
+    config = _config(tmp_path, colours)
+    run_extraction(config, PipelineOptions(IN_PROCESS))
+    first, second = [c for c in committed.read_commits(config.output) if c.kind == "features"][:2]
+    assert committed.verified_keys(config.output, first) == (None, commit_keys(config.output, first))
+
+    keys_file = os.path.join(config.output, first.keys_path)
+    data = open(keys_file, "rb").read()
+    open(keys_file, "wb").write(data.replace(b"png", b"jpg", 1))  # same size, other content
+    assert committed.verified_keys(config.output, first) == (f"{first.keys_path} fails its sha256", [])
+    os.remove(os.path.join(config.output, second.keys_path))
+    assert committed.verify_commit(config.output, second) == f"{second.keys_path} is missing"

@@ -256,7 +256,7 @@ def test_a_unit_is_read_without_the_keys_an_earlier_run_committed(tmp_path):
     found = str(tmp_path / "found.json")
     with beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as p:
         _ = ((p | "Units" >> beam.Create([(resume.unit_id(chunk, keys), keys), ("other", ["elsewhere#0"])]))
-             | resume.DoneKeysOfUnits(out, p | "Commits" >> beam.Create([done]))
+             | resume.DoneKeysOfUnits(p | "Commits" >> beam.Create([(done, [keys[1], keys[4]])]))
              | beam.combiners.ToList()
              | beam.Map(lambda pairs: open(found, "w").write(json.dumps([(uid, fps.hex()) for uid, fps in pairs]))))
     pairs = json.load(open(found))  # the unit with done keys, once per bucket they fall in; not the other unit

@@ -4,6 +4,7 @@
     featurebeam train --features DIR --output MODELDIR [--head linear|mlp ...] [--test-features DIR]
     featurebeam predict --model MODELDIR --input DIR_OR_GLOB --output OUTDIR [Beam flags]
     featurebeam inspect OUTDIR [--check]
+    featurebeam export OUTDIR --to parquet|npy --output DIR [--feature-dtype float16] [Beam flags]
     featurebeam report OUTDIR [--model MODELDIR]
     featurebeam bench [--backbone NAME] [--images DIR] [--batch-size N] [--json]
     featurebeam layers [--backbone NAME] [--pooling avg|max|none]
@@ -32,7 +33,8 @@ def _extract_parser() -> argparse.ArgumentParser:
 
     parser = Parser(
         prog="featurebeam extract", allow_abbrev=False,
-        description="Extract features of images with a frozen backbone into sharded TFRecords.",
+        description="Extract features of images or texts with a frozen backbone into sharded TFRecords "
+                    "(and/or Parquet).",
         epilog="Any Apache Beam option passes through, e.g. --runner DataflowRunner, "
                "--direct_num_workers 2 --direct_running_mode multi_processing.")
     ExtractOptions._add_argparse_args(parser)
@@ -220,6 +222,30 @@ def cmd_inspect(argv: Sequence[str]) -> int:
     return 1 if args.check and result.problems else 0
 
 
+def cmd_export(argv: Sequence[str]) -> int:
+    from pipeline.tools.export import TARGETS, ExportConfig, format_export, run_export
+
+    parser = Parser(prog="featurebeam export", allow_abbrev=False,
+                    description="Convert a feature set for other tools: Parquet shards (pandas, polars, DuckDB, "
+                                "Spark, BigQuery) or one float32 .npy matrix per output plus keys.parquet (numpy, "
+                                "faiss). A Beam job: any size, local, gs:// or s3://.",
+                    epilog="Any Apache Beam option passes through, as for extract.")
+    parser.add_argument("features", metavar="FEATURES", help="a feature set written by featurebeam extract")
+    parser.add_argument("--to", required=True, choices=TARGETS)
+    parser.add_argument("--output", required=True, metavar="DIR")
+    parser.add_argument("--feature-dtype", choices=("float32", "float16"), default=None,
+                        help="--to parquet: store vectors as float16 (half the bytes) or float32 (default: as the "
+                             "source stores them)")
+    parser.add_argument("--overwrite", action="store_true", help="replace what DIR holds")
+    own, beam_argv = split_flags(parser, argv)
+    options = use_storage_flags(with_local_defaults(beam_argv))
+    config = ExportConfig.create(own.features, own.to, own.output, own.feature_dtype, own.overwrite)
+    start = time.monotonic()
+    summary = run_export(config, options)
+    print(format_export(summary, config.output, time.monotonic() - start))
+    return 0
+
+
 def cmd_report(argv: Sequence[str]) -> int:
     from pipeline.tools.report import build_report
 
@@ -243,17 +269,18 @@ def cmd_report(argv: Sequence[str]) -> int:
 
 
 COMMANDS = {"extract": cmd_extract, "train": cmd_train, "predict": cmd_predict, "inspect": cmd_inspect,
-            "report": cmd_report, "bench": cmd_bench, "layers": cmd_layers, "demo": cmd_demo}
+            "export": cmd_export, "report": cmd_report, "bench": cmd_bench, "layers": cmd_layers, "demo": cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: featurebeam {extract,train,predict,inspect,report,bench,layers,demo} ...\n\n"
+        print("usage: featurebeam {extract,train,predict,inspect,export,report,bench,layers,demo} ...\n\n"
               "  extract  extract backbone features of images into sharded TFRecords + manifest.json\n"
               "  train    train classifier heads on extracted features; export a serving model\n"
               "  predict  classify raw images with a trained model directory\n"
               "  inspect  summarise a feature set; --check verifies it against its manifest\n"
+              "  export   convert a feature set to Parquet, or to .npy matrices + keys.parquet\n"
               "  report   one self-contained HTML page: manifest, labels, PCA projection, failures, metrics\n"
               "  bench    images/s of the backbone alone and of the whole pipeline, on this machine\n"
               "  layers   a backbone's layers to extract from, with shapes and bytes per record\n"

@@ -138,6 +138,24 @@ def colours(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def labelled_colours(tmp_path_factory):
+    """36 small PNGs in three class folders (reddish, greenish, bluish) and one file that is not an image."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("labelled")
+    rng = np.random.default_rng(3)
+    for c, name in enumerate(("red", "green", "blue")):
+        (root / name).mkdir()
+        for i in range(12):
+            colour = [int(v) for v in rng.integers(0, 90, 3)]
+            colour[c] += 160
+            Image.new("RGB", (40, 30), tuple(colour)).save(root / name / f"{i:02d}.png")
+    (root / "blue" / "broken.jpg").write_bytes(b"not a jpeg")
+    return root
+
+
 @pytest.fixture
 def bracketed(tmp_path):
     """``photos [2024]/`` holding ``a*b?.jpg`` and ``cats/c[1].png``, beside ``photos 2/``, which its name read

@@ -5,8 +5,9 @@
    skipped there, by a join); every input's key is counted by fingerprint, so keys given more than once are
    known;
 2. ``ExtractFeatures`` decodes to the backbone's fixed uint8 input and embeds in batches (``RunInference``);
-3. ``CommitFeatures`` writes and commits ``features/part-<id>.tfrecord`` shards, ``CommitFailures`` the dead
-   letters in ``errors/``, each with a commit record in ``commits/`` (see ``transforms/write/commits.py``);
+3. ``CommitFeatures`` writes and commits ``features/part-<id>.tfrecord`` shards (and ``.parquet`` ones),
+   ``CommitFailures`` the dead letters in ``errors/``, each with a commit record in ``commits/`` (see
+   ``transforms/write/commits.py``);
 4. once every commit of the run is made, ``ResolveDuplicates`` keeps each key in one commit only (on the
    workers, by fingerprint bucket), and the last step writes ``manifest.json`` from the commit records (small
    summaries), so a manifest exists only for a finished feature set.
@@ -54,7 +55,10 @@ def manifest_from_commits(config: ExtractConfig, all_commits, n_inputs: int, cre
         labels=sorted({label for c in features for label in c.labels}),
         counts={"inputs": n_inputs, "embedded": sum(c.records for c in features),
                 "failed": sum(c.records for c in errors), "duplicates": duplicates[0]},
-        shards=sorted(c.path for c in features if c.records),
+        shards=sorted(f.path for c in features if c.records for f in c.files
+                      if schema.shard_format(f.path) == "tfrecord"),
+        parquet_shards=sorted(f.path for c in features if c.records for f in c.files
+                              if schema.shard_format(f.path) == "parquet"),
         inputs={"specs": [spec.to_json() for spec in config.inputs], "fields": config.fields.to_json()},
         error_files=sorted(c.path for c in errors if c.records),
         failures_by_reason={reason: n for reason, (n, _) in reasons.items()},
@@ -116,7 +120,7 @@ def build_extraction(p: beam.Pipeline, config: ExtractConfig, progress_dir: str 
         config.model_copies, config.mixed_precision)
     _counted(extracted["embedded"], progress_dir, "embedded")
     feature_commits = extracted["embedded"] | "Commit features" >> CommitFeatures(
-        config.output, config.outputs, config.records_per_shard)
+        config.output, config.outputs, config.records_per_shard, config.formats)
     failures = (read[FAILED], extracted[FAILED]) | "All failures" >> beam.Flatten()
     _counted(failures, progress_dir, "failed")
     error_commits = failures | "Commit failures" >> CommitFailures(config.output, config.records_per_shard)

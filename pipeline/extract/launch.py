@@ -30,6 +30,7 @@ from pipeline.extract.options import (
     absolute,
     check_flags,
     local_threads_per_worker,
+    parse_formats,
     runner_name,
     uses_gpus,
 )
@@ -51,6 +52,7 @@ from transforms.schema import (
     FEATURES_DIR,
     MANIFEST_NAME,
     PENDING_DIR,
+    RESERVED_COLUMNS,
     RETIRED_DIR,
     RUN_NAME,
     OutputSpec,
@@ -83,7 +85,8 @@ def configure(options: PipelineOptions) -> ExtractConfig:
                           "(its LayerNorm epsilon and attention scores are not safe in float16)")
     if runner_name(options) not in LOCAL_RUNNERS:
         backbone = stage_backbone(backbone, remote_staging_location(options))
-    outputs = resolve_outputs(backbone, o.layer or [backbone.default_layer], o.pooling)
+    formats = parse_formats(o.format)
+    outputs = resolve_outputs(backbone, o.layer or [backbone.default_layer], o.pooling, o.feature_dtype, formats)
     output = absolute(o.output)
     if not o.resume:
         check_output_dir(output, o.overwrite)
@@ -93,7 +96,7 @@ def configure(options: PipelineOptions) -> ExtractConfig:
     config = ExtractConfig(inputs, output, backbone, outputs, batch_size, o.records_per_shard, threads, o.overwrite,
                            o.max_failure_fraction, o.quiet, fields, int(o.read_chunk_mb * 2**20), o.max_image_pixels,
                            o.resume, model_copies=(1 if gpus else 0) if o.model_copies is None else o.model_copies,
-                           mixed_precision=o.mixed_precision, template_launch=o.template_launch)
+                           mixed_precision=o.mixed_precision, template_launch=o.template_launch, formats=formats)
     if o.resume:
         check_resumable(config)
     return config
@@ -194,7 +197,8 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(error).__name__
 
 
-def resolve_outputs(backbone: BackboneSpec, layers: list[str], pooling: str) -> tuple[OutputSpec, ...]:
+def resolve_outputs(backbone: BackboneSpec, layers: list[str], pooling: str, dtype: str = "float32",
+                    formats: tuple[str, ...] = ("tfrecord",)) -> tuple[OutputSpec, ...]:
     outputs = []
     for layer in layers:
         if layer not in backbone.layer_shapes:
@@ -207,9 +211,13 @@ def resolve_outputs(backbone: BackboneSpec, layers: list[str], pooling: str) -> 
             raise ConfigError(f"--pooling none keeps no fixed size for text layer {layer!r} (one vector per token); "
                               "use avg or max")
         layer_pooling = pooling if len(shape) > 1 else "none"
-        outputs.append(OutputSpec(layer, layer, layer_pooling, pooled_dim(shape, layer_pooling)))
+        outputs.append(OutputSpec(layer, layer, layer_pooling, pooled_dim(shape, layer_pooling), dtype))
     if len({o.name for o in outputs}) != len(outputs):
         raise ConfigError("each --layer may be given once")
+    clash = [o.name for o in outputs if o.name in RESERVED_COLUMNS]
+    if clash and "parquet" in formats:
+        raise ConfigError(f"layer {clash[0]!r} has the name of a Parquet column featurebeam writes (key, label, "
+                          "split); extract it with --format tfrecord")
     return tuple(outputs)
 
 

@@ -26,12 +26,12 @@ from transforms.read.inputs import FORMATS, InputSpec
 from transforms.read.sources import DEFAULT_CHUNK_BYTES
 from transforms.read.storage import DEFAULT_RETRY_SECONDS
 from transforms.read.tables import InputFields
-from transforms.schema import (
-    OutputSpec,
-)
+from transforms.schema import FEATURE_DTYPES, OutputSpec
+from transforms.schema import FORMATS as FORMATS_WRITTEN
 from transforms.write.commits import DEFAULT_RECORDS_PER_COMMIT
 
-__all__ = ["ExtractOptions", "ExtractConfig", "ConfigError", "DEFAULT_RUNNER", "DEFAULT_LOCAL_FLAGS", "LOCAL_RUNNERS"]
+__all__ = ["ExtractOptions", "ExtractConfig", "ConfigError", "parse_formats", "DEFAULT_RUNNER", "DEFAULT_LOCAL_FLAGS",
+           "LOCAL_RUNNERS"]
 
 DEFAULT_RUNNER = "FnApiRunner"
 DEFAULT_LOCAL_FLAGS = (f"--runner={DEFAULT_RUNNER}", "--direct_running_mode=multi_processing",
@@ -114,6 +114,12 @@ class ExtractOptions(PipelineOptions):
                                  "on GPUs, else 0)")
         parser.add_argument("--mixed-precision", action="store_true",
                             help="compute in float16 on accelerators that gain from it (vectors stay float32)")
+        parser.add_argument("--format", default="tfrecord", metavar="FORMATS",
+                            help="what the feature shards are written as: tfrecord, parquet, or both as "
+                                 "tfrecord,parquet (the same records in each; default: tfrecord)")
+        parser.add_argument("--feature-dtype", default="float32", choices=FEATURE_DTYPES,
+                            help="how vectors are stored; float16 halves the bytes, readers and train get float32 "
+                                 "(default: float32)")
         parser.add_argument("--records-per-shard", type=int, default=DEFAULT_RECORDS_PER_COMMIT, metavar="N",
                             help="records per feature shard; each shard is committed as soon as it is full, so an "
                                  f"interrupted run keeps it (default: {DEFAULT_RECORDS_PER_COMMIT:,})")
@@ -156,8 +162,18 @@ class ExtractConfig:
     model_copies: int = 0            # 0: a model in each worker process; N: N per machine, shared (GPU workers)
     mixed_precision: bool = False
     template_launch: bool = False    # a template staged now runs now (Flex Template): prepare OUTDIR at launch
+    formats: tuple[str, ...] = ("tfrecord",)  # what feature shards are written as (schema.FORMATS)
 
 
+def parse_formats(text: str) -> tuple[str, ...]:
+    """``--format``: a comma-separated list of schema.FORMATS, each once, in a fixed order."""
+    given = [name.strip().lower() for name in text.split(",") if name.strip()]
+    unknown = [name for name in given if name not in FORMATS_WRITTEN]
+    if unknown or not given:
+        raise ConfigError(f"--format {text!r}: choose tfrecord, parquet or tfrecord,parquet")
+    if len(set(given)) != len(given):
+        raise ConfigError(f"--format {text!r} names a format twice")
+    return tuple(name for name in FORMATS_WRITTEN if name in given)
 
 
 def check_flags(options: PipelineOptions) -> None:
@@ -192,6 +208,7 @@ def check_flags(options: PipelineOptions) -> None:
         raise ConfigError(f"--storage-retry-seconds must be positive, got {o.storage_retry_seconds:g}")
     if o.read_chunk_mb <= 0:
         raise ConfigError(f"--read-chunk-mb must be positive, got {o.read_chunk_mb:g}")
+    parse_formats(o.format)
 
 
 CPU_BATCH_SIZE = 32

@@ -25,10 +25,12 @@ def run_settings(config: ExtractConfig) -> dict:
         "inputs": [spec.to_json() for spec in config.inputs],
         "fields": config.fields.to_json(),
         "max_image_pixels": config.max_pixels,
+        "formats": list(config.formats),
     }
 
 
-_SETTING_NAMES = {"backbone": "--backbone (its weights or --preprocessing)", "outputs": "--layer/--pooling",
+_SETTING_NAMES = {"backbone": "--backbone (its weights or --preprocessing)",
+                  "outputs": "--layer/--pooling/--feature-dtype", "formats": "--format",
                   "inputs": "--input/--input-format",
                   "fields": "field options (--*-field, --*-feature, --max-input-bytes, --allow-outside-paths)",
                   "format_version": "the feature set format", "max_image_pixels": "--max-image-pixels",
@@ -44,6 +46,7 @@ def check_resumable(config: ExtractConfig) -> None:
     except (OSError, ValueError):
         raise ConfigError(f"nothing to resume in {config.output}: it has no {RUN_NAME} from an earlier run "
                           "(drop --resume to start one)") from None
+    recorded.setdefault("formats", ["tfrecord"])  # runs recorded before --format wrote TFRecord only
     current = run_settings(config)
     for name, value in current.items():
         if recorded.get(name) != value:

@@ -29,7 +29,9 @@ def format_summary(manifest, output: str, seconds: float) -> str:
         shown = ", ".join(_short(label, 40) for label in manifest.labels[:12]) + (
             " ..." if len(manifest.labels) > 12 else "")
         lines.append(f"  labels    {len(manifest.labels)}: {shown}")
-    lines.append(f"  shards    {len(manifest.shards)} in {output.rstrip('/')}/features/")
+    shards = " + ".join(f"{len(files)} {name}" for name, files in (("TFRecord", manifest.shards),
+                                                                  ("Parquet", manifest.parquet_shards)) if files)
+    lines.append(f"  shards    {shards or 0} in {output.rstrip('/')}/features/")
     lines.append(f"  manifest  {output.rstrip('/')}/manifest.json")
     if duplicates:
         example = manifest.duplicate_example  # none when every copy was skipped as done by an earlier run

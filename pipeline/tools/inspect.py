@@ -3,7 +3,9 @@
 The summary (manifest, per-shard counts, dims, label distribution, the first few records) reads every
 record once through Beam's FileSystems, so local and gs:// sets work alike. ``--check`` also verifies each
 record against the manifest: readable (CRC), every output present with its dim, finite values, a label from
-the vocabulary, keys unique across shards, and shard and record counts as the manifest says.
+the vocabulary, keys unique across shards, and shard and record counts as the manifest says. A set stored in
+both formats is read in both: each Parquet shard must hold the records of its TFRecord twin (the same commit),
+in the same order, with the same labels and bitwise the same vectors.
 
 Memory does not grow with the records: keys are checked for repeats by fingerprint in buckets on local
 temporary disk (``duplicate_keys``, 24 bytes a record while it runs), and only the shards holding a reported
@@ -46,15 +48,7 @@ def _short(error: Exception) -> str:
     return str(error).split(":")[0][:200] if str(error) else type(error).__name__
 
 
-def _parse(raw: bytes):
-    """The feature map of a serialised Example, and its key."""
-    from tensorflow.core.example import example_pb2
-
-    feature = example_pb2.Example.FromString(raw).features.feature
-    return feature, feature[schema.KEY].bytes_list.value[0].decode("utf-8")
-
-
-def _keys_of(root: str, shards: list[str], repeats: list[Repeat]) -> dict[tuple[int, int], str]:
+def _keys_of(root: str, shards: list[str], outputs, repeats: list[Repeat]) -> dict[tuple[int, int], str]:
     """The keys at the repeats' places, ``(shard index, record number) -> key``: a second pass over the
     shards that hold a repeat, each read up to its last repeat only."""
     from apache_beam.io.filesystems import FileSystems
@@ -65,44 +59,94 @@ def _keys_of(root: str, shards: list[str], repeats: list[Repeat]) -> dict[tuple[
     keys = {}
     for index, records in sorted(wanted.items()):
         path = FileSystems.join(root, shards[index])
-        raws = itertools.islice(schema.iter_serialized(path), max(records))
         try:
-            for number, raw in enumerate(raws, start=1):
-                if number in records:
-                    keys[(index, number)] = _parse(raw)[1]
+            for number, record in enumerate(itertools.islice(_shard_records(path, outputs), max(records)), start=1):
+                if number in records and not isinstance(record, Exception):
+                    keys[(index, number)] = record[0]
         except (ValueError, OSError):  # read once already; a shard that fails now leaves its keys unnamed
             pass
     return keys
 
 
+def _shard_records(path: str, outputs):
+    """``(key, label, vectors)`` of each record of a shard of either format, in order; an ``Exception`` in place
+    of a record that cannot be parsed. A damaged file raises ``ValueError`` (or ``OSError``) where it breaks."""
+    if schema.shard_format(path) == "parquet":
+        for keys, labels, _, vectors in schema.iter_parquet(path, outputs):
+            for i, key in enumerate(keys):
+                yield key, labels[i], {name: x[i] for name, x in vectors.items()}
+        return
+    for raw in schema.iter_serialized(path):
+        try:
+            record = schema.decode_example(raw, outputs)
+        except Exception as e:
+            yield e
+            continue
+        yield record.key, record.label, record.vectors
+
+
+_END = object()  # a twin with no record left
+
+
+def _twin_records(root: str, shard: str, manifest: schema.Manifest, problem):
+    """The records of a TFRecord shard's Parquet twin (the same commit), read along with it; None when the set
+    has one format. A twin that cannot be read is a problem, and then holds no more records."""
+    from apache_beam.io.filesystems import FileSystems
+
+    if not manifest.parquet_shards or not manifest.shards:
+        return None
+    twin = shard.removesuffix(schema.SHARD_SUFFIX) + schema.PARQUET_SUFFIX
+    if twin not in set(manifest.parquet_shards):
+        problem("formats", f"{shard}: the manifest lists no Parquet shard of its commit ({twin})")
+        return None
+
+    def records():
+        try:
+            yield from _shard_records(FileSystems.join(root, twin), manifest.outputs)
+        except (ValueError, OSError) as e:
+            problem("formats", f"{twin}: cannot be read in full ({_short(e)})")
+
+    return twin, records()
+
+
+def _compare_twin(shard: str, twin: str, number: int, a, b, problem) -> None:
+    """Record ``number`` of a shard (``a``) against the same record of its twin (``b``)."""
+    if b is _END:
+        problem("formats", f"{twin} holds fewer records than {shard} ({number - 1})")
+    elif not isinstance(a, Exception) and not isinstance(b, Exception) and (
+            a[:2] != b[:2] or any(not np.array_equal(a[2][name], b[2][name]) for name in a[2])):
+        problem("formats", f"{twin} record {number} ({b[0]}) differs from {shard} record {number} ({a[0]})")
+
+
 def _read_shards(root: str, manifest: schema.Manifest, result: Inspection, keys: DuplicateKeys, samples: int,
                  problem) -> None:
-    """Every record once, in the manifest's order: counts, labels, samples, per-record problems, and each
-    key to ``keys``."""
+    """Every record once, in the manifest's order (its TFRecord shards, else its Parquet ones): counts, labels,
+    samples, per-record problems, and each key to ``keys``; each Parquet twin compared as it is read."""
     from apache_beam.io.filesystems import FileSystems
 
     vocabulary = set(manifest.labels)
-    for index, shard in enumerate(manifest.shards):
+    for index, shard in enumerate(manifest.shards or manifest.parquet_shards):
         path = FileSystems.join(root, shard)
-        count = 0
+        twin = _twin_records(root, shard, manifest, problem)
+        count, twin_ended = 0, False
         try:
-            for raw in schema.iter_serialized(path):
+            for record in _shard_records(path, manifest.outputs):
                 count += 1
+                if twin is not None and not twin_ended:
+                    other = next(twin[1], _END)
+                    twin_ended = other is _END
+                    _compare_twin(shard, twin[0], count, record, other, problem)
                 where = f"{shard} record {count}"
-                try:
-                    feature, key = _parse(raw)
-                except Exception as e:
-                    problem("parse", f"{where}: not a feature record ({_short(e)})")
+                if isinstance(record, Exception):
+                    problem("parse", f"{where}: not a feature record ({_short(record)})")
                     continue
-                label = feature[schema.LABEL].bytes_list.value[0].decode("utf-8") if schema.LABEL in feature else None
+                key, label, vectors = record
                 result.labels[label] += 1
                 keys.add(key, index, count)
                 if label is not None and label not in vocabulary:
                     problem("label", f"{where}: label {label!r} is not in the manifest's vocabulary")
-                vectors = {}
                 for out in manifest.outputs:
-                    values = np.asarray(feature[out.example_key].float_list.value, np.float32)
-                    vectors[out.name] = values
+                    values = vectors[out.name]
                     if len(values) != out.dim:
                         problem("dim", f"{where} ({key}): output {out.name!r} has {len(values)} values, "
                                        f"the manifest says {out.dim}")
@@ -114,6 +158,8 @@ def _read_shards(root: str, manifest: schema.Manifest, result: Inspection, keys:
             problem("corrupt", f"{shard}: truncated or corrupt after {count} records ({_short(e)})")
         except OSError as e:
             problem("missing", f"{shard}: cannot be read ({e})")
+        if twin is not None and not twin_ended and next(twin[1], _END) is not _END:
+            problem("formats", f"{twin[0]} holds more records than {shard} ({count})")
         result.shard_counts[shard] = count
 
 
@@ -137,15 +183,20 @@ def inspect_feature_set(root: str, samples: int = 3, bucket_rows: int = BUCKET_R
     with keys:
         _read_shards(root, manifest, result, keys, samples, problem)
         total, repeats = keys.repeats(limit=_MAX_PROBLEMS_PER_KIND)
-    named = _keys_of(root, manifest.shards, repeats)
+    shards = list(manifest.shards or manifest.parquet_shards)
+    named = _keys_of(root, shards, manifest.outputs, repeats)
     for r in repeats:
         key = named.get((r.shard, r.record), "(unreadable now)")
-        problem("duplicate", f"{manifest.shards[r.shard]} record {r.record}: duplicate key {key!r} "
-                             f"(also in {manifest.shards[r.first_shard]})")
+        problem("duplicate", f"{shards[r.shard]} record {r.record}: duplicate key {key!r} "
+                             f"(also in {shards[r.first_shard]})")
+    if manifest.shards and manifest.parquet_shards:
+        twins = {s.removesuffix(schema.SHARD_SUFFIX) + schema.PARQUET_SUFFIX for s in manifest.shards}
+        for orphan in sorted(set(manifest.parquet_shards) - twins):
+            problem("formats", f"{orphan}: the manifest lists no TFRecord shard of its commit")
     if total > len(repeats):
         kinds["duplicate"] += total - len(repeats)
 
-    listed = set(manifest.shards)
+    listed = set(manifest.shards) | set(manifest.parquet_shards)
     try:
         (match,) = FileSystems.match([FileSystems.join(root, schema.FEATURES_DIR, "*")])
         prefix = root.rstrip("/") + "/"
@@ -165,14 +216,15 @@ def inspect_feature_set(root: str, samples: int = 3, bucket_rows: int = BUCKET_R
     counts = manifest.counts
     if manifest.error_files and counts.get("failed") is not None and failed_lines != counts["failed"]:
         problem("count", f"the error files hold {failed_lines} dead letters, the manifest counts {counts['failed']}")
-    listed_files = set(manifest.shards) | set(manifest.error_files)
+    listed_files = listed | set(manifest.error_files)
     try:
         (match,) = FileSystems.match([FileSystems.join(root, schema.COMMITS_DIR, "*.json")])
         for m in match.metadata_list:
             with FileSystems.open(m.path, compression_type="uncompressed") as f:
-                named = json.loads(f.read().decode("utf-8")).get("path")
-            if named not in listed_files:
-                problem("unlisted", f"{m.path}: a commit record of {named}, which the manifest does not list")
+                record = json.loads(f.read().decode("utf-8"))
+            for named in [record.get("path")] + [also.get("path") for also in record.get("also", ())]:
+                if named not in listed_files:
+                    problem("unlisted", f"{m.path}: a commit record of {named}, which the manifest does not list")
     except Exception as e:  # a damaged commit record is itself a problem of the set
         problem("unlisted", f"{schema.COMMITS_DIR}/: a commit record cannot be read ({_short(e)})")
     embedded = counts.get("embedded")
@@ -202,7 +254,9 @@ def format_inspection(result: Inspection, check: bool) -> str:
                      f"Example key {o.example_key!r}")
     for reason, n in sorted(m.failures_by_reason.items(), key=lambda kv: -kv[1]):
         lines.append(f"  failures   {n} x {reason}")
-    lines.append(f"  shards     {len(m.shards)}, {result.records} records")
+    formats = " + ".join(f"{len(files)} {name}" for name, files in (("TFRecord", m.shards),
+                                                                   ("Parquet", m.parquet_shards)) if files)
+    lines.append(f"  shards     {formats or 0}, {result.records} records")
     for shard, n in result.shard_counts.items():
         lines.append(f"    {shard}  {n}")
     lines.append(f"  labels     {len(m.labels)} in the vocabulary")
@@ -217,5 +271,6 @@ def format_inspection(result: Inspection, check: bool) -> str:
             lines += [f"  {p}" for p in result.problems]
         else:
             lines.append(f"check passed: {result.records} records match the manifest "
-                         "(readable, dims, finite values, unique keys, counts)")
+                         "(readable, dims, finite values, unique keys, counts"
+                         + (", both formats alike)" if m.shards and m.parquet_shards else ")"))
     return "\n".join(lines)

@@ -1,7 +1,8 @@
 """Reading feature sets for training: validated against their manifests, split by a hash of the key.
 
-A feature set is a directory with ``manifest.json`` and ``features/part-*.tfrecord`` (see
-``transforms.schema``). Small local sets load into memory with tfrecord-lite; remote or large ones stream
+A feature set is a directory with ``manifest.json`` and ``features/part-*.tfrecord`` or ``.parquet`` shards
+(see ``transforms.schema``; a set with both is read from its TFRecord shards; float16 vectors come back
+float32). Small local sets load into memory with tfrecord-lite; remote or large ones stream
 through ``tf.data`` (``stream_examples``) so nothing larger than a batch is held.
 """
 
@@ -91,14 +92,9 @@ def _check_dim(vector, source: FeatureSource, path: str, key: str) -> None:
 
 
 def _shard_records(path: str, output: schema.OutputSpec):
-    """FeatureRecords of one shard: tfrecord-lite for local files (about 20x faster than parsing protos in
-    Python), Beam's FileSystems elsewhere or when tfrecord-lite is not installed."""
-    if "://" not in path:
-        try:
-            return schema.read_records(path, [output])
-        except ImportError:
-            pass
-    return (schema.decode_example(raw, [output]) for raw in schema.iter_serialized(path))
+    """FeatureRecords of one shard of either format (``schema.read_shard``: tfrecord-lite for local TFRecord
+    files, about 20x faster than parsing protos in Python; Beam's FileSystems elsewhere)."""
+    return schema.read_shard(path, [output])
 
 
 def _read_shard(source: FeatureSource, path: str):
@@ -170,20 +166,42 @@ def stream_examples(sources: Sequence[FeatureSource], vocabulary: Sequence[str],
     threshold = int(round(validation_fraction * HASH_BUCKETS))
     want_validation = split == "validation"
 
+    def select(keys, labels, x):
+        y = table.lookup(labels)
+        is_val = tf.strings.to_hash_bucket_fast(keys, HASH_BUCKETS) < threshold
+        keep = tf.logical_and(y >= 0, tf.equal(is_val, want_validation))
+        return tf.boolean_mask(x, keep), tf.boolean_mask(y, keep)
+
     def parse(raw):  # a block of records at once: per-record tf.data steps cost more than the parsing
         ex = tf.io.parse_example(raw, spec)
-        y = table.lookup(ex[schema.LABEL])
-        is_val = tf.strings.to_hash_bucket_fast(ex[schema.KEY], HASH_BUCKETS) < threshold
-        keep = tf.logical_and(y >= 0, tf.equal(is_val, want_validation))
-        return tf.boolean_mask(ex[output.example_key], keep), tf.boolean_mask(y, keep)
+        return select(ex[schema.KEY], ex[schema.LABEL], schema.tf_vectors(ex, output))
+
+    def blocks():  # (keys, labels, x) blocks of any shards, Parquet ones a row group at a time
+        for f in files:
+            if schema.shard_format(f) == "parquet":
+                for keys, labels, _, vectors in schema.iter_parquet(f, [output], batch_rows=8 * PARSE_BLOCK):
+                    yield keys, [label or "" for label in labels], vectors[output.name]
+                continue
+            records = list(schema.read_shard(f, [output]))  # one TFRecord shard beside Parquet ones: bounded
+            for start in range(0, len(records), PARSE_BLOCK):
+                block = records[start:start + PARSE_BLOCK]
+                yield ([r.key for r in block], [r.label or "" for r in block],
+                       np.stack([r.vectors[output.name] for r in block]))
 
     # Fixed parallelism: with AUTOTUNE, tf.data's buffers grew by ~60 MB an epoch on a 100k-record set.
-    if all("://" not in f for f in files):
-        ds = tf.data.TFRecordDataset(files, num_parallel_reads=2)
-    else:  # TensorFlow may lack the object store's filesystem: read through Beam's
-        ds = tf.data.Dataset.from_generator(lambda: (r for f in files for r in schema.iter_serialized(f)),
-                                            output_signature=tf.TensorSpec([], tf.string))
-    ds = ds.batch(PARSE_BLOCK).map(parse, num_parallel_calls=2).unbatch()  # the records' order is kept
+    if any(schema.shard_format(f) == "parquet" for f in files):
+        ds = tf.data.Dataset.from_generator(blocks, output_signature=(
+            tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.string),
+            tf.TensorSpec([None, output.dim], tf.float32)))
+        ds = ds.map(select, num_parallel_calls=2)
+    else:
+        if all("://" not in f for f in files):
+            ds = tf.data.TFRecordDataset(files, num_parallel_reads=2)
+        else:  # TensorFlow may lack the object store's filesystem: read through Beam's
+            ds = tf.data.Dataset.from_generator(lambda: (r for f in files for r in schema.iter_serialized(f)),
+                                                output_signature=tf.TensorSpec([], tf.string))
+        ds = ds.batch(PARSE_BLOCK).map(parse, num_parallel_calls=2)
+    ds = ds.unbatch()  # the records' order is kept
     if shuffle:
         ds = ds.shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
     return ds.batch(batch_size).prefetch(2)

@@ -15,7 +15,6 @@ The write side of the protocol is ``commits.py``; which copies repeat is found o
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -25,7 +24,6 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from transforms import schema
-from transforms.framing import frame, iter_frames
 from transforms.process import ready_process
 from transforms.records import METRICS_NAMESPACE, Failure
 from transforms.write.commits import (
@@ -36,8 +34,10 @@ from transforms.write.commits import (
     key_line,
     keys_path,
     parse_key_lines,
+    place_file,
     write_atomically,
 )
+from transforms.write.shards import rewrite_without
 
 __all__ = ["read_commits", "read_commit_records", "uncommitted_files", "failure_reasons", "verify_commit",
            "verified_keys", "read_commit_keys", "retire_commit", "drop_records", "conflict_failure", "VerifyCommitFn",
@@ -71,7 +71,7 @@ def read_commits(output: str) -> list[Commit]:
 def uncommitted_files(output: str, commits: Iterable[Commit]) -> list[str]:
     """Files in features/, errors/, the pending folder and keys files in commits/ that no commit record names
     (a crash's leftovers)."""
-    named = {FileSystems.join(output, p) for c in commits for p in (c.path, c.keys_path)}
+    named = {FileSystems.join(output, p) for c in commits for p in (*(f.path for f in c.files), c.keys_path)}
     leftovers = []
     for folder, pattern in ((schema.FEATURES_DIR, "*"), (schema.ERRORS_DIR, "*"), (schema.PENDING_DIR, "*"),
                             (schema.COMMITS_DIR, f"*{KEYS_SUFFIX}")):
@@ -114,9 +114,10 @@ def verify_commit(output: str, commit: Commit) -> str | None:
 def verified_keys(output: str, commit: Commit) -> tuple[str | None, list[str]]:
     """(``verify_commit``'s answer, the commit's keys when both files check out): its keys file is read once,
     to check and to parse (one commit's keys: bounded)."""
-    problem = _check_file(output, commit.path, commit.bytes, commit.sha256)
-    if problem:
-        return problem, []
+    for file in commit.files:
+        problem = _check_file(output, file.path, file.bytes, file.sha256)
+        if problem:
+            return problem, []
     path = FileSystems.join(output, commit.keys_path)
     if not FileSystems.exists(path):
         return f"{commit.keys_path} is missing", []
@@ -161,41 +162,41 @@ def read_commit_keys(output: str, commit: Commit) -> list[tuple[str, str | None,
         return parse_key_lines(f.read())
 
 
-def _read_data_entries(output: str, commit: Commit) -> list[bytes]:
-    """The bytes of each record of a committed file (a framed Example, or a dead letter's line), in order."""
-    with FileSystems.open(FileSystems.join(output, commit.path), compression_type="uncompressed") as f:
-        data = f.read()
-    if commit.kind == schema.FEATURES_DIR:
-        return [frame(record) for record in iter_frames(io.BytesIO(data))]
-    return data.decode("utf-8").splitlines(keepends=True)
+def _read_file(output: str, rel: str) -> bytes:
+    with FileSystems.open(FileSystems.join(output, rel), compression_type="uncompressed") as f:
+        return f.read()
 
 
 def drop_records(output: str, commit: Commit, drop: set[int]) -> Commit | None:
-    """The commit without the records at positions ``drop``: its file, keys file and record are written again
-    (each atomically); None when nothing is left (record, keys file and file deleted, the record first)."""
+    """The commit without the records at positions ``drop``: each of its files (every format), its keys file and
+    its record are written again (each atomically); None when nothing is left (record, keys file and files
+    deleted, the record first)."""
     keys = read_commit_keys(output, commit)
     if set(range(len(keys))) <= drop:
         FileSystems.delete([FileSystems.join(output, commit.marker)])  # the record first: a crash in between
-        present = [FileSystems.join(output, p) for p in (commit.keys_path, commit.path)  # leaves uncommitted files
+        present = [FileSystems.join(output, p)  # leaves uncommitted files
+                   for p in (commit.keys_path, *(f.path for f in commit.files))
                    if FileSystems.exists(FileSystems.join(output, p))]
         if present:
             FileSystems.delete(present)
         return None
-    entries = _read_data_entries(output, commit)
     kept = [i for i in range(len(keys)) if i not in drop]
-    data = b"".join(e if isinstance(e, bytes) else e.encode("utf-8") for e in (entries[i] for i in kept))
     labels, splits, reasons = set(), set(), {}
+    if commit.kind == schema.ERRORS_DIR:
+        lines = _read_file(output, commit.path).decode("utf-8").splitlines()
+        for i in kept:
+            failure = Failure(**json.loads(lines[i]))
+            count, example = reasons.get(failure.reason, (0, keys[i][0]))
+            reasons[failure.reason] = [count + 1, min(example, keys[i][0])]
     for i in kept:
-        key, label, split = keys[i]
-        if commit.kind == schema.ERRORS_DIR:
-            failure = Failure(**json.loads(entries[i]))
-            count, example = reasons.get(failure.reason, (0, key))
-            reasons[failure.reason] = [count + 1, min(example, key)]
+        _, label, split = keys[i]
         labels.update(v for v in (label,) if v is not None)
         splits.update(v for v in (split,) if v is not None)
-    return commit_files(output, commit.id, commit.kind, commit.path, None, data,
-                        b"".join(key_line(*keys[i]) for i in kept), records=len(kept),
-                        labels=tuple(sorted(labels)), splits=tuple(sorted(splits)), reasons=reasons)
+    placed = [place_file(output, commit.id, f.path, data=rewrite_without(_read_file(output, f.path), f.path, drop))
+              for f in commit.files]
+    return commit_files(output, commit.id, commit.kind, placed, b"".join(key_line(*keys[i]) for i in kept),
+                        records=len(kept), labels=tuple(sorted(labels)), splits=tuple(sorted(splits)),
+                        reasons=reasons)
 
 
 def conflict_failure(key: str, metas: Sequence[tuple]) -> Failure:
@@ -212,8 +213,8 @@ REDONE = "redone"  # tag of the record counts of earlier commits found damaged a
 
 def data_paths_of(commit_id: str) -> list[str]:
     """Where a commit's file can be, by its id (for a commit record too damaged to name it)."""
-    return [f"{schema.FEATURES_DIR}/{schema.SHARD_PREFIX}-{commit_id}{schema.SHARD_SUFFIX}",
-            f"{schema.ERRORS_DIR}/{schema.SHARD_PREFIX}-{commit_id}.jsonl"]
+    features = [f"{schema.FEATURES_DIR}/{schema.SHARD_PREFIX}-{commit_id}{s}" for s in schema.FORMATS.values()]
+    return [*features, f"{schema.ERRORS_DIR}/{schema.SHARD_PREFIX}-{commit_id}.jsonl"]
 
 
 class VerifyCommitFn(beam.DoFn):
@@ -242,6 +243,6 @@ class VerifyCommitFn(beam.DoFn):
         if problem is None:
             yield commit, keys
             return
-        retire_commit(self._output, commit.marker, [commit.path], problem)
+        retire_commit(self._output, commit.marker, [f.path for f in commit.files], problem)
         self._retired.inc()
         yield beam.pvalue.TaggedOutput(REDONE, commit.records)

@@ -20,12 +20,13 @@ __all__ = ["CommitFeatures", "CommitFailures", "WriteFailures"]
 
 class CommitFeatures(beam.PTransform):
     """``((key, label, split), {output: vector})`` -> committed ``OUTDIR/features/part-<id>.tfrecord`` shards
-    of about ``records_per_shard`` records each; returns the PCollection of their ``Commit`` records."""
+    of about ``records_per_shard`` records each (and ``.parquet`` shards of the same records when ``formats``
+    names parquet); returns the PCollection of their ``Commit`` records."""
 
     def __init__(self, output_dir: str, outputs: Sequence[schema.OutputSpec],
-                 records_per_shard: int = DEFAULT_RECORDS_PER_COMMIT):
+                 records_per_shard: int = DEFAULT_RECORDS_PER_COMMIT, formats: Sequence[str] = ("tfrecord",)):
         super().__init__()
-        self._fn = FeatureCommitFn(output_dir, outputs, records_per_commit=records_per_shard)
+        self._fn = FeatureCommitFn(output_dir, outputs, formats, records_per_commit=records_per_shard)
 
     def expand(self, embedded):
         return embedded | "Write and commit shards" >> beam.ParDo(self._fn)

@@ -28,7 +28,7 @@ from transforms.fingerprints import fingerprint
 from transforms.read.inputs import InputSpec
 from transforms.records import Failure
 from transforms.write import committed
-from transforms.write.commits import commit_files, key_line
+from transforms.write.commits import commit_files, key_line, place_file
 from transforms.write.dedupe import keep_one_copy
 
 IN_PROCESS = ["--runner=FnApiRunner"]
@@ -141,8 +141,9 @@ def test_a_retried_bundles_second_copy_keeps_the_embedded_one(tmp_path, colours,
     key = commit_keys(out, features[0])[0]
     # what a retried bundle can leave: the same key also committed as a failure, in a commit of its own
     line = Failure(key, key, "embed", "ResourceExhaustedError", "out of memory").to_json() + "\n"
-    copy = commit_files(out, "0" * 32, "errors", "errors/part-" + "0" * 32 + ".jsonl", None, line.encode(),
-                        key_line(key), records=1, reasons={"embed: ResourceExhaustedError": [1, key]})
+    placed = place_file(out, "0" * 32, "errors/part-" + "0" * 32 + ".jsonl", data=line.encode())
+    copy = commit_files(out, "0" * 32, "errors", [placed], key_line(key), records=1,
+                        reasons={"embed: ResourceExhaustedError": [1, key]})
 
     assert resolve_in(out) == (1, 1, key)
     kept = committed.read_commits(out)

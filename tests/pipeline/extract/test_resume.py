@@ -101,8 +101,9 @@ def test_a_key_committed_twice_is_kept_once(tmp_path, colours, worker_env):
         with open(os.path.join(config.output, path), "rb") as f:
             return f.read()
 
-    commits.commit_files(config.output, second.id, second.kind, second.path, None,
-                         read(second.path) + read(first.path), read(second.keys_path) + read(first.keys_path),
+    placed = commits.place_file(config.output, second.id, second.path, data=read(second.path) + read(first.path))
+    commits.commit_files(config.output, second.id, second.kind, [placed],
+                         read(second.keys_path) + read(first.keys_path),
                          records=second.records + first.records, labels=tuple(sorted({*first.labels, *second.labels})))
 
     assert resolve_in(config.output) == (1, first.records, min(commit_keys(config.output, first)))
@@ -137,7 +138,8 @@ def test_resume_with_other_settings_is_refused(tmp_path, colours, capsys):
     assert "is not empty; pass --overwrite to replace its features, or --resume" in capsys.readouterr().err
     assert main(["extract", "--input", str(colours), "--output", out, "--resume", "--layer", "features.17"]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"featurebeam extract: error: cannot resume {out}: it was started with different --layer/--pooling; "
+        f"featurebeam extract: error: cannot resume {out}: it was started with different "
+        "--layer/--pooling/--feature-dtype; "
         "use the same settings, or --overwrite to start again")
 
 

@@ -47,6 +47,26 @@ def digits_model(digits_features, tmp_path_factory):
 
 
 @pytest.mark.slow
+def test_float16_digits_features_train_to_the_float32_accuracy(digits_features, digits_model, tmp_path):
+    """The digits set stored as float16 (exported to Parquet, half the bytes) trains to the same test accuracy."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.tools.export import ExportConfig, run_export
+
+    half = {}
+    for split in ("train", "test"):
+        half[split] = str(tmp_path / f"{split}-float16")
+        run_export(ExportConfig.create(str(digits_features / split), "parquet", half[split], "float16"),
+                   PipelineOptions(["--runner=FnApiRunner"]))
+    report = run_training(TrainConfig(features=(half["train"],), test_features=(half["test"],),
+                                      output=str(tmp_path / "model"), heads=("linear",)), **QUIET)
+    _, full = digits_model
+    accuracy = {name: r["heads"]["linear"]["splits"]["test"]["accuracy"] for name, r in (("16", report), ("32", full))}
+    print(json.dumps({"digits test accuracy": accuracy}))
+    assert abs(accuracy["16"] - accuracy["32"]) <= 0.005 and accuracy["32"] > 0.9
+
+
+@pytest.mark.slow
 def test_linear_head_is_within_one_point_of_sklearn_with_the_same_sweep(digits_features, digits_model):
     from sklearn.linear_model import LogisticRegression
     from threadpoolctl import threadpool_limits

@@ -243,7 +243,7 @@ def test_a_unit_is_read_without_the_keys_an_earlier_run_committed(tmp_path):
     from transforms.fingerprints import fingerprint
     from transforms.read import resume, tfrecords
     from transforms.read.sources import SKIPPED, unit_keys
-    from transforms.write.commits import commit_files, key_line
+    from transforms.write.commits import commit_files, key_line, place_file
 
     path = tmp_path / "r.tfrecord"
     path.write_bytes(b"".join(packing.tfrecord_frame(packing.image_example(bytes([i]) * 9, "a")) for i in range(6)))
@@ -251,8 +251,9 @@ def test_a_unit_is_read_without_the_keys_an_earlier_run_committed(tmp_path):
         (chunk,) = tfrecords.index_tfrecord(str(path), f, chunk_bytes=1 << 20)
     keys = unit_keys(chunk)
     out = str(tmp_path / "out")
-    done = commit_files(out, "c" * 32, "features", "features/part-c.tfrecord", None, b"x",
-                        key_line(keys[1], "a") + key_line(keys[4], "a"), records=2)
+    placed = place_file(out, "c" * 32, "features/part-c.tfrecord", data=b"x")
+    done = commit_files(out, "c" * 32, "features", [placed], key_line(keys[1], "a") + key_line(keys[4], "a"),
+                        records=2)
     found = str(tmp_path / "found.json")
     with beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as p:
         _ = ((p | "Units" >> beam.Create([(resume.unit_id(chunk, keys), keys), ("other", ["elsewhere#0"])]))

@@ -256,20 +256,24 @@ def cmd_report(argv: Sequence[str]) -> int:
     parser.add_argument("output", metavar="OUTDIR", help="a feature set written by featurebeam extract")
     parser.add_argument("--model", metavar="MODELDIR", help="also show a trained model's metrics")
     parser.add_argument("--html", metavar="FILE", help="where to write the page (default: OUTDIR/report.html)")
+    parser.add_argument("--max-thumbnails", type=int, default=300, metavar="N",
+                        help="embed at most N thumbnails (or text lines) in the page, all sections together "
+                             "(default 300)")
     args, beam_argv = split_flags(parser, argv)
     use_storage_flags(beam_argv)
     from apache_beam.io.filesystems import FileSystems
 
     path = args.html or FileSystems.join(args.output, "report.html")
-    text = build_report(args.output, args.model)
+    text = build_report(args.output, args.model, max_thumbnails=args.max_thumbnails)
     with FileSystems.create(path, mime_type="text/html") as f:
         f.write(text.encode("utf-8"))
     print(f"featurebeam: report written to {path} ({len(text) // 1024} KB)")
     return 0
 
 
-COMMANDS = {"extract": cmd_extract, "train": cmd_train, "predict": cmd_predict, "inspect": cmd_inspect,
-            "export": cmd_export, "report": cmd_report, "bench": cmd_bench, "layers": cmd_layers, "demo": cmd_demo}
+COMMANDS = {"extract": cmd_extract, "train": cmd_train, "predict": cmd_predict,
+            "inspect": cmd_inspect, "export": cmd_export, "report": cmd_report, "bench": cmd_bench,
+            "layers": cmd_layers, "demo": cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -281,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "  predict  classify raw images with a trained model directory\n"
               "  inspect  summarise a feature set; --check verifies it against its manifest\n"
               "  export   convert a feature set to Parquet, or to .npy matrices + keys.parquet\n"
-              "  report   one self-contained HTML page: manifest, labels, PCA projection, failures, metrics\n"
+              "  report   one self-contained HTML page: thumbnails per class, neighbours, mistakes, metrics\n"
               "  bench    images/s of the backbone alone and of the whole pipeline, on this machine\n"
               "  layers   a backbone's layers to extract from, with shapes and bytes per record\n"
               "  demo     extract features of scikit-learn's digits and train a linear head on them\n\n"

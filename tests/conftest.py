@@ -156,6 +156,26 @@ def labelled_colours(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="session")
+def digits_features(tmp_path_factory):
+    """The digits demo set: its PNGs (``images/train``, ``images/test``) and their real MobileNetV2 features
+    (``train``, ``test``): 4 in 5 for training, every 5th held out."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.extract.job import run_extraction
+    from pipeline.extract.launch import configure
+    from pipeline.tools.demo import write_digits
+
+    root = tmp_path_factory.mktemp("digits")
+    write_digits(str(root / "images" / "train"), lambda i: i % 5 != 0)
+    write_digits(str(root / "images" / "test"), lambda i: i % 5 == 0)
+    for split in ("train", "test"):
+        options = PipelineOptions(["--runner=FnApiRunner", "--input", str(root / "images" / split),
+                                   "--output", str(root / split)])
+        run_extraction(configure(options), options)
+    return root
+
+
 @pytest.fixture
 def bracketed(tmp_path):
     """``photos [2024]/`` holding ``a*b?.jpg`` and ``cats/c[1].png``, beside ``photos 2/``, which its name read

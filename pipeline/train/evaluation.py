@@ -10,8 +10,10 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["confusion_matrix", "confusion_of_batches", "confusion_metrics", "split_metrics",
-           "plot_confusion_matrix", "plot_curves"]
+__all__ = ["confusion_matrix", "confusion_of_batches", "confusion_metrics", "split_metrics", "misclassified",
+           "plot_confusion_matrix", "plot_curves", "MISCLASSIFIED_CAP"]
+
+MISCLASSIFIED_CAP = 100  # wrong records kept per split in metrics.json, the most confident first
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
@@ -61,6 +63,21 @@ def split_metrics(y_true: np.ndarray, probabilities: np.ndarray, classes: Sequen
     if len(y_true) == 0:
         return {"examples": 0}
     return confusion_metrics(confusion_matrix(y_true, probabilities.argmax(axis=1), len(classes)), classes)
+
+
+def misclassified(keys: Sequence[str], y_true: np.ndarray, probabilities: np.ndarray, classes: Sequence[str],
+                  cap: int = MISCLASSIFIED_CAP) -> dict:
+    """The records of a split the head gets wrong: how many, and at most ``cap`` of them (key, true and predicted
+    class, the predicted class's probability), the most confident mistakes first, ties by key."""
+    y_true = np.asarray(y_true, np.int64)
+    predicted = probabilities.argmax(axis=1) if len(y_true) else np.zeros(0, np.int64)
+    wrong = np.flatnonzero(predicted != y_true)
+    confidence = probabilities[wrong, predicted[wrong]] if len(wrong) else np.zeros(0)
+    order = sorted(range(len(wrong)), key=lambda i: (-float(confidence[i]), str(keys[wrong[i]])))[:cap]
+    records = [{"key": str(keys[wrong[i]]), "true": classes[int(y_true[wrong[i]])],
+                "predicted": classes[int(predicted[wrong[i]])], "probability": round(float(confidence[i]), 6)}
+               for i in order]
+    return {"count": int(len(wrong)), "cap": cap, "records": records}
 
 
 def _pyplot():

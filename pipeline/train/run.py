@@ -5,7 +5,8 @@
    nothing per record (classes from the manifests, class counts and confusion matrices added up batch by
    batch), so its memory does not grow with the set;
 3. split train/validation by a hash of each record's key (stable across reruns and resumed extractions);
-4. fit each requested head (``pipeline.train.heads``), evaluate it on train, validation and the test sets;
+4. fit each requested head (``pipeline.train.heads``), evaluate it on train, validation and the test sets
+   (in memory, the wrong validation and test records too, a capped list: ``evaluation.misclassified``);
 5. write MODELDIR: ``metrics.json``, ``model.json``, ``heads/<name>/head.keras`` and plots, and
    ``serving/``, the SavedModel of frozen backbone + preprocessing + the best head by validation accuracy.
    A gs:// or s3:// MODELDIR is written locally first and copied there at the end
@@ -42,6 +43,7 @@ __all__ = ["run_training", "check_training", "train_into", "label_index", "test_
 class Split:
     x: np.ndarray
     y: np.ndarray
+    keys: np.ndarray | None = None  # the records' keys, where the wrong ones are recorded
 
 
 def label_index(labels: np.ndarray, vocabulary: Sequence[str]) -> np.ndarray:
@@ -56,8 +58,8 @@ def test_split(table: FeatureTable, vocabulary: Sequence[str]) -> tuple[Split, d
                                  if i < 0 and label is not None)
     unlabelled = int(sum(label is None for label in table.labels))
     known = y >= 0
-    return Split(table.x[known], y[known]), {"unseen_labels": dict(sorted(unseen.items())),
-                                             "unlabelled": unlabelled}
+    extra = {"unseen_labels": dict(sorted(unseen.items())), "unlabelled": unlabelled}
+    return Split(table.x[known], y[known], table.keys[known]), extra
 
 
 def _predict(model, x: np.ndarray) -> np.ndarray:
@@ -97,6 +99,14 @@ def _fit_in_memory(name: str, config: TrainConfig, train: Split, val: Split, bot
     return model, hyper, curves, _predict(model, val.x)
 
 
+def _scored(split: Split, probabilities: np.ndarray, classes) -> dict:
+    """A held-out split's metrics with its misclassified records (a capped list: ``evaluation.misclassified``)."""
+    metrics = evaluation.split_metrics(split.y, probabilities, classes)
+    if metrics["examples"]:
+        metrics["misclassified"] = evaluation.misclassified(split.keys, split.y, probabilities, classes)
+    return metrics
+
+
 def _streamed_metrics(ds, model, classes) -> dict:
     """Metrics of a streamed split: one pass, only the confusion matrix kept."""
     matrix = evaluation.confusion_of_batches(ds, lambda x: model(x, training=False), len(classes))
@@ -129,7 +139,7 @@ def _train_in_memory(config: TrainConfig, sources, test_sources, report: dict, f
         table = table.take(labelled)
     y = label_index(table.labels, classes)
     is_val = validation_mask(table.keys, config.validation_fraction)
-    train, val = Split(table.x[~is_val], y[~is_val]), Split(table.x[is_val], y[is_val])
+    train, val = Split(table.x[~is_val], y[~is_val]), Split(table.x[is_val], y[is_val], table.keys[is_val])
     if len(train.y) == 0 or len(val.y) == 0:
         raise FeatureSetError(f"{len(table)} labelled records are too few to split into train and validation")
     report["unlabelled_skipped"] = int((~labelled).sum())
@@ -140,9 +150,9 @@ def _train_in_memory(config: TrainConfig, sources, test_sources, report: dict, f
         model, hyper, curves, val_probabilities = _fit_in_memory(name, config, train, val, Split(table.x, y),
                                                                  len(classes))
         splits = {"train": evaluation.split_metrics(train.y, _predict(model, train.x), classes),
-                  "validation": evaluation.split_metrics(val.y, val_probabilities, classes)}
+                  "validation": _scored(val, val_probabilities, classes)}
         for split_name, (split, extra) in tests.items():
-            splits[split_name] = {**evaluation.split_metrics(split.y, _predict(model, split.x), classes), **extra}
+            splits[split_name] = {**_scored(split, _predict(model, split.x), classes), **extra}
         report["heads"][name] = {"hyperparameters": hyper, "splits": splits}
         _write_head_outputs(folder, name, model, report["heads"][name], curves, classes)
     return classes

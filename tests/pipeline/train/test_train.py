@@ -19,25 +19,6 @@ QUIET = {"log": lambda message: None}
 
 
 @pytest.fixture(scope="module")
-def digits_features(tmp_path_factory):
-    """Real MobileNetV2 features of the digits: 4 in 5 for training, every 5th held out."""
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    from pipeline.extract.job import run_extraction
-    from pipeline.extract.launch import configure
-    from pipeline.tools.demo import write_digits
-
-    root = tmp_path_factory.mktemp("digits")
-    write_digits(str(root / "images" / "train"), lambda i: i % 5 != 0)
-    write_digits(str(root / "images" / "test"), lambda i: i % 5 == 0)
-    for split in ("train", "test"):
-        options = PipelineOptions(["--runner=FnApiRunner", "--input", str(root / "images" / split),
-                                   "--output", str(root / split)])
-        run_extraction(configure(options), options)
-    return root
-
-
-@pytest.fixture(scope="module")
 def digits_model(digits_features, tmp_path_factory):
     out = tmp_path_factory.mktemp("model") / "m"
     report = run_training(TrainConfig(features=(str(digits_features / "train"),),

@@ -169,6 +169,11 @@ def cmd_bench(argv: Sequence[str]) -> int:
         description="Measure images/s: the backbone's forward pass alone, and featurebeam extract end to end.",
         epilog="Apache Beam options pass through to the extract runs (e.g. --direct_running_mode multi_processing).")
     parser.add_argument("--backbone", default="mobilenet_v2")
+    parser.add_argument("--weights", metavar="PATH", help="keras:NAME backbones: a .weights.h5 of that architecture")
+    parser.add_argument("--preprocessing", choices=("tf", "torch", "caffe", "raw"), default=None,
+                        help="model files: what the model expects of pixels (as for extract)")
+    parser.add_argument("--no-fold-batchnorm", action="store_true",
+                        help="keras:NAME and model files: BatchNorm as its own layer, not folded (to compare)")
     parser.add_argument("--images", metavar="DIR", help="a folder of JPEG files (default: generated 500x400 photos)")
     parser.add_argument("--count", type=int, default=600, help="photos to generate without --images (default 600)")
     parser.add_argument("--batch-size", type=int, metavar="N",
@@ -181,7 +186,8 @@ def cmd_bench(argv: Sequence[str]) -> int:
     if (own.batch_size is not None and own.batch_size < 1) or own.count < 5:
         raise UsageError("--batch-size must be at least 1 and --count at least 5")
     result = run_bench(own.backbone, own.images, own.batch_size, beam_argv, own.count,
-                       log=lambda m: print(f"featurebeam bench: {m}", file=sys.stderr))
+                       log=lambda m: print(f"featurebeam bench: {m}", file=sys.stderr), weights=own.weights,
+                       preprocessing=own.preprocessing, fold_batchnorm=not own.no_fold_batchnorm)
     print(result.to_json() if own.json else format_bench(result))
     return 0
 

@@ -7,6 +7,7 @@ import logging
 import os
 
 from transforms.process import QUIET_WORKERS
+from transforms.quiet import quiet_tensorflow_import, unquiet_tensorflow_import
 
 __all__ = ["quiet_beam"]
 
@@ -15,7 +16,8 @@ __all__ = ["quiet_beam"]
 def quiet_beam(quiet: bool):
     """Beam logs a failed bundle's traceback from every worker that ran it (hundreds of lines) before the job
     fails; the command's one line says why. While a command runs, Beam's loggers (its own and the root one) and
-    local worker processes (``transforms.process``) stay quiet, unless FEATUREBEAM_DEBUG=1; then put back."""
+    local worker processes (``transforms.process``) stay quiet, unless FEATUREBEAM_DEBUG=1; then put back. So do
+    TensorFlow's start-up lines, here and in those workers (``transforms.quiet``)."""
     if not quiet:
         yield
         return
@@ -24,9 +26,11 @@ def quiet_beam(quiet: bool):
     for logger in loggers:
         logger.setLevel(logging.CRITICAL)
     os.environ[QUIET_WORKERS] = str(os.getpid())
+    quiet_tensorflow_import()
     try:
         yield
     finally:
+        unquiet_tensorflow_import()
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
         if previous is None:

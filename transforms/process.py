@@ -3,7 +3,8 @@ object storage as the job sees it (``read.storage.ready_storage``) and, when the
 it, a quiet worker. The command sets ``FEATUREBEAM_QUIET_WORKERS`` to its own process id (unless
 ``FEATUREBEAM_DEBUG``); a local worker process started under it then neither logs nor prints (Beam's harness
 prints a failed bundle's traceback to stderr as well as logging it), so a failure is reported once, by the
-command, in one line. The command's own process and other pipelines are untouched.
+command, in one line; nor does it write TensorFlow's start-up lines when it imports it (``transforms.quiet``). The
+command's own process and other pipelines are untouched.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import os
 import sys
 
+from transforms.quiet import quiet_tensorflow_import
 from transforms.read.storage import ready_storage
 
 __all__ = ["ready_process", "QUIET_WORKERS"]
@@ -26,3 +28,4 @@ def ready_process() -> None:
         for name in ("", "apache_beam"):  # Beam's own loggers may carry a level of their own
             logging.getLogger(name).setLevel(logging.CRITICAL)
         sys.stderr = open(os.devnull, "w")  # for the life of the worker process
+        quiet_tensorflow_import()  # TensorFlow's start-up lines, written to fd 2 from C++

@@ -24,27 +24,36 @@ def available_backbones() -> list[str]:
     return sorted(EMBEDDED)
 
 
-def resolve_backbone(name: str, weights: str | None = None, preprocessing: str | None = None) -> BackboneSpec:
+def resolve_backbone(name: str, weights: str | None = None, preprocessing: str | None = None,
+                     fold_batchnorm: bool = True) -> BackboneSpec:
     """Find and hash the backbone's artifact; raise a one-line error when the name or weights are unknown.
 
     ``name``: an embedded backbone, ``keras:NAME`` (``weights``: a weights file, or None for ImageNet weights
-    downloaded here), or a ``.keras``/``.h5`` model file (``preprocessing``: one of PREPROCESSING_MODES)."""
+    downloaded here), or a ``.keras``/``.h5`` model file (``preprocessing``: one of PREPROCESSING_MODES).
+    ``fold_batchnorm`` (keras: backbones and model files): BatchNorm folded into the convolution before it;
+    the embedded ports are always folded and a SavedModel runs as exported, so turning it off is refused there."""
     if preprocessing is not None and preprocessing not in PREPROCESSING_MODES:
         raise UnknownBackboneError(f"unknown preprocessing {preprocessing!r}; choose from "
                                    f"{', '.join(PREPROCESSING_MODES)}")
     if name.startswith(keras_applications.KERAS_PREFIX):
         if preprocessing is not None:
             raise UnknownBackboneError(f"{name} brings its family's preprocessing; --preprocessing is for model files")
-        return keras_applications.resolve(name[len(keras_applications.KERAS_PREFIX):], weights)
+        return keras_applications.resolve(name[len(keras_applications.KERAS_PREFIX):], weights, fold_batchnorm)
     if name.lower().endswith(model_files.MODEL_FILE_SUFFIXES) or saved_models.is_saved_model(name):
         if weights is not None:
             raise UnknownBackboneError("a model file holds its weights; --weights is for keras: backbones")
         if saved_models.is_saved_model(name):
+            if not fold_batchnorm:
+                raise UnknownBackboneError(f"{name} is a SavedModel, run as exported (nothing is folded); "
+                                           "--no-fold-batchnorm is for keras: backbones and .keras/.h5 model files")
             return saved_models.resolve(name, preprocessing or "raw")
-        return model_files.resolve(name, preprocessing or "raw")
+        return model_files.resolve(name, preprocessing or "raw", fold_batchnorm)
     if weights is not None or preprocessing is not None:
         raise UnknownBackboneError(f"backbone {name} is embedded with its weights and preprocessing; --weights and "
                                    "--preprocessing are for keras: backbones and model files")
+    if not fold_batchnorm and name in EMBEDDED:
+        raise UnknownBackboneError(f"backbone {name} is built with BatchNorm folded (it has no BatchNorm layer to "
+                                   "keep); --no-fold-batchnorm is for keras: backbones and .keras/.h5 model files")
     try:
         resolver = EMBEDDED[name]
     except KeyError:
@@ -55,11 +64,15 @@ def resolve_backbone(name: str, weights: str | None = None, preprocessing: str |
 
 
 def resolve_described(described: Mapping) -> BackboneSpec:
-    """The backbone a manifest describes, resolved again from where it came from (to rebuild it elsewhere)."""
+    """The backbone a manifest describes, resolved again from where it came from (to rebuild it elsewhere), folded
+    as it was (a manifest from before folding existed: unfolded)."""
     options = described.get("options") or {}
+    fold = bool(options.get("fold_batchnorm", False))
     if options.get("kind") == "keras_application":
-        return resolve_backbone(described["name"], weights=options.get("origin"))
-    if options.get("kind") in ("model_file", "saved_model"):
+        return resolve_backbone(described["name"], weights=options.get("origin"), fold_batchnorm=fold)
+    if options.get("kind") == "model_file":
+        return resolve_backbone(described["name"], preprocessing=options.get("preprocessing"), fold_batchnorm=fold)
+    if options.get("kind") == "saved_model":
         return resolve_backbone(described["name"], preprocessing=options.get("preprocessing"))
     return resolve_backbone(described["name"])
 

@@ -71,6 +71,12 @@ class BackboneSpec:
     candidates: tuple[str, ...] = ()                               # the layers worth listing (all when empty)
     builder: str = ""                                              # module whose build(spec, layers) makes it
 
+    @property
+    def folds_batchnorm(self) -> bool:
+        """Whether BatchNorm runs folded into the convolution before it: the embedded image ports always (they
+        have no options), keras: backbones and model files unless turned off, SavedModels never."""
+        return self.modality == "image" and (not self.options or bool(self.options.get("fold_batchnorm")))
+
     def describe(self) -> dict:
         described = {
             "name": self.name,
@@ -87,6 +93,9 @@ class BackboneSpec:
             described["options"] = dict(self.options)
         if self.modality == "image" and not self.options:
             described["batchnorm"] = "folded into convolutions (inference mode)"
+        elif self.folds_batchnorm:
+            described["batchnorm"] = ("folded into the convolution before it (inference mode); any other in "
+                                      "inference mode (moving statistics)")
         elif self.modality == "image":
             described["batchnorm"] = "inference mode (moving statistics)"
         return described

@@ -71,7 +71,7 @@ def configure(options: PipelineOptions) -> ExtractConfig:
     batch_size = o.batch_size if o.batch_size is not None else GPU_BATCH_SIZE if gpus else CPU_BATCH_SIZE
     use_storage_options(options)
     inputs = tuple(resolve_input(uri, o.input_format) for uri in o.input)
-    backbone = resolve_backbone(o.backbone, o.weights, o.preprocessing)
+    backbone = resolve_backbone(o.backbone, o.weights, o.preprocessing, fold_batchnorm=not o.no_fold_batchnorm)
     text = [spec.uri for spec in inputs if spec.format == "text"]
     images = [spec.uri for spec in inputs if spec.format != "text"]
     if backbone.modality == "image" and text:

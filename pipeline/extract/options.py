@@ -114,6 +114,10 @@ class ExtractOptions(PipelineOptions):
                                  "on GPUs, else 0)")
         parser.add_argument("--mixed-precision", action="store_true",
                             help="compute in float16 on accelerators that gain from it (vectors stay float32)")
+        parser.add_argument("--no-fold-batchnorm", action="store_true",
+                            help="keras:NAME backbones and .keras/.h5 model files: run each BatchNorm as its own "
+                                 "layer instead of folding it into the convolution before it (the default, about "
+                                 "as exact and faster); to compare")
         parser.add_argument("--format", default="tfrecord", metavar="FORMATS",
                             help="what the feature shards are written as: tfrecord, parquet, or both as "
                                  "tfrecord,parquet (the same records in each; default: tfrecord)")

@@ -3,8 +3,15 @@ the backbone's own speed?
 
 Measured in one run, on this machine:
 
-1. the limit: the backbone's compiled forward pass alone, on uint8 batches already in memory, at each
-   candidate batch size (the best one counts);
+1. the limits:
+   - the forward-only limit: the backbone's compiled forward pass alone, on uint8 batches already in memory,
+     at each candidate batch size (the best one counts);
+   - the CPU limit: what the cores can do when each image must also be decoded. The decode cost is measured
+     on one core with the workers' own decoder (``decode_image``, the same preprocessing), the forward cost as
+     the CPU time the forward pass takes per image at the best batch size (all its threads); then
+     ``cpu_limit = cores / (decode + forward core-seconds per image)``. Both costs are CPU time, so other load
+     on the machine changes them little; the pipeline's rate is wall time, so its ratio to the CPU limit is
+     only meaningful on an otherwise idle machine;
 2. the pipeline: ``featurebeam extract`` as a user runs it (its default batch size unless told), end to end
    (listing, reading, decoding, inference, writing), run twice, on all the images and on a fifth of them.
    Every run pays a fixed start-up (Python and TensorFlow imports, the model build), so the pipeline's rate
@@ -12,7 +19,8 @@ Measured in one run, on this machine:
    overnight job sees. The end-to-end rate of the full run is reported too (and used when there are too few
    images for the two runs' times to differ clearly).
 
-The ratio is pipeline / limit. Peak memory is the largest resident-set high-water mark (VmHWM) of any
+The ratios are pipeline / forward-only limit (``ratio``) and pipeline / CPU limit (``ratio_to_cpu_limit``).
+Peak memory is the largest resident-set high-water mark (VmHWM) of any
 process of the full run.
 """
 
@@ -46,6 +54,12 @@ class BenchResult:
     ratio: float
     peak_rss_mb: float
     extract_flags: list
+    fold_batchnorm: bool = True             # BatchNorm folded into the convolutions (limit and pipeline)
+    cores: int = 0                          # cores this process may run on
+    decode_core_ms: float = 0.0             # one image's decoding, on one core (the workers' decoder)
+    forward_core_ms: float = 0.0            # one image's forward pass, CPU time of all its threads
+    cpu_limit_images_per_s: float = 0.0     # cores / (decode + forward), the most a pipeline can do here
+    ratio_to_cpu_limit: float = 0.0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -74,10 +88,32 @@ def _image_files(folder: str) -> list[str]:
     return sorted(found)
 
 
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity on this platform
+        return os.cpu_count() or 1
+
+
+def measure_decode(encoded: Sequence[bytes], preprocessing, repeats: int = 3) -> float:
+    """Core-seconds to decode one image with the workers' decoder (``decode_image``, this preprocessing): the
+    thread's CPU time over all of ``encoded``, the best of ``repeats`` passes, per image."""
+    from transforms.decode.images import decode_image
+
+    costs = []
+    for _ in range(repeats):
+        start = time.thread_time()
+        for data in encoded:
+            decode_image(data, preprocessing)
+        costs.append((time.thread_time() - start) / len(encoded))
+    return min(costs)
+
+
 def measure_limit(backbone, images: np.ndarray, batch_sizes: Sequence[int], seconds: float = 3.0,
-                  repeats: int = 3) -> dict[int, float]:
+                  repeats: int = 3, costs: dict | None = None) -> dict[int, float]:
     """images/s of the compiled forward pass alone at each batch size (median of ``repeats`` timed spans of at
-    least ``seconds``), with the same function the workers use."""
+    least ``seconds``), with the same function the workers use. ``costs``, when given, receives each batch
+    size's CPU time per image (seconds of all the process's threads)."""
     from transforms.embed.backbone import BackboneHandler
     from transforms.schema import OutputSpec
 
@@ -89,14 +125,17 @@ def measure_limit(backbone, images: np.ndarray, batch_sizes: Sequence[int], seco
     for size in batch_sizes:
         batch = np.stack([images[i % len(images)] for i in range(size)])
         model(batch)  # warm-up
-        spans = []
+        spans, cpu = [], []
         for _ in range(repeats):
-            done, start = 0, time.perf_counter()
+            done, start, start_cpu = 0, time.perf_counter(), time.process_time()
             while time.perf_counter() - start < seconds / repeats:
                 model(batch)
                 done += size
             spans.append(done / (time.perf_counter() - start))
+            cpu.append((time.process_time() - start_cpu) / done)
         rates[size] = float(np.median(spans))
+        if costs is not None:
+            costs[size] = float(np.median(cpu))
     return rates
 
 
@@ -198,13 +237,17 @@ def measure_pipeline(images: str, workdir: str, flags: Sequence[str]) -> tuple[f
 
 
 def run_bench(backbone_name: str, images: str | None, batch_size: int | None, flags: Sequence[str],
-              count: int = 600, log=print, limit_batch_sizes: Sequence[int] = (16, 32, 64)) -> BenchResult:
+              count: int = 600, log=print, limit_batch_sizes: Sequence[int] = (16, 32, 64),
+              weights: str | None = None, preprocessing: str | None = None,
+              fold_batchnorm: bool = True) -> BenchResult:
     """The limit is the best of ``limit_batch_sizes`` (and ``batch_size``); the pipeline runs as a user would
-    run it: with ``batch_size``, or extract's default without it."""
+    run it: with ``batch_size``, or extract's default without it. ``weights``, ``preprocessing`` and
+    ``fold_batchnorm`` are extract's ``--weights``, ``--preprocessing`` and (off) ``--no-fold-batchnorm``, for
+    both."""
     from pipeline.backbones.registry import resolve_backbone
     from transforms.decode.images import decode_image
 
-    backbone = resolve_backbone(backbone_name)
+    backbone = resolve_backbone(backbone_name, weights, preprocessing, fold_batchnorm=fold_batchnorm)
     workdir = tempfile.mkdtemp(prefix="featurebeam-bench-")
     try:
         if images is None:
@@ -214,20 +257,27 @@ def run_bench(backbone_name: str, images: str | None, batch_size: int | None, fl
         files = _image_files(images)
         if not files:
             raise ValueError(f"no files in {images}")
-        preloaded = []
+        encoded = []
         for path in files[:64]:
             with open(path, "rb") as f:
-                preloaded.append(decode_image(f.read(), backbone.preprocessing))
+                encoded.append(f.read())
+        preloaded = [decode_image(data, backbone.preprocessing) for data in encoded]
         sizes = sorted(set(limit_batch_sizes) | ({batch_size} if batch_size else set()))
-        log(f"limit: the compiled forward pass alone, batch sizes {', '.join(map(str, sizes))}")
-        rates = measure_limit(backbone, np.stack(preloaded), sizes)
+        log(f"limit: the compiled forward pass alone, batch sizes {', '.join(map(str, sizes))}; decoding on one core")
+        costs: dict = {}
+        rates = measure_limit(backbone, np.stack(preloaded), sizes, costs=costs)
         best = max(rates, key=rates.get)
+        decode_s, cores = measure_decode(encoded, backbone.preprocessing), usable_cores()
+        cpu_limit = cores / (decode_s + costs[best])
         log(f"pipeline: featurebeam extract on {len(files)} images, and on a fifth of them")
-        extract_flags = [f"--backbone={backbone_name}", *([f"--batch-size={batch_size}"] if batch_size else []),
-                         *flags]
+        extract_flags = [f"--backbone={backbone_name}", *([f"--weights={weights}"] if weights else []),
+                         *([f"--preprocessing={preprocessing}"] if preprocessing else []),
+                         *([] if fold_batchnorm else ["--no-fold-batchnorm"]),
+                         *([f"--batch-size={batch_size}"] if batch_size else []), *flags]
         marginal, end_to_end, peak, n = measure_pipeline(images, workdir, extract_flags)
         return BenchResult(backbone_name, n, rates[best], best, {str(k): v for k, v in rates.items()}, marginal,
-                           end_to_end, marginal / rates[best], peak, extract_flags)
+                           end_to_end, marginal / rates[best], peak, extract_flags, fold_batchnorm, cores,
+                           1000 * decode_s, 1000 * costs[best], cpu_limit, marginal / cpu_limit)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -237,9 +287,12 @@ def format_bench(r: BenchResult) -> str:
     return "\n".join([
         f"featurebeam bench: {r.backbone}, {r.images} images",
         f"  limit     {r.limit_images_per_s:7.1f} images/s  forward pass alone, batch {r.limit_batch_size} "
-        f"(by batch size: {by_size})",
+        f"(by batch size: {by_size}); BatchNorm {'folded' if r.fold_batchnorm else 'not folded'}",
         f"  pipeline  {r.pipeline_images_per_s:7.1f} images/s  featurebeam extract, start-up excluded "
         f"({r.pipeline_end_to_end_images_per_s:.1f} end to end, start-up included); {' '.join(r.extract_flags)}",
-        f"  ratio     {r.ratio:7.2f}            pipeline / limit",
+        f"  cpu limit {r.cpu_limit_images_per_s:7.1f} images/s  {r.cores} cores / (decode {r.decode_core_ms:.2f} ms + "
+        f"forward {r.forward_core_ms:.2f} ms of a core per image)",
+        f"  ratio     {r.ratio:7.2f}            pipeline / forward-only limit; {r.ratio_to_cpu_limit:.2f} pipeline / "
+        "cpu limit",
         f"  memory    {r.peak_rss_mb:7.0f} MB peak resident, largest process",
     ])

@@ -1,6 +1,7 @@
 """``keras:NAME``: any ``keras.applications`` architecture, with the weights of ``--weights PATH`` (a
 ``.weights.h5`` saved from it, local or gs://) or ImageNet weights downloaded by the launcher. Preprocessing
-uses the numbers of that family's ``preprocess_input``; BatchNorm runs in inference mode (moving statistics).
+uses the numbers of that family's ``preprocess_input``; BatchNorm runs in inference mode (moving statistics),
+folded into the convolution before it unless ``fold_batchnorm`` is off (``fold_batchnorm.py``).
 """
 
 from __future__ import annotations
@@ -64,8 +65,9 @@ def build_application(class_name: str, include_top: bool, weights: str | None):
     return application_class(class_name)(weights=weights, include_top=include_top, input_shape=(size, size, 3))
 
 
-def resolve(class_name: str, weights: str | None) -> BackboneSpec:
-    """keras.applications.CLASS with its weights (a file, or ImageNet's), hashed; its layers read once here."""
+def resolve(class_name: str, weights: str | None, fold_batchnorm: bool = True) -> BackboneSpec:
+    """keras.applications.CLASS with its weights (a file, or ImageNet's), hashed; its layers read once here.
+    Workers fold BatchNorm into the convolutions when ``fold_batchnorm``."""
     try:
         application_class(class_name)
         module, mode = family_of(class_name)
@@ -106,7 +108,7 @@ def resolve(class_name: str, weights: str | None) -> BackboneSpec:
         source=f"keras.applications.{class_name} ({'with' if include_top else 'without'} top), weights "
                f"{os.path.basename(origin)}; preprocessing as keras.applications.{module}.preprocess_input",
         options={"kind": "keras_application", "class_name": class_name, "include_top": include_top,
-                 "origin": origin},
+                 "origin": origin, "fold_batchnorm": fold_batchnorm},
         candidates=tuple(km.candidate_layers(model)),
         builder=__name__,
     )
@@ -118,4 +120,4 @@ def build(spec: BackboneSpec, layers: tuple):
     model = build_application(spec.options["class_name"], spec.options["include_top"], weights=None)
     model.load_weights(local)
     os.remove(local)
-    return km.with_layers(model, layers, spec.preprocessing, spec.name)
+    return km.with_layers(model, layers, spec.preprocessing, spec.name, fold=spec.options.get("fold_batchnorm", False))

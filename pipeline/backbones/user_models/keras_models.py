@@ -105,10 +105,16 @@ def local_path(path: str) -> str:
     return local_copy(data, "." + path.rsplit("/", 1)[-1].split(".", 1)[-1])
 
 
-def with_layers(model, layers, prep: ImagePreprocessing, name: str):
-    """uint8 NHWC in, ``{layer: activation}`` out, normalising inside the graph; BatchNorm in inference mode."""
+def with_layers(model, layers, prep: ImagePreprocessing, name: str, fold: bool = False):
+    """uint8 NHWC in, ``{layer: activation}`` out, normalising inside the graph; BatchNorm in inference mode,
+    with ``fold`` folded into the convolution before it wherever that convolution's own output is not needed
+    (``fold_batchnorm``: the requested layers keep their names and values)."""
     import keras
 
     core = keras.Model(model.inputs, {layer: model.get_layer(layer).output for layer in layers})
+    if fold:
+        from pipeline.backbones.user_models.fold_batchnorm import fold_batchnorm
+
+        core = fold_batchnorm(core)
     core.trainable = False
     return with_uint8_input(prep, name, lambda normalised: core(normalised, training=False))

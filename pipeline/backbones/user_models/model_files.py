@@ -1,5 +1,6 @@
 """A ``.keras`` or ``.h5`` model file as a backbone (local or gs://), loaded in Keras' safe mode (no arbitrary
-code); what it expects of pixels is told with ``--preprocessing`` (default ``raw``: 0-255 as floats)."""
+code); what it expects of pixels is told with ``--preprocessing`` (default ``raw``: 0-255 as floats). BatchNorm
+after a convolution is folded into it unless ``fold_batchnorm`` is off (``fold_batchnorm.py``)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ __all__ = ["MODEL_FILE_SUFFIXES", "resolve", "build"]
 MODEL_FILE_SUFFIXES = (".keras", ".h5")
 
 
-def resolve(path: str, preprocessing: str) -> BackboneSpec:
+def resolve(path: str, preprocessing: str, fold_batchnorm: bool = True) -> BackboneSpec:
     """The model file, hashed; its layers read once here (it must take square RGB images)."""
     try:
         model = km.load_model_file(km.local_path(path))
@@ -36,7 +37,7 @@ def resolve(path: str, preprocessing: str) -> BackboneSpec:
         default_layer=km.default_layer(table),
         source=f"model file {os.path.basename(path)} (loaded in Keras safe mode), preprocessing {preprocessing}",
         options={"kind": "model_file", "suffix": "." + path.rsplit(".", 1)[-1], "origin": path,
-                 "preprocessing": preprocessing},
+                 "preprocessing": preprocessing, "fold_batchnorm": fold_batchnorm},
         candidates=tuple(km.candidate_layers(model)),
         builder=__name__,
     )
@@ -47,4 +48,4 @@ def build(spec: BackboneSpec, layers: tuple):
     local = km.local_copy(spec.read_weights(), spec.options["suffix"])
     model = km.load_model_file(local)
     os.remove(local)
-    return km.with_layers(model, layers, spec.preprocessing, spec.name)
+    return km.with_layers(model, layers, spec.preprocessing, spec.name, fold=spec.options.get("fold_batchnorm", False))

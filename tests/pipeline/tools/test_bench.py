@@ -53,3 +53,24 @@ def test_bench_reports_both_rates_their_ratio_and_memory(capsys):
     for key in ("limit_images_per_s", "pipeline_images_per_s", "pipeline_end_to_end_images_per_s", "peak_rss_mb"):
         assert result[key] > 0, key
     assert result["ratio"] == pytest.approx(result["pipeline_images_per_s"] / result["limit_images_per_s"])
+    # the CPU limit: decoding and the forward pass, each in core-seconds per image, on the usable cores
+    assert result["decode_core_ms"] > 0 and result["forward_core_ms"] > 0 and result["cores"] >= 1
+    cost = (result["decode_core_ms"] + result["forward_core_ms"]) / 1000
+    assert result["cpu_limit_images_per_s"] == pytest.approx(result["cores"] / cost)
+    assert result["ratio_to_cpu_limit"] == pytest.approx(
+        result["pipeline_images_per_s"] / result["cpu_limit_images_per_s"])
+
+
+def test_decoding_cost_is_measured_with_the_workers_decoder(sample_photos, monkeypatch):
+    from pipeline.backbones.registry import resolve_backbone
+    from pipeline.tools import bench
+    from transforms.decode import images
+
+    prep = resolve_backbone("mobilenet_v2").preprocessing
+    photos = [sample_photos["china.jpg"], sample_photos["flower.jpg"]]
+    calls = []
+    real = images.decode_image
+    monkeypatch.setattr(images, "decode_image", lambda data, p, *a: calls.append((data, p)) or real(data, p, *a))
+    cost = bench.measure_decode(photos, prep, repeats=2)
+    assert calls == [(photos[0], prep), (photos[1], prep)] * 2  # every image, each pass, the run's preprocessing
+    assert cost > 0

@@ -2,6 +2,7 @@
 
     featurebeam extract --input DIR_OR_GLOB --output OUTDIR [--backbone NAME] [--batch-size N] [Beam flags]
     featurebeam train --features DIR --output MODELDIR [--head linear|mlp ...] [--test-features DIR]
+    featurebeam finetune --input TRAIN --output MODELDIR [--test-input TEST] [--unfreeze K] [--epochs N]
     featurebeam predict --model MODELDIR --input DIR_OR_GLOB --output OUTDIR [Beam flags]
     featurebeam inspect OUTDIR [--check]
     featurebeam export OUTDIR --to parquet|npy --output DIR [--feature-dtype float16] [Beam flags]
@@ -277,7 +278,14 @@ def cmd_report(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"extract": cmd_extract, "train": cmd_train, "predict": cmd_predict,
+def cmd_finetune(argv: Sequence[str]) -> int:
+    """Its flags and flow live in ``pipeline/finetune/command.py`` (imported here, when it runs)."""
+    from pipeline.finetune import command
+
+    return command.cmd_finetune(argv)
+
+
+COMMANDS = {"extract": cmd_extract, "train": cmd_train, "finetune": cmd_finetune, "predict": cmd_predict,
             "inspect": cmd_inspect, "export": cmd_export, "report": cmd_report, "bench": cmd_bench,
             "layers": cmd_layers, "demo": cmd_demo}
 
@@ -285,9 +293,10 @@ COMMANDS = {"extract": cmd_extract, "train": cmd_train, "predict": cmd_predict,
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: featurebeam {extract,train,predict,inspect,export,report,bench,layers,demo} ...\n\n"
+        print("usage: featurebeam {extract,train,finetune,predict,inspect,export,report,bench,layers,demo} ...\n\n"
               "  extract  extract backbone features of images into sharded TFRecords + manifest.json\n"
               "  train    train classifier heads on extracted features; export a serving model\n"
+              "  finetune fine-tune the top blocks of the backbone from a linear probe; export a serving model\n"
               "  predict  classify raw images with a trained model directory\n"
               "  inspect  summarise a feature set; --check verifies it against its manifest\n"
               "  export   convert a feature set to Parquet, or to .npy matrices + keys.parquet\n"

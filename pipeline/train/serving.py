@@ -17,14 +17,17 @@ __all__ = ["export_serving_model"]
 
 
 
-def export_serving_model(path: str, backbone_spec, output: OutputSpec, head, classes: Sequence[str]) -> None:
+def export_serving_model(path: str, backbone_spec, output: OutputSpec, head, classes: Sequence[str],
+                         backbone=None) -> None:
+    """``backbone``: the model to serve (uint8 images -> ``{layer: activation}``) when it is not the spec's own
+    frozen one (``featurebeam finetune``'s fine-tuned backbone); ``backbone_spec`` still gives preprocessing."""
     import keras
     import tensorflow as tf
 
     from transforms.decode.tf_images import decode_and_crop
     from transforms.embed.pooling import pool
 
-    backbone = backbone_spec.load([output.layer])
+    backbone = backbone if backbone is not None else backbone_spec.load([output.layer])
     prep = backbone_spec.preprocessing
     size = prep.crop
     names = list(classes)

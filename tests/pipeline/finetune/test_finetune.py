@@ -1,0 +1,103 @@
+"""featurebeam finetune end to end on real images (scikit-learn's digits, MobileNetV2): the fine-tuned model is
+never worse than the linear probe on held-out images (it is better on most splits, not all: see the comparison
+test); its serving model gives what the fine-tuned backbone and head give applied apart; featurebeam predict
+classifies with it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from pipeline.tools.demo import write_digits
+
+# All 1,797 digits: four in five to train (and validate), one in five held out. On fewer (a few hundred) the probe
+# already fits its train split exactly and fine-tuning finds nothing to learn from: more data is its price.
+N_IMAGES = 1797
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory):
+    from pipeline.finetune.command import cmd_finetune
+
+    # Keys are the images' paths and the validation split is their hash: a fixed folder keeps the split the same
+    # from run to run (a fresh temporary folder would draw another split each time).
+    root = tmp_path_factory.getbasetemp().parent / "featurebeam-finetune-digits"
+    shutil.rmtree(root, ignore_errors=True)
+    write_digits(str(root / "train"), lambda i: i % 5 != 0 and i < N_IMAGES)
+    write_digits(str(root / "test"), lambda i: i % 5 == 0 and i < N_IMAGES)
+    assert cmd_finetune(["--input", str(root / "train"), "--test-input", str(root / "test"),
+                         "--output", str(root / "model"), "--overwrite"]) == 0  # the defaults: 8 epochs at most
+    return root
+
+
+# Measured with the defaults (lr 3e-5, head 3e-4, 8 epochs, early stopping on validation log-loss) on four
+# key-hash splits of these 1,437 training digits (four folder names), test accuracy probe -> fine-tuned:
+# 97.50 -> 97.78, 97.22 -> 97.22 (best epoch 0: the probe kept), 98.06 -> 98.89, 97.22 -> 98.89. A strict gain on
+# every split is not met (one split in four keeps the probe), so what is asserted is what holds on all of them:
+# held-out accuracy and macro-F1 no lower than the probe's, the train images the same.
+@pytest.mark.slow
+def test_the_finetuned_model_is_never_worse_than_the_linear_probe_on_held_out_images(finetuned):
+    metrics = json.loads((finetuned / "model" / "metrics.json").read_text())
+    probe, tuned = (metrics["heads"][name]["splits"] for name in ("linear_probe", "finetuned"))
+    assert probe["test"]["examples"] == tuned["test"]["examples"] == 360
+    assert probe["train"]["examples"] == tuned["train"]["examples"]  # the same train images
+    assert metrics["heads"]["linear_probe"]["hyperparameters"]["finetune_start"] == "this fit"
+    assert tuned["test"]["accuracy"] >= probe["test"]["accuracy"]
+    assert tuned["test"]["macro_f1"] >= probe["test"]["macro_f1"]
+    assert sorted(tuned["test"]["per_class"]) == [str(d) for d in range(10)]
+    ft = metrics["finetune"]
+    assert ft["unfrozen_blocks"] == ["features.16", "features.17", "features.18"]
+    val_loss = ft["history"]["val_loss"]
+    assert val_loss[ft["best_epoch"]] == min(val_loss)  # early stopping kept the epoch of lowest validation loss
+    assert len(ft["history"]["val_accuracy"]) == ft["epochs_run"] + 1
+    assert metrics["reading"]["train"]["images"] == 1437 and metrics["reading"]["train"]["failed"] == 0
+    for name in ("learning_curve.png", "loss_curve.png", "model.json", "finetuned/top.keras",
+                 "heads/linear_probe/head.keras", "heads/finetuned/head.keras", "heads/finetuned/confusion_test.png"):
+        assert (finetuned / "model" / name).is_file(), name
+
+
+@pytest.mark.slow
+def test_the_serving_model_gives_the_finetuned_backbone_and_head_applied_apart(finetuned, mobilenet_spec):
+    import keras
+    import tensorflow as tf
+
+    from pipeline.finetune.model import split_backbone
+    from transforms.decode.images import decode_image
+    from transforms.embed.pooling import pool
+
+    model = finetuned / "model"
+    files = sorted((finetuned / "test").glob("*/*.png"))[::24]
+    data = [f.read_bytes() for f in files]
+    images = np.stack([decode_image(b, mobilenet_spec.preprocessing) for b in data])
+
+    split = split_backbone(mobilenet_spec, "features.18", 3)  # the frozen bottom, rebuilt from the weights
+    top = keras.saving.load_model(str(model / "finetuned" / "top.keras"), safe_mode=True)
+    head = keras.saving.load_model(str(model / "heads" / "finetuned" / "head.keras"), safe_mode=True)
+    apart = head(pool(top(split.bottom(split.normalize(images)), training=False), "avg")).numpy()
+    frozen = head(pool(split.top(split.bottom(split.normalize(images))), "avg")).numpy()
+    best_epoch = json.loads((model / "metrics.json").read_text())["finetune"]["best_epoch"]
+    assert (np.abs(apart - frozen).max() > 1e-3) == (best_epoch > 0)  # the served top is the trained one
+
+    serving = tf.saved_model.load(str(model / "serving"))
+    served = serving.classify_images(images)
+    np.testing.assert_allclose(served["probabilities"].numpy(), apart, atol=1e-5)
+    classes = json.loads((model / "model.json").read_text())["classes"]
+    assert [x.decode() for x in served["label"].numpy()] == [classes[i] for i in apart.argmax(axis=1)]
+    from_bytes = serving.serve(tf.constant(data))["probabilities"].numpy()  # decoded in the graph (PNG: lossless)
+    np.testing.assert_allclose(from_bytes, apart, atol=2e-3)
+
+
+@pytest.mark.slow
+def test_predict_classifies_with_the_finetuned_model(finetuned, tmp_path, worker_env):
+    from pipeline.flags import use_storage_flags, with_local_defaults
+    from pipeline.tools.predict import PredictConfig, run_prediction
+
+    config = PredictConfig.create(str(finetuned / "model"), [str(finetuned / "test")], str(tmp_path / "pred"),
+                                  batch_size=32)
+    summary = run_prediction(config, use_storage_flags(with_local_defaults([])))
+    metrics = json.loads((finetuned / "model" / "metrics.json").read_text())
+    assert (summary["classified"], summary["failed"], summary["labelled"]) == (360, 0, 360)
+    assert summary["accuracy_on_labelled"] == pytest.approx(metrics["heads"]["finetuned"]["splits"]["test"]["accuracy"])

@@ -175,6 +175,9 @@ def cmd_bench(argv: Sequence[str]) -> int:
                         help="model files: what the model expects of pixels (as for extract)")
     parser.add_argument("--no-fold-batchnorm", action="store_true",
                         help="keras:NAME and model files: BatchNorm as its own layer, not folded (to compare)")
+    parser.add_argument("--precision", choices=("float32", "bfloat16", "float16"), default="float32",
+                        help="the forward pass's type, as for extract; other than float32, the float32 limit is "
+                             "measured too and the speed-up reported")
     parser.add_argument("--images", metavar="DIR", help="a folder of JPEG files (default: generated 500x400 photos)")
     parser.add_argument("--count", type=int, default=600, help="photos to generate without --images (default 600)")
     parser.add_argument("--batch-size", type=int, metavar="N",
@@ -188,7 +191,8 @@ def cmd_bench(argv: Sequence[str]) -> int:
         raise UsageError("--batch-size must be at least 1 and --count at least 5")
     result = run_bench(own.backbone, own.images, own.batch_size, beam_argv, own.count,
                        log=lambda m: print(f"featurebeam bench: {m}", file=sys.stderr), weights=own.weights,
-                       preprocessing=own.preprocessing, fold_batchnorm=not own.no_fold_batchnorm)
+                       preprocessing=own.preprocessing, fold_batchnorm=not own.no_fold_batchnorm,
+                       precision=own.precision)
     print(result.to_json() if own.json else format_bench(result))
     return 0
 

@@ -117,7 +117,7 @@ def build_extraction(p: beam.Pipeline, config: ExtractConfig, progress_dir: str 
     records = _counted(read["records"], progress_dir, "read")
     extracted = records | "Extract features" >> ExtractFeatures(
         config.backbone, config.outputs, config.batch_size, config.threads_per_worker, config.max_pixels,
-        config.model_copies, config.mixed_precision)
+        config.model_copies, config.precision)
     _counted(extracted["embedded"], progress_dir, "embedded")
     feature_commits = extracted["embedded"] | "Commit features" >> CommitFeatures(
         config.output, config.outputs, config.records_per_shard, config.formats)

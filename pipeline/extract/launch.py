@@ -29,8 +29,10 @@ from pipeline.extract.options import (
     ExtractOptions,
     absolute,
     check_flags,
+    cpu_has_bfloat16,
     local_threads_per_worker,
     parse_formats,
+    precision_of,
     runner_name,
     uses_gpus,
 )
@@ -80,8 +82,13 @@ def configure(options: PipelineOptions) -> ExtractConfig:
     if backbone.modality == "text" and images:
         raise ConfigError(f"backbone {backbone.name} embeds text, but input {images[0]} is read as images; "
                           "give text inputs with --input-format text")
-    if backbone.modality == "text" and o.mixed_precision:
-        raise ConfigError(f"--mixed-precision is for image backbones; text backbone {backbone.name} runs in float32 "
+    precision = precision_of(options)
+    if precision == "bfloat16" and not gpus and runner_name(options) in LOCAL_RUNNERS and not cpu_has_bfloat16():
+        raise ConfigError("--precision bfloat16 needs a CPU with AVX-512 BF16 or AMX (or a GPU); this one has "
+                          "neither: drop the flag to run in float32")
+    if backbone.modality == "text" and precision != "float32":
+        flag = "--mixed-precision" if o.mixed_precision else f"--precision {precision}"
+        raise ConfigError(f"{flag} is for image backbones; text backbone {backbone.name} runs in float32 "
                           "(its LayerNorm epsilon and attention scores are not safe in float16)")
     if runner_name(options) not in LOCAL_RUNNERS:
         backbone = stage_backbone(backbone, remote_staging_location(options))
@@ -96,7 +103,7 @@ def configure(options: PipelineOptions) -> ExtractConfig:
     config = ExtractConfig(inputs, output, backbone, outputs, batch_size, o.records_per_shard, threads, o.overwrite,
                            o.max_failure_fraction, o.quiet, fields, int(o.read_chunk_mb * 2**20), o.max_image_pixels,
                            o.resume, model_copies=(1 if gpus else 0) if o.model_copies is None else o.model_copies,
-                           mixed_precision=o.mixed_precision, template_launch=o.template_launch, formats=formats)
+                           precision=precision, template_launch=o.template_launch, formats=formats)
     if o.resume:
         check_resumable(config)
     return config

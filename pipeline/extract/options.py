@@ -30,7 +30,8 @@ from transforms.schema import FEATURE_DTYPES, OutputSpec
 from transforms.schema import FORMATS as FORMATS_WRITTEN
 from transforms.write.commits import DEFAULT_RECORDS_PER_COMMIT
 
-__all__ = ["ExtractOptions", "ExtractConfig", "ConfigError", "parse_formats", "DEFAULT_RUNNER", "DEFAULT_LOCAL_FLAGS",
+__all__ = ["ExtractOptions", "ExtractConfig", "ConfigError", "parse_formats", "precision_of", "cpu_has_bfloat16",
+           "DEFAULT_RUNNER", "DEFAULT_LOCAL_FLAGS",
            "LOCAL_RUNNERS"]
 
 DEFAULT_RUNNER = "FnApiRunner"
@@ -112,6 +113,9 @@ class ExtractOptions(PipelineOptions):
                                  "several let batches overlap on a GPU; 0: each worker process loads its own (on a "
                                  "Dataflow GPU with NVIDIA MPS, so they share the GPU) (default: 1 when the job runs "
                                  "on GPUs, else 0)")
+        parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                            help="the forward pass in float32 (default), bfloat16 (CPUs with AVX-512 BF16 or AMX, "
+                                 "and GPUs) or float16 (GPUs); vectors are stored as float32 either way")
         parser.add_argument("--mixed-precision", action="store_true",
                             help="compute in float16 on accelerators that gain from it (vectors stay float32)")
         parser.add_argument("--no-fold-batchnorm", action="store_true",
@@ -164,7 +168,7 @@ class ExtractConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     resume: bool = False
     model_copies: int = 0            # 0: a model in each worker process; N: N per machine, shared (GPU workers)
-    mixed_precision: bool = False
+    precision: str = "float32"       # the forward pass: float32, float16 (--mixed-precision) or bfloat16
     template_launch: bool = False    # a template staged now runs now (Flex Template): prepare OUTDIR at launch
     formats: tuple[str, ...] = ("tfrecord",)  # what feature shards are written as (schema.FORMATS)
 
@@ -213,6 +217,27 @@ def check_flags(options: PipelineOptions) -> None:
     if o.read_chunk_mb <= 0:
         raise ConfigError(f"--read-chunk-mb must be positive, got {o.read_chunk_mb:g}")
     parse_formats(o.format)
+    if o.mixed_precision and o.precision not in (None, "float16"):
+        raise ConfigError(f"--mixed-precision (float16) contradicts --precision {o.precision}; choose one")
+
+
+PRECISIONS = ("float32", "bfloat16", "float16")
+
+
+def precision_of(options: PipelineOptions) -> str:
+    """The forward pass's type: --precision, or float16 with --mixed-precision, else float32."""
+    o = options.view_as(ExtractOptions)
+    return o.precision or ("float16" if o.mixed_precision else "float32")
+
+
+def cpu_has_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this machine's CPU computes bfloat16 natively (AVX-512 BF16 or AMX), from its flags."""
+    try:
+        with open(cpuinfo) as f:
+            flags = {word for line in f if line.startswith("flags") for word in line.split(":", 1)[1].split()}
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 CPU_BATCH_SIZE = 32

@@ -26,7 +26,7 @@ def run_settings(config: ExtractConfig) -> dict:
         "format_version": FORMAT_VERSION,
         "backbone": {"name": backbone["name"], "weights_sha256": backbone["weights_sha256"],
                      "preprocessing": backbone["preprocessing"]},
-        "mixed_precision": config.mixed_precision,
+        "precision": config.precision,
         "fold_batchnorm": bool(getattr(config.backbone, "folds_batchnorm", False)),  # test fakes lack it
         "outputs": [o.to_json() for o in config.outputs],
         "inputs": [spec.to_json() for spec in config.inputs],
@@ -41,7 +41,7 @@ _SETTING_NAMES = {"backbone": "--backbone (its weights or --preprocessing)",
                   "inputs": "--input/--input-format",
                   "fields": "field options (--*-field, --*-feature, --max-input-bytes, --allow-outside-paths)",
                   "format_version": "the feature set format", "max_image_pixels": "--max-image-pixels",
-                  "mixed_precision": "--mixed-precision"}
+                  "precision": "--precision (or --mixed-precision)"}
 
 
 # Recorded in run.json, never compared by --resume (see the module docstring).
@@ -58,6 +58,8 @@ def check_resumable(config: ExtractConfig) -> None:
         raise ConfigError(f"nothing to resume in {config.output}: it has no {RUN_NAME} from an earlier run "
                           "(drop --resume to start one)") from None
     recorded.setdefault("formats", ["tfrecord"])  # runs recorded before --format wrote TFRecord only
+    if "precision" not in recorded:  # recorded before --precision: --mixed-precision said float16
+        recorded["precision"] = "float16" if recorded.pop("mixed_precision", False) else "float32"
     current = run_settings(config)
     for name, value in current.items():
         if name not in RECORDED_ONLY and recorded.get(name) != value:

@@ -60,6 +60,9 @@ class BenchResult:
     forward_core_ms: float = 0.0            # one image's forward pass, CPU time of all its threads
     cpu_limit_images_per_s: float = 0.0     # cores / (decode + forward), the most a pipeline can do here
     ratio_to_cpu_limit: float = 0.0
+    precision: str = "float32"              # the forward pass's type (limit and pipeline)
+    float32_limit_images_per_s: float = 0.0  # with another precision: the float32 limit, measured beside it
+    precision_speedup: float = 1.0          # limit / float32 limit
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -110,7 +113,7 @@ def measure_decode(encoded: Sequence[bytes], preprocessing, repeats: int = 3) ->
 
 
 def measure_limit(backbone, images: np.ndarray, batch_sizes: Sequence[int], seconds: float = 3.0,
-                  repeats: int = 3, costs: dict | None = None) -> dict[int, float]:
+                  repeats: int = 3, costs: dict | None = None, precision: str = "float32") -> dict[int, float]:
     """images/s of the compiled forward pass alone at each batch size (median of ``repeats`` timed spans of at
     least ``seconds``), with the same function the workers use. ``costs``, when given, receives each batch
     size's CPU time per image (seconds of all the process's threads)."""
@@ -120,7 +123,7 @@ def measure_limit(backbone, images: np.ndarray, batch_sizes: Sequence[int], seco
     layer = backbone.default_layer
     shape = backbone.layer_shapes[layer]
     output = OutputSpec(layer, layer, "avg" if len(shape) > 1 else "none", int(shape[-1]))
-    model = BackboneHandler(backbone, [output], batch_size=max(batch_sizes)).load_model()
+    model = BackboneHandler(backbone, [output], batch_size=max(batch_sizes), precision=precision).load_model()
     rates = {}
     for size in batch_sizes:
         batch = np.stack([images[i % len(images)] for i in range(size)])
@@ -239,7 +242,7 @@ def measure_pipeline(images: str, workdir: str, flags: Sequence[str]) -> tuple[f
 def run_bench(backbone_name: str, images: str | None, batch_size: int | None, flags: Sequence[str],
               count: int = 600, log=print, limit_batch_sizes: Sequence[int] = (16, 32, 64),
               weights: str | None = None, preprocessing: str | None = None,
-              fold_batchnorm: bool = True) -> BenchResult:
+              fold_batchnorm: bool = True, precision: str = "float32") -> BenchResult:
     """The limit is the best of ``limit_batch_sizes`` (and ``batch_size``); the pipeline runs as a user would
     run it: with ``batch_size``, or extract's default without it. ``weights``, ``preprocessing`` and
     ``fold_batchnorm`` are extract's ``--weights``, ``--preprocessing`` and (off) ``--no-fold-batchnorm``, for
@@ -265,19 +268,25 @@ def run_bench(backbone_name: str, images: str | None, batch_size: int | None, fl
         sizes = sorted(set(limit_batch_sizes) | ({batch_size} if batch_size else set()))
         log(f"limit: the compiled forward pass alone, batch sizes {', '.join(map(str, sizes))}; decoding on one core")
         costs: dict = {}
-        rates = measure_limit(backbone, np.stack(preloaded), sizes, costs=costs)
+        rates = measure_limit(backbone, np.stack(preloaded), sizes, costs=costs, precision=precision)
         best = max(rates, key=rates.get)
+        float32_best = rates[best]
+        if precision != "float32":
+            log(f"limit in float32 too, beside {precision}")
+            float32_best = max(measure_limit(backbone, np.stack(preloaded), sizes).values())
         decode_s, cores = measure_decode(encoded, backbone.preprocessing), usable_cores()
         cpu_limit = cores / (decode_s + costs[best])
         log(f"pipeline: featurebeam extract on {len(files)} images, and on a fifth of them")
         extract_flags = [f"--backbone={backbone_name}", *([f"--weights={weights}"] if weights else []),
                          *([f"--preprocessing={preprocessing}"] if preprocessing else []),
                          *([] if fold_batchnorm else ["--no-fold-batchnorm"]),
+                         *([f"--precision={precision}"] if precision != "float32" else []),
                          *([f"--batch-size={batch_size}"] if batch_size else []), *flags]
         marginal, end_to_end, peak, n = measure_pipeline(images, workdir, extract_flags)
         return BenchResult(backbone_name, n, rates[best], best, {str(k): v for k, v in rates.items()}, marginal,
                            end_to_end, marginal / rates[best], peak, extract_flags, fold_batchnorm, cores,
-                           1000 * decode_s, 1000 * costs[best], cpu_limit, marginal / cpu_limit)
+                           1000 * decode_s, 1000 * costs[best], cpu_limit, marginal / cpu_limit, precision,
+                           float32_best, rates[best] / float32_best)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -287,7 +296,9 @@ def format_bench(r: BenchResult) -> str:
     return "\n".join([
         f"featurebeam bench: {r.backbone}, {r.images} images",
         f"  limit     {r.limit_images_per_s:7.1f} images/s  forward pass alone, batch {r.limit_batch_size} "
-        f"(by batch size: {by_size}); BatchNorm {'folded' if r.fold_batchnorm else 'not folded'}",
+        f"(by batch size: {by_size}); BatchNorm {'folded' if r.fold_batchnorm else 'not folded'}; {r.precision}"
+        + (f", {r.precision_speedup:.2f}x float32's {r.float32_limit_images_per_s:.1f}" if r.precision != "float32"
+           else ""),
         f"  pipeline  {r.pipeline_images_per_s:7.1f} images/s  featurebeam extract, start-up excluded "
         f"({r.pipeline_end_to_end_images_per_s:.1f} end to end, start-up included); {' '.join(r.extract_flags)}",
         f"  cpu limit {r.cpu_limit_images_per_s:7.1f} images/s  {r.cores} cores / (decode {r.decode_core_ms:.2f} ms + "

@@ -30,12 +30,12 @@ class ExtractFeatures(beam.PTransform):
 
     def __init__(self, backbone, outputs: Sequence[OutputSpec], batch_size: int = 32,
                  threads: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, model_copies: int = 0,
-                 mixed_precision: bool = False):
+                 precision: str = "float32"):
         super().__init__()
         self._backbone = backbone
         self._max_pixels = max_pixels
         self._handler = KeyedModelHandler(RetryOneByOne(BackboneHandler(
-            backbone, outputs, batch_size, threads, model_copies, mixed_precision)))
+            backbone, outputs, batch_size, threads, model_copies, precision)))
 
     def expand(self, records):
         if getattr(self._backbone, "modality", "image") == "text":

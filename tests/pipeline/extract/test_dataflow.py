@@ -260,6 +260,7 @@ EXAMPLES = {"input": "gs://bucket/images/", "output": "gs://bucket/features", "b
             "weights": "gs://bucket/w.weights.h5", "layer": "features.18", "pooling": "max", "input_format": "tar",
             "uri_field": "path", "label_field": "class", "text_field": "body", "records_per_shard": "5000",
             "batch_size": "64", "gpu": "nvidia-l4", "model_copies": "2", "mixed_precision": "true",
+            "precision": "float16",
             "max_image_pixels": "50000000", "overwrite": "false", "resume": "true"}
 
 

@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from pipeline.cli import main
+from pipeline.extract.options import cpu_has_bfloat16
 from pipeline.extract.progress import format_progress
 from pipeline.extract.summary import format_summary
 from transforms import schema
@@ -33,8 +34,10 @@ def model_file(tmp_path_factory):
 
 @pytest.mark.parametrize("changed, named", [
     (["--preprocessing", "torch"], "--backbone (its weights or --preprocessing)"),
-    (["--preprocessing", "raw", "--mixed-precision"], "--mixed-precision"),
-], ids=["preprocessing", "mixed-precision"])
+    (["--preprocessing", "raw", "--mixed-precision"], "--precision (or --mixed-precision)"),
+    pytest.param(["--preprocessing", "raw", "--precision", "bfloat16"], "--precision (or --mixed-precision)",
+                 marks=pytest.mark.skipif(not cpu_has_bfloat16(), reason="this CPU has no bfloat16")),
+], ids=["preprocessing", "mixed-precision", "bfloat16"])
 def test_resume_refuses_settings_that_change_the_outputs(tmp_path, small_images, model_file, capsys, changed, named):
     out = str(tmp_path / "out")
     base = ["extract", "--input", str(small_images), "--output", out, "--backbone", model_file, "--quiet"]

@@ -46,8 +46,16 @@ def test_gpu_jobs_get_larger_batches_and_one_model_per_machine(tmp_path, sample_
 
 @pytest.mark.slow
 def test_bench_reports_both_rates_their_ratio_and_memory(capsys):
-    assert main(["bench", "--count", "15", "--batch-size", "4", "--json"]) == 0
+    from pipeline.extract.options import cpu_has_bfloat16
+
+    precision = "bfloat16" if cpu_has_bfloat16() else "float32"
+    assert main(["bench", "--count", "15", "--batch-size", "4", "--json", "--precision", precision]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["precision"] == precision
+    if precision == "bfloat16":  # the float32 limit measured beside it, and the speed-up
+        assert "--precision=bfloat16" in result["extract_flags"] and result["float32_limit_images_per_s"] > 0
+        assert result["precision_speedup"] == pytest.approx(
+            result["limit_images_per_s"] / result["float32_limit_images_per_s"])
     assert result["images"] == 15 and set(result["limit_by_batch_size"]) == {"4", "16", "32", "64"}
     assert "--batch-size=4" in result["extract_flags"]
     for key in ("limit_images_per_s", "pipeline_images_per_s", "pipeline_end_to_end_images_per_s", "peak_rss_mb"):

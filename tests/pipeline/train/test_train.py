@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pytest
 
+from pipeline.extract.options import cpu_has_bfloat16
 from pipeline.train import heads
 from pipeline.train.config import TrainConfig
 from pipeline.train.feature_sets import FeatureSetError, load_table, open_feature_sets, validation_mask
@@ -45,6 +46,30 @@ def test_float16_digits_features_train_to_the_float32_accuracy(digits_features, 
     accuracy = {name: r["heads"]["linear"]["splits"]["test"]["accuracy"] for name, r in (("16", report), ("32", full))}
     print(json.dumps({"digits test accuracy": accuracy}))
     assert abs(accuracy["16"] - accuracy["32"]) <= 0.005 and accuracy["32"] > 0.9
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not cpu_has_bfloat16(), reason="this CPU computes no bfloat16")
+def test_bfloat16_digits_features_train_to_the_float32_accuracy(digits_features, digits_model, tmp_path):
+    """The digits extracted with the forward pass in bfloat16 train to the float32 set's test accuracy."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.extract.job import run_extraction
+    from pipeline.extract.launch import configure
+
+    for split in ("train", "test"):
+        options = PipelineOptions(["--runner=FnApiRunner", "--input", str(digits_features / "images" / split),
+                                   "--output", str(tmp_path / split), "--precision", "bfloat16"])
+        config = configure(options)
+        assert config.precision == "bfloat16"
+        run_extraction(config, options)
+    report = run_training(TrainConfig(features=(str(tmp_path / "train"),), test_features=(str(tmp_path / "test"),),
+                                      output=str(tmp_path / "model"), heads=("linear",)), **QUIET)
+    _, full = digits_model
+    accuracy = {name: r["heads"]["linear"]["splits"]["test"]["accuracy"] for name, r in (("bf16", report),
+                                                                                         ("32", full))}
+    print(json.dumps({"digits test accuracy": accuracy}))
+    assert abs(accuracy["bf16"] - accuracy["32"]) <= 0.005 and accuracy["32"] > 0.9
 
 
 @pytest.mark.slow

@@ -50,9 +50,14 @@ def test_float16_digits_features_train_to_the_float32_accuracy(digits_features, 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not cpu_has_bfloat16(), reason="this CPU computes no bfloat16")
-def test_bfloat16_digits_features_train_to_the_float32_accuracy(digits_features, digits_model, tmp_path):
-    """The digits extracted with the forward pass in bfloat16 train to the float32 set's test accuracy."""
+def test_bfloat16_digits_features_probe_within_half_a_point_of_float32(digits_features, tmp_path):
+    """The digits extracted with the forward pass in bfloat16: a linear probe's accuracy, 5-fold cross-validated
+    over all 1,797 digits with the same folds, within 0.5 point of the float32 features'. (One 360-digit
+    held-out split moves by 1 to 4 digits, 0.3 to 1.1 points, either way: too coarse to tell 0.5 point.)"""
     from apache_beam.options.pipeline_options import PipelineOptions
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from threadpoolctl import threadpool_limits
 
     from pipeline.extract.job import run_extraction
     from pipeline.extract.launch import configure
@@ -63,13 +68,22 @@ def test_bfloat16_digits_features_train_to_the_float32_accuracy(digits_features,
         config = configure(options)
         assert config.precision == "bfloat16"
         run_extraction(config, options)
-    report = run_training(TrainConfig(features=(str(tmp_path / "train"),), test_features=(str(tmp_path / "test"),),
-                                      output=str(tmp_path / "model"), heads=("linear",)), **QUIET)
-    _, full = digits_model
-    accuracy = {name: r["heads"]["linear"]["splits"]["test"]["accuracy"] for name, r in (("bf16", report),
-                                                                                         ("32", full))}
-    print(json.dumps({"digits test accuracy": accuracy}))
-    assert abs(accuracy["bf16"] - accuracy["32"]) <= 0.005 and accuracy["32"] > 0.9
+
+    def digits(root):
+        table = load_table(open_feature_sets([str(root / "train"), str(root / "test")]))
+        order = np.argsort(table.keys)
+        return table.keys[order], table.x[order], np.array([int(label) for label in table.labels[order]])
+
+    keys, x32, y = digits(digits_features)
+    bf_keys, x16, bf_y = digits(tmp_path)
+    assert (keys == bf_keys).all() and (y == bf_y).all() and len(keys) == 1797
+    assert not np.array_equal(x32, x16)
+    folds = StratifiedKFold(5, shuffle=True, random_state=0)
+    with threadpool_limits(2, user_api="blas"):
+        accuracy = {name: float((cross_val_predict(LogisticRegression(C=1.0, max_iter=3000), x, y, cv=folds)
+                                 == y).mean()) for name, x in (("float32", x32), ("bfloat16", x16))}
+    print(json.dumps({"digits 5-fold probe accuracy": accuracy}))
+    assert abs(accuracy["bfloat16"] - accuracy["float32"]) <= 0.005 and accuracy["float32"] > 0.9
 
 
 @pytest.mark.slow

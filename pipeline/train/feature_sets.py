@@ -91,18 +91,12 @@ def _check_dim(vector, source: FeatureSource, path: str, key: str) -> None:
                               f"{source.output.name!r}, but the manifest says {source.output.dim}")
 
 
-def _shard_records(path: str, output: schema.OutputSpec):
-    """FeatureRecords of one shard of either format (``schema.read_shard``: tfrecord-lite for local TFRecord
-    files, about 20x faster than parsing protos in Python; Beam's FileSystems elsewhere)."""
-    return schema.read_shard(path, [output])
-
-
 def _read_shard(source: FeatureSource, path: str):
     """(keys, labels, rows) of one shard, each row's dim checked against the manifest."""
     keys, labels, rows = [], [], []
     name = source.output.name
     try:
-        for record in _shard_records(path, source.output):
+        for record in schema.read_shard(path, [source.output]):  # either format, local or remote
             _check_dim(record.vectors[name], source, path, record.key)
             keys.append(record.key)
             labels.append(record.label)

@@ -15,11 +15,11 @@ from pipeline.cli import main
 from pipeline.extract.job import run_extraction
 from pipeline.extract.options import ConfigError, ExtractConfig, parse_formats
 from pipeline.tools.inspect import inspect_feature_set
-from tests.commit_tools import commit_keys, resolve_in
+from tests.commit_tools import commit_keys, read_committed, recommit_with, resolve_in
 from tests.fakes import MEAN_COLOUR, MeanColourBackbone
 from transforms import schema
 from transforms.read.inputs import InputSpec
-from transforms.write import commits, committed
+from transforms.write import committed
 
 IN_PROCESS = ["--runner=FnApiRunner"]
 BOTH = ("tfrecord", "parquet")
@@ -148,23 +148,21 @@ def test_a_retried_bundles_copy_is_dropped_from_both_formats(tmp_path, labelled_
     run_extraction(config, PipelineOptions(IN_PROCESS))
     first, second = [c for c in committed.read_commits(config.output) if c.kind == "features"][:2]
 
-    def read(path):
-        with open(os.path.join(config.output, path), "rb") as f:
-            return f.read()
-
     import io
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    def join(mine, theirs):  # Parquet files are joined as tables, the others as bytes
+        data = [read_committed(config.output, rel) for rel in (mine, theirs)]
+        if not mine.endswith(".parquet"):
+            return b"".join(data)
+        out = io.BytesIO()
+        pq.write_table(pa.concat_tables([pq.read_table(io.BytesIO(d)) for d in data]), out)
+        return out.getvalue()
+
     # the second commit also holds the first one's records, in both files (a retried bundle's output)
-    tables = [pq.read_table(io.BytesIO(read(c.also[0].path))) for c in (second, first)]
-    both = io.BytesIO()
-    pq.write_table(pa.concat_tables(tables), both)
-    placed = [commits.place_file(config.output, second.id, second.path, data=read(second.path) + read(first.path)),
-              commits.place_file(config.output, second.id, second.also[0].path, data=both.getvalue())]
-    commits.commit_files(config.output, second.id, second.kind, placed, read(second.keys_path) + read(first.keys_path),
-                         records=second.records + first.records, labels=tuple(sorted({*first.labels, *second.labels})))
+    recommit_with(config.output, second, first, join)
 
     assert resolve_in(config.output) == (1, first.records, min(commit_keys(config.output, first)))
     rewritten = next(c for c in committed.read_commits(config.output) if c.id == second.id)

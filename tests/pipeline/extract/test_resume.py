@@ -18,12 +18,12 @@ from PIL import Image
 from pipeline.cli import main
 from pipeline.extract.job import run_extraction
 from pipeline.extract.options import ExtractConfig
-from tests.commit_tools import commit_keys, resolve_in
+from tests.commit_tools import commit_keys, recommit_with, resolve_in
 from tests.conftest import REPO
 from tests.fakes import MEAN_COLOUR, MeanColourBackbone
 from transforms import schema
 from transforms.read.inputs import InputSpec
-from transforms.write import commits, committed
+from transforms.write import committed
 
 IN_PROCESS = ["--runner=FnApiRunner"]
 
@@ -96,15 +96,7 @@ def test_a_key_committed_twice_is_kept_once(tmp_path, colours, worker_env):
     config = _config(tmp_path, colours)
     run_extraction(config, PipelineOptions(IN_PROCESS))
     first, second = [c for c in committed.read_commits(config.output) if c.kind == "features"][:2]
-    # what a distributed runner's retried bundle can leave: the same record committed in two files
-    def read(path):
-        with open(os.path.join(config.output, path), "rb") as f:
-            return f.read()
-
-    placed = commits.place_file(config.output, second.id, second.path, data=read(second.path) + read(first.path))
-    commits.commit_files(config.output, second.id, second.kind, [placed],
-                         read(second.keys_path) + read(first.keys_path),
-                         records=second.records + first.records, labels=tuple(sorted({*first.labels, *second.labels})))
+    recommit_with(config.output, second, first)  # what a distributed runner's retried bundle can leave
 
     assert resolve_in(config.output) == (1, first.records, min(commit_keys(config.output, first)))
     keys = [k for c in committed.read_commits(config.output) for k in commit_keys(config.output, c)]

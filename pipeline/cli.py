@@ -49,7 +49,7 @@ def cmd_extract(argv: Sequence[str]) -> int:
     from pipeline.extract.job import run_extraction
     from pipeline.extract.launch import configure
     from pipeline.extract.options import runner_name
-    from pipeline.extract.summary import format_staged, format_summary, large_record_warnings
+    from pipeline.extract.summary import format_staged, format_summary, large_record_warnings, text_input_notes
 
     split_flags(_extract_parser(), argv)  # rejects flags that neither featurebeam nor Beam knows
     argv = with_local_defaults(argv)
@@ -60,6 +60,8 @@ def cmd_extract(argv: Sequence[str]) -> int:
     config = configure(options)
     for warning in large_record_warnings(config.outputs):
         print(warning, file=sys.stderr)
+    for note in [] if config.quiet else text_input_notes(config):
+        print(note, file=sys.stderr)
     start = time.monotonic()
     manifest = run_extraction(config, options, progress=not config.quiet)
     if manifest is None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+from collections.abc import Sequence
 
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
@@ -39,7 +40,18 @@ from pipeline.extract.options import (
 from pipeline.extract.settings import check_resumable, run_settings
 from pipeline.folders import objects_under
 from transforms.embed.pooling import pooled_dim
-from transforms.read.inputs import InputSpec, is_glob, local_path
+from transforms.read import tables
+from transforms.read.files import open_regular
+from transforms.read.inputs import (
+    AUTO,
+    AUTO_TEXT,
+    IMAGE_FORMATS,
+    TEXT_FORMATS,
+    InputSpec,
+    escape_glob,
+    is_glob,
+    local_path,
+)
 from transforms.read.storage import (
     bound_storage_retries,
     bucket_exists,
@@ -61,7 +73,7 @@ from transforms.schema import (
 )
 from transforms.write import committed
 
-__all__ = ["configure", "prepare_output", "resolve_input", "resolve_outputs", "check_output_dir",
+__all__ = ["configure", "prepare_output", "check_formats", "check_text_field", "resolve_input", "resolve_outputs", "check_output_dir",
            "clear_previous_outputs", "use_storage_options"]
 
 
@@ -72,16 +84,9 @@ def configure(options: PipelineOptions) -> ExtractConfig:
     gpus = uses_gpus(options)
     batch_size = o.batch_size if o.batch_size is not None else GPU_BATCH_SIZE if gpus else CPU_BATCH_SIZE
     use_storage_options(options)
-    inputs = tuple(resolve_input(uri, o.input_format) for uri in o.input)
     backbone = resolve_backbone(o.backbone, o.weights, o.preprocessing, fold_batchnorm=not o.no_fold_batchnorm)
-    text = [spec.uri for spec in inputs if spec.format == "text"]
-    images = [spec.uri for spec in inputs if spec.format != "text"]
-    if backbone.modality == "image" and text:
-        raise ConfigError(f"input {text[0]} is text, but backbone {backbone.name} embeds images; "
-                          "choose a text backbone")
-    if backbone.modality == "text" and images:
-        raise ConfigError(f"backbone {backbone.name} embeds text, but input {images[0]} is read as images; "
-                          "give text inputs with --input-format text")
+    inputs = tuple(resolve_input(uri, o.input_format, backbone.modality) for uri in o.input)
+    check_formats(inputs, backbone)
     precision = precision_of(options)
     if precision == "bfloat16" and not gpus and runner_name(options) in LOCAL_RUNNERS and not cpu_has_bfloat16():
         raise ConfigError("--precision bfloat16 needs a CPU with AVX-512 BF16 or AMX (or a GPU); this one has "
@@ -100,6 +105,8 @@ def configure(options: PipelineOptions) -> ExtractConfig:
     threads = o.threads_per_worker or local_threads_per_worker(options)
     fields = InputFields(o.uri_field, o.label_field, o.split_field, o.text_field, o.id_field, o.image_feature,
                          o.label_feature, max_input_bytes=o.max_input_bytes, allow_outside_paths=o.allow_outside_paths)
+    for spec in inputs:
+        check_text_field(spec, fields)
     config = ExtractConfig(inputs, output, backbone, outputs, batch_size, o.records_per_shard, threads, o.overwrite,
                            o.max_failure_fraction, o.quiet, fields, int(o.read_chunk_mb * 2**20), o.max_image_pixels,
                            o.resume, model_copies=(1 if gpus else 0) if o.model_copies is None else o.model_copies,
@@ -147,11 +154,43 @@ def _missing_bucket(uri: str) -> str | None:
     return None
 
 
-def resolve_input(uri: str, input_format: str = "auto") -> InputSpec:
+def check_formats(inputs: Sequence[InputSpec], backbone) -> None:
+    """Every input in a format the backbone's modality can read: images from loose files, manifests, tar shards
+    and TFRecord files; texts from tables, lines, and loose files (or manifests of them) of one text each."""
+    allowed = TEXT_FORMATS if backbone.modality == "text" else IMAGE_FORMATS
+    for spec in inputs:
+        if spec.format in allowed or spec.format in (AUTO, AUTO_TEXT):
+            continue
+        if backbone.modality == "text":
+            raise ConfigError(f"backbone {backbone.name} embeds text, but input {spec.uri} is read as images "
+                              f"({spec.format}): give .jsonl/.csv/.tsv tables, .txt files, or --input-format lines")
+        raise ConfigError(f"input {spec.uri} is read as texts (--input-format {spec.format}), but backbone "
+                          f"{backbone.name} embeds images; choose a text backbone (minilm_l6)")
+
+
+def check_text_field(spec: InputSpec, fields: InputFields) -> None:
+    """A text table given as one file whose first row has no ``--text-field`` is refused, naming the fields it
+    has (one line is read). Globs and directories are left to the workers, which record each such row."""
+    if spec.format != "text" or spec.pattern != escape_glob(spec.uri):
+        return
+    try:
+        with open_regular(spec.uri) as f:
+            first = next(tables.iter_rows(spec.uri, tables.bounded_lines(f, fields.max_input_bytes)), None)
+    except Exception:  # what cannot be read is recorded by the workers, with its reason
+        return
+    if first is None or not isinstance(first[1], dict) or fields.text in first[1]:
+        return
+    names = ", ".join(repr(name) for name in list(first[1])[:12]) or "none"
+    raise ConfigError(f"input {spec.uri}: its first row has no field {fields.text!r} (it has {names}); name the "
+                      "field that holds the text with --text-field")
+
+
+def resolve_input(uri: str, input_format: str = "auto", modality: str = "image") -> InputSpec:
     """Classify one ``--input`` and check, cheaply, that it names at least one file (no data is read).
 
     A path that exists (a file or directory; an object or prefix) is taken literally, glob characters and all;
-    only then is it a glob. A ``file://`` URI is the local path it names."""
+    only then is it a glob. A ``file://`` URI is the local path it names. ``auto`` formats follow the file
+    extension as read by a backbone of ``modality``: a ``.jsonl`` is a manifest of images, or a table of texts."""
     try:
         uri = absolute(local_path(uri))
     except ValueError as e:
@@ -159,11 +198,11 @@ def resolve_input(uri: str, input_format: str = "auto") -> InputSpec:
     fmt = None if input_format == "auto" else input_format
     if "://" in uri and (missing := _missing_bucket(uri)):
         raise ConfigError(f"input {uri}: {missing}")
-    literal = _literal_input(uri, fmt)
+    literal = _literal_input(uri, fmt, modality)
     if literal is not None:
         return literal
     if is_glob(uri):
-        spec = InputSpec.glob(uri, fmt)
+        spec = InputSpec.glob(uri, fmt, modality)
         try:
             (result,) = FileSystems.match([spec.pattern], limits=[1])
         except Exception as e:
@@ -175,7 +214,7 @@ def resolve_input(uri: str, input_format: str = "auto") -> InputSpec:
     raise ConfigError(f"input {uri} matches no files")
 
 
-def _literal_input(uri: str, fmt: str | None) -> InputSpec | None:
+def _literal_input(uri: str, fmt: str | None, modality: str = "image") -> InputSpec | None:
     """The spec of an input that exists as named, taken literally: a file or object, or a directory or prefix
     that holds files (an empty directory is a ``ConfigError``); None when nothing has that very name.
 
@@ -183,14 +222,14 @@ def _literal_input(uri: str, fmt: str | None) -> InputSpec | None:
     path before its first glob character (the workers do match it)."""
     if "://" not in uri:
         if os.path.isfile(uri):
-            return InputSpec.file(uri, fmt)
+            return InputSpec.file(uri, fmt, modality)
         if not os.path.isdir(uri):
             return None
         if not any(files for _, _, files in os.walk(uri)):
             raise ConfigError(f"input {uri} matches no files")
         return InputSpec.directory(uri, fmt or "files")
     if not uri.endswith("/") and FileSystems.exists(uri):
-        return InputSpec.file(uri, fmt)
+        return InputSpec.file(uri, fmt, modality)
     try:  # the store's listing of a literal prefix, first page only
         listing = FileSystems.get_filesystem(uri)._list(uri.rstrip("/") + "/")
         holds_objects = next(iter(listing), None) is not None

@@ -48,12 +48,14 @@ class ExtractOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument("--input", action="append", metavar="INPUT",
-                            help="a directory of images (recursive; first-level subfolders are labels), a glob or "
-                                 "a file: loose images, .csv/.jsonl manifests, .tar shards, .tfrecord files; "
+                            help="a directory (recursive; first-level subfolders are labels), a glob or a file: "
+                                 "loose images, .csv/.jsonl manifests, .tar shards, .tfrecord files; with a text "
+                                 "backbone, .jsonl/.csv/.tsv tables of texts and .txt files (one text each); "
                                  "local, gs:// or s3://; repeatable")
         parser.add_argument("--input-format", default="auto", choices=("auto",) + FORMATS,
-                            help="how to read every --input (default auto: from the file extension; a directory "
-                                 "is loose files; text is never guessed)")
+                            help="how to read every --input (default auto: from the file extension and the "
+                                 "backbone; a directory is loose files); text: rows of a table; lines: one text "
+                                 "per line")
         fields = InputFields()
         parser.add_argument("--uri-field", default=None, metavar="NAME",
                             help="manifest column with each file's URI (default: the first of uri, path, filepath, "

@@ -3,7 +3,7 @@ and the warning for records too large to be useful."""
 
 from __future__ import annotations
 
-__all__ = ["format_summary", "format_staged", "large_record_warnings", "LARGE_RECORD_FLOATS"]
+__all__ = ["format_summary", "format_staged", "large_record_warnings", "text_input_notes", "LARGE_RECORD_FLOATS"]
 
 LARGE_RECORD_FLOATS = 50_000  # --pooling none beyond this many floats per record gets a warning
 
@@ -68,3 +68,20 @@ def large_record_warnings(outputs) -> list[str]:
     return [f"featurebeam extract: warning: --pooling none keeps layer {o.layer}'s whole map: {o.dim:,} floats "
             f"({4 * o.dim / 2**20:.1f} MB) per record; --pooling avg keeps its channels"
             for o in outputs if o.pooling == "none" and o.dim >= LARGE_RECORD_FLOATS]
+
+
+def text_input_notes(config) -> list[str]:
+    """For a text backbone, one line per input saying where its texts come from (which field of a table)."""
+    if config.backbone.modality != "text":
+        return []
+    fields = config.fields
+    table = (f"each row's {fields.text!r} field (label {fields.label!r}, split {fields.split!r}, id {fields.id!r}; "
+             "--text-field names another)")
+    read_as = {
+        "text": f"texts from {table}",
+        "lines": "one text per line (keys URI#line=N)",
+        "files": "one text per file, UTF-8 (labels from first-level folders of a directory)",
+        "manifest": "one text per file the manifest lists, UTF-8",
+        "auto-text": f"tables (.jsonl, .csv, .tsv) as texts from {table}; other files one text each",
+    }
+    return [f"featurebeam extract: {spec.uri}: {read_as[spec.format]}" for spec in config.inputs]

@@ -21,7 +21,7 @@ def finetune_parser() -> argparse.ArgumentParser:
         FALLBACK_UNFREEZE,
     )
     from transforms.decode.images import DEFAULT_MAX_PIXELS
-    from transforms.read.inputs import FORMATS
+    from transforms.read.inputs import IMAGE_FORMATS
     from transforms.read.tables import InputFields
 
     fields = InputFields()
@@ -71,7 +71,7 @@ def finetune_parser() -> argparse.ArgumentParser:
                              "from disk (default: 1024)")
     parser.add_argument("--cache-dir", metavar="DIR", help="local folder for the on-disk cache (default: a "
                                                             "temporary folder)")
-    parser.add_argument("--input-format", default="auto", choices=("auto",) + tuple(f for f in FORMATS if f != "text"))
+    parser.add_argument("--input-format", default="auto", choices=("auto",) + IMAGE_FORMATS)
     parser.add_argument("--uri-field", default=None, metavar="NAME", help="manifest column with each file's URI")
     parser.add_argument("--label-field", default=fields.label, metavar="NAME",
                         help=f"manifest column or tar sample .json field with the label (default: {fields.label})")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from pipeline.extract.options import ConfigError
 from transforms.decode.images import DEFAULT_MAX_PIXELS
-from transforms.read.inputs import FORMATS
+from transforms.read.inputs import IMAGE_FORMATS
 from transforms.read.tables import InputFields
 
 __all__ = ["FinetuneConfig", "DEFAULT_UNFREEZE", "FALLBACK_UNFREEZE", "DEFAULT_EPOCHS", "DEFAULT_LEARNING_RATE",
@@ -78,9 +78,9 @@ class FinetuneConfig:
             raise ConfigError(f"--validation-fraction must be between 0 and 1, got {self.validation_fraction}")
         if self.cache_memory_mb < 0:
             raise ConfigError(f"--cache-memory-mb must be 0 or more, got {self.cache_memory_mb}")
-        if self.input_format not in ("auto",) + FORMATS or self.input_format == "text":
+        if self.input_format not in ("auto",) + IMAGE_FORMATS:
             raise ConfigError(f"--input-format {self.input_format!r}: fine-tuning reads images; choose from auto, "
-                              + ", ".join(f for f in FORMATS if f != "text"))
+                              + ", ".join(IMAGE_FORMATS))
         if self.augment not in AUGMENTATIONS:
             raise ConfigError(f"--augment {self.augment!r}: choose from {', '.join(AUGMENTATIONS)}")
         if self.max_image_pixels < 1:

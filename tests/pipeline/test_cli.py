@@ -33,7 +33,8 @@ def one_image(tmp_path, sample_photos):
     (["--layer", "features.99"], "backbone mobilenet_v2 has no layer 'features.99'"),
     (["--batch-size", "0"], "--batch-size must be at least 1"),
     (["--no-such-flag", "1"], "unknown option '--no-such-flag'"),
-    (["--input-format", "text"], "is text, but backbone mobilenet_v2 embeds images; choose a text backbone"),
+    (["--input-format", "text"], "is read as texts (--input-format text), but backbone mobilenet_v2 embeds images; "
+                                     "choose a text backbone (minilm_l6)"),
     (["--input-format", "zip"], "argument --input-format: invalid choice: 'zip'"),
     (["--read-chunk-mb", "0"], "--read-chunk-mb must be positive"),
 ], ids=["unknown-backbone", "unknown-layer", "batch-size", "unknown-flag", "text-on-image-backbone", "unknown-format",

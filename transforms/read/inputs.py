@@ -18,34 +18,42 @@ from apache_beam.io.filesystems import FileSystems
 from transforms.process import ready_process
 from transforms.records import SourceFile
 
-__all__ = ["InputSpec", "FORMATS", "AUTO", "detect_format", "glob_format", "escape_glob", "local_path", "is_glob",
+__all__ = ["InputSpec", "FORMATS", "IMAGE_FORMATS", "TEXT_FORMATS", "AUTO", "AUTO_TEXT", "detect_format", "glob_format", "escape_glob", "local_path", "is_glob",
            "label_from_path", "list_source_files"]
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
-FORMATS = ("files", "manifest", "tar", "tfrecord", "text")
-AUTO = "auto"  # a glob's format when its files' names differ in it: each listed file's own, by its extension
+FORMATS = ("files", "manifest", "tar", "tfrecord", "text", "lines")
+IMAGE_FORMATS = ("files", "manifest", "tar", "tfrecord")  # what an image backbone can read
+TEXT_FORMATS = ("files", "manifest", "text", "lines")     # what a text backbone can read: files are texts
+AUTO = "auto"            # a glob's format when its files' names differ in it: each listed file's own, by extension
+AUTO_TEXT = "auto-text"  # the same for a text backbone, whose tables are texts
+_TABLES = (".csv", ".tsv", ".jsonl", ".ndjson")
 _EXTENSION_FORMATS = {".tar": "tar", ".tfrecord": "tfrecord", ".tfrecords": "tfrecord", ".tfrec": "tfrecord",
-                      ".csv": "manifest", ".tsv": "manifest", ".jsonl": "manifest", ".ndjson": "manifest"}
+                      **{extension: "manifest" for extension in _TABLES}}
 
 
-def detect_format(pattern: str) -> str:
-    """The format a glob or file name implies: ``.tar`` shards, ``.tfrecord`` files, ``.csv``/``.jsonl``
-    manifests, anything else loose files. Text is never guessed (a ``.jsonl`` is a manifest unless told)."""
+def detect_format(pattern: str, modality: str = "image") -> str:
+    """The format a glob or file name implies for a backbone of ``modality``.
+
+    Images: ``.tar`` shards, ``.tfrecord`` files, ``.csv``/``.tsv``/``.jsonl`` manifests, anything else loose
+    files. Text: ``.csv``/``.tsv``/``.jsonl`` tables of texts (``text``), ``.tar``/``.tfrecord`` as for images
+    (refused at launch), anything else (``.txt``) loose files of one text each."""
     name = pattern.rsplit("/", 1)[-1].lower()
     for extension, fmt in _EXTENSION_FORMATS.items():
         if name.endswith(extension):
-            return fmt
+            return "text" if modality == "text" and fmt == "manifest" else fmt
     return "files"
 
 
-def glob_format(pattern: str) -> str:
-    """The format every file a glob matches has by its name (``*.tar``: tar, ``*.jpg``: files), or ``AUTO`` when
-    the names it matches can differ in it (``*``, ``*.t*``): then each listed file is read by its own extension."""
+def glob_format(pattern: str, modality: str = "image") -> str:
+    """The format every file a glob matches has by its name (``*.tar``: tar, ``*.jpg``: files), or ``AUTO``
+    (``AUTO_TEXT`` for a text backbone) when the names it matches can differ in it (``*``, ``*.t*``): then each
+    listed file is read by its own extension."""
     tail = re.split(r"[*?\[\]]", pattern)[-1].lower()  # what every matched name ends with
     if any(len(extension) > len(tail) and extension.endswith(tail) for extension in _EXTENSION_FORMATS):
-        return AUTO
-    return detect_format(tail)
+        return AUTO_TEXT if modality == "text" else AUTO
+    return detect_format(tail, modality)
 
 
 def escape_glob(path: str) -> str:
@@ -90,16 +98,16 @@ class InputSpec:
         return cls("directory", root, f"{escape_glob(root)}/**", root, format)
 
     @classmethod
-    def file(cls, uri: str, format: str | None = None) -> InputSpec:
+    def file(cls, uri: str, format: str | None = None, modality: str = "image") -> InputSpec:
         path = local_path(uri)
-        return cls("glob", path, escape_glob(path), posixpath.dirname(path), format or detect_format(path))
+        return cls("glob", path, escape_glob(path), posixpath.dirname(path), format or detect_format(path, modality))
 
     @classmethod
-    def glob(cls, pattern: str, format: str | None = None) -> InputSpec:
+    def glob(cls, pattern: str, format: str | None = None, modality: str = "image") -> InputSpec:
         pattern = local_path(pattern)
         prefix = pattern[: m.start()] if (m := _GLOB_CHARS.search(pattern)) else pattern
         root = prefix if prefix.endswith("/") else posixpath.dirname(prefix)
-        return cls("glob", pattern, pattern, root.rstrip("/"), format or glob_format(pattern))
+        return cls("glob", pattern, pattern, root.rstrip("/"), format or glob_format(pattern, modality))
 
     def to_json(self) -> dict:
         return {"kind": self.kind, "uri": self.uri, "pattern": self.pattern, "label_root": self.root,
@@ -126,5 +134,6 @@ def list_source_files(spec: InputSpec) -> Iterator[SourceFile]:
     (result,) = FileSystems.match([local_path(spec.pattern)])
     root = local_path(spec.root)
     for path in sorted(m.path for m in result.metadata_list):
-        fmt = detect_format(path) if spec.format == AUTO else spec.format
+        auto = {AUTO: "image", AUTO_TEXT: "text"}.get(spec.format)
+        fmt = detect_format(path, auto) if auto else spec.format
         yield SourceFile(path, label_from_path(root, path) if fmt == "files" else None, fmt)

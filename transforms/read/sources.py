@@ -5,7 +5,7 @@
 1. each spec's files are listed (``FileSystems.match``; the launcher only checks that something matches);
 2. each listed file is expanded into units of reading work: a loose file is one unit; a manifest gives one
    unit per row; a tar shard or TFRecord file is indexed (headers only) and cut into chunks of consecutive
-   records; a text file gives its rows as records;
+   records; a text table gives its rows as records, a file read as lines its lines;
 3. the units are grouped by unit, which spreads them over all workers, which read them, so a few big shards
    do not pin the job to a few workers, and reading is separated from inference. On ``--resume`` each unit
    is grouped with the keys of it that an earlier run committed (``resume.py``), and those are skipped.
@@ -49,6 +49,8 @@ def expand_source(source: SourceFile, fields: InputFields, chunk_bytes: int):
             rows = tables.iter_rows(source.uri, tables.bounded_lines(f, fields.max_input_bytes))
             make = tables.manifest_refs if source.format == "manifest" else tables.text_records
             yield from make(source.uri, rows, fields)
+        elif source.format == "lines":
+            yield from tables.line_records(source.uri, tables.bounded_lines(f, fields.max_input_bytes))
         elif source.format == "tar":
             samples = tar_shards.index_tar(f, fields.max_input_bytes)
             yield from tar_shards.chunk_samples(source.uri, samples, chunk_bytes)

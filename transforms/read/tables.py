@@ -17,7 +17,7 @@ from transforms.records import Failure, FileRef, Record
 from transforms.schema import record_key
 
 __all__ = ["InputFields", "InputTooLarge", "RowError", "iter_rows", "bounded_lines", "table_kind", "resolve_relative",
-           "outside_folder", "manifest_refs", "text_key", "text_records", "URI_FIELDS", "DEFAULT_MAX_INPUT_BYTES"]
+           "outside_folder", "manifest_refs", "text_key", "text_records", "line_records", "URI_FIELDS", "DEFAULT_MAX_INPUT_BYTES"]
 
 URI_FIELDS = ("uri", "path", "filepath", "file", "filename", "image")  # tried in order when --uri-field is not given
 DEFAULT_MAX_INPUT_BYTES = 256 << 20
@@ -199,7 +199,8 @@ def text_key(uri: str, row: int, row_id: str | None) -> str:
 def text_records(uri: str, rows: Iterable[tuple[int, dict | RowError]],
                  fields: InputFields) -> Iterator[Record | Failure]:
     """Rows of a text file -> ``Record`` with the text as payload (key = URI#id=ID, or URI#row=N), or a
-    ``Failure``; a repeated id is a failure of the later row (keyed by its row), the first one is kept."""
+    ``Failure``; a repeated id is a failure of the later row (keyed by its row), the first one is kept.
+    An empty text is a text (the backbone embeds it as its tokenizer does); a missing or non-string one fails."""
     first_row: dict[str, int] = {}
     for row, value in rows:
         if isinstance(value, RowError):
@@ -217,7 +218,20 @@ def text_records(uri: str, rows: Iterable[tuple[int, dict | RowError]],
         if not isinstance(text, str):
             problem = "no" if text is None else f"a non-string ({type(text).__name__})"
             yield Failure(key, uri, "read", "MissingField", f"row {row} has {problem} {fields.text!r} field")
-        elif not text.strip():
-            yield Failure(key, uri, "read", "EmptyText", f"row {row} has an empty {fields.text!r} field")
         else:
             yield Record(key, text, _text_field(value, fields.label), _text_field(value, fields.split), uri)
+
+
+def line_records(uri: str, lines: Iterable[bytes]) -> Iterator[Record | Failure]:
+    """Lines of a plain text file -> one ``Record`` per line (key = URI#line=N, counted from 1 as editors do),
+    its line break removed; an empty line is an empty text. A line that is not UTF-8 is a ``Failure``."""
+    for number, line in enumerate(lines, start=1):
+        key = record_key(uri, f"line={number}")
+        line = line[:-1] if line.endswith(b"\n") else line
+        line = line[:-1] if line.endswith(b"\r") else line
+        try:
+            text = line.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as e:
+            yield Failure(key, uri, "read", "NotText", f"line {number} is not UTF-8 text (byte {e.start})")
+            continue
+        yield Record(key, text, None, None, uri)

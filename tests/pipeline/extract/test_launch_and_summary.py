@@ -60,6 +60,45 @@ def test_mixed_precision_with_a_text_backbone_is_refused_at_launch(tmp_path, cap
         "float32")
 
 
+def test_a_text_backbone_reads_tables_and_txt_files_as_texts_and_says_so(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from pipeline.extract.launch import resolve_input
+    from pipeline.extract.summary import text_input_notes
+    from transforms.read.tables import InputFields
+
+    (tmp_path / "posts.jsonl").write_text('{"text": "hello"}\n')
+    (tmp_path / "notes.txt").write_text("hello\n")
+    specs = [resolve_input(str(tmp_path / "posts.jsonl"), modality="text"),
+             resolve_input(str(tmp_path / "notes.txt"), modality="text"),
+             resolve_input(str(tmp_path / "notes.txt"), "lines", modality="text"),
+             resolve_input(str(tmp_path), modality="text"), resolve_input(f"{tmp_path}/*", modality="text")]
+    assert [s.format for s in specs] == ["text", "files", "lines", "files", "auto-text"]
+    assert resolve_input(str(tmp_path / "posts.jsonl")).format == "manifest"  # for an image backbone
+    config = SimpleNamespace(backbone=SimpleNamespace(modality="text"), inputs=specs, fields=InputFields(text="body"))
+    assert text_input_notes(config) == [
+        f"featurebeam extract: {tmp_path}/posts.jsonl: texts from each row's 'body' field (label 'label', split "
+        "'split', id 'id'; --text-field names another)",
+        f"featurebeam extract: {tmp_path}/notes.txt: one text per file, UTF-8 (labels from first-level folders of a "
+        "directory)",
+        f"featurebeam extract: {tmp_path}/notes.txt: one text per line (keys URI#line=N)",
+        f"featurebeam extract: {tmp_path}: one text per file, UTF-8 (labels from first-level folders of a directory)",
+        f"featurebeam extract: {tmp_path}/*: tables (.jsonl, .csv, .tsv) as texts from each row's 'body' field "
+        "(label 'label', split 'split', id 'id'; --text-field names another); other files one text each"]
+    config.backbone.modality = "image"
+    assert text_input_notes(config) == []
+
+
+def test_a_text_table_without_the_text_field_is_refused_at_launch_naming_the_fields_it_has(tmp_path, capsys):
+    posts = tmp_path / "posts.csv"
+    posts.write_text("body,label\nhello,a\n")
+    assert main(["extract", "--input", str(posts), "--backbone", "minilm_l6", "--output", str(tmp_path / "o"),
+                 "--quiet"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"featurebeam extract: error: input {posts}: its first row has no field 'text' (it has 'body', 'label'); "
+        "name the field that holds the text with --text-field")
+
+
 @pytest.mark.parametrize("counts, seconds, eta", [
     # two tar shards listed, 100 inputs in them: 50 done at 5 inputs/s leaves 10 s
     ({"listed": 2, "expected": 100, "read": 60, "embedded": 40, "failed": 10}, 10.0, "ETA 10 s"),

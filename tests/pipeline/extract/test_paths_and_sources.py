@@ -188,7 +188,7 @@ def test_decode_and_tokenize_failures_name_the_source_not_the_key():
     class Spec:
         name = "minilm"
 
-    (tokenized,) = TokenizeFn(Spec()).process(Record("t.jsonl#row=4", b"\x00", None, None, "t.jsonl"))
+    (tokenized,) = TokenizeFn(Spec()).process(Record("t.jsonl#row=4", b"\xff\x00", None, None, "t.jsonl"))
     assert (tokenized.value.key, tokenized.value.source, tokenized.value.error_type) == (
         "t.jsonl#row=4", "t.jsonl", "NotText")
     (legacy,) = DecodeImageFn(ImagePreprocessing()).process(Record("/d/x.jpg", b"", None))

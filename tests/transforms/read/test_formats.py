@@ -15,7 +15,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from tests import packing
 from transforms import framing
 from transforms.read import tables, tar_shards, tfrecords
-from transforms.read.inputs import InputSpec, detect_format
+from transforms.read.inputs import InputSpec, detect_format, list_source_files
 from transforms.read.sources import ReadRecords
 from transforms.read.tables import InputFields, RowError
 from transforms.records import Failure, FileRef, Record
@@ -69,12 +69,13 @@ def test_manifest_rows_find_the_uri_field_or_say_which_they_wanted():
     assert named.uri == "/d/x.png"
 
 
-def test_text_keys_use_the_id_field_else_the_row_and_empty_text_is_a_failure():
+def test_text_keys_use_the_id_field_else_the_row_and_an_empty_text_is_a_text():
     data = b'{"id": "q1", "text": "a question", "label": "faq"}\n{"text": "no id"}\n{"text": "  "}\n{"x": 1}\n'
     got = list(tables.text_records("gs://b/t.jsonl", rows("t.jsonl", data), FIELDS))
     assert got[0] == Record("gs://b/t.jsonl#id=q1", "a question", "faq", None, "gs://b/t.jsonl")
     assert got[1] == Record("gs://b/t.jsonl#row=1", "no id", None, None, "gs://b/t.jsonl")
-    assert (got[2].error_type, got[3].error_type) == ("EmptyText", "MissingField")
+    assert got[2] == Record("gs://b/t.jsonl#row=2", "  ", None, None, "gs://b/t.jsonl")
+    assert got[3].error_type == "MissingField"
 
 
 def test_text_inputs_become_text_records_through_the_pipeline(tmp_path):
@@ -93,6 +94,32 @@ def test_text_inputs_become_text_records_through_the_pipeline(tmp_path):
                                        ("**", "files")])
 def test_format_is_detected_from_the_extension(name, fmt):
     assert detect_format(f"gs://b/{name}") == fmt
+
+
+@pytest.mark.parametrize("name, fmt", [("posts.jsonl", "text"), ("a.CSV", "text"), ("t.tsv", "text"),
+                                       ("n.ndjson", "text"), ("notes.txt", "files"), ("readme", "files"),
+                                       ("s.tar", "tar")])
+def test_a_text_backbone_reads_tables_as_texts_and_other_files_as_one_text_each(name, fmt):
+    assert detect_format(f"gs://b/{name}", "text") == fmt
+
+
+def test_a_glob_of_mixed_names_is_read_by_each_files_extension_for_the_backbone(tmp_path):
+    for name in ("a.jsonl", "b.txt", "c.csv"):
+        (tmp_path / name).write_text("text\nx\n")
+    images, texts = InputSpec.glob(f"{tmp_path}/*"), InputSpec.glob(f"{tmp_path}/*", modality="text")
+    assert (images.format, texts.format) == ("auto", "auto-text")
+    assert [f.format for f in list_source_files(images)] == ["manifest", "files", "manifest"]
+    assert [f.format for f in list_source_files(texts)] == ["text", "files", "text"]
+
+
+def test_lines_are_texts_keyed_by_line_number_and_a_line_that_is_not_utf8_fails():
+    data = b"\xef\xbb\xbffirst\r\n\nthird \xff\nlast"
+    got = list(tables.line_records("/t/n.txt", tables.bounded_lines(io.BytesIO(data), 100)))
+    assert got[:2] == [Record("/t/n.txt#line=1", "first", None, None, "/t/n.txt"),
+                       Record("/t/n.txt#line=2", "", None, None, "/t/n.txt")]
+    assert (got[2].key, got[2].error_type, got[2].message) == ("/t/n.txt#line=3", "NotText",
+                                                               "line 3 is not UTF-8 text (byte 6)")
+    assert got[3] == Record("/t/n.txt#line=4", "last", None, None, "/t/n.txt")
 
 
 # --- tar shards ---------------------------------------------------------------------------------------------------
@@ -215,7 +242,6 @@ def test_text_keys_from_ids_and_from_rows_never_collide_and_a_repeated_id_is_a_f
     failures = [(g.key, g.error_type, g.message) for g in got if isinstance(g, Failure)]
     assert failures == [
         ("/t/a.jsonl#row=8", "DuplicateId", "row 8 repeats id '7' of row 0; the first is kept"),
-        ("/t/a.jsonl#id=q", "EmptyText", "row 9 has an empty 'text' field"),
         ("/t/a.jsonl#row=10", "DuplicateId", "row 10 repeats id 'q' of row 9; the first is kept")]
 
 

@@ -59,11 +59,12 @@ def test_raw_text_through_the_pipeline_matches(tmp_path, minilm_reference):
         for i, sentence in enumerate(minilm_reference["sentences"]):
             f.write(json.dumps({"id": f"s{i}", "text": str(sentence)}) + "\n")
         f.write(json.dumps({"id": "blank", "text": "   "}) + "\n")
+        f.write(json.dumps({"id": "number", "text": 7}) + "\n")
     out = str(tmp_path / "features")
     assert main(["extract", "--input", str(path), "--input-format", "text", "--backbone", "minilm_l6",
                  "--layer", "sentence", "--layer", "layer.2", "--output", out, *IN_PROCESS]) == 0
     manifest = schema.read_manifest(out)
-    assert manifest.counts == {"inputs": 5, "embedded": 4, "failed": 1, "duplicates": 0}
+    assert manifest.counts == {"inputs": 6, "embedded": 5, "failed": 1, "duplicates": 0}
     assert [(o.name, o.dim, o.pooling) for o in manifest.outputs] == [("sentence", 384, "none"),
                                                                         ("layer.2", 384, "avg")]
     records = {r.key: r for p in schema.shard_paths(out, manifest) for r in schema.read_records(p, manifest.outputs)}
@@ -121,9 +122,60 @@ def _bert_layer(w, ids, last: int) -> np.ndarray:
 
 
 def test_images_and_text_do_not_mix(tmp_path, capsys, sample_photos):
-    (tmp_path / "a.jpg").write_bytes(sample_photos["china.jpg"])
-    assert main(["extract", "--input", str(tmp_path), "--backbone", "minilm_l6", "--output", str(tmp_path / "o")]) == 2
+    shard = tmp_path / "s.tar"
+    shard.write_bytes(b"")
+    assert main(["extract", "--input", str(shard), "--backbone", "minilm_l6", "--output", str(tmp_path / "o")]) == 2
     assert "embeds text, but input" in capsys.readouterr().err
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(sample_photos["china.jpg"])  # a file of a folder is a text: a JPEG is not UTF-8
+    assert main(["extract", "--input", str(folder), "--backbone", "minilm_l6", "--output", str(tmp_path / "o"),
+                 *IN_PROCESS]) == 0
+    (failure,) = [json.loads(line) for p in (tmp_path / "o" / "errors").iterdir() for line in p.open()]
+    assert (failure["error_type"], failure["message"][:33]) == ("NotText", "not UTF-8 text: byte 0 (0xff) can")
+
+
+@pytest.fixture(scope="module")
+def edge_cases():
+    with np.load(os.path.join(DATA, "minilm_l6_edge_cases.npz")) as d:
+        return {k: d[k] for k in d.files}
+
+
+def test_empty_and_hard_texts_are_embedded_as_sentence_transformers_embeds_them(tmp_path, capsys, edge_cases):
+    """Reference: tests/data/minilm_l6_edge_cases.npz (empty, whitespace, zero-width, accents, emoji, CJK, a word
+    over 100 characters, a 400-word text), from sentence-transformers itself. A .jsonl needs no format flag."""
+    sentences = [str(s) for s in edge_cases["sentences"]]
+    path = tmp_path / "posts.jsonl"
+    path.write_text("".join(json.dumps({"text": s, "label": "x"}) + "\n" for s in sentences), encoding="utf-8")
+    out = str(tmp_path / "features")
+    assert main(["extract", "--input", str(path), "--backbone", "minilm_l6", "--output", out,
+                 "--runner=FnApiRunner"]) == 0
+    assert f"featurebeam extract: {path}: texts from each row's 'text' field" in capsys.readouterr().err
+    manifest = schema.read_manifest(out)
+    assert manifest.counts == {"inputs": 12, "embedded": 12, "failed": 0, "duplicates": 0}
+    records = {r.key: r for p in schema.shard_paths(out, manifest) for r in schema.read_records(p, manifest.outputs)}
+    got = np.stack([records[f"{path}#row={i}"].vectors["sentence"] for i in range(len(sentences))])
+    np.testing.assert_allclose(got, edge_cases["embeddings"], atol=1e-4, rtol=0)
+    ids = _token_ids(_spec(), sentences)
+    for row, (expected, length) in enumerate(zip(edge_cases["token_ids"], edge_cases["lengths"], strict=True)):
+        assert ids[row].tolist() == expected[:length].tolist(), sentences[row]
+
+
+def test_texts_with_no_token_of_their_own_are_counted():
+    import apache_beam as beam
+    from apache_beam.metrics.metric import MetricsFilter
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from transforms.decode.tokenize import TokenizeFn
+    from transforms.records import Record
+
+    texts = ["", " \t\n", "\u200b", "a word", "\u00e9"]
+    p = beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"]))
+    _ = p | beam.Create([Record(str(i), t, None) for i, t in enumerate(texts)]) | beam.ParDo(TokenizeFn(_spec()))
+    result = p.run()
+    result.wait_until_finish()
+    counters = result.metrics().query(MetricsFilter().with_name("empty_texts"))["counters"]
+    assert [c.committed for c in counters] == [3]
 
 
 @pytest.mark.slow

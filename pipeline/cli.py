@@ -148,7 +148,7 @@ def cmd_predict(argv: Sequence[str]) -> int:
 
     parser = Parser(
         prog="featurebeam predict", allow_abbrev=False,
-        description="Classify raw images with a model directory written by featurebeam train.",
+        description="Classify raw images or texts with a model directory written by featurebeam train.",
         epilog="Any Apache Beam option passes through, as for extract.")
     parser.add_argument("--model", required=True, metavar="MODELDIR")
     parser.add_argument("--input", action="append", required=True, metavar="INPUT")

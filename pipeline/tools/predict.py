@@ -1,9 +1,11 @@
-"""``featurebeam predict``: bulk classification of raw images with a trained model directory.
+"""``featurebeam predict``: bulk classification of raw images or texts with a trained model directory.
 
-1. ``ReadRecords`` (the same sources as extraction) -> ``DecodeImageFn`` with the backbone's preprocessing;
-2. ``RunInference`` over the serving SavedModel (loaded once per worker process, batched);
+1. ``ReadRecords`` (the same sources as extraction, read as the model's backbone reads them) -> images:
+   ``DecodeImageFn`` with the backbone's preprocessing; texts: each record's text (``text_of``), as it is;
+2. ``RunInference`` over the serving SavedModel (loaded once per worker process, batched): decoded images go to
+   its ``classify_images`` endpoint, raw texts to its ``serve`` endpoint, which tokenises them in the graph;
 3. ``predictions/part-*.jsonl``: one ``{"key", "label" (true, if known), "predicted", "probabilities"}`` per
-   image; undecodable files in ``errors/``, as in extraction;
+   record; undecodable files and records that are not text in ``errors/``, as in extraction;
 4. ``summary.json``: the counts (classified, failed, labelled, accuracy on the labelled ones), summed by the job
    itself (``SummarizePredictions``) and written whole or not at all, so the launcher reads one small file.
 
@@ -19,24 +21,25 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
 
 from pipeline.extract.launch import check_output_dir, clear_previous_outputs, resolve_input
 from pipeline.extract.options import ConfigError, absolute
 from pipeline.folders import read_model_file
 from transforms.decode.image_fn import DecodeImageFn
 from transforms.decode.images import ImagePreprocessing
+from transforms.decode.tokenize import text_of
 from transforms.embed.classify import ClassifierHandler
 from transforms.process import ready_process
 from transforms.read.inputs import InputSpec
 from transforms.read.sources import ReadRecords
-from transforms.records import FAILED
+from transforms.records import FAILED, Failure, Record
 from transforms.schema import ERRORS_DIR, PENDING_DIR
 from transforms.write.commits import write_atomically
 from transforms.write.sinks import WriteFailures
 
 __all__ = ["PredictConfig", "build_prediction", "run_prediction", "format_prediction", "SummarizePredictions",
-           "PredictionCountsFn", "read_summary", "PREDICTIONS_DIR", "SUMMARY_NAME"]
+           "PredictionCountsFn", "TextOfRecordFn", "read_summary", "PREDICTIONS_DIR", "SUMMARY_NAME"]
 
 PREDICTIONS_DIR = "predictions"
 SUMMARY_NAME = "summary.json"
@@ -44,23 +47,29 @@ SUMMARY_NAME = "summary.json"
 
 @dataclass(frozen=True)
 class PredictConfig:
+    """``preprocessing``: an image model's; None for a text model, whose serving model takes raw text."""
+
     model_dir: str
     inputs: tuple[InputSpec, ...]
     output: str
-    preprocessing: ImagePreprocessing
+    preprocessing: ImagePreprocessing | None
     batch_size: int = 32
     overwrite: bool = False
 
     @classmethod
     def create(cls, model_dir: str, inputs, output: str, batch_size: int = 32, overwrite: bool = False):
-        """Checked at launch: the model can serve images, the inputs exist, OUTDIR may be written.
+        """Checked at launch: the model has a serving model, the inputs exist, OUTDIR may be written. The inputs
+        are read as the model's backbone reads them in extraction (for a text model a ``.jsonl`` is texts).
 
         Object storage must already be set up as the job sees it (``launch.use_storage_options``)."""
         model_dir = absolute(model_dir)
-        prep = _serving_preprocessing(model_dir, read_model_spec(model_dir))
+        spec = read_model_spec(model_dir)
+        prep = _serving_preprocessing(model_dir, spec)
+        modality = "text" if prep is None else "image"
         output = absolute(output)
         check_output_dir(output, overwrite)
-        return cls(model_dir, tuple(resolve_input(i) for i in inputs), output, prep, batch_size, overwrite)
+        return cls(model_dir, tuple(resolve_input(i, modality=modality) for i in inputs), output, prep, batch_size,
+                   overwrite)
 
 
 def read_model_spec(model_dir: str) -> dict:
@@ -68,21 +77,38 @@ def read_model_spec(model_dir: str) -> dict:
     return read_model_file(model_dir, "model.json", ConfigError)
 
 
-def _serving_preprocessing(model_dir: str, spec: dict) -> ImagePreprocessing:
-    """The image preprocessing of a model with a serving model; a text model has none, so it is refused."""
-    backbone = spec.get("backbone", {})
-    if backbone.get("modality") == "text":
-        raise ConfigError(f"{model_dir} was trained on text backbone {backbone.get('name')}, which has no serving "
-                          "model yet: predict classifies images")
+def _serving_preprocessing(model_dir: str, spec: dict) -> ImagePreprocessing | None:
+    """The image preprocessing of a model with a serving model, or None for a text model (which tokenises in
+    its serving model); a model without one is refused."""
     if not spec.get("serving"):
         raise ConfigError(f"{model_dir} has no serving model (its model.json names none); train it again")
+    if spec.get("backbone", {}).get("modality") == "text":
+        return None
     prep = spec["preprocessing"]
     return ImagePreprocessing(**{**prep, "mean": tuple(prep["mean"]), "std": tuple(prep["std"])})
 
 
+class TextOfRecordFn(beam.DoFn):
+    """Record -> ((key, label, split), its text) (``text_of``: a ``str`` payload, or UTF-8 bytes); a payload
+    that is not text goes to ``failed``, as in extraction. An empty text is a text (``[CLS] [SEP]``)."""
+
+    def process(self, record: Record):
+        try:
+            text = text_of(record.payload)
+        except (TypeError, ValueError) as e:
+            yield beam.pvalue.TaggedOutput(FAILED, Failure(record.key, record.origin, "tokenize", "NotText", str(e)))
+            return
+        yield (record.key, record.label, record.split), text
+
+
 class ModelDirClassifier(ClassifierHandler):
     """``ClassifierHandler`` over a serving model anywhere: a remote one is copied to local disk, once per worker
-    process, since TensorFlow loads SavedModels from local paths."""
+    process, since TensorFlow loads SavedModels from local paths. ``texts``: batches are raw texts, which a text
+    model's ``serve`` endpoint tokenises in the graph (else decoded images, for ``classify_images``)."""
+
+    def __init__(self, saved_model_path: str, batch_size: int = 32, texts: bool = False):
+        super().__init__(saved_model_path, batch_size)
+        self._texts = texts
 
     def load_model(self):
         import tensorflow as tf
@@ -92,6 +118,20 @@ class ModelDirClassifier(ClassifierHandler):
         ready_process()
         with local_copy(self._path) as folder:
             return tf.saved_model.load(folder)
+
+    def run_inference(self, batch, model, inference_args=None):
+        if not self._texts:
+            return super().run_inference(batch, model, inference_args)
+        import tensorflow as tf
+
+        out = model.serve(tf.constant(list(batch), tf.string))
+        names = [name.decode("utf-8") for name in out["class_names"].numpy()[0]] if len(batch) else []
+        return [PredictionResult(None, {"label": label.decode("utf-8"),
+                                        "probabilities": dict(zip(names, p.tolist(), strict=True))}, self._path)
+                for label, p in zip(out["label"].numpy(), out["probabilities"].numpy(), strict=True)]
+
+    def get_num_bytes(self, batch) -> int:
+        return sum(len(text.encode("utf-8")) for text in batch) if self._texts else super().get_num_bytes(batch)
 
 
 def _prediction(meta, inference) -> dict:
@@ -163,10 +203,15 @@ class SummarizePredictions(beam.PTransform):
 
 def build_prediction(p: beam.Pipeline, config: PredictConfig):
     read = p | "Read records" >> ReadRecords(config.inputs)
-    decoded = read["records"] | "Decode images" >> beam.ParDo(
-        DecodeImageFn(config.preprocessing)).with_outputs(FAILED, main="images")
-    handler = KeyedModelHandler(ModelDirClassifier(FileSystems.join(config.model_dir, "serving"), config.batch_size))
-    predictions = (decoded.images
+    texts = config.preprocessing is None
+    if texts:
+        decoded = read["records"] | "Texts of records" >> beam.ParDo(TextOfRecordFn()).with_outputs(FAILED, main="ok")
+    else:
+        decoded = read["records"] | "Decode images" >> beam.ParDo(
+            DecodeImageFn(config.preprocessing)).with_outputs(FAILED, main="ok")
+    handler = KeyedModelHandler(ModelDirClassifier(FileSystems.join(config.model_dir, "serving"), config.batch_size,
+                                                   texts))
+    predictions = (decoded.ok
                    | "Classify" >> RunInference(handler)
                    | "Prediction" >> beam.MapTuple(lambda meta, result: _prediction(meta, result.inference)))
     written = (predictions
@@ -197,6 +242,6 @@ def read_summary(output: str) -> dict:
 
 def format_prediction(summary: dict, output: str, seconds: float) -> str:
     accuracy = summary["accuracy_on_labelled"]
-    return (f"featurebeam: classified {summary['classified']} images ({summary['failed']} failed) in {seconds:.1f} s"
+    return (f"featurebeam: classified {summary['classified']} records ({summary['failed']} failed) in {seconds:.1f} s"
             + (f"; accuracy on the {summary['labelled']} labelled ones {accuracy:.4f}" if accuracy is not None else "")
             + f"\n  predictions {output}/predictions/part-*.jsonl")

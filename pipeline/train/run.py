@@ -262,11 +262,9 @@ def train_into(config: TrainConfig, checked: Checked, folder: str, log=print) ->
     best = max(report["heads"], key=lambda n: report["heads"][n]["splits"]["validation"].get("accuracy", 0.0))
     report.update(classes=classes, best_head=best, seconds=round(time.monotonic() - checked.start, 2))
 
-    serving = None
-    if backbone.modality == "image":  # text needs its tokenizer beside the graph: heads only, for now
-        head = keras.saving.load_model(os.path.join(folder, "heads", best, "head.keras"), safe_mode=True)
-        export_serving_model(os.path.join(folder, "serving"), backbone, output, head, classes)
-        serving = "serving"
+    head = keras.saving.load_model(os.path.join(folder, "heads", best, "head.keras"), safe_mode=True)
+    export_serving_model(os.path.join(folder, "serving"), backbone, output, head, classes)
+    serving = "serving"
     report["serving"] = serving
     model_spec = {"backbone": backbone.describe(), "preprocessing": dataclasses.asdict(backbone.preprocessing),
                   "output": output.to_json(), "classes": classes, "head": best, "serving": serving}

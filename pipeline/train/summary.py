@@ -18,7 +18,7 @@ def format_training(report: dict, output: str) -> str:
             lines.append(f"  {name:7s} test labels never seen in training (not scored): "
                          + ", ".join(f"{k} x {v}" if isinstance(v, int) else k for k, v in unseen.items()))
     serving = (f"serving model {output}/serving" if report.get("serving")
-               else f"head {output}/heads/{report['best_head']}/head.keras (no serving model for text backbones)")
+               else f"head {output}/heads/{report['best_head']}/head.keras")
     lines.append(f"  best head {report['best_head']} (validation accuracy); {serving}")
     lines.append(f"  metrics   {output}/metrics.json")
     return "\n".join(lines)

@@ -194,7 +194,7 @@ def test_extract_writes_its_feature_set_to_s3(tmp_path, image_folder, s3, worker
     assert ".featurebeam-write-test" not in tree("s3://features/run")
 
 
-def test_predict_refuses_a_model_trained_on_a_text_backbone(tmp_path, image_folder, capsys):
+def test_predict_refuses_a_model_without_a_serving_model(tmp_path, image_folder, capsys):
     model = tmp_path / "text-model"
     model.mkdir()
     (model / "model.json").write_text(json.dumps({
@@ -204,8 +204,7 @@ def test_predict_refuses_a_model_trained_on_a_text_backbone(tmp_path, image_fold
     out = tmp_path / "p"
     assert main(["predict", "--model", str(model), "--input", str(image_folder), "--output", str(out)]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"featurebeam predict: error: {model} was trained on text backbone minilm_l6, which has no serving model "
-        "yet: predict classifies images")
+        f"featurebeam predict: error: {model} has no serving model (its model.json names none); train it again")
     assert not out.exists()
 
 

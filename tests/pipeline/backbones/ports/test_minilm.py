@@ -206,6 +206,6 @@ def test_heads_train_on_text_features_and_the_layer_sweep_picks_a_layer(tmp_path
     assert report["output"]["name"] == best                              # the heads were trained on the best layer
     assert report["heads"]["linear"]["splits"]["validation"]["accuracy"] >= 0.95
     assert os.path.getsize(os.path.join(model, "layer_sweep.png")) > 1000
-    assert report["serving"] is None and os.path.exists(os.path.join(model, "heads", "linear", "head.keras"))
+    assert report["serving"] == "serving" and os.path.exists(os.path.join(model, "heads", "linear", "head.keras"))
     printed = capsys.readouterr().out
-    assert "no serving model for text backbones" in printed and f"layer {best}" in printed and "<- best" in printed
+    assert f"serving model {model}/serving" in printed and f"layer {best}" in printed and "<- best" in printed

@@ -4,7 +4,8 @@ it, a quiet worker. The command sets ``FEATUREBEAM_QUIET_WORKERS`` to its own pr
 ``FEATUREBEAM_DEBUG``); a local worker process started under it then neither logs nor prints (Beam's harness
 prints a failed bundle's traceback to stderr as well as logging it), so a failure is reported once, by the
 command, in one line; nor does it write TensorFlow's start-up lines when it imports it (``transforms.quiet``). The
-command's own process and other pipelines are untouched.
+command's own process and other pipelines are untouched. A local run's worker also gives its freed memory back
+to the system every few seconds (``transforms.memory``).
 """
 
 from __future__ import annotations
@@ -13,16 +14,20 @@ import logging
 import os
 import sys
 
+from transforms.memory import FreedMemoryTrimmer
 from transforms.quiet import quiet_tensorflow_import
 from transforms.read.storage import ready_storage
 
-__all__ = ["ready_process", "QUIET_WORKERS"]
+__all__ = ["ready_process", "QUIET_WORKERS", "TRIM_MEMORY"]
 
 QUIET_WORKERS = "FEATUREBEAM_QUIET_WORKERS"
+TRIM_MEMORY = "FEATUREBEAM_TRIM_MEMORY"  # set by a local run: its workers give freed memory back as they go
 
 
 def ready_process() -> None:
     ready_storage()
+    if os.environ.get(TRIM_MEMORY) and not hasattr(ready_process, "trimmer"):
+        ready_process.trimmer = FreedMemoryTrimmer().start()  # once per process, for its life
     launcher = os.environ.get(QUIET_WORKERS)
     if launcher and launcher != str(os.getpid()):
         for name in ("", "apache_beam"):  # Beam's own loggers may carry a level of their own

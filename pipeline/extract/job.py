@@ -17,7 +17,9 @@ No step holds every key: keys travel as packed fingerprints through the runner's
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import os
 import sys
 import tempfile
 
@@ -30,7 +32,8 @@ from pipeline.extract.options import LOCAL_RUNNERS, ExtractConfig, runner_name
 from pipeline.extract.progress import ProgressLine
 from transforms import schema
 from transforms.embed.extract import ExtractFeatures
-from transforms.process import ready_process
+from transforms.memory import ARENAS_VARIABLE, FreedMemoryTrimmer, limit_malloc_arenas
+from transforms.process import TRIM_MEMORY, ready_process
 from transforms.read.sources import SKIPPED, ReadRecords, unit_keys
 from transforms.records import FAILED
 from transforms.write import committed
@@ -156,6 +159,27 @@ def build_extraction(p: beam.Pipeline, config: ExtractConfig, progress_dir: str 
              redone=beam.pvalue.AsList(redone)))
 
 
+@contextlib.contextmanager
+def _local_memory(local: bool):
+    """A local run's launcher and workers give freed memory back as they go (``transforms.memory``): the
+    launcher carries every stage's outputs between its workers, and would otherwise grow with the run's length."""
+    if not local:
+        yield
+        return
+    previous = {name: os.environ.get(name) for name in (TRIM_MEMORY, ARENAS_VARIABLE)}
+    limit_malloc_arenas()  # here, and (MALLOC_ARENA_MAX) in the worker processes this run starts
+    os.environ[TRIM_MEMORY] = "1"  # those workers trim too (``ready_process``)
+    try:
+        with FreedMemoryTrimmer():
+            yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
@@ -180,7 +204,8 @@ def run_extraction(config: ExtractConfig, options: PipelineOptions, progress: bo
         with beam.Pipeline(options=options) as p:
             build_extraction(p, config, done_commits=done_commits)
         return None
-    with OutputLease(config.output, takeover=config.resume or config.overwrite, log=log):
+    with OutputLease(config.output, takeover=config.resume or config.overwrite, log=log), \
+            _local_memory(runner_name(options) in LOCAL_RUNNERS):
         done_commits = prepare_output(config)
         if progress and runner_name(options) in LOCAL_RUNNERS:  # the workers share this machine
             with tempfile.TemporaryDirectory(prefix="featurebeam-progress-") as progress_dir:

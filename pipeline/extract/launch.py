@@ -73,8 +73,8 @@ from transforms.schema import (
 )
 from transforms.write import committed
 
-__all__ = ["configure", "prepare_output", "check_formats", "check_text_field", "resolve_input", "resolve_outputs", "check_output_dir",
-           "clear_previous_outputs", "use_storage_options"]
+__all__ = ["configure", "prepare_output", "check_formats", "check_text_field", "resolve_input", "resolve_outputs",
+           "check_output_dir", "clear_previous_outputs", "use_storage_options"]
 
 
 def configure(options: PipelineOptions) -> ExtractConfig:
@@ -86,7 +86,7 @@ def configure(options: PipelineOptions) -> ExtractConfig:
     use_storage_options(options)
     backbone = resolve_backbone(o.backbone, o.weights, o.preprocessing, fold_batchnorm=not o.no_fold_batchnorm)
     inputs = tuple(resolve_input(uri, o.input_format, backbone.modality) for uri in o.input)
-    check_formats(inputs, backbone)
+    check_formats(inputs, backbone.modality, backbone.name)
     precision = precision_of(options)
     if precision == "bfloat16" and not gpus and runner_name(options) in LOCAL_RUNNERS and not cpu_has_bfloat16():
         raise ConfigError("--precision bfloat16 needs a CPU with AVX-512 BF16 or AMX (or a GPU); this one has "
@@ -154,18 +154,18 @@ def _missing_bucket(uri: str) -> str | None:
     return None
 
 
-def check_formats(inputs: Sequence[InputSpec], backbone) -> None:
-    """Every input in a format the backbone's modality can read: images from loose files, manifests, tar shards
-    and TFRecord files; texts from tables, lines, and loose files (or manifests of them) of one text each."""
-    allowed = TEXT_FORMATS if backbone.modality == "text" else IMAGE_FORMATS
+def check_formats(inputs: Sequence[InputSpec], modality: str, backbone: str) -> None:
+    """Every input in a format a backbone of ``modality`` can read: images from loose files, manifests, tar
+    shards and TFRecord files; texts from tables, lines, and loose files (or manifests of them) of one text each."""
+    allowed = TEXT_FORMATS if modality == "text" else IMAGE_FORMATS
     for spec in inputs:
         if spec.format in allowed or spec.format in (AUTO, AUTO_TEXT):
             continue
-        if backbone.modality == "text":
-            raise ConfigError(f"backbone {backbone.name} embeds text, but input {spec.uri} is read as images "
+        if modality == "text":
+            raise ConfigError(f"backbone {backbone} embeds text, but input {spec.uri} is read as images "
                               f"({spec.format}): give .jsonl/.csv/.tsv tables, .txt files, or --input-format lines")
         raise ConfigError(f"input {spec.uri} is read as texts (--input-format {spec.format}), but backbone "
-                          f"{backbone.name} embeds images; choose a text backbone (minilm_l6)")
+                          f"{backbone} embeds images; choose a text backbone (minilm_l6)")
 
 
 def check_text_field(spec: InputSpec, fields: InputFields) -> None:

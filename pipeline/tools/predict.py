@@ -23,7 +23,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
 
-from pipeline.extract.launch import check_output_dir, clear_previous_outputs, resolve_input
+from pipeline.extract.launch import check_formats, check_output_dir, clear_previous_outputs, resolve_input
 from pipeline.extract.options import ConfigError, absolute
 from pipeline.folders import read_model_file
 from transforms.decode.image_fn import DecodeImageFn
@@ -68,8 +68,9 @@ class PredictConfig:
         modality = "text" if prep is None else "image"
         output = absolute(output)
         check_output_dir(output, overwrite)
-        return cls(model_dir, tuple(resolve_input(i, modality=modality) for i in inputs), output, prep, batch_size,
-                   overwrite)
+        specs = tuple(resolve_input(i, modality=modality) for i in inputs)
+        check_formats(specs, modality, spec.get("backbone", {}).get("name", model_dir))
+        return cls(model_dir, specs, output, prep, batch_size, overwrite)
 
 
 def read_model_spec(model_dir: str) -> dict:

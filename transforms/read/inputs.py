@@ -18,8 +18,8 @@ from apache_beam.io.filesystems import FileSystems
 from transforms.process import ready_process
 from transforms.records import SourceFile
 
-__all__ = ["InputSpec", "FORMATS", "IMAGE_FORMATS", "TEXT_FORMATS", "AUTO", "AUTO_TEXT", "detect_format", "glob_format", "escape_glob", "local_path", "is_glob",
-           "label_from_path", "list_source_files"]
+__all__ = ["InputSpec", "FORMATS", "IMAGE_FORMATS", "TEXT_FORMATS", "AUTO", "AUTO_TEXT", "detect_format",
+           "glob_format", "escape_glob", "local_path", "is_glob", "label_from_path", "list_source_files"]
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 

@@ -17,7 +17,8 @@ from transforms.records import Failure, FileRef, Record
 from transforms.schema import record_key
 
 __all__ = ["InputFields", "InputTooLarge", "RowError", "iter_rows", "bounded_lines", "table_kind", "resolve_relative",
-           "outside_folder", "manifest_refs", "text_key", "text_records", "line_records", "URI_FIELDS", "DEFAULT_MAX_INPUT_BYTES"]
+           "outside_folder", "manifest_refs", "text_key", "text_records", "line_records", "URI_FIELDS",
+           "DEFAULT_MAX_INPUT_BYTES"]
 
 URI_FIELDS = ("uri", "path", "filepath", "file", "filename", "image")  # tried in order when --uri-field is not given
 DEFAULT_MAX_INPUT_BYTES = 256 << 20

@@ -89,6 +89,24 @@ def test_a_text_backbone_reads_tables_and_txt_files_as_texts_and_says_so(tmp_pat
     assert text_input_notes(config) == []
 
 
+def test_each_modality_refuses_the_formats_of_the_other_at_launch(tmp_path):
+    from pipeline.extract.launch import check_formats, resolve_input
+    from pipeline.extract.options import ConfigError
+
+    (tmp_path / "s.tar").write_bytes(b"")
+    (tmp_path / "n.txt").write_text("a\n")
+    shard = resolve_input(str(tmp_path / "s.tar"), modality="text")
+    lines = resolve_input(str(tmp_path / "n.txt"), "lines")
+    with pytest.raises(ConfigError, match=r"^backbone minilm_l6 embeds text, but input .*/s.tar is read as images "
+                                          r"\(tar\): give .jsonl/.csv/.tsv tables, .txt files, or --input-format "
+                                          r"lines$"):
+        check_formats([shard], "text", "minilm_l6")
+    with pytest.raises(ConfigError, match=r"^input .*/n.txt is read as texts \(--input-format lines\), but backbone "
+                                          r"mobilenet_v2 embeds images; choose a text backbone \(minilm_l6\)$"):
+        check_formats([lines], "image", "mobilenet_v2")
+    check_formats([lines], "text", "minilm_l6")
+
+
 def test_a_text_table_without_the_text_field_is_refused_at_launch_naming_the_fields_it_has(tmp_path, capsys):
     posts = tmp_path / "posts.csv"
     posts.write_text("body,label\nhello,a\n")

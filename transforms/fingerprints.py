@@ -3,9 +3,10 @@ which an earlier run committed) on the workers, with no process holding every ke
 
 A key's fingerprint is its 128-bit BLAKE2b digest: two different keys share one with probability about
 n² / 2¹²⁹ (10⁻²² for 10⁸ keys). Its first byte picks one of ``BUCKETS`` buckets. Steps pack fingerprints
-(with any fixed-width columns they need) into one element per bucket and bundle, ``Packs``, and group them by
-bucket, so the runner's shuffle carries a few bytes per key in a few large elements, and each bucket (about
-1 / ``BUCKETS`` of the keys) is examined by one worker with numpy.
+(with any fixed-width columns they need) into one pack per bucket and bundle, ``Packs``, write each pack to a
+scratch file (``transforms/spill.py``) and group the references by bucket, so the runner's shuffle carries a
+reference per pack, not bytes per key, and each bucket (about 1 / ``BUCKETS`` of the keys) is examined by one
+worker with numpy.
 """
 
 from __future__ import annotations

@@ -10,9 +10,10 @@
    ``transforms/write/commits.py``);
 4. once every commit of the run is made, ``ResolveDuplicates`` keeps each key in one commit only (on the
    workers, by fingerprint bucket), and the last step writes ``manifest.json`` from the commit records (small
-   summaries), so a manifest exists only for a finished feature set.
+   summaries), so a manifest exists only for a finished feature set; then the scratch files go.
 
-No step holds every key: keys travel as packed fingerprints through the runner's shuffle.
+No step holds every key: keys travel as packed fingerprints, written to scratch files under
+``OUTDIR/.pending/shuffle``, and the runner's shuffle carries references to those (``transforms/spill.py``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from transforms.memory import ARENAS_VARIABLE, FreedMemoryTrimmer, limit_malloc_
 from transforms.process import TRIM_MEMORY, ready_process
 from transforms.read.sources import SKIPPED, ReadRecords, unit_keys
 from transforms.records import FAILED
+from transforms.spill import clear_scratch, scratch_folder
 from transforms.write import committed
 from transforms.write.dedupe import CountRepeatedKeys, ResolveDuplicates
 from transforms.write.progress import CountProgress
@@ -113,7 +115,8 @@ def build_extraction(p: beam.Pipeline, config: ExtractConfig, progress_dir: str 
                    | "Verify earlier commits" >> beam.ParDo(committed.VerifyCommitFn(config.output)).with_outputs(
                        committed.REDONE, main="commits"))
         verified, redone = checked.commits, checked[committed.REDONE]
-    read = p | "Read records" >> ReadRecords(config.inputs, config.fields, config.chunk_bytes, verified)
+    read = p | "Read records" >> ReadRecords(config.inputs, config.fields, config.chunk_bytes, verified,
+                                             scratch_folder(config.output, "resume"))
     _counted(read["sources"], progress_dir, "listed")
     _counted(read["units"], progress_dir, "expected", weight=_records_in)  # inputs known once files are expanded
     _counted(read[SKIPPED], progress_dir, "skipped")
@@ -134,8 +137,8 @@ def build_extraction(p: beam.Pipeline, config: ExtractConfig, progress_dir: str 
     n_skipped = read[SKIPPED] | "Count skipped" >> beam.combiners.Count.Globally()
     repeated = ((read["records"] | "Keys read" >> beam.Map(lambda r: r.key),
                  read[FAILED] | "Keys unreadable" >> beam.Map(lambda f: f.key),
-                 read[SKIPPED])
-                | "Repeated keys" >> CountRepeatedKeys())  # packed where produced: no Flatten of single keys
+                 read[SKIPPED])  # packed where produced: no Flatten of single keys
+                | "Repeated keys" >> CountRepeatedKeys(scratch_folder(config.output, "repeats")))
     n_commits = ((feature_commits, error_commits)
                  | "Every commit of the run" >> beam.Flatten()
                  | "Count commits" >> beam.combiners.Count.Globally())
@@ -156,7 +159,14 @@ def build_extraction(p: beam.Pipeline, config: ExtractConfig, progress_dir: str 
              n_skipped=beam.pvalue.AsSingleton(n_skipped),
              repeated=beam.pvalue.AsSingleton(repeated),
              resolved=beam.pvalue.AsSingleton(resolved),
-             redone=beam.pvalue.AsList(redone)))
+             redone=beam.pvalue.AsList(redone))
+         | "Delete scratch files" >> beam.Map(_clear_scratch, config.output))
+
+
+def _clear_scratch(_, output: str) -> None:
+    """Once the manifest is written, the scratch files of the run's shuffles (``transforms/spill.py``) go."""
+    ready_process()
+    clear_scratch(output)
 
 
 @contextlib.contextmanager

@@ -10,8 +10,8 @@ measured and not the model:
    commit records in ``OUTDIR/commits/`` add up to N/2 records, then runs it again with ``--resume``. Where N
    is under 4 commits of extract's default size and ``--records-per-shard`` is not given, these two runs
    commit every N/10 records instead, or the first commit would already hold everything;
-4. checks each feature set (fresh and resumed): every input key in ``features/`` exactly once, nothing else, and
-   ``inputs == N == embedded + failed`` in the manifest.
+4. checks each feature set (fresh and resumed): every input key in ``features/`` exactly once, nothing else,
+   ``inputs == N == embedded + failed`` in the manifest, and no scratch files left (``transforms/spill.py``).
 
 Each run reports its wall time, records/s (of what that run did itself), the peak resident memory (VmHWM) of the
 launcher and of its largest other process, and the size of ``commits/`` and of ``manifest.json``:
@@ -42,6 +42,7 @@ import numpy as np
 from pipeline.tools.bench import ProcessTreeMemory, descendants, run_extract
 from transforms import schema
 from transforms.framing import frame, iter_frames
+from transforms.spill import scratch_folder
 from transforms.write.commits import DEFAULT_RECORDS_PER_COMMIT
 
 IMAGE_SIZE = 12
@@ -308,10 +309,11 @@ def check_feature_set(output: str, files: list[tuple[str, int]], n: int) -> dict
     distinct = int(1 + np.count_nonzero(np.any(found_rows[1:] != found_rows[:-1], axis=1))) if keys else 0
     same = found_rows.shape == expected_rows.shape and bool(np.array_equal(found_rows, expected_rows))
     counts = read_manifest(output)["counts"]
+    scratch_left = os.path.exists(scratch_folder(output))
     ok = (same and foreign == 0 and distinct == keys == n and counts["inputs"] == n
-          and counts["embedded"] + counts["failed"] == n)
+          and counts["embedded"] + counts["failed"] == n and not scratch_left)
     return {"ok": ok, "keys": keys, "distinct": distinct, "foreign": foreign, "same_as_inputs": same,
-            "counts": counts}
+            "counts": counts, "scratch_left": scratch_left}
 
 
 # -- report ------------------------------------------------------------------------------------------------------
@@ -324,7 +326,8 @@ def table(rows: list[dict]) -> str:
         c = r["counts"]
         check = r.get("check")
         check = "" if check is None else ("ok" if check["ok"] else
-                                          f"FAILED ({check['keys']} keys, {check['distinct']} distinct)")
+                                          f"FAILED ({check['keys']} keys, {check['distinct']} distinct"
+                                          f"{', scratch files left' if check['scratch_left'] else ''})")
         mode = r["mode"] + (f" ({' '.join(r['flags'])})" if r.get("flags") else "")
         rate = f"{r['records_per_s']:,.0f}" if r["records"] else "-"
         lines.append(f"| {r['n']:,} | {mode} | {r['seconds']:.1f} | {rate} "

@@ -7,18 +7,26 @@ asked per fingerprint bucket (``transforms/fingerprints.py``):
    to; the keys of every verified earlier commit (from its keys file) likewise;
 2. each bucket, on one worker, matches the two: the done keys of each unit go out keyed by the unit;
 3. ``ReadRecords`` groups them with the unit itself, and reads the unit skipping those keys.
+
+Packs (1.) and the done keys of a unit (2.) cross the shuffle as references to scratch files under ``scratch``
+(``transforms/spill.py``) once they are more than a few KB, so the runner carries no fingerprints.
 """
 
 from __future__ import annotations
+
+import json
 
 import apache_beam as beam
 import numpy as np
 
 from transforms.fingerprints import PACK_ROWS, Packs, as_fingerprints, column, fingerprint, in_global_window
+from transforms.process import ready_process
+from transforms.spill import spill, spill_packs, unspill
 
 __all__ = ["DoneKeysOfUnits", "unit_id", "done_per_unit", "done_set"]
 
 DONE, WANTED = "done", "wanted"
+_DONE, _WANTED = DONE.encode(), WANTED.encode()  # a pack's first column
 
 
 def unit_id(unit, keys) -> str:
@@ -27,7 +35,14 @@ def unit_id(unit, keys) -> str:
 
 
 class _WantedFn(beam.DoFn):
-    """(unit id, keys) -> ``(bucket, (WANTED, unit ids, unit of each key, fingerprints))`` packs, per bundle."""
+    """(unit id, keys) -> ``(bucket, pack)`` per bundle, a pack's columns ``(WANTED, unit ids as JSON, unit of
+    each key, fingerprints)``."""
+
+    def __init__(self, scratch: str):
+        self._scratch = scratch
+
+    def setup(self):
+        ready_process()
 
     def start_bundle(self):
         self._ids, self._packs, self._n = [], Packs(columns=(np.int32,), rows=1 << 62), 0
@@ -49,33 +64,49 @@ class _WantedFn(beam.DoFn):
     def _drain(self):
         for bucket, (fps, indices) in self._packs.drain():
             used, local = np.unique(column(indices, np.int32), return_inverse=True)
-            yield bucket, (WANTED, tuple(self._ids[i] for i in used), local.astype(np.int32).tobytes(), fps)
+            ids = json.dumps([self._ids[i] for i in used]).encode("utf-8")
+            yield bucket, spill(self._scratch, (_WANTED, ids, local.astype(np.int32).tobytes(), fps))
         self.start_bundle()
 
 
 class _DoneFn(beam.DoFn):
-    """(a verified earlier ``Commit``, its keys) -> ``(bucket, (DONE, fingerprints))`` packs of its keys."""
+    """(a verified earlier ``Commit``, its keys) -> ``(bucket, pack)`` per bundle, a pack's columns ``(DONE,
+    fingerprints)``."""
+
+    def __init__(self, scratch: str):
+        self._scratch = scratch
+
+    def setup(self):
+        ready_process()
+
+    def start_bundle(self):
+        self._packs = Packs()
 
     def process(self, verified):
         _, keys = verified
-        packs = Packs(rows=1 << 62)
         for key in keys:
-            packs.add(fingerprint(key))
-        for bucket, (fps,) in packs.drain():
-            yield bucket, (DONE, fps)
+            yield from self._spilled(self._packs.add(fingerprint(key)))
+
+    def finish_bundle(self):
+        for pack in self._spilled(self._packs.drain()):
+            yield in_global_window(pack)
+
+    def _spilled(self, packs):
+        return spill_packs(self._scratch, ((bucket, (_DONE, fps)) for bucket, (fps,) in packs))
 
 
 def done_per_unit(packs):
-    """One bucket's packs -> ``(unit id, fingerprints of its done keys)`` for each unit with any."""
-    done = [as_fingerprints(p[1]) for p in packs if p[0] == DONE]
+    """One bucket's packs (their columns) -> ``(unit id, fingerprints of its done keys)`` for each unit with any."""
+    packs = list(packs)
+    done = [as_fingerprints(p[1]) for p in packs if p[0] == _DONE]
     if not done:
         return
     done = np.unique(np.concatenate(done))
     for tag, *rest in packs:
-        if tag != WANTED:
+        if tag != _WANTED:
             continue
         ids, local, fps = rest
-        fps, local = as_fingerprints(fps), column(local, np.int32)
+        ids, fps, local = json.loads(ids), as_fingerprints(fps), column(local, np.int32)
         hit = np.isin(fps, done)
         if not hit.any():
             continue
@@ -87,24 +118,39 @@ def done_per_unit(packs):
             yield ids[local[start]], fps[start:end].tobytes()
 
 
+class _MatchDoneKeysFn(beam.DoFn):
+    """(bucket, packs) -> ``(unit id, done fingerprints)`` for each unit with done keys there, ``spill``ed."""
+
+    def __init__(self, scratch: str):
+        self._scratch = scratch
+
+    def setup(self):
+        ready_process()
+
+    def process(self, element):
+        _, packs = element
+        for uid, fps in done_per_unit(unspill(packs)):
+            yield uid, spill(self._scratch, (fps,))
+
+
 class DoneKeysOfUnits(beam.PTransform):
     """``(unit id, keys)`` of every unit, and ``(Commit, keys)`` of the verified earlier commits ->
-    ``(unit id, done fingerprints)``."""
+    ``(unit id, done fingerprints)``, inline or spilled under ``scratch`` (``done_set`` reads them)."""
 
-    def __init__(self, done_commits):
+    def __init__(self, done_commits, scratch: str):
         super().__init__()
         self._done_commits = done_commits
+        self._scratch = scratch
 
     def expand(self, unit_keys):
-        wanted = unit_keys | "Pack keys of units" >> beam.ParDo(_WantedFn())
-        done = self._done_commits | "Pack committed keys" >> beam.ParDo(_DoneFn())
+        wanted = unit_keys | "Pack keys of units" >> beam.ParDo(_WantedFn(self._scratch))
+        done = self._done_commits | "Pack committed keys" >> beam.ParDo(_DoneFn(self._scratch))
         return ((wanted, done)
                 | "Both" >> beam.Flatten()
                 | "Group buckets" >> beam.GroupByKey()
-                | "Match done keys" >> beam.FlatMap(lambda bucket: done_per_unit(list(bucket[1]))))
+                | "Match done keys" >> beam.ParDo(_MatchDoneKeysFn(self._scratch)))
 
 
-def done_set(values) -> frozenset[bytes]:
-    """The fingerprints of several packs of done keys, as a set."""
-    return frozenset(fp.tobytes() for data in values for fp in as_fingerprints(data))
-
+def done_set(packs) -> frozenset[bytes]:
+    """The done fingerprints of a unit, from what ``DoneKeysOfUnits`` gave it (inline or spilled), as a set."""
+    return frozenset(fp.tobytes() for (data,) in unspill(packs) for fp in as_fingerprints(data))

@@ -128,9 +128,9 @@ SKIPPED = "skipped"  # tag of the keys a resumed run does not read again
 
 
 class ReadUnitFn(beam.DoFn):
-    """(unit id, [(UNIT, unit) or (DONE, fingerprints), ...]) -> ``Record``s of each unit; what cannot be
-    read goes to ``failed``, the keys among the done fingerprints (committed by an earlier run) to ``skipped``:
-    a unit whose keys are all done is not even opened."""
+    """(unit id, [(UNIT, unit) or (DONE, done fingerprints, inline or spilled), ...]) -> ``Record``s of each unit;
+    what cannot be read goes to ``failed``, the keys among the done fingerprints (committed by an earlier run) to
+    ``skipped``: a unit whose keys are all done is not even opened."""
 
     def __init__(self, fields: InputFields):
         self._fields = fields
@@ -192,15 +192,19 @@ class ReadRecords(beam.PTransform):
     "failed": Failure, "skipped": key}``.
 
     ``done_commits``: an optional PCollection of ``(Commit, keys)`` of the verified commits of an earlier run
-    of the same job, whose keys are skipped."""
+    of the same job, whose keys are skipped; the join that finds them keeps its scratch files in ``scratch``
+    (``resume.py``), which it then needs."""
 
     def __init__(self, specs: Sequence[InputSpec], fields: InputFields = InputFields(),
-                 chunk_bytes: int = DEFAULT_CHUNK_BYTES, done_commits=None):
+                 chunk_bytes: int = DEFAULT_CHUNK_BYTES, done_commits=None, scratch: str | None = None):
         super().__init__()
+        if done_commits is not None and not scratch:
+            raise ValueError("skipping done keys needs a scratch folder")
         self._specs = list(specs)
         self._fields = fields
         self._chunk_bytes = chunk_bytes
         self._done_commits = done_commits
+        self._scratch = scratch
 
     def expand(self, pbegin):
         sources = (
@@ -220,7 +224,7 @@ class ReadRecords(beam.PTransform):
             grouped.append(
                 units
                 | "Keys of units" >> beam.Map(_keyed_unit)
-                | "Done keys of units" >> resume.DoneKeysOfUnits(self._done_commits)
+                | "Done keys of units" >> resume.DoneKeysOfUnits(self._done_commits, self._scratch)
                 | "Tag done keys" >> beam.MapTuple(lambda uid, fps: (uid, (resume.DONE, fps))))
         read = (
             grouped

@@ -69,11 +69,11 @@ def read_commits(output: str) -> list[Commit]:
 
 
 def uncommitted_files(output: str, commits: Iterable[Commit]) -> list[str]:
-    """Files in features/, errors/, the pending folder and keys files in commits/ that no commit record names
-    (a crash's leftovers)."""
+    """Files in features/, errors/, the pending folder (at any depth: the shuffles' scratch files too) and keys
+    files in commits/ that no commit record names (a crash's leftovers)."""
     named = {FileSystems.join(output, p) for c in commits for p in (*(f.path for f in c.files), c.keys_path)}
     leftovers = []
-    for folder, pattern in ((schema.FEATURES_DIR, "*"), (schema.ERRORS_DIR, "*"), (schema.PENDING_DIR, "*"),
+    for folder, pattern in ((schema.FEATURES_DIR, "*"), (schema.ERRORS_DIR, "*"), (schema.PENDING_DIR, "**"),
                             (schema.COMMITS_DIR, f"*{KEYS_SUFFIX}")):
         (match,) = FileSystems.match([FileSystems.join(output, folder, pattern)])
         leftovers += [m.path for m in match.metadata_list if m.path not in named]

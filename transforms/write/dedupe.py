@@ -6,7 +6,8 @@ in the pipeline, so ``ResolveDuplicates`` starts from every commit record in OUT
 commit is made:
 
 1. each commit's keys file is read on a worker and packed by fingerprint bucket (``transforms/fingerprints.py``):
-   a fingerprint, its position in the commit, and a fingerprint of its label and split;
+   a fingerprint, its position in the commit, and a fingerprint of its label and split; a pack of more than
+   a few KB goes to a scratch file (``transforms/spill.py``), so the shuffle carries references, not keys;
 2. each bucket is examined on one worker: of the copies of a key, an embedded copy is kept over a failed
    one, then the one of the lowest (commit id, position), whatever the order commits are found in; when the
    embedded copies disagree on label or split, none is kept and the key becomes one ``ConflictingDuplicates``
@@ -37,6 +38,7 @@ from transforms.fingerprints import (
     repeats,
 )
 from transforms.process import ready_process
+from transforms.spill import scratch_folder, spill, spill_packs, unspill
 from transforms.write import committed
 from transforms.write.commits import Commit, FailureCommitFn
 
@@ -71,10 +73,12 @@ class _ListCommitsFn(beam.DoFn):
 
 
 class _CopiesFn(beam.DoFn):
-    """Commit record path -> ``(bucket, (commit id, rank, fingerprints, metas, positions))``, one per bucket."""
+    """Commit record path -> ``(bucket, pack)``, one per bucket its keys fall in; a pack's columns are the
+    commit id, its rank, and the fingerprints, metas and positions of its keys there (``spill``ed)."""
 
-    def __init__(self, output: str):
+    def __init__(self, output: str, scratch: str):
         self._output = output
+        self._scratch = scratch
 
     def setup(self):
         ready_process()
@@ -87,7 +91,19 @@ class _CopiesFn(beam.DoFn):
         for pos, (key, label, split) in enumerate(committed.read_commit_keys(self._output, commit)):
             packs.add(fingerprint(key), _meta(label, split), pos)
         for bucket, (fps, metas, positions) in packs.drain():
-            yield bucket, (commit.id, rank, fps, metas, positions)
+            yield bucket, spill(self._scratch, (commit.id.encode("ascii"), bytes([rank]), fps, metas, positions))
+
+
+class _KeepOneCopyFn(beam.DoFn):
+    """(bucket, packs) -> ``(commit id, (positions to drop, of which conflicting))`` (``keep_one_copy``)."""
+
+    def setup(self):
+        ready_process()
+
+    def process(self, element):
+        _, packs = element
+        yield from keep_one_copy((commit_id.decode("ascii"), rank[0], fps, metas, positions)
+                                 for commit_id, rank, fps, metas, positions in unspill(packs)).items()
 
 
 def keep_one_copy(packs) -> dict[str, tuple[set[int], set[int]]]:
@@ -187,6 +203,7 @@ class ResolveDuplicates(beam.PTransform):
     def __init__(self, output: str, records_per_commit: int, distinct_keys=None):
         super().__init__()
         self._output = output
+        self._scratch = scratch_folder(output, "duplicates")
         self._records_per_commit = records_per_commit
         self._distinct_keys = distinct_keys
 
@@ -198,9 +215,9 @@ class ResolveDuplicates(beam.PTransform):
             | "List commit records" >> beam.ParDo(_ListCommitsFn(self._output), beam.pvalue.AsSingleton(barrier),
                                                   *distinct)
             | "Spread commits" >> beam.Reshuffle()
-            | "Pack keys by bucket" >> beam.ParDo(_CopiesFn(self._output))
+            | "Pack keys by bucket" >> beam.ParDo(_CopiesFn(self._output, self._scratch))
             | "Group buckets" >> beam.GroupByKey()
-            | "Keep one copy" >> beam.FlatMap(lambda bucket: keep_one_copy(bucket[1]).items())
+            | "Keep one copy" >> beam.ParDo(_KeepOneCopyFn())
             | "Group by commit" >> beam.GroupByKey()
             | "Drop copies" >> beam.ParDo(_DropCopiesFn(self._output)).with_outputs("conflicts", main="summaries")
         )
@@ -218,15 +235,34 @@ class ResolveDuplicates(beam.PTransform):
 
 
 class _PackKeysFn(beam.DoFn):
+    """Keys -> ``(bucket, pack)`` of their fingerprints, per bundle (``spill``ed under ``scratch``)."""
+
+    def __init__(self, scratch: str):
+        self._scratch = scratch
+
+    def setup(self):
+        ready_process()
+
     def start_bundle(self):
         self._packs = Packs()
 
     def process(self, key: str):
-        yield from self._packs.add(fingerprint(key))
+        yield from spill_packs(self._scratch, self._packs.add(fingerprint(key)))
 
     def finish_bundle(self):
-        for pack in self._packs.drain():
+        for pack in spill_packs(self._scratch, self._packs.drain()):
             yield in_global_window(pack)
+
+
+class _RepeatsFn(beam.DoFn):
+    """(bucket, packs) -> how many of its fingerprints repeat one given before."""
+
+    def setup(self):
+        ready_process()
+
+    def process(self, element):
+        _, packs = element
+        yield repeats(np.concatenate([as_fingerprints(fps) for (fps,) in unspill(packs)]))
 
 
 class CountRepeatedKeys(beam.PTransform):
@@ -234,13 +270,18 @@ class CountRepeatedKeys(beam.PTransform):
     (copies beyond the first), over all of them.
 
     Each PCollection's keys are packed where they are produced, before anything joins them: a Flatten of
-    single keys would have a local runner hold every key between steps."""
+    single keys would have a local runner hold every key between steps. Packs go through the shuffle as
+    references to files under ``scratch`` (``transforms/spill.py``), so neither does the shuffle."""
+
+    def __init__(self, scratch: str):
+        super().__init__()
+        self._scratch = scratch
 
     def expand(self, keys):
         sources = keys if isinstance(keys, (tuple, list)) else (keys,)
-        return ([pcoll | f"Pack by bucket {i}" >> beam.ParDo(_PackKeysFn()) for i, pcoll in enumerate(sources)]
+        return ([pcoll | f"Pack by bucket {i}" >> beam.ParDo(_PackKeysFn(self._scratch))
+                 for i, pcoll in enumerate(sources)]
                 | "Every pack" >> beam.Flatten()
                 | "Group buckets" >> beam.GroupByKey()
-                | "Repeats per bucket" >> beam.MapTuple(
-                    lambda _, packs: repeats(np.concatenate([as_fingerprints(fps) for (fps,) in packs])))
+                | "Repeats per bucket" >> beam.ParDo(_RepeatsFn())
                 | "Sum" >> beam.CombineGlobally(sum))

@@ -23,7 +23,7 @@ from pipeline.tools.inspect import inspect_feature_set
 from tests.commit_tools import commit_keys, resolve_in
 from tests.conftest import REPO
 from tests.fakes import MEAN_COLOUR, MeanColourBackbone
-from transforms import schema
+from transforms import schema, spill
 from transforms.fingerprints import fingerprint
 from transforms.read.inputs import InputSpec
 from transforms.records import Failure
@@ -101,16 +101,23 @@ def test_a_resumed_summary_says_what_was_redone(tmp_path, colours, capsys):
     assert f"1 of its commits were damaged and retired, and their {first.records} inputs done again" in printed
 
 
-def test_the_same_folder_twice_is_embedded_once_and_counted(tmp_path, colours, worker_env):
+@pytest.mark.parametrize("spilled", [False, True], ids=["packs-inline", "packs-spilled"])
+def test_the_same_folder_twice_is_embedded_once_and_counted(tmp_path, colours, worker_env, request, spilled):
+    """Spilled, the two copies' packs hold the same bytes, in files of their own: both count."""
+    read = request.getfixturevalue("every_pack_spilled") if spilled else []
     config = _config(tmp_path, [InputSpec.directory(str(colours))] * 2)
     manifest = run_extraction(config, PipelineOptions(IN_PROCESS))
+    assert len(read) >= spilled and not os.path.exists(spill.scratch_folder(config.output))
     assert manifest.counts == {"inputs": 62, "embedded": 30, "failed": 1, "duplicates": 31}
     assert manifest.duplicate_example == min(str(p) for p in colours.iterdir())
     assert len(_vectors(config.output)) == 30 and len(_dead_letters(config.output)) == 1
     assert inspect_feature_set(config.output).problems == []
 
 
-def test_a_manifest_row_given_twice_agreeing_or_not(tmp_path, colours, worker_env):
+@pytest.mark.parametrize("spilled", [False, True], ids=["packs-inline", "packs-spilled"])
+def test_a_manifest_row_given_twice_agreeing_or_not(tmp_path, colours, worker_env, request, spilled):
+    if spilled:
+        request.getfixturevalue("every_pack_spilled")
     folder = tmp_path / "rows"
     folder.mkdir()
     for name in ("00.png", "01.png", "02.png"):

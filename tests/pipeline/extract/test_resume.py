@@ -21,7 +21,7 @@ from pipeline.extract.options import ExtractConfig
 from tests.commit_tools import commit_keys, recommit_with, resolve_in
 from tests.conftest import REPO
 from tests.fakes import MEAN_COLOUR, MeanColourBackbone
-from transforms import schema
+from transforms import schema, spill
 from transforms.read.inputs import InputSpec
 from transforms.write import committed
 
@@ -64,7 +64,9 @@ def test_outputs_are_committed_in_units_with_their_keys(tmp_path, colours, worke
     assert manifest.resumed_records == 0
 
 
-def test_resume_skips_what_was_committed_and_finishes_the_rest(tmp_path, colours, worker_env):
+@pytest.mark.parametrize("spilled", [False, True], ids=["packs-inline", "packs-spilled"])
+def test_resume_skips_what_was_committed_and_finishes_the_rest(tmp_path, colours, worker_env, request, spilled):
+    read = request.getfixturevalue("every_pack_spilled") if spilled else []
     config = _config(tmp_path, colours)
     full = run_extraction(config, PipelineOptions(IN_PROCESS))
     _, before = _records(config.output)
@@ -90,11 +92,31 @@ def test_resume_skips_what_was_committed_and_finishes_the_rest(tmp_path, colours
     assert not os.path.exists(pending)
     on_disk = sorted(os.listdir(os.path.join(config.output, schema.FEATURES_DIR)))
     assert on_disk == sorted(os.path.basename(s) for s in manifest.shards)        # no orphan shards left
+    assert os.listdir(os.path.join(config.output, schema.PENDING_DIR)) == []      # scratch files deleted too
+    if spilled:  # the repeat count's, the join's and each unit's done keys went through files, of both runs
+        assert {os.path.basename(os.path.dirname(path)) for path in read} == {"repeats", "resume"}
+        assert not any(os.path.exists(path) for path in read)
 
 
-def test_a_key_committed_twice_is_kept_once(tmp_path, colours, worker_env):
+@pytest.mark.parametrize("flag", ["resume", "overwrite"])
+def test_scratch_files_a_killed_run_left_are_swept(tmp_path, colours, flag):
+    from pipeline.extract.launch import prepare_output
+
     config = _config(tmp_path, colours)
     run_extraction(config, PipelineOptions(IN_PROCESS))
+    os.remove(os.path.join(config.output, schema.MANIFEST_NAME))
+    left = [spill.spill(spill.scratch_folder(config.output, step), (os.urandom(spill.INLINE_BYTES + 1),)).path
+            for step in ("repeats", "resume", "duplicates")]
+    prepare_output(dataclasses.replace(config, **{flag: True}))
+    assert not any(os.path.exists(path) for path in left)
+
+
+@pytest.mark.parametrize("spilled", [False, True], ids=["packs-inline", "packs-spilled"])
+def test_a_key_committed_twice_is_kept_once(tmp_path, colours, worker_env, request, spilled):
+    read = request.getfixturevalue("every_pack_spilled") if spilled else []
+    config = _config(tmp_path, colours)
+    run_extraction(config, PipelineOptions(IN_PROCESS))
+    del read[:]
     first, second = [c for c in committed.read_commits(config.output) if c.kind == "features"][:2]
     recommit_with(config.output, second, first)  # what a distributed runner's retried bundle can leave
 
@@ -107,6 +129,7 @@ def test_a_key_committed_twice_is_kept_once(tmp_path, colours, worker_env):
         held = [json.loads(line)["key"] for line in open(path)] if c.kind == "errors" else [
             r.key for r in schema.read_records(path, (MEAN_COLOUR,))]
         assert held == commit_keys(config.output, c)
+    assert all(os.path.basename(os.path.dirname(path)) == "duplicates" for path in read) and len(read) >= spilled
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -170,6 +193,7 @@ def test_killed_multi_process_run_resumes_to_the_same_features(tmp_path, image_f
 
     manifest, records = _records(killed)
     _, reference = _records(complete)
+    assert not os.path.exists(spill.scratch_folder(killed)) and not os.path.exists(spill.scratch_folder(complete))
     assert manifest.counts == {"inputs": 96, "embedded": 96, "failed": 0, "duplicates": 0}
     assert sorted(r.key for r in records) == sorted(r.key for r in reference) and len(records) == 96
     expected = {r.key: r.vectors["features.18"] for r in reference}
@@ -180,8 +204,9 @@ def test_killed_multi_process_run_resumes_to_the_same_features(tmp_path, image_f
     print(json.dumps({"skipped on resume": manifest.resumed_records, "of": 96}))
 
 
-def test_resume_on_object_storage(tmp_path, colours, worker_env, gcs):
-    """The same crash and resume with OUTDIR on gs:// (a GCS emulator), where folders are only prefixes."""
+def test_resume_on_object_storage(tmp_path, colours, worker_env, gcs, every_pack_spilled):
+    """The same crash and resume with OUTDIR on gs:// (a GCS emulator), where folders are only prefixes, and
+    every pack of the per-key shuffles goes through a scratch object there."""
     from apache_beam.io.filesystems import FileSystems
 
     from tests.packing import read_feature_set
@@ -207,6 +232,10 @@ def test_resume_on_object_storage(tmp_path, colours, worker_env, gcs):
     (listed,) = FileSystems.match([FileSystems.join(config.output, schema.FEATURES_DIR, "*")])
     assert sorted(m.path.rsplit("/", 1)[-1] for m in listed.metadata_list) == sorted(
         s.rsplit("/", 1)[-1] for s in manifest.shards)                             # no orphan shards left
+    assert every_pack_spilled and all(path.startswith("gs://resume-out/features/.pending/shuffle/")
+                                      for path in every_pack_spilled)
+    (scratch,) = FileSystems.match([FileSystems.join(spill.scratch_folder(config.output), "**")])
+    assert scratch.metadata_list == []                                             # the scratch objects are gone
 
 
 def test_a_commit_is_trusted_only_with_its_keys_file_intact(tmp_path, colours, worker_env):

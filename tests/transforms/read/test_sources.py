@@ -255,15 +255,17 @@ def test_a_unit_is_read_without_the_keys_an_earlier_run_committed(tmp_path):
     done = commit_files(out, "c" * 32, "features", [placed], key_line(keys[1], "a") + key_line(keys[4], "a"),
                         records=2)
     found = str(tmp_path / "found.json")
+    scratch = str(tmp_path / "scratch")
     with beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as p:
         _ = ((p | "Units" >> beam.Create([(resume.unit_id(chunk, keys), keys), ("other", ["elsewhere#0"])]))
-             | resume.DoneKeysOfUnits(p | "Commits" >> beam.Create([(done, [keys[1], keys[4]])]))
+             | resume.DoneKeysOfUnits(p | "Commits" >> beam.Create([(done, [keys[1], keys[4]])]), scratch)
              | beam.combiners.ToList()
-             | beam.Map(lambda pairs: open(found, "w").write(json.dumps([(uid, fps.hex()) for uid, fps in pairs]))))
+             | beam.Map(lambda pairs: open(found, "w").write(
+                 json.dumps([(uid, [c.hex() for c in fps]) for uid, fps in pairs]))))
     pairs = json.load(open(found))  # the unit with done keys, once per bucket they fall in; not the other unit
     uid = resume.unit_id(chunk, keys)
-    assert {u for u, _ in pairs} == {uid} and sum(len(fps) for _, fps in pairs) == 2 * 2 * 16
-    done_packs = [(resume.DONE, bytes.fromhex(fps)) for _, fps in pairs]
+    assert {u for u, _ in pairs} == {uid} and sum(len(bytes.fromhex(c)) for _, fps in pairs for c in fps) == 2 * 16
+    done_packs = [(resume.DONE, tuple(bytes.fromhex(c) for c in fps)) for _, fps in pairs]  # inline: a few bytes
     got = outputs(ReadUnitFn(InputFields()).process((uid, [(UNIT, chunk), *done_packs])))
     assert [(tag, v if tag == SKIPPED else v.key) for tag, v in got] == [
         ("main", keys[0]), (SKIPPED, keys[1]), ("main", keys[2]), ("main", keys[3]), (SKIPPED, keys[4]),
@@ -271,5 +273,5 @@ def test_a_unit_is_read_without_the_keys_an_earlier_run_committed(tmp_path):
 
     all_done = b"".join(fingerprint(k) for k in keys)
     path.unlink()  # a unit whose keys are all done is not opened
-    got = outputs(ReadUnitFn(InputFields()).process((uid, [(UNIT, chunk), (resume.DONE, all_done)])))
+    got = outputs(ReadUnitFn(InputFields()).process((uid, [(UNIT, chunk), (resume.DONE, (all_done,))])))
     assert got == [(SKIPPED, k) for k in keys]

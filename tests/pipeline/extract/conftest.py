@@ -1,0 +1,17 @@
+"""Fixtures of the extraction tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from transforms import spill
+
+
+@pytest.fixture
+def every_pack_spilled(monkeypatch):
+    """Every pack of the job's per-key shuffles goes through a scratch file, however small (for a job run in this
+    process); the list of the files read back."""
+    read, real = [], spill._read
+    monkeypatch.setattr(spill, "INLINE_BYTES", 0)
+    monkeypatch.setattr(spill, "_read", lambda pack: read.append(pack.path) or real(pack))
+    return read

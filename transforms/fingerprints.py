@@ -15,13 +15,17 @@ import hashlib
 from collections import defaultdict
 from collections.abc import Iterator
 
+import apache_beam as beam
 import numpy as np
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
+from transforms.process import ready_process
+from transforms.spill import spill_packs
+
 __all__ = ["BUCKETS", "FINGERPRINT", "fingerprint", "bucket_of", "as_fingerprints", "Packs", "in_global_window",
-           "column", "repeats"]
+           "column", "repeats", "PackKeysFn"]
 
 BUCKETS = 64
 FINGERPRINT = np.dtype("V16")
@@ -80,3 +84,33 @@ def column(data: bytes, dtype) -> np.ndarray:
 def repeats(fps: np.ndarray) -> int:
     """How many fingerprints repeat one given before (copies beyond the first)."""
     return int(len(fps) - len(np.unique(fps))) if len(fps) else 0
+
+
+class PackKeysFn(beam.DoFn):
+    """Keys -> ``(bucket, pack)`` of their fingerprints, per bundle, each pack spilled under ``scratch``
+    (``transforms.spill``). ``keys_of``: an element's keys (default: the element is one key); ``tag``: a first
+    column put before the fingerprints, to tell packs of several sources apart in one bucket."""
+
+    def __init__(self, scratch: str, keys_of=None, tag: bytes | None = None):
+        self._scratch = scratch
+        self._keys_of = keys_of
+        self._tag = tag
+
+    def setup(self):
+        ready_process()
+
+    def start_bundle(self):
+        self._packs = Packs()
+
+    def process(self, element):
+        for key in self._keys_of(element) if self._keys_of else (element,):
+            yield from self._spilled(self._packs.add(fingerprint(key)))
+
+    def finish_bundle(self):
+        for pack in self._spilled(self._packs.drain()):
+            yield in_global_window(pack)
+
+    def _spilled(self, packs):
+        if self._tag is not None:
+            packs = ((bucket, (self._tag, *columns)) for bucket, columns in packs)
+        return spill_packs(self._scratch, packs)

@@ -14,7 +14,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.pipeline import PipelineVisitor
 
 from transforms import spill
-from transforms.fingerprints import fingerprint
+from transforms.fingerprints import PackKeysFn, fingerprint
 from transforms.spill import INLINE_BYTES, Spilled
 from transforms.write import dedupe
 
@@ -95,8 +95,8 @@ def _repeats(packs) -> int:
 def test_a_retried_bundles_packs_count_once_and_equal_bundles_count_twice(tmp_path):
     keys = [f"k{i}" for i in range(30_000)] + [f"k{i}" for i in range(1_000)]  # 1,000 repeats
     folder = str(tmp_path / "repeats")
-    failed = _bundle(dedupe._PackKeysFn(folder), keys)  # its files are written, its outputs discarded
-    retried = _bundle(dedupe._PackKeysFn(folder), keys)
+    failed = _bundle(PackKeysFn(folder), keys)  # its files are written, its outputs discarded
+    retried = _bundle(PackKeysFn(folder), keys)
     assert all(isinstance(pack, Spilled) for _, pack in retried)
     assert len(os.listdir(folder)) == len(failed) + len(retried)  # the failed attempt's files are still there
     assert _repeats(retried) == 1_000
@@ -193,7 +193,7 @@ def test_de_duplication_shuffles_references_not_fingerprints(tmp_path, monkeypat
 def test_fingerprints_of_packs_are_the_keys_own(tmp_path):
     """A spilled pack holds the fingerprints of the keys packed, nothing else."""
     keys = [f"k{i}" for i in range(5_000)]
-    packs = _bundle(dedupe._PackKeysFn(str(tmp_path)), keys)
+    packs = _bundle(PackKeysFn(str(tmp_path)), keys)
     held = {fp for _, pack in packs for (fps,) in spill.unspill([pack])
             for fp in (fps[i:i + 16] for i in range(0, len(fps), 16))}
     assert held == {fingerprint(k) for k in keys}

@@ -19,9 +19,17 @@ import json
 import apache_beam as beam
 import numpy as np
 
-from transforms.fingerprints import PACK_ROWS, Packs, as_fingerprints, column, fingerprint, in_global_window
+from transforms.fingerprints import (
+    PACK_ROWS,
+    PackKeysFn,
+    Packs,
+    as_fingerprints,
+    column,
+    fingerprint,
+    in_global_window,
+)
 from transforms.process import ready_process
-from transforms.spill import spill, spill_packs, unspill
+from transforms.spill import spill, unspill
 
 __all__ = ["DoneKeysOfUnits", "unit_id", "done_per_unit", "done_set"]
 
@@ -69,30 +77,9 @@ class _WantedFn(beam.DoFn):
         self.start_bundle()
 
 
-class _DoneFn(beam.DoFn):
-    """(a verified earlier ``Commit``, its keys) -> ``(bucket, pack)`` per bundle, a pack's columns ``(DONE,
-    fingerprints)``."""
-
-    def __init__(self, scratch: str):
-        self._scratch = scratch
-
-    def setup(self):
-        ready_process()
-
-    def start_bundle(self):
-        self._packs = Packs()
-
-    def process(self, verified):
-        _, keys = verified
-        for key in keys:
-            yield from self._spilled(self._packs.add(fingerprint(key)))
-
-    def finish_bundle(self):
-        for pack in self._spilled(self._packs.drain()):
-            yield in_global_window(pack)
-
-    def _spilled(self, packs):
-        return spill_packs(self._scratch, ((bucket, (_DONE, fps)) for bucket, (fps,) in packs))
+def _keys_of_commit(verified) -> list[str]:
+    """(a verified earlier ``Commit``, its keys) -> its keys."""
+    return verified[1]
 
 
 def done_per_unit(packs):
@@ -144,7 +131,8 @@ class DoneKeysOfUnits(beam.PTransform):
 
     def expand(self, unit_keys):
         wanted = unit_keys | "Pack keys of units" >> beam.ParDo(_WantedFn(self._scratch))
-        done = self._done_commits | "Pack committed keys" >> beam.ParDo(_DoneFn(self._scratch))
+        done = self._done_commits | "Pack committed keys" >> beam.ParDo(
+            PackKeysFn(self._scratch, _keys_of_commit, _DONE))
         return ((wanted, done)
                 | "Both" >> beam.Flatten()
                 | "Group buckets" >> beam.GroupByKey()

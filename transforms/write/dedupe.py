@@ -30,15 +30,15 @@ from apache_beam.io.filesystems import FileSystems
 from transforms import schema
 from transforms.fingerprints import (
     FINGERPRINT,
+    PackKeysFn,
     Packs,
     as_fingerprints,
     column,
     fingerprint,
-    in_global_window,
     repeats,
 )
 from transforms.process import ready_process
-from transforms.spill import scratch_folder, spill, spill_packs, unspill
+from transforms.spill import scratch_folder, spill, unspill
 from transforms.write import committed
 from transforms.write.commits import Commit, FailureCommitFn
 
@@ -234,26 +234,6 @@ class ResolveDuplicates(beam.PTransform):
                 | "Summary" >> beam.CombineGlobally(_SummaryFn()))
 
 
-class _PackKeysFn(beam.DoFn):
-    """Keys -> ``(bucket, pack)`` of their fingerprints, per bundle (``spill``ed under ``scratch``)."""
-
-    def __init__(self, scratch: str):
-        self._scratch = scratch
-
-    def setup(self):
-        ready_process()
-
-    def start_bundle(self):
-        self._packs = Packs()
-
-    def process(self, key: str):
-        yield from spill_packs(self._scratch, self._packs.add(fingerprint(key)))
-
-    def finish_bundle(self):
-        for pack in spill_packs(self._scratch, self._packs.drain()):
-            yield in_global_window(pack)
-
-
 class _RepeatsFn(beam.DoFn):
     """(bucket, packs) -> how many of its fingerprints repeat one given before."""
 
@@ -279,7 +259,7 @@ class CountRepeatedKeys(beam.PTransform):
 
     def expand(self, keys):
         sources = keys if isinstance(keys, (tuple, list)) else (keys,)
-        return ([pcoll | f"Pack by bucket {i}" >> beam.ParDo(_PackKeysFn(self._scratch))
+        return ([pcoll | f"Pack by bucket {i}" >> beam.ParDo(PackKeysFn(self._scratch))
                  for i, pcoll in enumerate(sources)]
                 | "Every pack" >> beam.Flatten()
                 | "Group buckets" >> beam.GroupByKey()

@@ -91,10 +91,11 @@ def configure(options: PipelineOptions) -> ExtractConfig:
     if precision == "bfloat16" and not gpus and runner_name(options) in LOCAL_RUNNERS and not cpu_has_bfloat16():
         raise ConfigError("--precision bfloat16 needs a CPU with AVX-512 BF16 or AMX (or a GPU); this one has "
                           "neither: drop the flag to run in float32")
-    if backbone.modality == "text" and precision != "float32":
-        flag = "--mixed-precision" if o.mixed_precision else f"--precision {precision}"
-        raise ConfigError(f"{flag} is for image backbones; text backbone {backbone.name} runs in float32 "
-                          "(its LayerNorm epsilon and attention scores are not safe in float16)")
+    if backbone.modality == "text" and precision == "float16":
+        flag = "--mixed-precision" if o.mixed_precision else "--precision float16"
+        raise ConfigError(f"{flag} is for image backbones; text backbone {backbone.name} runs in float32 or "
+                          "--precision bfloat16 (its dense layers only: its LayerNorm epsilon and attention "
+                          "scores are not safe in float16)")
     if runner_name(options) not in LOCAL_RUNNERS:
         backbone = stage_backbone(backbone, remote_staging_location(options))
     formats = parse_formats(o.format)

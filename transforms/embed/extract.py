@@ -11,7 +11,9 @@ from transforms.decode.image_fn import DecodeImageFn
 from transforms.decode.images import DEFAULT_MAX_PIXELS
 from transforms.decode.tokenize import TokenizeFn
 from transforms.embed.backbone import BackboneHandler
+from transforms.embed.inputs import inputs_for
 from transforms.embed.retry import EmbeddingFailure, RetryOneByOne
+from transforms.embed.text_batches import BatchByLengthFn
 from transforms.records import FAILED, Failure, Record
 from transforms.schema import OutputSpec
 
@@ -23,7 +25,9 @@ class ExtractFeatures(beam.PTransform):
 
     1. decode each image to the backbone's fixed uint8 input, or tokenise each text for a text backbone
        (bad inputs go to ``failed``);
-    2. embed batches with ``RunInference`` over ``BackboneHandler`` (model loaded once per worker process, or
+    2. texts only: batch them by length (``BatchByLengthFn``), so that each batch pads to one of a few bucket
+       lengths; images are batched by ``RunInference`` itself, in arrival order;
+    3. embed batches with ``RunInference`` over ``BackboneHandler`` (model loaded once per worker process, or
        ``model_copies`` copies per machine shared by its processes); a failed batch is retried one by one
        (``RetryOneByOne``), and an input the backbone fails on alone goes to ``failed`` too.
     """
@@ -34,22 +38,36 @@ class ExtractFeatures(beam.PTransform):
         super().__init__()
         self._backbone = backbone
         self._max_pixels = max_pixels
+        self._batch_size = batch_size
         self._handler = KeyedModelHandler(RetryOneByOne(BackboneHandler(
             backbone, outputs, batch_size, threads, model_copies, precision)))
 
     def expand(self, records):
-        if getattr(self._backbone, "modality", "image") == "text":
-            label, fn = "Tokenize texts", _TokenizeKeepingSourceFn(self._backbone)
-        else:
-            label, fn = "Decode images", _DecodeKeepingSourceFn(self._backbone.preprocessing, self._max_pixels)
-        decoded = records | label >> beam.ParDo(fn).with_outputs(FAILED, main="images")
+        text = getattr(self._backbone, "modality", "image") == "text"
+        batches, undecodable = self._text_batches(records) if text else self._images(records)
+        # Texts come batched already; images are batched by RunInference.
+        handler = self._handler.with_no_batching() if text else self._handler
         embedded = (
-            decoded.images
-            | "Embed with backbone" >> RunInference(self._handler)
+            batches
+            | "Embed with backbone" >> RunInference(handler)
             | "Keep vectors" >> beam.ParDo(_KeepVectorsFn()).with_outputs(FAILED, main="embedded")
         )
-        failed = (decoded[FAILED], embedded[FAILED]) | "Decode or embed failures" >> beam.Flatten()
+        failed = (undecodable, embedded[FAILED]) | "Decode or embed failures" >> beam.Flatten()
         return {"embedded": embedded.embedded, FAILED: failed}
+
+    def _images(self, records):
+        """(decoded images, failures)."""
+        fn = _DecodeKeepingSourceFn(self._backbone.preprocessing, self._max_pixels)
+        decoded = records | "Decode images" >> beam.ParDo(fn).with_outputs(FAILED, main="images")
+        return decoded.images, decoded[FAILED]
+
+    def _text_batches(self, records):
+        """(batches of tokenised texts of similar length, failures)."""
+        fn = _TokenizeKeepingSourceFn(self._backbone)
+        tokenized = records | "Tokenize texts" >> beam.ParDo(fn).with_outputs(FAILED, main="texts")
+        buckets = inputs_for(self._backbone).lengths
+        batches = tokenized.texts | "Batch texts by length" >> beam.ParDo(BatchByLengthFn(buckets, self._batch_size))
+        return batches, tokenized[FAILED]
 
 
 def _with_source(outputs, record: Record):

@@ -1,4 +1,4 @@
-"""The launcher's live progress line: records listed, read, embedded, failed, images/s, ETA."""
+"""The launcher's live progress line: records listed, read, embedded, failed, images/s (or texts/s), ETA."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from transforms.write.progress import read_progress
 __all__ = ["ProgressLine", "format_progress"]
 
 
-def format_progress(counts: dict, seconds: float) -> str:
-    """The line for ``counts`` (per stage: listed files, expected inputs, read, embedded, failed, skipped).
+def format_progress(counts: dict, seconds: float, unit: str = "images") -> str:
+    """The line for ``counts`` (per stage: listed files, expected inputs, read, embedded, failed, skipped), its
+    rate in ``unit`` ("images" or "texts") per second.
 
     The ETA counts inputs, not files: ``expected`` is the number of inputs the listed files hold (a tar shard
     or a manifest holds many), known once they are expanded; skipped inputs (``--resume``) are already done."""
@@ -21,7 +22,7 @@ def format_progress(counts: dict, seconds: float) -> str:
     rate = embedded / seconds if seconds > 0 else 0.0
     done_rate = (embedded + failed) / seconds if seconds > 0 else 0.0
     line = (f"featurebeam: progress  listed {listed}, read {counts.get('read', 0)}, embedded {embedded}, "
-            f"failed {failed}, {rate:.1f} images/s")
+            f"failed {failed}, {rate:.1f} {unit}/s")
     remaining = expected - embedded - failed - skipped
     if expected and done_rate > 0 and remaining >= 0:
         line += f", ETA {remaining / done_rate:.0f} s"
@@ -32,8 +33,10 @@ class ProgressLine:
     """A thread that prints the progress line on ``stream``: refreshed in place a few times a second on a
     terminal, one line every ``log_every`` seconds otherwise (logs)."""
 
-    def __init__(self, directory: str, stream=None, log_every: float = 5.0, tty_every: float = 0.25):
+    def __init__(self, directory: str, stream=None, log_every: float = 5.0, tty_every: float = 0.25,
+                 unit: str = "images"):
         self._directory = directory
+        self._unit = unit
         self._stream = stream or sys.stderr
         self._tty = bool(getattr(self._stream, "isatty", lambda: False)())
         self._every = tty_every if self._tty else log_every
@@ -53,7 +56,7 @@ class ProgressLine:
         self._print(final=True)
 
     def _print(self, final: bool = False) -> None:
-        line = format_progress(read_progress(self._directory), time.monotonic() - self._start)
+        line = format_progress(read_progress(self._directory), time.monotonic() - self._start, self._unit)
         if self._tty:
             self._stream.write("\r" + line.ljust(len(self._last)) + ("\n" if final else ""))
         elif line != self._last:

@@ -60,6 +60,19 @@ def test_mixed_precision_with_a_text_backbone_is_refused_at_launch(tmp_path, cap
         "float32")
 
 
+@pytest.mark.skipif(not cpu_has_bfloat16(), reason="this CPU has no bfloat16")
+def test_a_text_backbone_takes_bfloat16(tmp_path):
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.extract.launch import configure
+
+    texts = tmp_path / "posts.jsonl"
+    texts.write_text('{"id": "1", "text": "hello"}\n')
+    config = configure(PipelineOptions(["--input", str(texts), "--backbone", "minilm_l6", "--output",
+                                        str(tmp_path / "out"), "--precision", "bfloat16"]))
+    assert config.precision == "bfloat16" and config.backbone.modality == "text"
+
+
 def test_a_text_backbone_reads_tables_and_txt_files_as_texts_and_says_so(tmp_path, capsys):
     from types import SimpleNamespace
 
@@ -128,6 +141,12 @@ def test_a_text_table_without_the_text_field_is_refused_at_launch_naming_the_fie
 def test_the_eta_counts_inputs_not_files(counts, seconds, eta):
     line = format_progress(counts, seconds)
     assert (eta in line) if eta else ("ETA" not in line), line
+
+
+def test_the_progress_rate_names_what_is_embedded():
+    counts = {"listed": 1, "expected": 40, "read": 30, "embedded": 20, "failed": 0}
+    assert ", 2.0 images/s, ETA 10 s" in format_progress(counts, 10.0)
+    assert ", 2.0 texts/s, ETA 10 s" in format_progress(counts, 10.0, "texts")
 
 
 def test_the_summary_rate_counts_what_this_run_did():

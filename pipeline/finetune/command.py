@@ -15,8 +15,11 @@ __all__ = ["finetune_parser", "cmd_finetune", "config_from_args"]
 def finetune_parser() -> argparse.ArgumentParser:
     from pipeline.finetune.options import (
         AUGMENTATIONS,
+        DEFAULT_DROPOUT,
         DEFAULT_EPOCHS,
+        DEFAULT_HEAD_LR_FACTOR,
         DEFAULT_LEARNING_RATE,
+        DEFAULT_PATIENCE,
         DEFAULT_UNFREEZE,
         FALLBACK_UNFREEZE,
     )
@@ -50,16 +53,22 @@ def finetune_parser() -> argparse.ArgumentParser:
                         help=f"the top K blocks to train, as 'featurebeam layers' lists them (default: {defaults}; "
                              f"{FALLBACK_UNFREEZE} for other backbones)")
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, metavar="N",
-                        help=f"most epochs; early stopping on validation log-loss (default: {DEFAULT_EPOCHS})")
-    parser.add_argument("--patience", type=int, default=4, help="epochs without a lower validation log-loss "
-                                                                "before stopping (default: 4)")
+                        help=f"epochs of the cosine schedule; the epoch of lowest validation log-loss is kept "
+                             f"(default: {DEFAULT_EPOCHS})")
+    parser.add_argument("--patience", type=int, default=DEFAULT_PATIENCE,
+                        help=f"epochs without a lower validation log-loss before stopping early (default: "
+                             f"{DEFAULT_PATIENCE}: no early stop within the default epochs)")
     parser.add_argument("--head-from", metavar="MODELDIR",
                         help="start from the head of a featurebeam train MODELDIR (same backbone) instead of "
                              "fitting a linear probe first")
     parser.add_argument("--learning-rate", type=float, default=DEFAULT_LEARNING_RATE,
                         help=f"Adam learning rate of the unfrozen blocks (default: {DEFAULT_LEARNING_RATE:g})")
-    parser.add_argument("--head-lr-factor", type=float, default=10.0,
-                        help="the head's learning rate is this times --learning-rate (default: 10)")
+    parser.add_argument("--head-lr-factor", type=float, default=DEFAULT_HEAD_LR_FACTOR,
+                        help=f"the head's learning rate is this times --learning-rate (default: "
+                             f"{DEFAULT_HEAD_LR_FACTOR:g})")
+    parser.add_argument("--dropout", type=float, default=DEFAULT_DROPOUT,
+                        help=f"dropout on the pooled features while training, 0 for none (default: "
+                             f"{DEFAULT_DROPOUT:g})")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--validation-fraction", type=float, default=0.2,
                         help="share of the inputs held out for validation, by a hash of each key (default: 0.2)")
@@ -97,7 +106,8 @@ def config_from_args(args):
         backbone=args.backbone, weights=args.weights, preprocessing=args.preprocessing,
         fold_batchnorm=not args.no_fold_batchnorm, unfreeze=args.unfreeze,
         epochs=args.epochs, patience=args.patience, head_from=args.head_from, learning_rate=args.learning_rate,
-        head_lr_factor=args.head_lr_factor, batch_size=args.batch_size, validation_fraction=args.validation_fraction,
+        head_lr_factor=args.head_lr_factor, dropout=args.dropout, batch_size=args.batch_size,
+        validation_fraction=args.validation_fraction,
         augment=args.augment, cache_memory_mb=args.cache_memory_mb, cache_dir=args.cache_dir,
         input_format=args.input_format, fields=fields, max_image_pixels=args.max_image_pixels,
         overwrite=args.overwrite, seed=args.seed).validate()

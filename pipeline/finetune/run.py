@@ -6,9 +6,10 @@
 3. split train/validation by the hash of each key, as ``featurebeam train`` does (``validation_mask``);
 4. fit the linear probe on the frozen top's pooled features (C swept on validation, fitted on the train split:
    the images fine-tuning trains on), or take the head of ``--head-from``;
-5. fine-tune the top K blocks (learning rate ``--learning-rate``) and the head (``--head-lr-factor`` times it)
-   from the probe, BatchNorm in inference mode, the probe's own L2 on the head's weights, early stopping on
-   validation log-loss (epoch 0 is the probe itself, so the result is never worse than it on validation);
+5. fine-tune the top K blocks (Adam at ``--learning-rate``, one warm-up epoch then cosine decay) and the head
+   (``--head-lr-factor`` times it) from the probe, BatchNorm in inference mode, the probe's own L2 on the head's
+   weights and ``--dropout`` on the pooled features; keep the epoch of lowest validation log-loss (epoch 0 is
+   the probe itself, so the result is never worse than it on validation);
 6. write MODELDIR: ``metrics.json`` (probe and fine-tuned per split), ``model.json``, ``learning_curve.png``,
    ``heads/{linear_probe,finetuned}/`` (head.keras, confusion matrices), ``finetuned/top.keras`` (the
    fine-tuned blocks) and ``serving/`` (raw image bytes -> probabilities through the fine-tuned backbone),
@@ -226,7 +227,7 @@ def _probe(train_x, train_y, val_x, val_y, n_classes: int):
 def _fine_tune(config: FinetuneConfig, split: SplitBackbone, output: OutputSpec, head, cached: CachedSet,
                train_idx, y_train, val_idx, y_val, head_l2: float, bottom, log) -> dict:
     """Train top + head in place; returns the history. The weights of the epoch of lowest validation log-loss are
-    restored (epoch 0: the probe, untouched)."""
+    restored (epoch 0: the probe, untouched), so a later epoch is kept only when it beats the probe there."""
     import keras
     import tensorflow as tf
 
@@ -250,12 +251,16 @@ def _fine_tune(config: FinetuneConfig, split: SplitBackbone, output: OutputSpec,
     opt_head.build(head_vars)
     l2 = tf.constant(head_l2, tf.float32)
     n_top = len(top_vars)
+    dropout = config.dropout
 
     @tf.function(input_signature=[tf.TensorSpec([None, *split.cut_shape], tf.float32),
                                   tf.TensorSpec([None], tf.int64)], autograph=False)
     def step(x, y):
         with tf.GradientTape() as tape:
-            p = head(pool(split.top(x, training=False), output.pooling), training=False)
+            features = pool(split.top(x, training=False), output.pooling)
+            if dropout:  # on the head's input only: the top keeps training=False (BatchNorm frozen)
+                features = tf.nn.dropout(features, rate=dropout)
+            p = head(features, training=False)
             loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, p))
             total = loss + l2 * tf.add_n([tf.reduce_sum(tf.square(k)) for k in kernels]) if kernels else loss
         grads = tape.gradient(total, top_vars + head_vars)
@@ -275,7 +280,7 @@ def _fine_tune(config: FinetuneConfig, split: SplitBackbone, output: OutputSpec,
     val_loss, val_acc = validate()
     history = {"epoch": [0], "loss": [None], "accuracy": [None], "val_loss": [val_loss], "val_accuracy": [val_acc],
                "seconds": [0.0]}
-    # Early stopping on validation log-loss (ties: accuracy): on a few hundred validation images accuracy moves
+    # The epoch kept: lowest validation log-loss (ties: accuracy). On a few hundred validation images accuracy moves
     # by whole images and picked epochs by luck; the loss moves with every image's margin.
     best, best_epoch, best_weights, waited = (-val_loss, val_acc), 0, snapshot(), 0
     for epoch in range(1, config.epochs + 1):
@@ -417,9 +422,10 @@ def finetune_into(config: FinetuneConfig, checked: Checked, folder: str, log=pri
                       "statistics fixed)") if n_bn else "none in the top (folded into the convolutions)",
         "optimizer": "Adam, one epoch of linear warm-up then cosine decay", "learning_rate": config.learning_rate,
         "head_learning_rate": config.learning_rate * config.head_lr_factor, "batch_size": config.batch_size,
-        "head_l2": head_l2, "augment": config.augment,
+        "head_l2": head_l2, "dropout": config.dropout, "augment": config.augment,
         "bottom": "run once per image, cached" if not keep_images else "run every epoch on augmented images",
-        "early_stopping": f"validation log-loss, patience {config.patience}", "max_epochs": config.epochs,
+        "early_stopping": (f"kept: the epoch of lowest validation log-loss; stop after {config.patience} epochs "
+                           "without a lower one"), "max_epochs": config.epochs,
         "epochs_run": len(history["epoch"]) - 1, "best_epoch": history["best_epoch"],
         "history": {k: v for k, v in history.items() if k != "best_epoch"},
         "seconds": {"probe": round(probe_seconds, 2), "epochs": history["seconds"][1:],
@@ -432,7 +438,8 @@ def finetune_into(config: FinetuneConfig, checked: Checked, folder: str, log=pri
         "reading": reading, "finetune": finetune, "classes": list(classes),
         "heads": {PROBE: {"hyperparameters": probe_hyper, "splits": probe_splits},
                   FINETUNED: {"hyperparameters": {k: finetune[k] for k in ("learning_rate", "head_learning_rate",
-                                                                            "epochs_run", "best_epoch", "augment")},
+                                                                            "dropout", "epochs_run", "best_epoch",
+                                                                            "augment")},
                               "splits": finetuned_splits}},
         "best_head": FINETUNED,
     }

@@ -1,12 +1,14 @@
-"""featurebeam finetune end to end on real images (scikit-learn's digits, MobileNetV2): the fine-tuned model is
-never worse than the linear probe on held-out images (it is better on most splits, not all: see the comparison
-test); its serving model gives what the fine-tuned backbone and head give applied apart; featurebeam predict
-classifies with it."""
+"""featurebeam finetune end to end on real images (scikit-learn's digits, MobileNetV2): the fine-tuned model beats
+the linear probe of the same backbone on held-out images; its serving model gives what the fine-tuned backbone
+and head give applied apart; featurebeam predict classifies with it."""
 
 from __future__ import annotations
 
 import json
+import os
+import pathlib
 import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -18,40 +20,45 @@ from pipeline.tools.demo import write_digits
 N_IMAGES = 1797
 
 
+# The folder the digits are written to, always the same: keys are the images' paths and the validation split is
+# their hash, so a fixed folder keeps the split the same from run to run and machine to machine (a temporary
+# folder, named after the user or numbered per run, would draw another split each time).
+DIGITS = os.path.join(tempfile.gettempdir(), "featurebeam-finetune-digits")
+
+
 @pytest.fixture(scope="module")
-def finetuned(tmp_path_factory):
+def finetuned():
     from pipeline.finetune.command import cmd_finetune
 
-    # Keys are the images' paths and the validation split is their hash: a fixed folder keeps the split the same
-    # from run to run (a fresh temporary folder would draw another split each time).
-    root = tmp_path_factory.getbasetemp().parent / "featurebeam-finetune-digits"
+    root = pathlib.Path(DIGITS)
     shutil.rmtree(root, ignore_errors=True)
     write_digits(str(root / "train"), lambda i: i % 5 != 0 and i < N_IMAGES)
     write_digits(str(root / "test"), lambda i: i % 5 == 0 and i < N_IMAGES)
     assert cmd_finetune(["--input", str(root / "train"), "--test-input", str(root / "test"),
-                         "--output", str(root / "model"), "--overwrite"]) == 0  # the defaults: 8 epochs at most
-    return root
+                         "--output", str(root / "model"), "--overwrite"]) == 0  # the defaults
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
 
 
-# Measured with the defaults (lr 3e-5, head 3e-4, 8 epochs, early stopping on validation log-loss) on four
-# key-hash splits of these 1,437 training digits (four folder names), test accuracy probe -> fine-tuned:
-# 97.50 -> 97.78, 97.22 -> 97.22 (best epoch 0: the probe kept), 98.06 -> 98.89, 97.22 -> 98.89. A strict gain on
-# every split is not met (one split in four keeps the probe), so what is asserted is what holds on all of them:
-# held-out accuracy and macro-F1 no lower than the probe's, the train images the same.
+# Measured with the defaults (blocks at 1e-4, head at 1e-5, one warm-up epoch then cosine decay over 8 epochs,
+# dropout 0.2 on the pooled features) on five key-hash splits of these 1,437 training digits (five folder names;
+# this test's is the last), held-out accuracy probe -> fine-tuned: 96.39 -> 98.61, 96.67 -> 98.06,
+# 96.11 -> 96.94, 96.39 -> 98.06, 97.50 -> 98.89. Fine-tuning gained on every split, by 0.8 to 2.2 points (3 to 8 of the
+# 360 held-out digits).
 @pytest.mark.slow
-def test_the_finetuned_model_is_never_worse_than_the_linear_probe_on_held_out_images(finetuned):
+def test_the_finetuned_model_beats_the_linear_probe_on_held_out_images(finetuned):
     metrics = json.loads((finetuned / "model" / "metrics.json").read_text())
     probe, tuned = (metrics["heads"][name]["splits"] for name in ("linear_probe", "finetuned"))
     assert probe["test"]["examples"] == tuned["test"]["examples"] == 360
     assert probe["train"]["examples"] == tuned["train"]["examples"]  # the same train images
     assert metrics["heads"]["linear_probe"]["hyperparameters"]["finetune_start"] == "this fit"
-    assert tuned["test"]["accuracy"] >= probe["test"]["accuracy"]
-    assert tuned["test"]["macro_f1"] >= probe["test"]["macro_f1"]
+    assert tuned["test"]["accuracy"] > probe["test"]["accuracy"]
+    assert tuned["test"]["macro_f1"] > probe["test"]["macro_f1"]
     assert sorted(tuned["test"]["per_class"]) == [str(d) for d in range(10)]
     ft = metrics["finetune"]
     assert ft["unfrozen_blocks"] == ["features.16", "features.17", "features.18"]
     val_loss = ft["history"]["val_loss"]
-    assert val_loss[ft["best_epoch"]] == min(val_loss)  # early stopping kept the epoch of lowest validation loss
+    assert ft["best_epoch"] > 0 and val_loss[ft["best_epoch"]] == min(val_loss)  # kept: lowest validation loss
     assert len(ft["history"]["val_accuracy"]) == ft["epochs_run"] + 1
     assert metrics["reading"]["train"]["images"] == 1437 and metrics["reading"]["train"]["failed"] == 0
     for name in ("learning_curve.png", "loss_curve.png", "model.json", "finetuned/top.keras",

@@ -21,6 +21,7 @@ BAD = {
     "learning-rate": (dict(learning_rate=2.0), "--learning-rate must be between 0 and 1"),
     "validation-fraction": (dict(validation_fraction=1.0), "--validation-fraction must be between 0 and 1"),
     "batch-size": (dict(batch_size=0), "--batch-size must be at least 1"),
+    "dropout": (dict(dropout=1.0), "--dropout must be at least 0 and below 1"),
     "augment": (dict(augment="rotate"), "--augment 'rotate'"),
     "text-input": (dict(input_format="text"), "fine-tuning reads images"),
     "remote-cache": (dict(cache_dir="gs://b/cache"), "must be a local folder"),
@@ -38,6 +39,15 @@ def test_a_good_config_validates_and_picks_the_default_blocks_per_backbone():
     assert GOOD.unfreeze_for("mobilenet_v2") == 3
     assert GOOD.unfreeze_for("keras:ResNet50") == 2
     assert dataclasses.replace(GOOD, unfreeze=5).unfreeze_for("mobilenet_v2") == 5
+
+
+def test_the_commands_defaults_are_the_configs():
+    from pipeline.finetune.command import config_from_args, finetune_parser
+
+    args = finetune_parser().parse_args(["--input", "/data/train", "--output", "/models/ft"])
+    assert config_from_args(args) == GOOD  # the recipe's defaults live in one place: options
+    args = finetune_parser().parse_args(["--input", "/data/train", "--output", "/models/ft", "--dropout", "0"])
+    assert config_from_args(args).dropout == 0.0
 
 
 def test_the_command_says_what_is_wrong_in_one_line(tmp_path):

@@ -117,8 +117,8 @@ class ExtractOptions(PipelineOptions):
                                  "on GPUs, else 0)")
         parser.add_argument("--precision", choices=PRECISIONS, default=None,
                             help="the forward pass in float32 (default), bfloat16 (CPUs with AVX-512 BF16 or AMX, "
-                                 "and GPUs) or float16 (GPUs; image backbones only); a text backbone's bfloat16 is its dense layers "
-                                 "only; vectors are stored as float32 either way")
+                                 "and GPUs) or float16 (GPUs; image backbones only); a text backbone's bfloat16 is "
+                                 "its dense layers only; vectors are stored as float32 either way")
         parser.add_argument("--mixed-precision", action="store_true",
                             help="compute in float16 on accelerators that gain from it (vectors stay float32)")
         parser.add_argument("--no-fold-batchnorm", action="store_true",

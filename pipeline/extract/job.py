@@ -219,7 +219,7 @@ def run_extraction(config: ExtractConfig, options: PipelineOptions, progress: bo
         done_commits = prepare_output(config)
         if progress and runner_name(options) in LOCAL_RUNNERS:  # the workers share this machine
             with tempfile.TemporaryDirectory(prefix="featurebeam-progress-") as progress_dir:
-                unit = "texts" if config.backbone.modality == "text" else "images"
+                unit = "texts" if getattr(config.backbone, "modality", "image") == "text" else "images"
                 with ProgressLine(progress_dir, log_every=progress_every, unit=unit), \
                         beam.Pipeline(options=options) as p:
                     build_extraction(p, config, progress_dir, done_commits)

@@ -137,39 +137,21 @@ def _in_float32(activation):
 
 
 def _all_layers(model) -> list:
-    """The model's layers, nested models walked into."""
+    """The model's layers in order, nested models walked into."""
     return [inner for layer in model.layers
             for inner in (_all_layers(layer) if hasattr(layer, "layers") else [layer])]
 
 
 def _named_layers(model, names: set) -> list:
     """The model's layers (nested models walked into) with one of ``names``."""
-    found = []
-    for layer in model.layers:
-        if hasattr(layer, "layers"):
-            found += _named_layers(layer, names)
-        elif layer.name in names:
-            found.append(layer)
-    return found
+    return [layer for layer in _all_layers(model) if layer.name in names]
 
 
 def _layers_up_to_the_first_weights(model) -> list:
     """The model's layers in order (nested models walked into) up to and including the first with weights."""
-    found = []
-
-    def walk(container) -> bool:
-        for layer in container.layers:
-            if hasattr(layer, "layers"):
-                if walk(layer):
-                    return True
-                continue
-            found.append(layer)
-            if layer.weights:
-                return True
-        return False
-
-    walk(model)
-    return found
+    layers = _all_layers(model)
+    first = next((i for i, layer in enumerate(layers) if layer.weights), len(layers) - 1)
+    return layers[:first + 1]
 
 
 class BackboneHandler(ModelHandler[np.ndarray, PredictionResult, LoadedBackbone]):

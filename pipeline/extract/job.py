@@ -30,7 +30,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipeline.extract.launch import prepare_output
 from pipeline.extract.lease import OutputLease
 from pipeline.extract.options import LOCAL_RUNNERS, ExtractConfig, runner_name
-from pipeline.extract.progress import ProgressLine
+from pipeline.extract.progress import ProgressLine, rate_unit
 from transforms import schema
 from transforms.embed.extract import ExtractFeatures
 from transforms.memory import ARENAS_VARIABLE, FreedMemoryTrimmer, limit_malloc_arenas
@@ -219,7 +219,7 @@ def run_extraction(config: ExtractConfig, options: PipelineOptions, progress: bo
         done_commits = prepare_output(config)
         if progress and runner_name(options) in LOCAL_RUNNERS:  # the workers share this machine
             with tempfile.TemporaryDirectory(prefix="featurebeam-progress-") as progress_dir:
-                unit = "texts" if getattr(config.backbone, "modality", "image") == "text" else "images"
+                unit = rate_unit(getattr(config.backbone, "modality", None))
                 with ProgressLine(progress_dir, log_every=progress_every, unit=unit), \
                         beam.Pipeline(options=options) as p:
                     build_extraction(p, config, progress_dir, done_commits)

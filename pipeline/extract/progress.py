@@ -8,7 +8,12 @@ import time
 
 from transforms.write.progress import read_progress
 
-__all__ = ["ProgressLine", "format_progress"]
+__all__ = ["ProgressLine", "format_progress", "rate_unit"]
+
+
+def rate_unit(modality: str | None) -> str:
+    """What a backbone of ``modality`` embeds, as rates name it: "texts" or "images" (the default)."""
+    return "texts" if modality == "text" else "images"
 
 
 def format_progress(counts: dict, seconds: float, unit: str = "images") -> str:

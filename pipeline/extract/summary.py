@@ -3,6 +3,8 @@ and the warning for records too large to be useful."""
 
 from __future__ import annotations
 
+from pipeline.extract.progress import rate_unit
+
 __all__ = ["format_summary", "format_staged", "large_record_warnings", "text_input_notes", "LARGE_RECORD_FLOATS"]
 
 LARGE_RECORD_FLOATS = 50_000  # --pooling none beyond this many floats per record gets a warning
@@ -16,7 +18,7 @@ def format_summary(manifest, output: str, seconds: float) -> str:
     duplicates = c.get("duplicates", 0)
     lines = [f"featurebeam: embedded {c['embedded']} of {c['inputs']} inputs ({c['failed']} failed"
              + (f", {duplicates} duplicates" if duplicates else "") + ") "
-             f"in {seconds:.1f} s ({rate:.1f} {'texts' if manifest.backbone.get('modality') == 'text' else 'images'}/s"
+             f"in {seconds:.1f} s ({rate:.1f} {rate_unit(manifest.backbone.get('modality'))}/s"
              + (" this run" if manifest.resumed_records else "") + ")"
              + (f"; {manifest.resumed_records} of them were committed by the interrupted run and skipped"
                 if manifest.resumed_records else "")

@@ -31,9 +31,10 @@ import numpy as np
 from pipeline.extract.options import ConfigError, absolute
 from pipeline.finetune.cache import CachedSet, bottom_function, build_cache
 from pipeline.finetune.inputs import ReadCounts, read_images
-from pipeline.finetune.model import SplitBackbone, backbone_blocks, finetuned_backbone, split_backbone
+from pipeline.finetune.model import backbone_blocks, finetuned_backbone, split_backbone
 from pipeline.finetune.options import FinetuneConfig
-from pipeline.train import evaluation, heads
+from pipeline.finetune.training import Networks, fine_tune, fit_probe, map_rows
+from pipeline.train import evaluation
 from pipeline.train.config import METRICS, MODEL_SPEC
 from pipeline.train.feature_sets import FeatureSetError, validation_mask
 from pipeline.train.run import label_index
@@ -44,7 +45,6 @@ __all__ = ["Checked", "check_finetune", "run_finetune", "finetune_into", "format
 
 PROBE, FINETUNED = "linear_probe", "finetuned"
 TOP_FILE = os.path.join("finetuned", "top.keras")
-CROP_PAD = 16  # augmentation: reflect-pad by this many pixels, then crop back to the backbone's size
 
 
 @dataclass(frozen=True)
@@ -138,61 +138,7 @@ def run_finetune(config: FinetuneConfig, log=print) -> dict:
         return finetune_into(config, checked, folder, log)
 
 
-# --- the pieces of the flow -------------------------------------------------------------------------------------
-
-def _rows(cached: CachedSet, index: np.ndarray, bottom, rng=None, augment: str = "none") -> np.ndarray:
-    """The cut's activations of ``cached``'s rows ``index``: from the cache, or the bottom run on the (augmented)
-    images."""
-    order = np.sort(index)  # a memmap reads sorted rows sequentially
-    if cached.x is not None:
-        rows = np.asarray(cached.x[order])
-    else:
-        images = np.asarray(cached.images[order])
-        if rng is not None and augment != "none":
-            images = _augment(images, rng, flips=augment == "flip-crop")
-        rows = np.asarray(bottom(images), np.float32)
-    return rows[np.argsort(np.argsort(index))]  # back in the order of ``index``
-
-
-def _augment(images: np.ndarray, rng: np.random.Generator, flips: bool) -> np.ndarray:
-    """Random crops (reflect-pad ``CROP_PAD``, crop back) and, with ``flips``, random horizontal flips."""
-    n, size = len(images), images.shape[1]
-    padded = np.pad(images, ((0, 0), (CROP_PAD, CROP_PAD), (CROP_PAD, CROP_PAD), (0, 0)), mode="reflect")
-    out = np.empty_like(images)
-    offsets = rng.integers(0, 2 * CROP_PAD + 1, (n, 2))
-    flip = rng.random(n) < 0.5 if flips else np.zeros(n, bool)
-    for i, (dy, dx) in enumerate(offsets):
-        crop = padded[i, dy:dy + size, dx:dx + size]
-        out[i] = crop[:, ::-1] if flip[i] else crop
-    return out
-
-
-class _Networks:
-    """The compiled calls: cut activation -> pooled features (the top), and -> probabilities (top + head)."""
-
-    def __init__(self, split: SplitBackbone, output: OutputSpec, head):
-        import tensorflow as tf
-
-        from transforms.embed.pooling import pool
-
-        signature = [tf.TensorSpec([None, *split.cut_shape], tf.float32)]
-        self.split, self.head = split, head
-
-        @tf.function(input_signature=signature, autograph=False)
-        def features(x):
-            return pool(split.top(x, training=False), output.pooling)
-
-        @tf.function(input_signature=signature, autograph=False)
-        def probabilities(x):
-            return head(pool(split.top(x, training=False), output.pooling), training=False)
-
-        self.features, self.probabilities = features, probabilities
-
-
-def _map_rows(cached: CachedSet, index: np.ndarray, fn, bottom, batch_size: int) -> np.ndarray:
-    out = [np.asarray(fn(_rows(cached, index[i:i + batch_size], bottom))) for i in range(0, len(index), batch_size)]
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
-
+# --- the pieces of the flow (training itself: pipeline.finetune.training) ---------------------------------------
 
 def _labelled_split(cached: CachedSet, classes) -> tuple[np.ndarray, np.ndarray, dict]:
     """Rows of a test set whose label the model knows, their class indices, and what was left out."""
@@ -200,116 +146,6 @@ def _labelled_split(cached: CachedSet, classes) -> tuple[np.ndarray, np.ndarray,
     unseen = collections.Counter(label for label, i in zip(cached.labels, y, strict=True) if i < 0)
     known = np.flatnonzero(y >= 0)
     return known, y[known], {"unseen_labels": dict(sorted(unseen.items()))}
-
-
-def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
-    return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None))))
-
-
-def _probe(train_x, train_y, val_x, val_y, n_classes: int):
-    """The linear probe, as ``featurebeam train`` fits it: C swept for validation accuracy; the fit on the train
-    split kept (no refit on validation: fine-tuning trains on the same images). Fine-tuning starts from this very
-    fit, so its epoch 0 is the probe that is reported and compared against. (Measured on scikit-learn's digits:
-    starting instead from the sweep's fit of lowest validation log-loss, a weaker L2, gained nothing.)
-
-    Returns (probe head, hyper-parameters)."""
-    sweep = heads.sweep_linear(train_x, train_y, val_x, val_y, n_classes)
-    best_key = round(float(np.log10(sweep.best_c)), 6)
-    fit = sweep.fits[best_key]
-    hyper = {"solver": "L-BFGS (full batch)", "C": sweep.best_c, "l2": 1.0 / sweep.best_c,
-             "sweep": {f"{10.0 ** k:.6g}": sweep.scores[k] for k in sorted(sweep.scores)},
-             "fitted_on": "train split (validation chose C)", "iterations": fit.iterations,
-             "validation_log_loss": _log_loss(val_y, fit.predict_proba(val_x)),
-             "finetune_start": "this fit"}
-    return heads.linear_head(fit.weights, fit.bias), hyper
-
-
-def _fine_tune(config: FinetuneConfig, split: SplitBackbone, output: OutputSpec, head, cached: CachedSet,
-               train_idx, y_train, val_idx, y_val, head_l2: float, bottom, log) -> dict:
-    """Train top + head in place; returns the history. The weights of the epoch of lowest validation log-loss are
-    restored (epoch 0: the probe, untouched), so a later epoch is kept only when it beats the probe there."""
-    import keras
-    import tensorflow as tf
-
-    from transforms.embed.pooling import pool
-
-    keras.utils.set_random_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-    top_vars, head_vars = list(split.top.trainable_weights), list(head.trainable_weights)
-    kernels = [w for w in head_vars if "kernel" in w.path]
-    # Warm up over the first epoch, then cosine decay: Adam's first full-size steps would knock the start off
-    # the probe's optimum before the gradients mean anything.
-    steps = -(-len(train_idx) // config.batch_size)
-
-    def schedule(lr):
-        return keras.optimizers.schedules.CosineDecay(0.0, max(1, steps * (config.epochs - 1)), warmup_target=lr,
-                                                      warmup_steps=steps)
-
-    opt_top = keras.optimizers.Adam(schedule(config.learning_rate))
-    opt_head = keras.optimizers.Adam(schedule(config.learning_rate * config.head_lr_factor))
-    opt_top.build(top_vars)
-    opt_head.build(head_vars)
-    l2 = tf.constant(head_l2, tf.float32)
-    n_top = len(top_vars)
-    dropout = config.dropout
-
-    @tf.function(input_signature=[tf.TensorSpec([None, *split.cut_shape], tf.float32),
-                                  tf.TensorSpec([None], tf.int64)], autograph=False)
-    def step(x, y):
-        with tf.GradientTape() as tape:
-            features = pool(split.top(x, training=False), output.pooling)
-            if dropout:  # on the head's input only: the top keeps training=False (BatchNorm frozen)
-                features = tf.nn.dropout(features, rate=dropout)
-            p = head(features, training=False)
-            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, p))
-            total = loss + l2 * tf.add_n([tf.reduce_sum(tf.square(k)) for k in kernels]) if kernels else loss
-        grads = tape.gradient(total, top_vars + head_vars)
-        opt_top.apply(grads[:n_top], top_vars)
-        opt_head.apply(grads[n_top:], head_vars)
-        return loss, tf.argmax(p, axis=1)
-
-    nets = _Networks(split, output, head)
-
-    def validate():
-        p = _map_rows(cached, val_idx, nets.probabilities, bottom, 256)
-        return _log_loss(y_val, p), float(np.mean(p.argmax(axis=1) == y_val))
-
-    def snapshot():
-        return [v.numpy() for v in top_vars + head_vars]
-
-    val_loss, val_acc = validate()
-    history = {"epoch": [0], "loss": [None], "accuracy": [None], "val_loss": [val_loss], "val_accuracy": [val_acc],
-               "seconds": [0.0]}
-    # The epoch kept: lowest validation log-loss (ties: accuracy). On a few hundred validation images accuracy moves
-    # by whole images and picked epochs by luck; the loss moves with every image's margin.
-    best, best_epoch, best_weights, waited = (-val_loss, val_acc), 0, snapshot(), 0
-    for epoch in range(1, config.epochs + 1):
-        start = time.monotonic()
-        order = rng.permutation(len(train_idx))
-        losses, correct = [], 0
-        for i in range(0, len(order), config.batch_size):
-            chosen = order[i:i + config.batch_size]
-            x = _rows(cached, train_idx[chosen], bottom, rng, config.augment)
-            loss, predicted = step(x, y_train[chosen])
-            losses.append(float(loss) * len(chosen))
-            correct += int(np.sum(predicted.numpy() == y_train[chosen]))
-        val_loss, val_acc = validate()
-        seconds = time.monotonic() - start
-        for name, value in (("epoch", epoch), ("loss", sum(losses) / len(order)), ("accuracy", correct / len(order)),
-                            ("val_loss", val_loss), ("val_accuracy", val_acc), ("seconds", round(seconds, 3))):
-            history[name].append(value)
-        log(f"featurebeam finetune: epoch {epoch}: loss {history['loss'][-1]:.4f}, validation log-loss "
-            f"{val_loss:.4f}, accuracy {val_acc:.4f} ({seconds:.1f} s)")
-        if (-val_loss, val_acc) > best:
-            best, best_epoch, best_weights, waited = (-val_loss, val_acc), epoch, snapshot(), 0
-        else:
-            waited += 1
-            if waited >= config.patience:
-                break
-    for variable, value in zip(top_vars + head_vars, best_weights, strict=True):
-        variable.assign(value)
-    history["best_epoch"] = best_epoch
-    return history
 
 
 def _write_outputs(folder: str, report: dict, history: dict, classes, probe_head, head, split) -> None:
@@ -377,13 +213,13 @@ def finetune_into(config: FinetuneConfig, checked: Checked, folder: str, log=pri
 
         # The probe, on the frozen top's pooled features (computed before any weight moves).
         start = time.monotonic()
-        frozen = _Networks(split, output, None)
-        f_train = _map_rows(train_set, train_idx, frozen.features, bottom, 256)
-        f_val = _map_rows(train_set, val_idx, frozen.features, bottom, 256)
+        frozen = Networks(split, output, None)
+        f_train = map_rows(train_set, train_idx, frozen.features, bottom, 256)
+        f_val = map_rows(train_set, val_idx, frozen.features, bottom, 256)
         if checked.head_from is None:
             log(f"featurebeam finetune: fitting the linear probe on {len(train_idx)} images ({len(val_idx)} for "
                 f"validation, {len(classes)} classes)")
-            probe_head, probe_hyper = _probe(f_train, y_train, f_val, y_val, len(classes))
+            probe_head, probe_hyper = fit_probe(f_train, y_train, f_val, y_val, len(classes))
             head_l2 = 0.5 / (probe_hyper["C"] * len(train_idx))  # the probe's own objective, per example
         else:
             probe_head, probe_hyper, head_l2 = checked.head_from, {"from": config.head_from}, 0.0
@@ -397,20 +233,20 @@ def finetune_into(config: FinetuneConfig, checked: Checked, folder: str, log=pri
         def metrics_of(nets) -> dict:
             result = {}
             for name, (cached, index, y) in splits_of.items():
-                p = _map_rows(cached, index, nets.probabilities, bottom, 256)
+                p = map_rows(cached, index, nets.probabilities, bottom, 256)
                 result[name] = {**evaluation.split_metrics(y, p, classes), **extras.get(name, {})}
             return result
 
-        probe_splits = metrics_of(_Networks(split, output, probe_head))
+        probe_splits = metrics_of(Networks(split, output, probe_head))
 
         # Fine-tuning: a copy of the probe head, and the top, trained together.
         head = keras.models.clone_model(probe_head)
         head.set_weights(probe_head.get_weights())
         log(f"featurebeam finetune: fine-tuning {len(split.unfrozen)} blocks "
             f"({sum(int(np.prod(w.shape)) for w in split.top.trainable_weights):,} weights) and the head")
-        history = _fine_tune(config, split, output, head, train_set, train_idx, y_train, val_idx, y_val, head_l2,
-                             bottom, log)
-        finetuned_splits = metrics_of(_Networks(split, output, head))
+        history = fine_tune(config, split, output, head, train_set, train_idx, y_train, val_idx, y_val, head_l2,
+                            bottom, log)
+        finetuned_splits = metrics_of(Networks(split, output, head))
 
     from pipeline.finetune.model import batchnorm_layers
 

@@ -16,6 +16,7 @@ from pipeline.cli import main
 from tests import object_storage
 from tests.conftest import REPO
 from tests.featuresets import blobs, write_feature_set
+from tests.vectors import assert_same_vector
 
 pytestmark = pytest.mark.slow
 
@@ -190,7 +191,7 @@ def test_extract_writes_its_feature_set_to_s3(tmp_path, image_folder, s3, worker
     assert sorted(r.key for r in records) == sorted(by_key) and len(records) == 8
     for record in records:
         assert record.label == by_key[record.key].label
-        np.testing.assert_array_equal(record.vectors["features.18"], by_key[record.key].vectors["features.18"])
+        assert_same_vector(record.vectors["features.18"], by_key[record.key].vectors["features.18"], record.key)
     assert ".featurebeam-write-test" not in tree("s3://features/run")
 
 

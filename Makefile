@@ -1,11 +1,12 @@
 # Two entry points for a fresh machine; each creates .venv and installs what it needs first.
 #   make demo   set up, then extract features of scikit-learn's digits
 #   make test   set up, then lint and run the test suite
+#   make test-fast   the unit tests only (no pipeline, subprocess, emulator or real backbone): under two minutes
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint setup browser clean
+.PHONY: demo test test-fast lint setup browser clean
 
 setup: $(VENV)/.installed
 
@@ -29,6 +30,9 @@ lint: setup
 
 test: setup browser lint
 	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest --fast
 
 clean:
 	rm -rf $(VENV) featurebeam-demo *.egg-info

@@ -185,16 +185,18 @@ def cmd_bench(argv: Sequence[str]) -> int:
     parser.add_argument("--batch-size", type=int, metavar="N",
                         help="the pipeline's batch size (default: extract's); the limit is the best of 16, 32, 64 "
                              "and N")
+    parser.add_argument("--limit-seconds", type=float, default=3.0, metavar="S",
+                        help="how long the forward pass alone is timed at each batch size (default 3)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     own, beam_argv = split_flags(parser, argv)
     if own.images is not None and not os.path.isdir(own.images):
         raise UsageError(f"--images {own.images} is not a directory")
-    if (own.batch_size is not None and own.batch_size < 1) or own.count < 5:
-        raise UsageError("--batch-size must be at least 1 and --count at least 5")
+    if (own.batch_size is not None and own.batch_size < 1) or own.count < 5 or not own.limit_seconds > 0:
+        raise UsageError("--batch-size must be at least 1, --count at least 5 and --limit-seconds above 0")
     result = run_bench(own.backbone, own.images, own.batch_size, beam_argv, own.count,
                        log=lambda m: print(f"featurebeam bench: {m}", file=sys.stderr), weights=own.weights,
                        preprocessing=own.preprocessing, fold_batchnorm=not own.no_fold_batchnorm,
-                       precision=own.precision)
+                       precision=own.precision, limit_seconds=own.limit_seconds)
     print(result.to_json() if own.json else format_bench(result))
     return 0
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tests import object_storage
+from tests.tiers import *  # noqa: F403  (the tiers' hooks and fixtures)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

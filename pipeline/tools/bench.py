@@ -242,11 +242,11 @@ def measure_pipeline(images: str, workdir: str, flags: Sequence[str]) -> tuple[f
 def run_bench(backbone_name: str, images: str | None, batch_size: int | None, flags: Sequence[str],
               count: int = 600, log=print, limit_batch_sizes: Sequence[int] = (16, 32, 64),
               weights: str | None = None, preprocessing: str | None = None,
-              fold_batchnorm: bool = True, precision: str = "float32") -> BenchResult:
-    """The limit is the best of ``limit_batch_sizes`` (and ``batch_size``); the pipeline runs as a user would
-    run it: with ``batch_size``, or extract's default without it. ``weights``, ``preprocessing`` and
-    ``fold_batchnorm`` are extract's ``--weights``, ``--preprocessing`` and (off) ``--no-fold-batchnorm``, for
-    both."""
+              fold_batchnorm: bool = True, precision: str = "float32", limit_seconds: float = 3.0) -> BenchResult:
+    """The limit is the best of ``limit_batch_sizes`` (and ``batch_size``), each timed for ``limit_seconds``; the
+    pipeline runs as a user would run it: with ``batch_size``, or extract's default without it. ``weights``,
+    ``preprocessing`` and ``fold_batchnorm`` are extract's ``--weights``, ``--preprocessing`` and (off)
+    ``--no-fold-batchnorm``, for both."""
     from pipeline.backbones.registry import resolve_backbone
     from transforms.decode.images import decode_image
 
@@ -268,12 +268,12 @@ def run_bench(backbone_name: str, images: str | None, batch_size: int | None, fl
         sizes = sorted(set(limit_batch_sizes) | ({batch_size} if batch_size else set()))
         log(f"limit: the compiled forward pass alone, batch sizes {', '.join(map(str, sizes))}; decoding on one core")
         costs: dict = {}
-        rates = measure_limit(backbone, np.stack(preloaded), sizes, costs=costs, precision=precision)
+        rates = measure_limit(backbone, np.stack(preloaded), sizes, limit_seconds, costs=costs, precision=precision)
         best = max(rates, key=rates.get)
         float32_best = rates[best]
         if precision != "float32":
             log(f"limit in float32 too, beside {precision}")
-            float32_best = max(measure_limit(backbone, np.stack(preloaded), sizes).values())
+            float32_best = max(measure_limit(backbone, np.stack(preloaded), sizes, limit_seconds).values())
         decode_s, cores = measure_decode(encoded, backbone.preprocessing), usable_cores()
         cpu_limit = cores / (decode_s + costs[best])
         log(f"pipeline: featurebeam extract on {len(files)} images, and on a fifth of them")

@@ -100,6 +100,7 @@ def test_help_lists_the_options(capsys):
         assert flag in out
 
 
+@pytest.mark.worker_processes
 @pytest.mark.parametrize("given, expected", [
     ([], ["--runner=FnApiRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"]),
     (["--direct_num_workers=3"], ["--direct_num_workers=3", "--runner=FnApiRunner"]),

@@ -18,6 +18,7 @@ from tests import object_storage
 from tests.conftest import REPO
 
 
+@pytest.mark.worker_processes
 def test_beam_flags_come_back_as_given_and_defaults_are_added_once(monkeypatch):
     parser = Parser(prog="x", allow_abbrev=False)
     parser.add_argument("--workdir")

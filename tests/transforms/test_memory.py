@@ -34,7 +34,10 @@ def test_the_trimmer_trims_until_stopped_and_a_run_limits_its_workers_arenas(mon
     calls = []
     monkeypatch.setattr(memory, "trim_freed_memory", lambda: calls.append(time.monotonic()) or True)
     with memory.FreedMemoryTrimmer(every=0.05) as trimmer:
-        time.sleep(0.3)
+        deadline = time.monotonic() + 60  # a few periods, however busy the machine
+        while len(calls) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    trimmer._thread.join(timeout=60)  # stop() waits a bounded time; a starved thread may take longer to end
     stopped = len(calls)
     time.sleep(0.2)
     assert stopped >= 3 and len(calls) == stopped and not trimmer._thread.is_alive()

@@ -213,7 +213,8 @@ def test_bench_passes_the_fold_setting_to_the_limit_and_to_extract(model_file, c
     from pipeline.cli import main
 
     assert main(["bench", "--backbone", model_file, "--no-fold-batchnorm", "--count", "5", "--batch-size", "2",
-                 "--json"]) == 0
+                 "--limit-seconds", "0.3", "--json", "--runner=FnApiRunner"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["fold_batchnorm"] is False and "--no-fold-batchnorm" in result["extract_flags"]
+    assert "--runner=FnApiRunner" in result["extract_flags"]  # Beam's flags reach the extract runs
     assert result["images"] == 5 and result["limit_images_per_s"] > 0

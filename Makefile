@@ -28,11 +28,12 @@ browser:
 lint: setup
 	$(BIN)/ruff check .
 
+# Two pytest processes (the machines have two cores; much of a test is one Python thread), a test file each.
 test: setup browser lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 test-fast: setup
-	$(BIN)/python -m pytest --fast
+	$(BIN)/python -m pytest -n 2 --dist loadfile --fast
 
 clean:
 	rm -rf $(VENV) featurebeam-demo *.egg-info

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import os
+import pathlib
+import shutil
 
 import numpy as np
 import pytest
@@ -157,24 +159,44 @@ def labelled_colours(tmp_path_factory):
     return root
 
 
+def shared_folder(tmp_path_factory, name: str, fill) -> pathlib.Path:
+    """A folder that every pytest process of the run shares (``make test`` runs two): the first to ask fills it
+    (``fill(folder)``), the others wait for that and use what it wrote."""
+    import fcntl
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the run's folder, above each process's own
+    folder, done = base / name, base / f"{name}.done"
+    with open(base / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a failed fill left
+            folder.mkdir()
+            fill(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def digits_features(tmp_path_factory):
     """The digits demo set: its PNGs (``images/train``, ``images/test``) and their real MobileNetV2 features
-    (``train``, ``test``): 4 in 5 for training, every 5th held out."""
+    (``train``, ``test``): 4 in 5 for training, every 5th held out. Made once a run."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from pipeline.extract.job import run_extraction
     from pipeline.extract.launch import configure
     from pipeline.tools.demo import write_digits
 
-    root = tmp_path_factory.mktemp("digits")
-    write_digits(str(root / "images" / "train"), lambda i: i % 5 != 0)
-    write_digits(str(root / "images" / "test"), lambda i: i % 5 == 0)
-    for split in ("train", "test"):
-        options = PipelineOptions(["--runner=FnApiRunner", "--input", str(root / "images" / split),
-                                   "--output", str(root / split)])
-        run_extraction(configure(options), options)
-    return root
+    def fill(root):
+        write_digits(str(root / "images" / "train"), lambda i: i % 5 != 0)
+        write_digits(str(root / "images" / "test"), lambda i: i % 5 == 0)
+        for split in ("train", "test"):
+            options = PipelineOptions(["--runner=FnApiRunner", "--input", str(root / "images" / split),
+                                       "--output", str(root / split)])
+            run_extraction(configure(options), options)
+
+    return shared_folder(tmp_path_factory, "digits", fill)
 
 
 @pytest.fixture

@@ -262,7 +262,7 @@ def cmd_export(argv: Sequence[str]) -> int:
 
 
 def cmd_report(argv: Sequence[str]) -> int:
-    from pipeline.tools.report import build_report
+    from pipeline.report.page import build_report
 
     parser = Parser(prog="featurebeam report", allow_abbrev=False,
                     description="Write one self-contained HTML page about a feature set.",
@@ -322,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.backbones.spec import BackboneUnavailableError, UnknownBackboneError
     from pipeline.extract.options import ConfigError
     from pipeline.train.feature_sets import FeatureSetError
-    from transforms.read.storage import ready_storage
+    from transforms.worker.storage import ready_storage
 
     try:
         with quiet_beam(not os.environ.get("FEATUREBEAM_DEBUG")):

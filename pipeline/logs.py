@@ -6,8 +6,8 @@ import contextlib
 import logging
 import os
 
-from transforms.process import QUIET_WORKERS
-from transforms.quiet import quiet_tensorflow_import, unquiet_tensorflow_import
+from transforms.worker.process import QUIET_WORKERS
+from transforms.worker.quiet import quiet_tensorflow_import, unquiet_tensorflow_import
 
 __all__ = ["quiet_beam"]
 
@@ -16,8 +16,8 @@ __all__ = ["quiet_beam"]
 def quiet_beam(quiet: bool):
     """Beam logs a failed bundle's traceback from every worker that ran it (hundreds of lines) before the job
     fails; the command's one line says why. While a command runs, Beam's loggers (its own and the root one) and
-    local worker processes (``transforms.process``) stay quiet, unless FEATUREBEAM_DEBUG=1; then put back. So do
-    TensorFlow's start-up lines, here and in those workers (``transforms.quiet``)."""
+    local worker processes (``transforms.worker.process``) stay quiet, unless FEATUREBEAM_DEBUG=1; then put back. So do
+    TensorFlow's start-up lines, here and in those workers (``transforms.worker.quiet``)."""
     if not quiet:
         yield
         return

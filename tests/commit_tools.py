@@ -9,13 +9,13 @@ import tempfile
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from transforms.write import committed
-from transforms.write.commits import Commit, commit_files, place_file
-from transforms.write.dedupe import ResolveDuplicates
+from transforms.keys.dedupe import ResolveDuplicates
+from transforms.write import commit_checks
+from transforms.write.committers import Commit, commit_files, place_file
 
 
 def commit_keys(output: str, commit: Commit) -> list[str]:
-    return [key for key, _, _ in committed.read_commit_keys(output, commit)]
+    return [key for key, _, _ in commit_checks.read_commit_keys(output, commit)]
 
 
 def read_committed(output: str, rel: str) -> bytes:

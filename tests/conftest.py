@@ -55,7 +55,7 @@ def mobilenet_spec():
 
 @pytest.fixture(scope="session")
 def mobilenet_outputs():
-    from transforms.schema import OutputSpec
+    from transforms.schema.fields import OutputSpec
 
     return (OutputSpec("features.18", "features.18", "avg", 1280), OutputSpec("classifier", "classifier", "none", 1000))
 
@@ -107,7 +107,7 @@ def gcs(tmp_path_factory):
     with object_storage.gcs_emulator(str(tmp_path_factory.mktemp("gcs"))) as server:
         previous = os.environ.get("STORAGE_EMULATOR_HOST")
         os.environ["STORAGE_EMULATOR_HOST"] = server.host
-        from transforms.read.storage import use_storage_emulator
+        from transforms.worker.storage import use_storage_emulator
 
         use_storage_emulator()  # no credential lookup for the test's own gs:// reads and writes
         try:

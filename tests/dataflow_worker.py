@@ -35,7 +35,7 @@ def run(pipeline_uri: str) -> None:
     from apache_beam.portability.api import beam_runner_api_pb2
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-    from transforms.read.storage import ready_storage
+    from transforms.worker.storage import ready_storage
 
     ready_storage()  # the staged proto is read from the emulator before any DoFn's setup readies this process
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from transforms.decode.images import ImagePreprocessing
-from transforms.schema import OutputSpec
+from transforms.schema.fields import OutputSpec
 
 MEAN_COLOUR = OutputSpec("pixels", "pixels", "avg", 3)
 

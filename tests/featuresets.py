@@ -7,12 +7,15 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from transforms import schema
+from transforms.schema.example import encode_example
+from transforms.schema.fields import OutputSpec
+from transforms.schema.layout import FEATURES_DIR
+from transforms.schema.manifest import Manifest, write_manifest
 
 
 def write_feature_set(root: str, keys: Sequence[str], labels: Sequence[str | None], x: np.ndarray,
                       shard_sizes: Sequence[int] | None = None, backbone: dict | None = None,
-                      output: schema.OutputSpec | None = None, dim_override: dict | None = None) -> schema.Manifest:
+                      output: OutputSpec | None = None, dim_override: dict | None = None) -> Manifest:
     """Shards of ``shard_sizes`` records each (zeros allowed: empty shards) and a manifest describing them.
 
     ``dim_override`` maps a record index to a vector to write instead (e.g. of a wrong length).
@@ -36,7 +39,7 @@ def blobs(n: int, classes: Sequence[str], dim: int = 1280, seed: int = 0, spread
 
 def write_blobs(root: str, n: int, classes: Sequence[str], dim: int = 1280, seed: int = 0, spread: float = 0.6,
                 shard_sizes: Sequence[int] | None = None, backbone: dict | None = None,
-                chunk: int = 10_000) -> schema.Manifest:
+                chunk: int = 10_000) -> Manifest:
     """``write_feature_set(root, *blobs(...))`` without holding the features: the same records, drawn
     ``chunk`` at a time (only the class of each record, 8 bytes, is drawn up front)."""
     rng = np.random.default_rng(seed)
@@ -60,31 +63,31 @@ def _blob_keys(seed: int, indices: Iterable[int]) -> list[str]:
     return [f"mem://blobs/{seed}/{i:06d}.jpg" for i in indices]
 
 
-def _default_output(dim: int) -> schema.OutputSpec:
-    return schema.OutputSpec("features.18", "features.18", "avg", dim)
+def _default_output(dim: int) -> OutputSpec:
+    return OutputSpec("features.18", "features.18", "avg", dim)
 
 
 def _write(root: str, records: Iterable, shard_sizes: list[int], labels: set, backbone: dict | None,
-           output: schema.OutputSpec) -> schema.Manifest:
+           output: OutputSpec) -> Manifest:
     """(key, label, vector) records into shards of ``shard_sizes``, then the manifest."""
     import tensorflow as tf
 
-    os.makedirs(os.path.join(root, schema.FEATURES_DIR), exist_ok=True)
+    os.makedirs(os.path.join(root, FEATURES_DIR), exist_ok=True)
     records = iter(records)
     shards = []
     for s, size in enumerate(shard_sizes):
-        rel = f"{schema.FEATURES_DIR}/part-{s:05d}-of-{len(shard_sizes):05d}.tfrecord"
+        rel = f"{FEATURES_DIR}/part-{s:05d}-of-{len(shard_sizes):05d}.tfrecord"
         with tf.io.TFRecordWriter(os.path.join(root, rel)) as writer:
             for _ in range(size):
                 key, label, vector = next(records)
-                padded = schema.OutputSpec(output.name, output.layer, output.pooling, len(vector))
-                writer.write(schema.encode_example(key, label, {output.name: vector}, [padded]))
+                padded = OutputSpec(output.name, output.layer, output.pooling, len(vector))
+                writer.write(encode_example(key, label, {output.name: vector}, [padded]))
         shards.append(rel)
     n = sum(shard_sizes)
-    manifest = schema.Manifest(
+    manifest = Manifest(
         backbone=backbone or {"name": "mobilenet_v2", "weights_sha256": "unknown"},
         outputs=(output,), labels=tuple(sorted(labels)),
         counts={"inputs": n, "embedded": n, "failed": 0}, shards=tuple(shards),
         inputs={"specs": []}, created="2026-01-01T00:00:00+00:00")
-    schema.write_manifest(root, manifest)
+    write_manifest(root, manifest)
     return manifest

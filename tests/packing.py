@@ -15,7 +15,7 @@ import tarfile
 import threading
 from collections.abc import Callable
 
-from transforms.framing import frame as tfrecord_frame
+from transforms.schema.framing import frame as tfrecord_frame
 
 
 def folder_files(root) -> list[str]:
@@ -164,11 +164,12 @@ def input_flags(inputs: dict[str, str]) -> list[str]:
 
 def read_feature_set(output: str):
     """A feature set's manifest and every record of its shards (local or remote)."""
-    from transforms import schema
+    from transforms.schema.example import decode_example, iter_serialized
+    from transforms.schema.manifest import read_manifest, shard_paths
 
-    manifest = schema.read_manifest(output)
-    records = [schema.decode_example(data, manifest.outputs)
-               for path in schema.shard_paths(output, manifest) for data in schema.iter_serialized(path)]
+    manifest = read_manifest(output)
+    records = [decode_example(data, manifest.outputs)
+               for path in shard_paths(output, manifest) for data in iter_serialized(path)]
     return manifest, records
 
 

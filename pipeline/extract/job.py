@@ -7,13 +7,13 @@
 2. ``ExtractFeatures`` decodes to the backbone's fixed uint8 input and embeds in batches (``RunInference``);
 3. ``CommitFeatures`` writes and commits ``features/part-<id>.tfrecord`` shards (and ``.parquet`` ones),
    ``CommitFailures`` the dead letters in ``errors/``, each with a commit record in ``commits/`` (see
-   ``transforms/write/commits.py``);
+   ``transforms/write/committers.py``);
 4. once every commit of the run is made, ``ResolveDuplicates`` keeps each key in one commit only (on the
    workers, by fingerprint bucket), and the last step writes ``manifest.json`` from the commit records (small
    summaries), so a manifest exists only for a finished feature set; then the scratch files go.
 
 No step holds every key: keys travel as packed fingerprints, written to scratch files under
-``OUTDIR/.pending/shuffle``, and the runner's shuffle carries references to those (``transforms/spill.py``).
+``OUTDIR/.pending/shuffle``, and the runner's shuffle carries references to those (``transforms/keys/spill.py``).
 """
 
 from __future__ import annotations
@@ -31,15 +31,16 @@ from pipeline.extract.launch import prepare_output
 from pipeline.extract.lease import OutputLease
 from pipeline.extract.options import LOCAL_RUNNERS, ExtractConfig, runner_name
 from pipeline.extract.progress import ProgressLine, rate_unit
-from transforms import schema
 from transforms.embed.extract import ExtractFeatures
-from transforms.memory import ARENAS_VARIABLE, FreedMemoryTrimmer, limit_malloc_arenas
-from transforms.process import TRIM_MEMORY, ready_process
+from transforms.keys.dedupe import CountRepeatedKeys, ResolveDuplicates
+from transforms.keys.spill import clear_scratch, scratch_folder
 from transforms.read.sources import SKIPPED, ReadRecords, unit_keys
-from transforms.records import FAILED
-from transforms.spill import clear_scratch, scratch_folder
-from transforms.write import committed
-from transforms.write.dedupe import CountRepeatedKeys, ResolveDuplicates
+from transforms.schema.elements import FAILED
+from transforms.schema.layout import ERRORS_DIR, FEATURES_DIR, shard_format
+from transforms.schema.manifest import Manifest, read_manifest, write_manifest
+from transforms.worker.memory import ARENAS_VARIABLE, FreedMemoryTrimmer, limit_malloc_arenas
+from transforms.worker.process import TRIM_MEMORY, ready_process
+from transforms.write import commit_checks
 from transforms.write.progress import CountProgress
 from transforms.write.sinks import CommitFailures, CommitFeatures
 
@@ -48,22 +49,22 @@ __all__ = ["build_extraction", "run_extraction", "manifest_from_commits"]
 
 def manifest_from_commits(config: ExtractConfig, all_commits, n_inputs: int, created: str,
                           n_resumed: int = 0, duplicates: tuple[int, str | None] = (0, None), n_retired: int = 0,
-                          n_redone: int = 0) -> schema.Manifest:
+                          n_redone: int = 0) -> Manifest:
     """The manifest of a feature set, from its commit records and the number of inputs the job found
     (``duplicates``: how many inputs repeated a key given before, and one such key)."""
-    features = [c for c in all_commits if c.kind == schema.FEATURES_DIR]
-    errors = [c for c in all_commits if c.kind == schema.ERRORS_DIR]
-    reasons = committed.failure_reasons(errors)
-    return schema.Manifest(
+    features = [c for c in all_commits if c.kind == FEATURES_DIR]
+    errors = [c for c in all_commits if c.kind == ERRORS_DIR]
+    reasons = commit_checks.failure_reasons(errors)
+    return Manifest(
         backbone=config.backbone.describe(),
         outputs=config.outputs,
         labels=sorted({label for c in features for label in c.labels}),
         counts={"inputs": n_inputs, "embedded": sum(c.records for c in features),
                 "failed": sum(c.records for c in errors), "duplicates": duplicates[0]},
         shards=sorted(f.path for c in features if c.records for f in c.files
-                      if schema.shard_format(f.path) == "tfrecord"),
+                      if shard_format(f.path) == "tfrecord"),
         parquet_shards=sorted(f.path for c in features if c.records for f in c.files
-                              if schema.shard_format(f.path) == "parquet"),
+                              if shard_format(f.path) == "parquet"),
         inputs={"specs": [spec.to_json() for spec in config.inputs], "fields": config.fields.to_json()},
         error_files=sorted(c.path for c in errors if c.records),
         failures_by_reason={reason: n for reason, (n, _) in reasons.items()},
@@ -82,11 +83,11 @@ def _write_manifest(_, config: ExtractConfig, created: str, n_read, n_unreadable
     """Once every commit is de-duplicated (the ``resolved`` side input): read the commit records, earlier runs'
     included, and write the manifest."""
     ready_process()
-    all_commits = committed.read_commits(config.output)
+    all_commits = commit_checks.read_commits(config.output)
     _, _, example = resolved
     manifest = manifest_from_commits(config, all_commits, n_read + n_unreadable + n_skipped, created, n_skipped,
                                      (repeated, example if repeated else None), len(redone), sum(redone))
-    return schema.write_manifest(config.output, manifest)
+    return write_manifest(config.output, manifest)
 
 
 def _counted(pcoll, progress_dir, stage: str, weight=None):
@@ -112,9 +113,9 @@ def build_extraction(p: beam.Pipeline, config: ExtractConfig, progress_dir: str 
         checked = (p
                    | "Earlier commit records" >> beam.Create(list(done_commits))
                    | "Spread checks over workers" >> beam.Reshuffle()
-                   | "Verify earlier commits" >> beam.ParDo(committed.VerifyCommitFn(config.output)).with_outputs(
-                       committed.REDONE, main="commits"))
-        verified, redone = checked.commits, checked[committed.REDONE]
+                   | "Verify earlier commits" >> beam.ParDo(commit_checks.VerifyCommitFn(config.output)).with_outputs(
+                       commit_checks.REDONE, main="commits"))
+        verified, redone = checked.commits, checked[commit_checks.REDONE]
     read = p | "Read records" >> ReadRecords(config.inputs, config.fields, config.chunk_bytes, verified,
                                              scratch_folder(config.output, "resume"))
     _counted(read["sources"], progress_dir, "listed")
@@ -164,14 +165,14 @@ def build_extraction(p: beam.Pipeline, config: ExtractConfig, progress_dir: str 
 
 
 def _clear_scratch(_, output: str) -> None:
-    """Once the manifest is written, the scratch files of the run's shuffles (``transforms/spill.py``) go."""
+    """Once the manifest is written, the scratch files of the run's shuffles (``transforms/keys/spill.py``) go."""
     ready_process()
     clear_scratch(output)
 
 
 @contextlib.contextmanager
 def _local_memory(local: bool):
-    """A local run's launcher and workers give freed memory back as they go (``transforms.memory``): the
+    """A local run's launcher and workers give freed memory back as they go (``transforms.worker.memory``): the
     launcher carries every stage's outputs between its workers, and would otherwise grow with the run's length."""
     if not local:
         yield
@@ -199,7 +200,7 @@ class CountsMismatchError(RuntimeError):
 
 
 def run_extraction(config: ExtractConfig, options: PipelineOptions, progress: bool = False,
-                   progress_every: float = 5.0, log=_stderr) -> schema.Manifest | None:
+                   progress_every: float = 5.0, log=_stderr) -> Manifest | None:
     """Run the job to completion and return its manifest; the counts must add up.
 
     ``progress``: print a live progress line on stderr (local runners: the workers share this machine).
@@ -226,7 +227,7 @@ def run_extraction(config: ExtractConfig, options: PipelineOptions, progress: bo
         else:
             with beam.Pipeline(options=options) as p:
                 build_extraction(p, config, done_commits=done_commits)
-    manifest = schema.read_manifest(config.output)
+    manifest = read_manifest(config.output)
     counts = manifest.counts
     if counts["inputs"] != counts["embedded"] + counts["failed"] + counts.get("duplicates", 0):
         raise CountsMismatchError(

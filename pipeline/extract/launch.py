@@ -42,7 +42,7 @@ from pipeline.folders import objects_under
 from transforms.embed.pooling import pooled_dim
 from transforms.read import tables
 from transforms.read.files import open_regular
-from transforms.read.inputs import (
+from transforms.read.input_specs import (
     AUTO,
     AUTO_TEXT,
     IMAGE_FORMATS,
@@ -52,26 +52,25 @@ from transforms.read.inputs import (
     is_glob,
     local_path,
 )
-from transforms.read.storage import (
+from transforms.read.tables import InputFields
+from transforms.schema.fields import RESERVED_COLUMNS, OutputSpec
+from transforms.schema.layout import (
+    COMMITS_DIR,
+    ERRORS_DIR,
+    FEATURES_DIR,
+    MANIFEST_NAME,
+    PENDING_DIR,
+    RETIRED_DIR,
+    RUN_NAME,
+)
+from transforms.worker.storage import (
     bound_storage_retries,
     bucket_exists,
     bucket_of,
     share_storage_options,
     use_storage_emulator,
 )
-from transforms.read.tables import InputFields
-from transforms.schema import (
-    COMMITS_DIR,
-    ERRORS_DIR,
-    FEATURES_DIR,
-    MANIFEST_NAME,
-    PENDING_DIR,
-    RESERVED_COLUMNS,
-    RETIRED_DIR,
-    RUN_NAME,
-    OutputSpec,
-)
-from transforms.write import committed
+from transforms.write import commit_checks
 
 __all__ = ["configure", "prepare_output", "check_formats", "check_text_field", "resolve_input", "resolve_outputs",
            "check_output_dir", "clear_previous_outputs", "use_storage_options"]
@@ -129,8 +128,8 @@ def prepare_output(config: ExtractConfig) -> tuple[str, ...]:
         with FileSystems.create(FileSystems.join(config.output, RUN_NAME)) as f:
             f.write(json.dumps(run_settings(config), indent=2).encode("utf-8"))
         return ()
-    done, unreadable = committed.read_commit_records(config.output)
-    leftovers = committed.uncommitted_files(config.output, done)
+    done, unreadable = commit_checks.read_commit_records(config.output)
+    leftovers = commit_checks.uncommitted_files(config.output, done)
     stale = [FileSystems.join(config.output, name) for name in (MANIFEST_NAME,)
              if FileSystems.exists(FileSystems.join(config.output, name))]
     if leftovers or stale:

@@ -24,8 +24,8 @@ import uuid
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.extract.options import ConfigError
-from transforms.schema import LEASE_NAME, PENDING_DIR
-from transforms.write.commits import write_atomically
+from transforms.schema.layout import LEASE_NAME, PENDING_DIR
+from transforms.write.committers import write_atomically
 
 __all__ = ["OutputLease", "LeaseError", "HEARTBEAT_S", "STALE_AFTER_S"]
 

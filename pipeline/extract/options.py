@@ -22,13 +22,13 @@ from apache_beam.options.pipeline_options import (
 from pipeline.backbones.spec import BackboneSpec
 from transforms.decode.images import DEFAULT_MAX_PIXELS
 from transforms.embed.pooling import POOLINGS
-from transforms.read.inputs import FORMATS, InputSpec
+from transforms.read.input_specs import FORMATS, InputSpec
 from transforms.read.sources import DEFAULT_CHUNK_BYTES
-from transforms.read.storage import DEFAULT_RETRY_SECONDS
 from transforms.read.tables import InputFields
-from transforms.schema import FEATURE_DTYPES, OutputSpec
-from transforms.schema import FORMATS as FORMATS_WRITTEN
-from transforms.write.commits import DEFAULT_RECORDS_PER_COMMIT
+from transforms.schema.fields import FEATURE_DTYPES, OutputSpec
+from transforms.schema.layout import FORMATS as FORMATS_WRITTEN
+from transforms.worker.storage import DEFAULT_RETRY_SECONDS
+from transforms.write.committers import DEFAULT_RECORDS_PER_COMMIT
 
 __all__ = ["ExtractOptions", "ExtractConfig", "ConfigError", "parse_formats", "precision_of", "cpu_has_bfloat16",
            "DEFAULT_RUNNER", "DEFAULT_LOCAL_FLAGS",

@@ -14,7 +14,7 @@ import json
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.extract.options import ConfigError, ExtractConfig
-from transforms.schema import FORMAT_VERSION, RUN_NAME
+from transforms.schema.layout import FORMAT_VERSION, RUN_NAME
 
 __all__ = ["run_settings", "check_resumable"]
 

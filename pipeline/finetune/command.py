@@ -24,7 +24,7 @@ def finetune_parser() -> argparse.ArgumentParser:
         FALLBACK_UNFREEZE,
     )
     from transforms.decode.images import DEFAULT_MAX_PIXELS
-    from transforms.read.inputs import IMAGE_FORMATS
+    from transforms.read.input_specs import IMAGE_FORMATS
     from transforms.read.tables import InputFields
 
     fields = InputFields()

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from pipeline.extract.options import ConfigError
 from transforms.decode.images import DEFAULT_MAX_PIXELS
-from transforms.read.inputs import IMAGE_FORMATS
+from transforms.read.input_specs import IMAGE_FORMATS
 from transforms.read.tables import InputFields
 
 __all__ = ["FinetuneConfig", "DEFAULT_UNFREEZE", "FALLBACK_UNFREEZE", "DEFAULT_EPOCHS", "DEFAULT_PATIENCE",

@@ -30,7 +30,7 @@ import numpy as np
 
 from pipeline.extract.options import ConfigError, absolute
 from pipeline.finetune.cache import CachedSet, bottom_function, build_cache
-from pipeline.finetune.inputs import ReadCounts, read_images
+from pipeline.finetune.labelled_images import ReadCounts, read_images
 from pipeline.finetune.model import backbone_blocks, finetuned_backbone, split_backbone
 from pipeline.finetune.options import FinetuneConfig
 from pipeline.finetune.training import Networks, fine_tune, fit_probe, map_rows
@@ -38,7 +38,7 @@ from pipeline.train import evaluation
 from pipeline.train.config import METRICS, MODEL_SPEC
 from pipeline.train.feature_sets import FeatureSetError, validation_mask
 from pipeline.train.run import label_index
-from transforms.schema import OutputSpec
+from transforms.schema.fields import OutputSpec
 
 __all__ = ["Checked", "check_finetune", "run_finetune", "finetune_into", "format_finetune", "PROBE", "FINETUNED",
            "TOP_FILE"]
@@ -65,7 +65,7 @@ def _check_model_dir(output: str, overwrite: bool) -> None:
     from apache_beam.io.filesystems import FileSystems
 
     from pipeline.folders import is_empty_dir
-    from transforms.read.storage import bucket_exists, bucket_of
+    from transforms.worker.storage import bucket_exists, bucket_of
 
     if bucket_exists(output, FileSystems._pipeline_options) is False:
         scheme, bucket = bucket_of(output)
@@ -174,7 +174,7 @@ def finetune_into(config: FinetuneConfig, checked: Checked, folder: str, log=pri
     """Fine-tune and evaluate into a local folder (steps 2-6 of the module docstring); returns the metrics."""
     import keras
 
-    from pipeline.train.serving import export_serving_model
+    from pipeline.serving.model import export_serving_model
 
     backbone, output = checked.backbone, checked.output
     split = split_backbone(backbone, output.layer, checked.unfreeze)

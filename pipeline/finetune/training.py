@@ -12,7 +12,7 @@ from pipeline.finetune.cache import CachedSet
 from pipeline.finetune.model import SplitBackbone
 from pipeline.finetune.options import FinetuneConfig
 from pipeline.train import heads
-from transforms.schema import OutputSpec
+from transforms.schema.fields import OutputSpec
 
 __all__ = ["Networks", "map_rows", "log_loss", "fit_probe", "fine_tune", "CROP_PAD"]
 

@@ -118,7 +118,7 @@ def measure_limit(backbone, images: np.ndarray, batch_sizes: Sequence[int], seco
     least ``seconds``), with the same function the workers use. ``costs``, when given, receives each batch
     size's CPU time per image (seconds of all the process's threads)."""
     from transforms.embed.backbone import BackboneHandler
-    from transforms.schema import OutputSpec
+    from transforms.schema.fields import OutputSpec
 
     layer = backbone.default_layer
     shape = backbone.layer_shapes[layer]

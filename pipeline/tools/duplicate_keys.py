@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from transforms.fingerprints import fingerprint
+from transforms.keys.fingerprints import fingerprint
 
 __all__ = ["DuplicateKeys", "Repeat", "fingerprint", "BUCKET_ROWS"]
 

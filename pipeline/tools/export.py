@@ -3,7 +3,7 @@
 A Beam job, so a set of any size converts on Dataflow as well as here (local, gs://, s3://):
 
 1. the source's shards (either format, per its manifest) are spread over the workers;
-2. ``--to parquet``: each shard becomes ``DIR/features/<its name>.parquet`` (``schema.arrow_schema``, written
+2. ``--to parquet``: each shard becomes ``DIR/features/<its name>.parquet`` (``arrow_schema``, written
    under a pending name, then renamed), and the last step writes ``DIR/manifest.json``: the source's, listing
    the Parquet shards (the dead-letter files are copied beside them). ``train``, ``inspect`` and ``report``
    read the result as any feature set;
@@ -32,9 +32,12 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.train.feature_sets import FeatureSetError, read_feature_manifest
-from transforms import schema
-from transforms.process import ready_process
-from transforms.write.commits import write_atomically
+from transforms.schema.fields import FEATURE_DTYPES, OutputSpec
+from transforms.schema.layout import ERRORS_DIR, FEATURES_DIR, PARQUET_SUFFIX, PENDING_DIR
+from transforms.schema.manifest import Manifest, read_manifest, read_shard, write_manifest
+from transforms.schema.parquet import arrow_schema, arrow_table
+from transforms.worker.process import WorkerDoFn, ready_process
+from transforms.write.committers import write_atomically
 from transforms.write.shards import HashingFile, ParquetShard
 
 __all__ = ["ExportConfig", "run_export", "format_export", "TARGETS", "npy_name"]
@@ -61,7 +64,7 @@ class ExportConfig:
         ``overwrite``) and not the source."""
         if target not in TARGETS:
             raise FeatureSetError(f"--to {target!r}: choose parquet or npy")
-        if feature_dtype is not None and feature_dtype not in schema.FEATURE_DTYPES:
+        if feature_dtype is not None and feature_dtype not in FEATURE_DTYPES:
             raise FeatureSetError(f"--feature-dtype {feature_dtype!r}: choose float32 or float16")
         if feature_dtype == "float16" and target == "npy":
             raise FeatureSetError("--to npy writes float32 matrices; --feature-dtype float16 is for --to parquet")
@@ -78,7 +81,7 @@ def _holds_files(path: str) -> bool:
     return bool(match.metadata_list)
 
 
-def npy_name(output: schema.OutputSpec) -> str:
+def npy_name(output: OutputSpec) -> str:
     """The ``.npy`` file of one output (its name, with characters that paths do not take replaced)."""
     return re.sub(r"[^A-Za-z0-9._-]", "_", output.name) + ".npy"
 
@@ -87,22 +90,19 @@ def _part_name(shard: str) -> str:
     return shard.rsplit("/", 1)[-1].rsplit(".", 1)[0]
 
 
-class _ShardToParquetFn(beam.DoFn):
+class _ShardToParquetFn(WorkerDoFn):
     """A source shard -> ``DIR/features/<name>.parquet``; outputs (its path relative to DIR, records, labels)."""
 
-    def __init__(self, config: ExportConfig, outputs: Sequence[schema.OutputSpec],
-                 stored: Sequence[schema.OutputSpec]):
+    def __init__(self, config: ExportConfig, outputs: Sequence[OutputSpec],
+                 stored: Sequence[OutputSpec]):
         self._config, self._outputs, self._stored = config, tuple(outputs), tuple(stored)
 
-    def setup(self):
-        ready_process()
-
     def process(self, shard: str):
-        rel = f"{schema.FEATURES_DIR}/{_part_name(shard)}{schema.PARQUET_SUFFIX}"
-        pending = FileSystems.join(self._config.output, schema.PENDING_DIR, f"{uuid.uuid4().hex}.parquet")
+        rel = f"{FEATURES_DIR}/{_part_name(shard)}{PARQUET_SUFFIX}"
+        pending = FileSystems.join(self._config.output, PENDING_DIR, f"{uuid.uuid4().hex}.parquet")
         writer = ParquetShard(HashingFile(FileSystems.create(pending)), self._stored)
         records, labels = 0, set()
-        for record in schema.read_shard(FileSystems.join(self._config.source, shard), self._outputs):
+        for record in read_shard(FileSystems.join(self._config.source, shard), self._outputs):
             writer.add(((record.key, record.label, record.split), record.vectors))
             records += 1
             labels.update(v for v in (record.label,) if v is not None)
@@ -111,15 +111,12 @@ class _ShardToParquetFn(beam.DoFn):
         yield rel, records, sorted(labels)
 
 
-class _ShardToNpyPartsFn(beam.DoFn):
+class _ShardToNpyPartsFn(WorkerDoFn):
     """A source shard (with its index) -> raw float32 rows per output and a keys table, under ``DIR/.parts/``;
     outputs (index, records)."""
 
-    def __init__(self, config: ExportConfig, outputs: Sequence[schema.OutputSpec]):
+    def __init__(self, config: ExportConfig, outputs: Sequence[OutputSpec]):
         self._config, self._outputs = config, tuple(outputs)
-
-    def setup(self):
-        ready_process()
 
     def process(self, indexed: tuple[int, str]):
         import pyarrow.parquet as pq
@@ -127,7 +124,7 @@ class _ShardToNpyPartsFn(beam.DoFn):
         index, shard = indexed
         keys, labels, splits = [], [], []
         streams = {o.name: FileSystems.create(self._part(index, o.name)) for o in self._outputs}
-        for record in schema.read_shard(FileSystems.join(self._config.source, shard), self._outputs):
+        for record in read_shard(FileSystems.join(self._config.source, shard), self._outputs):
             keys.append(record.key)
             labels.append(record.label)
             splits.append(record.split)
@@ -135,7 +132,7 @@ class _ShardToNpyPartsFn(beam.DoFn):
                 streams[o.name].write(np.asarray(record.vectors[o.name], "<f4").tobytes())
         for stream in streams.values():
             stream.close()
-        table = schema.arrow_table(keys, labels, splits, {}, ())
+        table = arrow_table(keys, labels, splits, {}, ())
         with FileSystems.create(self._part(index, "keys")) as f:
             pq.write_table(table, f)
         yield index, len(keys)
@@ -150,7 +147,7 @@ def _copy(source: str, sink) -> None:
             sink.write(chunk)
 
 
-def _assemble_npy(parts: list[tuple[int, int]], config: ExportConfig, outputs: Sequence[schema.OutputSpec]) -> int:
+def _assemble_npy(parts: list[tuple[int, int]], config: ExportConfig, outputs: Sequence[OutputSpec]) -> int:
     """The parts, in the shards' order, streamed into one ``.npy`` per output and ``keys.parquet``; returns rows."""
     import pyarrow.parquet as pq
 
@@ -161,15 +158,15 @@ def _assemble_npy(parts: list[tuple[int, int]], config: ExportConfig, outputs: S
     for o in outputs:
         header = io.BytesIO()
         np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (rows, o.dim)})
-        pending = FileSystems.join(config.output, schema.PENDING_DIR, f"{uuid.uuid4().hex}.npy")
+        pending = FileSystems.join(config.output, PENDING_DIR, f"{uuid.uuid4().hex}.npy")
         with FileSystems.create(pending) as f:
             f.write(header.getvalue())
             for index, _ in parts:
                 _copy(part(index, o.name), f)
         FileSystems.rename([pending], [FileSystems.join(config.output, npy_name(o))])
-    pending = FileSystems.join(config.output, schema.PENDING_DIR, f"{uuid.uuid4().hex}.parquet")
+    pending = FileSystems.join(config.output, PENDING_DIR, f"{uuid.uuid4().hex}.parquet")
     with FileSystems.create(pending) as f:
-        writer = pq.ParquetWriter(f, schema.arrow_schema(()))
+        writer = pq.ParquetWriter(f, arrow_schema(()))
         for index, _ in parts:
             with FileSystems.open(part(index, "keys"), compression_type="uncompressed") as keys:
                 writer.write_table(pq.read_table(io.BytesIO(keys.read())))
@@ -181,8 +178,8 @@ def _assemble_npy(parts: list[tuple[int, int]], config: ExportConfig, outputs: S
     return rows
 
 
-def _finish_parquet(written: list[tuple[str, int, list[str]]], config: ExportConfig, manifest: schema.Manifest,
-                    stored: Sequence[schema.OutputSpec]) -> None:
+def _finish_parquet(written: list[tuple[str, int, list[str]]], config: ExportConfig, manifest: Manifest,
+                    stored: Sequence[OutputSpec]) -> None:
     ready_process()
     error_files = []
     for name in manifest.error_files:  # the dead letters go along: the export says what failed, too
@@ -195,10 +192,10 @@ def _finish_parquet(written: list[tuple[str, int, list[str]]], config: ExportCon
     exported = dataclasses.replace(manifest, outputs=tuple(stored), shards=(),
                                    parquet_shards=tuple(sorted(rel for rel, n, _ in written if n)),
                                    error_files=tuple(error_files))
-    schema.write_manifest(config.output, exported)
+    write_manifest(config.output, exported)
 
 
-def build_export(p: beam.Pipeline, config: ExportConfig, manifest: schema.Manifest) -> None:
+def build_export(p: beam.Pipeline, config: ExportConfig, manifest: Manifest) -> None:
     shards = [s for s in (manifest.shards or manifest.parquet_shards)]
     outputs = tuple(manifest.outputs)
     listed = p | "Source shards" >> beam.Create(shards if config.target == "parquet" else list(enumerate(shards)))
@@ -217,13 +214,13 @@ def build_export(p: beam.Pipeline, config: ExportConfig, manifest: schema.Manife
              | "Describe export" >> beam.Map(_describe_npy, config, manifest))
 
 
-def _describe_npy(rows: int, config: ExportConfig, manifest: schema.Manifest) -> None:
+def _describe_npy(rows: int, config: ExportConfig, manifest: Manifest) -> None:
     description = {"source": config.source, "rows": rows, "keys": KEYS_NAME,
                    "outputs": [{"name": o.name, "dim": o.dim, "dtype": "float32", "file": npy_name(o)}
                                for o in manifest.outputs],
                    "backbone": dict(manifest.backbone), "labels": list(manifest.labels)}
     write_atomically(FileSystems.join(config.output, EXPORT_NAME),
-                     FileSystems.join(config.output, schema.PENDING_DIR, f"{EXPORT_NAME}.{uuid.uuid4().hex}"),
+                     FileSystems.join(config.output, PENDING_DIR, f"{EXPORT_NAME}.{uuid.uuid4().hex}"),
                      (json.dumps(description, indent=2) + "\n").encode("utf-8"))
 
 
@@ -232,8 +229,8 @@ def _prepare(config: ExportConfig) -> None:
     if config.overwrite and _holds_files(config.output):
         _delete_under_all(config.output)
     if "://" not in config.output:  # local disks need the folders; object stores have none to make
-        folders = (schema.FEATURES_DIR, schema.ERRORS_DIR) if config.target == "parquet" else (PARTS_DIR,)
-        for path in (config.output, *(FileSystems.join(config.output, f) for f in (schema.PENDING_DIR, *folders))):
+        folders = (FEATURES_DIR, ERRORS_DIR) if config.target == "parquet" else (PARTS_DIR,)
+        for path in (config.output, *(FileSystems.join(config.output, f) for f in (PENDING_DIR, *folders))):
             if not FileSystems.exists(path):
                 FileSystems.mkdirs(path)
 
@@ -242,7 +239,7 @@ def _tidy(config: ExportConfig) -> None:
     """The working folders go once the export is written (local disks; object stores have no folders)."""
     if "://" in config.output:
         return
-    for folder in (schema.PENDING_DIR, PARTS_DIR, schema.ERRORS_DIR):
+    for folder in (PENDING_DIR, PARTS_DIR, ERRORS_DIR):
         path = FileSystems.join(config.output, folder)
         if os.path.isdir(path) and not os.listdir(path):
             os.rmdir(path)
@@ -262,7 +259,7 @@ def run_export(config: ExportConfig, options) -> dict:
         build_export(p, config, manifest)
     _tidy(config)
     if config.target == "parquet":
-        exported = schema.read_manifest(config.output)
+        exported = read_manifest(config.output)
         return {"target": "parquet", "rows": int(exported.counts.get("embedded", 0)),
                 "files": list(exported.parquet_shards), "dtype": exported.outputs[0].dtype}
     with FileSystems.open(FileSystems.join(config.output, EXPORT_NAME)) as f:

@@ -23,7 +23,11 @@ import numpy as np
 
 from pipeline.tools.duplicate_keys import BUCKET_ROWS, DuplicateKeys, Repeat
 from pipeline.train.feature_sets import read_feature_manifest
-from transforms import schema
+from transforms.schema.example import decode_example, iter_serialized
+from transforms.schema.fields import FeatureRecord
+from transforms.schema.layout import COMMITS_DIR, FEATURES_DIR, PARQUET_SUFFIX, SHARD_SUFFIX, shard_format
+from transforms.schema.manifest import Manifest
+from transforms.schema.parquet import iter_parquet
 
 __all__ = ["Inspection", "inspect_feature_set", "format_inspection"]
 
@@ -33,7 +37,7 @@ _MAX_PROBLEMS_PER_KIND = 20
 @dataclass
 class Inspection:
     root: str
-    manifest: schema.Manifest
+    manifest: Manifest
     shard_counts: dict = field(default_factory=dict)
     labels: collections.Counter = field(default_factory=collections.Counter)
     samples: list = field(default_factory=list)
@@ -71,14 +75,14 @@ def _keys_of(root: str, shards: list[str], outputs, repeats: list[Repeat]) -> di
 def _shard_records(path: str, outputs):
     """``(key, label, vectors)`` of each record of a shard of either format, in order; an ``Exception`` in place
     of a record that cannot be parsed. A damaged file raises ``ValueError`` (or ``OSError``) where it breaks."""
-    if schema.shard_format(path) == "parquet":
-        for keys, labels, _, vectors in schema.iter_parquet(path, outputs):
+    if shard_format(path) == "parquet":
+        for keys, labels, _, vectors in iter_parquet(path, outputs):
             for i, key in enumerate(keys):
                 yield key, labels[i], {name: x[i] for name, x in vectors.items()}
         return
-    for raw in schema.iter_serialized(path):
+    for raw in iter_serialized(path):
         try:
-            record = schema.decode_example(raw, outputs)
+            record = decode_example(raw, outputs)
         except Exception as e:
             yield e
             continue
@@ -88,14 +92,14 @@ def _shard_records(path: str, outputs):
 _END = object()  # a twin with no record left
 
 
-def _twin_records(root: str, shard: str, manifest: schema.Manifest, problem):
+def _twin_records(root: str, shard: str, manifest: Manifest, problem):
     """The records of a TFRecord shard's Parquet twin (the same commit), read along with it; None when the set
     has one format. A twin that cannot be read is a problem, and then holds no more records."""
     from apache_beam.io.filesystems import FileSystems
 
     if not manifest.parquet_shards or not manifest.shards:
         return None
-    twin = shard.removesuffix(schema.SHARD_SUFFIX) + schema.PARQUET_SUFFIX
+    twin = shard.removesuffix(SHARD_SUFFIX) + PARQUET_SUFFIX
     if twin not in set(manifest.parquet_shards):
         problem("formats", f"{shard}: the manifest lists no Parquet shard of its commit ({twin})")
         return None
@@ -118,7 +122,7 @@ def _compare_twin(shard: str, twin: str, number: int, a, b, problem) -> None:
         problem("formats", f"{twin} record {number} ({b[0]}) differs from {shard} record {number} ({a[0]})")
 
 
-def _read_shards(root: str, manifest: schema.Manifest, result: Inspection, keys: DuplicateKeys, samples: int,
+def _read_shards(root: str, manifest: Manifest, result: Inspection, keys: DuplicateKeys, samples: int,
                  problem) -> None:
     """Every record once, in the manifest's order (its TFRecord shards, else its Parquet ones): counts, labels,
     samples, per-record problems, and each key to ``keys``; each Parquet twin compared as it is read."""
@@ -153,7 +157,7 @@ def _read_shards(root: str, manifest: schema.Manifest, result: Inspection, keys:
                     elif not np.isfinite(values).all():
                         problem("finite", f"{where} ({key}): output {out.name!r} holds NaN or Inf")
                 if len(result.samples) < samples:
-                    result.samples.append(schema.FeatureRecord(key, label, vectors))
+                    result.samples.append(FeatureRecord(key, label, vectors))
         except ValueError as e:
             problem("corrupt", f"{shard}: truncated or corrupt after {count} records ({_short(e)})")
         except OSError as e:
@@ -190,7 +194,7 @@ def inspect_feature_set(root: str, samples: int = 3, bucket_rows: int = BUCKET_R
         problem("duplicate", f"{shards[r.shard]} record {r.record}: duplicate key {key!r} "
                              f"(also in {shards[r.first_shard]})")
     if manifest.shards and manifest.parquet_shards:
-        twins = {s.removesuffix(schema.SHARD_SUFFIX) + schema.PARQUET_SUFFIX for s in manifest.shards}
+        twins = {s.removesuffix(SHARD_SUFFIX) + PARQUET_SUFFIX for s in manifest.shards}
         for orphan in sorted(set(manifest.parquet_shards) - twins):
             problem("formats", f"{orphan}: the manifest lists no TFRecord shard of its commit")
     if total > len(repeats):
@@ -198,7 +202,7 @@ def inspect_feature_set(root: str, samples: int = 3, bucket_rows: int = BUCKET_R
 
     listed = set(manifest.shards) | set(manifest.parquet_shards)
     try:
-        (match,) = FileSystems.match([FileSystems.join(root, schema.FEATURES_DIR, "*")])
+        (match,) = FileSystems.match([FileSystems.join(root, FEATURES_DIR, "*")])
         prefix = root.rstrip("/") + "/"
         for m in match.metadata_list:
             rel = m.path[len(prefix):] if m.path.startswith(prefix) else m.path
@@ -218,7 +222,7 @@ def inspect_feature_set(root: str, samples: int = 3, bucket_rows: int = BUCKET_R
         problem("count", f"the error files hold {failed_lines} dead letters, the manifest counts {counts['failed']}")
     listed_files = listed | set(manifest.error_files)
     try:
-        (match,) = FileSystems.match([FileSystems.join(root, schema.COMMITS_DIR, "*.json")])
+        (match,) = FileSystems.match([FileSystems.join(root, COMMITS_DIR, "*.json")])
         for m in match.metadata_list:
             with FileSystems.open(m.path, compression_type="uncompressed") as f:
                 record = json.loads(f.read().decode("utf-8"))
@@ -226,7 +230,7 @@ def inspect_feature_set(root: str, samples: int = 3, bucket_rows: int = BUCKET_R
                 if named not in listed_files:
                     problem("unlisted", f"{m.path}: a commit record of {named}, which the manifest does not list")
     except Exception as e:  # a damaged commit record is itself a problem of the set
-        problem("unlisted", f"{schema.COMMITS_DIR}/: a commit record cannot be read ({_short(e)})")
+        problem("unlisted", f"{COMMITS_DIR}/: a commit record cannot be read ({_short(e)})")
     embedded = counts.get("embedded")
     if embedded is not None and result.records != embedded:
         problem("count", f"the shards hold {result.records} records, the manifest counts {embedded} embedded")

@@ -26,16 +26,15 @@ from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, R
 from pipeline.extract.launch import check_formats, check_output_dir, clear_previous_outputs, resolve_input
 from pipeline.extract.options import ConfigError, absolute
 from pipeline.folders import read_model_file
-from transforms.decode.image_fn import DecodeImageFn
-from transforms.decode.images import ImagePreprocessing
+from transforms.decode.images import DecodeImageFn, ImagePreprocessing
 from transforms.decode.tokenize import text_of
 from transforms.embed.classify import ClassifierHandler
-from transforms.process import ready_process
-from transforms.read.inputs import InputSpec
+from transforms.read.input_specs import InputSpec
 from transforms.read.sources import ReadRecords
-from transforms.records import FAILED, Failure, Record
-from transforms.schema import ERRORS_DIR, PENDING_DIR
-from transforms.write.commits import write_atomically
+from transforms.schema.elements import FAILED, Failure, Record
+from transforms.schema.layout import ERRORS_DIR, PENDING_DIR
+from transforms.worker.process import WorkerDoFn, ready_process
+from transforms.write.committers import write_atomically
 from transforms.write.sinks import WriteFailures
 
 __all__ = ["PredictConfig", "build_prediction", "run_prediction", "format_prediction", "SummarizePredictions",
@@ -89,7 +88,7 @@ def _serving_preprocessing(model_dir: str, spec: dict) -> ImagePreprocessing | N
     return ImagePreprocessing(**{**prep, "mean": tuple(prep["mean"]), "std": tuple(prep["std"])})
 
 
-class TextOfRecordFn(beam.DoFn):
+class TextOfRecordFn(WorkerDoFn):
     """Record -> ((key, label, split), its text) (``text_of``: a ``str`` payload, or UTF-8 bytes); a payload
     that is not text goes to ``failed``, as in extraction. An empty text is a text (``[CLS] [SEP]``)."""
 
@@ -168,12 +167,9 @@ def _counts(prediction: dict) -> tuple[int, int, int, int]:
     return 1, 0, int(labelled), int(labelled and prediction["label"] == prediction["predicted"])
 
 
-class _WriteSummaryFn(beam.DoFn):
+class _WriteSummaryFn(WorkerDoFn):
     def __init__(self, output: str):
         self._output = output
-
-    def setup(self):
-        ready_process()
 
     def process(self, summary: dict):
         pending = FileSystems.join(self._output, PENDING_DIR, f"{SUMMARY_NAME}.{uuid.uuid4().hex}")

@@ -40,7 +40,7 @@ class TrainConfig:
         from apache_beam.io.filesystems import FileSystems
 
         from pipeline.folders import is_empty_dir
-        from transforms.read.storage import bucket_exists, bucket_of
+        from transforms.worker.storage import bucket_exists, bucket_of
 
         if bucket_exists(self.output, FileSystems._pipeline_options) is False:
             scheme, bucket = bucket_of(self.output)

@@ -1,7 +1,7 @@
 """Reading feature sets for training: validated against their manifests, split by a hash of the key.
 
 A feature set is a directory with ``manifest.json`` and ``features/part-*.tfrecord`` or ``.parquet`` shards
-(see ``transforms.schema``; a set with both is read from its TFRecord shards; float16 vectors come back
+(see ``transforms/schema/``; a set with both is read from its TFRecord shards; float16 vectors come back
 float32). Small local sets load into memory with tfrecord-lite; remote or large ones stream
 through ``tf.data`` (``stream_examples``) so nothing larger than a batch is held.
 """
@@ -14,7 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from transforms import schema
+from transforms.schema.example import iter_serialized, tf_feature_description, tf_vectors
+from transforms.schema.fields import KEY, LABEL, OutputSpec
+from transforms.schema.layout import MANIFEST_NAME, shard_format
+from transforms.schema.manifest import Manifest, read_manifest, read_shard, shard_paths
+from transforms.schema.parquet import iter_parquet
 
 __all__ = ["FeatureSetError", "FeatureTable", "open_feature_sets", "read_feature_manifest", "load_table",
            "validation_mask", "stream_examples", "count_labels", "HASH_BUCKETS"]
@@ -30,12 +34,12 @@ class FeatureSetError(ValueError):
 @dataclass(frozen=True)
 class FeatureSource:
     root: str
-    manifest: schema.Manifest
-    output: schema.OutputSpec
+    manifest: Manifest
+    output: OutputSpec
 
     @property
     def shards(self) -> list[str]:
-        return schema.shard_paths(self.root, self.manifest)
+        return shard_paths(self.root, self.manifest)
 
 
 @dataclass
@@ -53,14 +57,14 @@ class FeatureTable:
         return FeatureTable(self.keys[mask], self.labels[mask], self.x[mask])
 
 
-def read_feature_manifest(root: str) -> schema.Manifest:
+def read_feature_manifest(root: str) -> Manifest:
     from apache_beam.io.filesystems import FileSystems
 
-    path = FileSystems.join(root, schema.MANIFEST_NAME)
+    path = FileSystems.join(root, MANIFEST_NAME)
     if not FileSystems.exists(path):
         raise FeatureSetError(f"{path} is missing: not a finished feature set (run featurebeam extract first)")
     try:
-        return schema.read_manifest(root)
+        return read_manifest(root)
     except (ValueError, KeyError, TypeError) as e:
         raise FeatureSetError(f"{path} is not a valid manifest: {e}") from None
 
@@ -96,7 +100,7 @@ def _read_shard(source: FeatureSource, path: str):
     keys, labels, rows = [], [], []
     name = source.output.name
     try:
-        for record in schema.read_shard(path, [source.output]):  # either format, local or remote
+        for record in read_shard(path, [source.output]):  # either format, local or remote
             _check_dim(record.vectors[name], source, path, record.key)
             keys.append(record.key)
             labels.append(record.label)
@@ -127,7 +131,7 @@ def load_table(sources: Sequence[FeatureSource]) -> FeatureTable:
             labels += lab
         expected = source.manifest.counts.get("embedded")
         if expected is not None and len(keys) - n_before != expected:
-            raise FeatureSetError(f"{os.path.join(source.root, schema.MANIFEST_NAME)}: manifest counts {expected} "
+            raise FeatureSetError(f"{os.path.join(source.root, MANIFEST_NAME)}: manifest counts {expected} "
                                   f"embedded records, the shards hold {len(keys) - n_before}")
     return FeatureTable(np.array(keys, dtype=object), np.array(labels, dtype=object), x[:len(keys)])
 
@@ -153,7 +157,7 @@ def stream_examples(sources: Sequence[FeatureSource], vocabulary: Sequence[str],
 
     output = sources[0].output
     files = [p for s in sources for p in s.shards]
-    spec = schema.tf_feature_description([output])
+    spec = tf_feature_description([output])
     table = tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(tf.constant(list(vocabulary)), tf.range(len(vocabulary), dtype=tf.int64)),
         default_value=-1)
@@ -168,22 +172,22 @@ def stream_examples(sources: Sequence[FeatureSource], vocabulary: Sequence[str],
 
     def parse(raw):  # a block of records at once: per-record tf.data steps cost more than the parsing
         ex = tf.io.parse_example(raw, spec)
-        return select(ex[schema.KEY], ex[schema.LABEL], schema.tf_vectors(ex, output))
+        return select(ex[KEY], ex[LABEL], tf_vectors(ex, output))
 
     def blocks():  # (keys, labels, x) blocks of any shards, Parquet ones a row group at a time
         for f in files:
-            if schema.shard_format(f) == "parquet":
-                for keys, labels, _, vectors in schema.iter_parquet(f, [output], batch_rows=8 * PARSE_BLOCK):
+            if shard_format(f) == "parquet":
+                for keys, labels, _, vectors in iter_parquet(f, [output], batch_rows=8 * PARSE_BLOCK):
                     yield keys, [label or "" for label in labels], vectors[output.name]
                 continue
-            records = list(schema.read_shard(f, [output]))  # one TFRecord shard beside Parquet ones: bounded
+            records = list(read_shard(f, [output]))  # one TFRecord shard beside Parquet ones: bounded
             for start in range(0, len(records), PARSE_BLOCK):
                 block = records[start:start + PARSE_BLOCK]
                 yield ([r.key for r in block], [r.label or "" for r in block],
                        np.stack([r.vectors[output.name] for r in block]))
 
     # Fixed parallelism: with AUTOTUNE, tf.data's buffers grew by ~60 MB an epoch on a 100k-record set.
-    if any(schema.shard_format(f) == "parquet" for f in files):
+    if any(shard_format(f) == "parquet" for f in files):
         ds = tf.data.Dataset.from_generator(blocks, output_signature=(
             tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.string),
             tf.TensorSpec([None, output.dim], tf.float32)))
@@ -192,7 +196,7 @@ def stream_examples(sources: Sequence[FeatureSource], vocabulary: Sequence[str],
         if all("://" not in f for f in files):
             ds = tf.data.TFRecordDataset(files, num_parallel_reads=2)
         else:  # TensorFlow may lack the object store's filesystem: read through Beam's
-            ds = tf.data.Dataset.from_generator(lambda: (r for f in files for r in schema.iter_serialized(f)),
+            ds = tf.data.Dataset.from_generator(lambda: (r for f in files for r in iter_serialized(f)),
                                                 output_signature=tf.TensorSpec([], tf.string))
         ds = ds.batch(PARSE_BLOCK).map(parse, num_parallel_calls=2)
     ds = ds.unbatch()  # the records' order is kept

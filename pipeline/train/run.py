@@ -246,7 +246,7 @@ def train_into(config: TrainConfig, checked: Checked, folder: str, log=print) ->
     """Train and evaluate the heads and export the serving model into a local folder; returns the metrics."""
     import keras
 
-    from pipeline.train.serving import export_serving_model
+    from pipeline.serving.model import export_serving_model
 
     sources, test_sources, backbone = checked.sources, checked.test_sources, checked.backbone
     output = sources[0].output

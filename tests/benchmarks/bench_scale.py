@@ -11,7 +11,7 @@ measured and not the model:
    is under 4 commits of extract's default size and ``--records-per-shard`` is not given, these two runs
    commit every N/10 records instead, or the first commit would already hold everything;
 4. checks each feature set (fresh and resumed): every input key in ``features/`` exactly once, nothing else,
-   ``inputs == N == embedded + failed`` in the manifest, and no scratch files left (``transforms/spill.py``).
+   ``inputs == N == embedded + failed`` in the manifest, and no scratch files left (``transforms/keys/spill.py``).
 
 Each run reports its wall time, records/s (of what that run did itself), the peak resident memory (VmHWM) of the
 launcher and of its largest other process, and the size of ``commits/`` and of ``manifest.json``:
@@ -40,10 +40,11 @@ import time
 import numpy as np
 
 from pipeline.tools.bench import ProcessTreeMemory, descendants, run_extract
-from transforms import schema
-from transforms.framing import frame, iter_frames
-from transforms.spill import scratch_folder
-from transforms.write.commits import DEFAULT_RECORDS_PER_COMMIT
+from transforms.keys.spill import scratch_folder
+from transforms.schema.fields import KEY
+from transforms.schema.framing import frame, iter_frames
+from transforms.schema.layout import COMMITS_DIR, FEATURES_DIR, MANIFEST_NAME, SHARD_SUFFIX
+from transforms.write.committers import DEFAULT_RECORDS_PER_COMMIT
 
 IMAGE_SIZE = 12
 VARIANTS = 40   # distinct encoded images, cycled (a multiple of LABELS, so each variant keeps its label)
@@ -142,11 +143,11 @@ def split_peaks(memory: ProcessTreeMemory) -> tuple[float, float, int]:
 def output_sizes(output: str) -> tuple[int, int, int]:
     """(bytes of every file under commits/, how many, bytes of manifest.json)."""
     total = files = 0
-    for folder, _, names in os.walk(os.path.join(output, schema.COMMITS_DIR)):
+    for folder, _, names in os.walk(os.path.join(output, COMMITS_DIR)):
         for name in names:
             total += os.path.getsize(os.path.join(folder, name))
             files += 1
-    manifest = os.path.join(output, schema.MANIFEST_NAME)
+    manifest = os.path.join(output, MANIFEST_NAME)
     return total, files, os.path.getsize(manifest) if os.path.exists(manifest) else 0
 
 
@@ -161,7 +162,7 @@ def describe_run(n: int, mode: str, output: str, seconds: float, memory: Process
 
 
 def read_manifest(output: str) -> dict:
-    with open(os.path.join(output, schema.MANIFEST_NAME)) as f:
+    with open(os.path.join(output, MANIFEST_NAME)) as f:
         return json.load(f)
 
 
@@ -174,7 +175,7 @@ class CommittedCount:
     """Records in ``OUTDIR/commits/*.json``, reading each commit record once (a polled count stays cheap)."""
 
     def __init__(self, output: str):
-        self.folder = os.path.join(output, schema.COMMITS_DIR)
+        self.folder = os.path.join(output, COMMITS_DIR)
         self.seen: set[str] = set()
         self.records = 0
 
@@ -283,17 +284,17 @@ def iter_keys(path: str):
 
         with open(path, "rb") as f:
             for data in iter_frames(f):
-                yield example_pb2.Example.FromString(data).features.feature[schema.KEY].bytes_list.value[0]
+                yield example_pb2.Example.FromString(data).features.feature[KEY].bytes_list.value[0]
         return
-    for d in tfrecord_lite.tf_record_iterator(path, names=[schema.KEY]):
-        yield d[schema.KEY][0]
+    for d in tfrecord_lite.tf_record_iterator(path, names=[KEY]):
+        yield d[KEY][0]
 
 
 def check_feature_set(output: str, files: list[tuple[str, int]], n: int) -> dict:
     """Every input key in features/ exactly once and no other: the sorted fingerprints of the keys found (as
     ``FILE_NAME#INDEX``) equal those of the keys expected. Memory: 16 bytes a key, twice."""
     found, keys, foreign = bytearray(), 0, 0
-    for path in sorted(glob.glob(os.path.join(output, schema.FEATURES_DIR, "*" + schema.SHARD_SUFFIX))):
+    for path in sorted(glob.glob(os.path.join(output, FEATURES_DIR, "*" + SHARD_SUFFIX))):
         for key in iter_keys(path):
             uri, _, index = key.decode("utf-8").rpartition("#")
             if not uri or not index.isdigit():

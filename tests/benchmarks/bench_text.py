@@ -132,7 +132,7 @@ def agreement(featurebeam_out: str, peer_out: str) -> float:
     """The smallest cosine between featurebeam's and sentence-transformers' vector of a text."""
     import numpy as np
 
-    from transforms.schema import read_manifest, read_shard, shard_paths
+    from transforms.schema.manifest import read_manifest, read_shard, shard_paths
 
     with open(os.path.join(peer_out, "ids.json")) as f:
         peer = dict(zip(json.load(f), np.load(os.path.join(peer_out, "vectors.npy")), strict=True))

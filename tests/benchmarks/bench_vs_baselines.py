@@ -75,7 +75,7 @@ def run_tf_data(images: str, output: str) -> None:
     import tensorflow as tf
 
     from pipeline.backbones.registry import resolve_backbone
-    from transforms.decode.tf_images import decode_and_crop
+    from pipeline.serving.graph_images import decode_and_crop
 
     spec = resolve_backbone("mobilenet_v2")
     model = spec.load([LAYER])

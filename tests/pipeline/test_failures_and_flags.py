@@ -46,7 +46,7 @@ def test_beam_flags_come_back_as_given_and_defaults_are_added_once(monkeypatch):
 def test_committed_and_plain_dead_letters_are_the_same_lines(tmp_path):
     import apache_beam as beam
 
-    from transforms.records import Failure
+    from transforms.schema.elements import Failure
     from transforms.write.sinks import CommitFailures, WriteFailures
 
     failures = [Failure(f"k{i}", "src", "decode", "ImageDecodeError", f"bad {i}") for i in range(5)]

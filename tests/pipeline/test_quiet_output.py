@@ -104,7 +104,7 @@ def test_only_the_start_up_lines_are_dropped_from_fd_2_and_the_rest_keeps_its_or
     a C++-style warning, a Python warning and a partial last line stay, in order, and fd 2 is back afterwards."""
     script = textwrap.dedent(f"""
         import os, sys, warnings
-        from transforms.quiet import filtered_stderr
+        from transforms.worker.quiet import filtered_stderr
         print("before", file=sys.stderr)
         with filtered_stderr():
             for line in {RECORDED!r}:

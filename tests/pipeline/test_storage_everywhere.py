@@ -155,7 +155,7 @@ def test_train_report_predict_with_the_model_dir_on_s3_equal_the_local_run(tmp_p
 
 def test_predict_applies_the_s3_flags_before_it_looks_at_its_inputs(tmp_path, image_folder, local_run, local_sets,
                                                                     s3, worker_env, monkeypatch):
-    from transforms.read import storage
+    from transforms.worker import storage
 
     s3.create_bucket("photos")
     client = s3.client()
@@ -210,7 +210,7 @@ def test_predict_refuses_a_model_without_a_serving_model(tmp_path, image_folder,
 
 
 def test_the_serving_module_keeps_no_unused_loader():
-    from pipeline.train import serving
+    from pipeline.serving import model
 
-    assert not hasattr(serving, "load_serving_model")
-    assert all(hasattr(serving, name) for name in serving.__all__)
+    assert not hasattr(model, "load_serving_model")
+    assert all(hasattr(model, name) for name in model.__all__)

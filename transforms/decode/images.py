@@ -1,4 +1,5 @@
-"""Image decoding and the geometric half of a backbone's preprocessing, as pure functions.
+"""Image decoding and the geometric half of a backbone's preprocessing, as pure functions, and ``DecodeImageFn``,
+the Beam step over them.
 
 The backbone's eval transform is split in two: the geometry (resize, crop) runs here, on the worker's CPU,
 and produces a fixed-shape uint8 array; the arithmetic (scale, mean, std) runs inside the compiled graph
@@ -11,9 +12,15 @@ import io
 import threading
 from dataclasses import dataclass
 
+import apache_beam as beam
 import numpy as np
+from apache_beam.metrics import Metrics
 
-__all__ = ["ImagePreprocessing", "ImageDecodeError", "decode_image", "resize_and_crop", "DEFAULT_MAX_PIXELS"]
+from transforms.schema.elements import FAILED, METRICS_NAMESPACE, Failure, Record
+from transforms.worker.process import WorkerDoFn
+
+__all__ = ["DecodeImageFn", "ImagePreprocessing", "ImageDecodeError", "decode_image", "resize_and_crop",
+           "DEFAULT_MAX_PIXELS"]
 
 DEFAULT_MAX_PIXELS = 100_000_000  # larger images are refused before decoding (decompression bombs)
 
@@ -177,3 +184,21 @@ def decode_image(data: bytes, prep: ImagePreprocessing, max_pixels: int = DEFAUL
         raise ImageDecodeError(f"image too large: {e}") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageDecodeError(f"damaged image: {e}") from None
+
+
+class DecodeImageFn(WorkerDoFn):
+    """Decodes, resizes and crops each image to the backbone's fixed input; bad images go to ``failed``."""
+
+    def __init__(self, preprocessing: ImagePreprocessing, max_pixels: int = DEFAULT_MAX_PIXELS):
+        self._prep = preprocessing
+        self._max_pixels = max_pixels
+        self._decoded = Metrics.counter(METRICS_NAMESPACE, "records_decoded")
+
+    def process(self, record: Record):
+        try:
+            image = decode_image(record.payload, self._prep, self._max_pixels)
+        except Exception as e:  # a bad file is this record's failure, never the job's
+            yield beam.pvalue.TaggedOutput(FAILED, Failure.from_exception(record.key, record.origin, "decode", e))
+            return
+        self._decoded.inc()
+        yield (record.key, record.label, record.split), image

@@ -2,7 +2,7 @@
 
 ``TokenizeFn`` turns a text ``Record`` into its token ids with the backbone's own ``tokenizer.json`` (read once
 per worker from the staged asset, hash-checked). Batches of ids are padded and embedded by ``BackboneHandler``
-with ``TOKEN_IDS`` inputs (``transforms/embed/inputs.py``).
+with ``TOKEN_IDS`` inputs (``transforms/embed/model_inputs.py``).
 
 A record's text is its ``str`` payload (a table row, a line), or its bytes as UTF-8 (a loose file, a leading
 byte-order mark dropped). A text with no token of its own (empty, whitespace, zero-width characters) is embedded
@@ -18,8 +18,8 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from transforms.process import ready_process
-from transforms.records import FAILED, METRICS_NAMESPACE, Failure, Record
+from transforms.schema.elements import FAILED, METRICS_NAMESPACE, Failure, Record
+from transforms.worker.process import WorkerDoFn
 
 __all__ = ["TextPreprocessing", "TokenizeFn", "text_of"]
 
@@ -49,7 +49,7 @@ def text_of(payload) -> str:
     raise TypeError(f"not text: a {type(payload).__name__} payload")
 
 
-class TokenizeFn(beam.DoFn):
+class TokenizeFn(WorkerDoFn):
     """Record with a text payload (``text_of``) -> ((key, label, split), int32 token ids); anything else fails."""
 
     def __init__(self, spec):
@@ -60,7 +60,7 @@ class TokenizeFn(beam.DoFn):
     def setup(self):
         from tokenizers import Tokenizer
 
-        ready_process()
+        super().setup()
         self._tokenizer = Tokenizer.from_str(self._spec.read_asset("tokenizer").decode("utf-8"))
         self._tokenizer.enable_truncation(self._spec.preprocessing.max_length)
         self._tokenizer.no_padding()

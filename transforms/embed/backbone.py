@@ -4,7 +4,7 @@ Use it through ``RunInference`` (keyed, with failures kept apart:
 ``KeyedModelHandler(RetryOneByOne(BackboneHandler(...)))``). ``load_model()`` runs once per worker process
 (``RunInference`` shares the loaded model across the process's threads), builds the backbone from its spec
 and compiles one ``tf.function`` with a fixed input signature, so Beam's varying batch sizes never retrace.
-What the backbone takes (uint8 images, or token ids and a mask) is a ``ModelInputs`` (``inputs.py``):
+What the backbone takes (uint8 images, or token ids and a mask) is a ``ModelInputs`` (``model_inputs.py``):
 its signature, its collation and its pooling; normalisation and pooling happen inside the graph.
 """
 
@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from transforms.embed.inputs import ModelInputs, inputs_for
-from transforms.process import ready_process
-from transforms.records import METRICS_NAMESPACE
-from transforms.schema import OutputSpec
+from transforms.embed.model_inputs import ModelInputs, inputs_for
+from transforms.schema.elements import METRICS_NAMESPACE
+from transforms.schema.fields import OutputSpec
+from transforms.worker.process import ready_process
 
 __all__ = ["BackboneHandler", "LoadedBackbone", "configure_tensorflow_threads", "use_gpu_memory_growth"]
 

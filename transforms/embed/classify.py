@@ -7,8 +7,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from transforms.process import ready_process
-from transforms.records import METRICS_NAMESPACE
+from transforms.schema.elements import METRICS_NAMESPACE
+from transforms.worker.process import ready_process
 
 __all__ = ["ClassifierHandler"]
 

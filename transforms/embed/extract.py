@@ -7,15 +7,15 @@ from collections.abc import Sequence
 import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
-from transforms.decode.image_fn import DecodeImageFn
-from transforms.decode.images import DEFAULT_MAX_PIXELS
+from transforms.decode.images import DEFAULT_MAX_PIXELS, DecodeImageFn
 from transforms.decode.tokenize import TokenizeFn
 from transforms.embed.backbone import BackboneHandler
-from transforms.embed.inputs import inputs_for
+from transforms.embed.model_inputs import inputs_for
 from transforms.embed.retry import EmbeddingFailure, RetryOneByOne
 from transforms.embed.text_batches import BatchByLengthFn
-from transforms.records import FAILED, Failure, Record
-from transforms.schema import OutputSpec
+from transforms.schema.elements import FAILED, Failure, Record
+from transforms.schema.fields import OutputSpec
+from transforms.worker.process import WorkerDoFn
 
 __all__ = ["ExtractFeatures"]
 
@@ -95,7 +95,7 @@ class _TokenizeKeepingSourceFn(TokenizeFn):
         return _with_source(super().process(record), record)
 
 
-class _KeepVectorsFn(beam.DoFn):
+class _KeepVectorsFn(WorkerDoFn):
     """((key, label, split, source), PredictionResult) -> ((key, label, split), vectors), or a ``Failure`` for an
     input the backbone failed on."""
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from transforms.records import METRICS_NAMESPACE, error_message
+from transforms.schema.elements import METRICS_NAMESPACE, error_message
 
 __all__ = ["RetryOneByOne", "EmbeddingFailure"]
 

@@ -24,7 +24,8 @@ from collections.abc import Hashable, Iterable, Iterator, Sequence
 import apache_beam as beam
 from apache_beam.utils.windowed_value import WindowedValue
 
-from transforms.embed.inputs import bucket_length
+from transforms.embed.model_inputs import bucket_length
+from transforms.worker.process import WorkerDoFn
 
 __all__ = ["LengthBatcher", "batch_by_length", "BatchByLengthFn"]
 
@@ -84,7 +85,7 @@ def batch_by_length(items: Iterable, length, buckets: Sequence[int], batch_size:
         yield batch
 
 
-class BatchByLengthFn(beam.DoFn):
+class BatchByLengthFn(WorkerDoFn):
     """``(meta, token ids)`` -> lists of them of similar length, as ``LengthBatcher`` groups them; each list is
     emitted in its window, at the window's end (as ``beam.BatchElements`` does), and none outlives its bundle."""
 

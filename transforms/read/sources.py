@@ -8,10 +8,10 @@
    records; a text table gives its rows as records, a file read as lines its lines;
 3. the units are grouped by unit, which spreads them over all workers, which read them, so a few big shards
    do not pin the job to a few workers, and reading is separated from inference. On ``--resume`` each unit
-   is grouped with the keys of it that an earlier run committed (``resume.py``), and those are skipped.
+   is grouped with the keys of it that an earlier run committed (``done_keys.py``), and those are skipped.
 
 Anything that cannot be listed, parsed or read becomes a ``Failure`` with its key and reason. What an input
-names is ``inputs.py``; files are opened through ``files.py`` (regular files only, reads bounded by
+names is ``input_specs.py``; files are opened through ``files.py`` (regular files only, reads bounded by
 ``InputFields.max_input_bytes``).
 """
 
@@ -22,14 +22,15 @@ from collections.abc import Iterator, Sequence
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms.fingerprints import fingerprint
-from transforms.process import ready_process
-from transforms.read import resume, tables, tar_shards, tfrecords
+from transforms.keys import done_keys
+from transforms.keys.fingerprints import fingerprint
+from transforms.read import tables, tar_shards, tfrecords
 from transforms.read.files import open_regular, read_whole
-from transforms.read.inputs import InputSpec, list_source_files
+from transforms.read.input_specs import InputSpec, list_source_files
 from transforms.read.tables import InputFields
-from transforms.records import FAILED, METRICS_NAMESPACE, Failure, FileRef, Record, SourceFile
-from transforms.schema import record_key
+from transforms.schema.elements import FAILED, METRICS_NAMESPACE, Failure, FileRef, Record, SourceFile
+from transforms.schema.fields import record_key
+from transforms.worker.process import WorkerDoFn
 
 __all__ = ["ReadRecords", "ExpandSourceFn", "ReadUnitFn", "expand_source", "read_unit", "unit_keys", "SKIPPED",
            "DEFAULT_CHUNK_BYTES", "MAX_FIELD_CHARS"]
@@ -105,15 +106,12 @@ def _describe(error: BaseException) -> BaseException:
     return error
 
 
-class ExpandSourceFn(beam.DoFn):
+class ExpandSourceFn(WorkerDoFn):
     """SourceFile -> units of reading work; a file that cannot be opened or parsed goes to ``failed``."""
 
     def __init__(self, fields: InputFields, chunk_bytes: int = DEFAULT_CHUNK_BYTES):
         self._fields = fields
         self._chunk_bytes = chunk_bytes
-
-    def setup(self):
-        ready_process()
 
     def process(self, source: SourceFile):
         try:
@@ -127,7 +125,7 @@ class ExpandSourceFn(beam.DoFn):
 SKIPPED = "skipped"  # tag of the keys a resumed run does not read again
 
 
-class ReadUnitFn(beam.DoFn):
+class ReadUnitFn(WorkerDoFn):
     """(unit id, [(UNIT, unit) or (DONE, done fingerprints, inline or spilled), ...]) -> ``Record``s of each unit;
     what cannot be read goes to ``failed``, the keys among the done fingerprints (committed by an earlier run) to
     ``skipped``: a unit whose keys are all done is not even opened."""
@@ -138,13 +136,10 @@ class ReadUnitFn(beam.DoFn):
         self._bytes = Metrics.counter(METRICS_NAMESPACE, "bytes_read")
         self._skipped = Metrics.counter(METRICS_NAMESPACE, "records_skipped_as_committed")
 
-    def setup(self):
-        ready_process()
-
     def process(self, element):
         _, values = element
         values = list(values)
-        done = resume.done_set(v for tag, v in values if tag == resume.DONE)
+        done = done_keys.done_set(v for tag, v in values if tag == done_keys.DONE)
         for tag, unit in values:
             if tag == UNIT:
                 yield from self._read_one(unit, done)
@@ -184,7 +179,7 @@ UNIT = "unit"
 
 def _keyed_unit(unit):
     keys = unit_keys(unit)
-    return resume.unit_id(unit, keys), keys
+    return done_keys.unit_id(unit, keys), keys
 
 
 class ReadRecords(beam.PTransform):
@@ -193,7 +188,7 @@ class ReadRecords(beam.PTransform):
 
     ``done_commits``: an optional PCollection of ``(Commit, keys)`` of the verified commits of an earlier run
     of the same job, whose keys are skipped; the join that finds them keeps its scratch files in ``scratch``
-    (``resume.py``), which it then needs."""
+    (``done_keys.py``), which it then needs."""
 
     def __init__(self, specs: Sequence[InputSpec], fields: InputFields = InputFields(),
                  chunk_bytes: int = DEFAULT_CHUNK_BYTES, done_commits=None, scratch: str | None = None):
@@ -224,8 +219,8 @@ class ReadRecords(beam.PTransform):
             grouped.append(
                 units
                 | "Keys of units" >> beam.Map(_keyed_unit)
-                | "Done keys of units" >> resume.DoneKeysOfUnits(self._done_commits, self._scratch)
-                | "Tag done keys" >> beam.MapTuple(lambda uid, fps: (uid, (resume.DONE, fps))))
+                | "Done keys of units" >> done_keys.DoneKeysOfUnits(self._done_commits, self._scratch)
+                | "Tag done keys" >> beam.MapTuple(lambda uid, fps: (uid, (done_keys.DONE, fps))))
         read = (
             grouped
             | "Units and done keys" >> beam.Flatten()

@@ -13,8 +13,8 @@ import posixpath
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from transforms.records import Failure, FileRef, Record
-from transforms.schema import record_key
+from transforms.schema.elements import Failure, FileRef, Record
+from transforms.schema.fields import record_key
 
 __all__ = ["InputFields", "InputTooLarge", "RowError", "iter_rows", "bounded_lines", "table_kind", "resolve_relative",
            "outside_folder", "manifest_refs", "text_key", "text_records", "line_records", "URI_FIELDS",

@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from typing import NamedTuple
 
 from transforms.read.tables import DEFAULT_MAX_INPUT_BYTES, InputFields, InputTooLarge
-from transforms.records import Failure, Record
-from transforms.schema import record_key
+from transforms.schema.elements import Failure, Record
+from transforms.schema.fields import record_key
 
 __all__ = ["IMAGE_EXTENSIONS", "TarMember", "TarSample", "TarChunk", "split_member_name", "index_tar",
            "chunk_samples", "read_tar_chunk"]

@@ -1,6 +1,6 @@
 """TFRecord files of ``tf.train.Example``s holding encoded images: index, cut into chunks, read a chunk.
 
-Frames are read with ``transforms.framing`` (the format is described there). Indexing
+Frames are read with ``transforms.schema.framing`` (the format is described there). Indexing
 reads only the 12-byte headers and seeks over the data, so the launcher never reads data and a big file can be
 read by several workers, one byte range each. Record ``N`` (from 0) of ``URI`` has the key ``URI#N``.
 
@@ -17,7 +17,10 @@ import struct
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from transforms.framing import (
+from transforms.read.tables import InputFields, InputTooLarge
+from transforms.schema.elements import Failure, Record
+from transforms.schema.fields import record_key
+from transforms.schema.framing import (
     FOOTER_BYTES,
     HEADER_BYTES,
     FramingError,
@@ -26,9 +29,6 @@ from transforms.framing import (
     read_frame,
     read_header,
 )
-from transforms.read.tables import InputFields, InputTooLarge
-from transforms.records import Failure, Record
-from transforms.schema import record_key
 
 __all__ = ["TFRecordChunk", "TFRecordError", "index_tfrecord", "read_tfrecord_chunk", "example_record",
            "header_offsets", "next_intact_frame", "Damage", "damage_extent", "describe_damage", "SCAN_BLOCK"]

@@ -13,12 +13,12 @@ import os
 import time
 import uuid
 
-import apache_beam as beam
+from transforms.worker.process import WorkerDoFn
 
 __all__ = ["CountProgress", "read_progress"]
 
 
-class CountProgress(beam.DoFn):
+class CountProgress(WorkerDoFn):
     """Counts the elements passing through (or ``weight(element)`` of each) into ``directory`` for ``stage``."""
 
     def __init__(self, directory: str, stage: str, every_seconds: float = 0.5, weight=None):
@@ -28,6 +28,7 @@ class CountProgress(beam.DoFn):
         self._weight = weight
 
     def setup(self):
+        super().setup()
         self._path = os.path.join(self._directory, f"{self._stage}-{os.getpid()}-{uuid.uuid4().hex[:8]}.count")
         self._count = 0
         self._written = 0.0

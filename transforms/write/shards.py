@@ -1,7 +1,7 @@
 """How one committed file's records are written, per format: each writer streams its elements to an open file.
 
-- ``TFRecordShard``: framed ``tf.train.Example`` records (``schema.encode_example``);
-- ``ParquetShard``: rows of ``schema.arrow_schema``, in row groups of about ``ROW_GROUP_BYTES`` (only the
+- ``TFRecordShard``: framed ``tf.train.Example`` records (``encode_example``);
+- ``ParquetShard``: rows of ``arrow_schema``, in row groups of about ``ROW_GROUP_BYTES`` (only the
   group being filled is held);
 - ``JsonLinesShard``: dead letters, one JSON object a line.
 
@@ -18,8 +18,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from transforms import schema
-from transforms.framing import frame, iter_frames
+from transforms.schema.example import encode_example
+from transforms.schema.fields import OutputSpec
+from transforms.schema.framing import frame, iter_frames
+from transforms.schema.layout import PARQUET_SUFFIX, SHARD_SUFFIX
+from transforms.schema.parquet import arrow_schema, arrow_table
 
 __all__ = ["HashingFile", "TFRecordShard", "ParquetShard", "JsonLinesShard", "feature_shard", "rewrite_without",
            "ROW_GROUP_BYTES"]
@@ -63,12 +66,12 @@ class HashingFile:
 class TFRecordShard:
     """``((key, label, split), {output: vector})`` elements as framed Examples; returns each record's size."""
 
-    def __init__(self, stream, outputs: Sequence[schema.OutputSpec]):
+    def __init__(self, stream, outputs: Sequence[OutputSpec]):
         self._stream, self._outputs = stream, tuple(outputs)
 
     def add(self, element) -> int:
         (key, label, split), vectors = element
-        data = frame(schema.encode_example(key, label, vectors, self._outputs, split))
+        data = frame(encode_example(key, label, vectors, self._outputs, split))
         self._stream.write(data)
         return len(data)
 
@@ -79,11 +82,11 @@ class TFRecordShard:
 class ParquetShard:
     """The same elements as rows of a Parquet file, a row group at a time."""
 
-    def __init__(self, stream, outputs: Sequence[schema.OutputSpec], row_group_bytes: int = ROW_GROUP_BYTES):
+    def __init__(self, stream, outputs: Sequence[OutputSpec], row_group_bytes: int = ROW_GROUP_BYTES):
         import pyarrow.parquet as pq
 
         self._outputs = tuple(outputs)
-        self._writer = pq.ParquetWriter(stream, schema.arrow_schema(self._outputs), compression="zstd")
+        self._writer = pq.ParquetWriter(stream, arrow_schema(self._outputs), compression="zstd")
         self._stream = stream
         row_bytes = sum(4 * o.dim for o in self._outputs) + 64
         self._group_rows = max(1, row_group_bytes // row_bytes)
@@ -107,7 +110,7 @@ class ParquetShard:
             self._stream.close()
 
 
-def rows_table(elements, outputs: Sequence[schema.OutputSpec]):
+def rows_table(elements, outputs: Sequence[OutputSpec]):
     """``((key, label, split), {output: vector})`` elements as one Arrow table of the Parquet schema."""
     keys = [k for (k, _, _), _ in elements]
     labels = [label for (_, label, _), _ in elements]
@@ -117,7 +120,7 @@ def rows_table(elements, outputs: Sequence[schema.OutputSpec]):
     for o in outputs:
         if vectors[o.name].shape[1] != o.dim:
             raise ValueError(f"output {o.name!r} has {vectors[o.name].shape[1]} values, expected {o.dim}")
-    return schema.arrow_table(keys, labels, splits, vectors, outputs)
+    return arrow_table(keys, labels, splits, vectors, outputs)
 
 
 class JsonLinesShard:
@@ -135,14 +138,14 @@ class JsonLinesShard:
         self._stream.close()
 
 
-def feature_shard(format: str, stream, outputs: Sequence[schema.OutputSpec]):
+def feature_shard(format: str, stream, outputs: Sequence[OutputSpec]):
     """The writer of one feature format ("tfrecord" or "parquet") over ``stream``."""
     return ParquetShard(stream, outputs) if format == "parquet" else TFRecordShard(stream, outputs)
 
 
 def rewrite_without(data: bytes, rel: str, drop: set[int]) -> bytes:
     """A committed file's bytes without the records at positions ``drop`` (its format from its name)."""
-    if rel.endswith(schema.PARQUET_SUFFIX):
+    if rel.endswith(PARQUET_SUFFIX):
         import pyarrow.parquet as pq
 
         table = pq.read_table(io.BytesIO(data))
@@ -150,7 +153,7 @@ def rewrite_without(data: bytes, rel: str, drop: set[int]) -> bytes:
         out = io.BytesIO()
         pq.write_table(table.take(kept), out, compression="zstd", row_group_size=max(1, len(kept)))
         return out.getvalue()
-    if rel.endswith(schema.SHARD_SUFFIX):
+    if rel.endswith(SHARD_SUFFIX):
         records = list(iter_frames(io.BytesIO(data)))
         return b"".join(frame(r) for i, r in enumerate(records) if i not in drop)
     lines = data.decode("utf-8").splitlines(keepends=True)

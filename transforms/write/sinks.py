@@ -1,6 +1,6 @@
 """Where results go: feature shards (TFRecord of tf.train.Example) and dead letters (JSON lines).
 
-Extraction commits both in units (``CommitFeatures``, ``CommitFailures``; see ``transforms/write/commits.py``) so an
+Extraction commits both in units (``CommitFeatures``, ``CommitFailures``; see ``transforms/write/committers.py``) so an
 interrupted run can resume; ``WriteFailures`` is the plain dead-letter sink of jobs that need no resuming."""
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ from collections.abc import Sequence
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from transforms import schema
-from transforms.process import ready_process
-from transforms.records import Failure
-from transforms.write.commits import DEFAULT_RECORDS_PER_COMMIT, FailureCommitFn, FeatureCommitFn, dead_letter
+from transforms.schema.elements import Failure
+from transforms.schema.fields import OutputSpec
+from transforms.schema.layout import ERRORS_DIR, SHARD_PREFIX
+from transforms.worker.process import WorkerDoFn
+from transforms.write.committers import DEFAULT_RECORDS_PER_COMMIT, FailureCommitFn, FeatureCommitFn, dead_letter
 
 __all__ = ["CommitFeatures", "CommitFailures", "WriteFailures"]
 
@@ -23,7 +24,7 @@ class CommitFeatures(beam.PTransform):
     of about ``records_per_shard`` records each (and ``.parquet`` shards of the same records when ``formats``
     names parquet); returns the PCollection of their ``Commit`` records."""
 
-    def __init__(self, output_dir: str, outputs: Sequence[schema.OutputSpec],
+    def __init__(self, output_dir: str, outputs: Sequence[OutputSpec],
                  records_per_shard: int = DEFAULT_RECORDS_PER_COMMIT, formats: Sequence[str] = ("tfrecord",)):
         super().__init__()
         self._fn = FeatureCommitFn(output_dir, outputs, formats, records_per_commit=records_per_shard)
@@ -43,10 +44,7 @@ class CommitFailures(beam.PTransform):
         return failures | "Write and commit dead letters" >> beam.ParDo(self._fn)
 
 
-class _DeadLetterFn(beam.DoFn):
-    def setup(self):
-        ready_process()
-
+class _DeadLetterFn(WorkerDoFn):
     def process(self, failure: Failure):
         yield dead_letter(failure)
 
@@ -56,7 +54,7 @@ class WriteFailures(beam.PTransform):
 
     def __init__(self, output_dir: str):
         super().__init__()
-        self._prefix = FileSystems.join(output_dir, schema.ERRORS_DIR, schema.SHARD_PREFIX)
+        self._prefix = FileSystems.join(output_dir, ERRORS_DIR, SHARD_PREFIX)
 
     def expand(self, failures):
         return (

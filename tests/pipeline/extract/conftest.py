@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from transforms import spill
+from transforms.keys import spill
 
 
 @pytest.fixture

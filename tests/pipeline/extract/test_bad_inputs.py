@@ -16,8 +16,9 @@ from pipeline.extract.job import run_extraction
 from pipeline.extract.options import ExtractConfig
 from tests.conftest import REPO, encode
 from tests.fakes import MEAN_COLOUR, MeanColourBackbone
-from transforms import schema
-from transforms.read.inputs import InputSpec
+from transforms.read.input_specs import InputSpec
+from transforms.schema.example import read_records
+from transforms.schema.manifest import shard_paths
 
 RED, GREEN, BLUE, ORANGE = (220, 30, 30), (30, 200, 60), (40, 60, 220), (200, 100, 50)
 
@@ -116,8 +117,8 @@ def test_every_bad_input_is_a_dead_letter_and_every_good_one_has_its_features(tm
     bad = {name: expected for name, (_, expected) in CORPUS.items() if isinstance(expected, str)}
     assert manifest.counts == {"inputs": len(CORPUS), "embedded": len(good), "failed": len(bad), "duplicates": 0}
 
-    records = {os.path.basename(r.key): r for p in schema.shard_paths(config.output, manifest)
-               for r in schema.read_records(p, manifest.outputs)}
+    records = {os.path.basename(r.key): r for p in shard_paths(config.output, manifest)
+               for r in read_records(p, manifest.outputs)}
     assert sorted(records) == sorted(good)
     for name, colour in good.items():
         np.testing.assert_allclose(records[name].vectors["pixels"], colour, atol=4, err_msg=name)

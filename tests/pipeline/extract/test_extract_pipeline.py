@@ -15,9 +15,11 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipeline.extract.job import build_extraction, run_extraction
 from pipeline.extract.options import ExtractConfig
 from tests.fakes import MEAN_COLOUR, MeanColourBackbone, load_pids
-from transforms import schema
 from transforms.decode.images import decode_image
-from transforms.read.inputs import InputSpec
+from transforms.read.input_specs import InputSpec
+from transforms.schema.example import read_records, tf_feature_description
+from transforms.schema.fields import KEY, LABEL
+from transforms.schema.manifest import read_manifest, shard_paths
 
 IN_PROCESS = ["--runner=FnApiRunner"]
 TWO_PROCESSES = ["--runner=FnApiRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing"]
@@ -46,8 +48,8 @@ def _config(tmp_path, inputs, backbone, batch_size=2, outputs=(MEAN_COLOUR,)):
 
 
 def _read_all(root):
-    manifest = schema.read_manifest(root)
-    records = [r for path in schema.shard_paths(root, manifest) for r in schema.read_records(path, manifest.outputs)]
+    manifest = read_manifest(root)
+    records = [r for path in shard_paths(root, manifest) for r in read_records(path, manifest.outputs)]
     return manifest, records
 
 
@@ -157,13 +159,13 @@ def test_output_reads_back_identically_with_tf_data_and_tfrecord_lite(tmp_path, 
     run_extraction(config, PipelineOptions(IN_PROCESS))
     manifest, lite = _read_all(config.output)
 
-    spec = schema.tf_feature_description(manifest.outputs)
-    files = schema.shard_paths(config.output, manifest)
+    spec = tf_feature_description(manifest.outputs)
+    files = shard_paths(config.output, manifest)
     parsed = [tf.io.parse_single_example(raw, spec) for raw in tf.data.TFRecordDataset(files)]
     assert len(parsed) == len(lite) == 8
     for record, example in zip(lite, parsed, strict=True):
-        assert example[schema.KEY].numpy().decode() == record.key
-        assert example[schema.LABEL].numpy().decode() == (record.label or "")
+        assert example[KEY].numpy().decode() == record.key
+        assert example[LABEL].numpy().decode() == (record.label or "")
         np.testing.assert_array_equal(example[MEAN_COLOUR.example_key].numpy(), record.vectors["pixels"])
 
 

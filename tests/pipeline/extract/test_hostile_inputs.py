@@ -23,10 +23,10 @@ from pipeline.extract.settings import run_settings
 from tests import packing
 from tests.conftest import encode
 from tests.fakes import MEAN_COLOUR, MeanColourBackbone
-from transforms.read.inputs import InputSpec
+from transforms.read.input_specs import InputSpec
 from transforms.read.sources import ReadRecords
 from transforms.read.tables import InputFields
-from transforms.records import Failure, Record
+from transforms.schema.elements import Failure, Record
 
 IN_PROCESS = ["--runner=FnApiRunner"]
 

@@ -14,8 +14,9 @@ from pipeline.extract.launch import resolve_input
 from pipeline.extract.options import ExtractConfig
 from tests import packing
 from tests.fakes import MEAN_COLOUR, MeanColourBackbone
-from transforms import schema
 from transforms.read.tables import InputFields
+from transforms.schema.example import read_records
+from transforms.schema.manifest import shard_paths
 
 GOOD = 8  # images in the image_folder fixture; it also holds an empty .jpg and a .txt
 
@@ -56,7 +57,7 @@ def test_each_format_gives_the_folders_features_and_labels(tmp_path, packed, wor
                            overwrite=False, chunk_bytes=100_000)  # several chunks per shard
     manifest = run_extraction(config, PipelineOptions(["--runner=FnApiRunner"]))
 
-    records = [r for p in schema.shard_paths(config.output, manifest) for r in schema.read_records(p, manifest.outputs)]
+    records = [r for p in shard_paths(config.output, manifest) for r in read_records(p, manifest.outputs)]
     check_same_as_folder(manifest, records, keys)
     errors = [json.loads(line) for f in manifest.error_files for line in open(os.path.join(config.output, f))]
     (tar_notes,) = [e for e in errors if e["error_type"] == "NotAnImage"]

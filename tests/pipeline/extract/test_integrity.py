@@ -23,13 +23,16 @@ from pipeline.tools.inspect import inspect_feature_set
 from tests.commit_tools import commit_keys, resolve_in
 from tests.conftest import REPO
 from tests.fakes import MEAN_COLOUR, MeanColourBackbone
-from transforms import schema, spill
-from transforms.fingerprints import fingerprint
-from transforms.read.inputs import InputSpec
-from transforms.records import Failure
-from transforms.write import committed
-from transforms.write.commits import commit_files, key_line, place_file
-from transforms.write.dedupe import keep_one_copy
+from transforms.keys import spill
+from transforms.keys.dedupe import keep_one_copy
+from transforms.keys.fingerprints import fingerprint
+from transforms.read.input_specs import InputSpec
+from transforms.schema.elements import Failure
+from transforms.schema.example import read_records
+from transforms.schema.layout import COMMITS_DIR, LEASE_NAME, MANIFEST_NAME, RETIRED_DIR
+from transforms.schema.manifest import read_manifest, shard_paths, write_manifest
+from transforms.write import commit_checks
+from transforms.write.committers import commit_files, key_line, place_file
 
 IN_PROCESS = ["--runner=FnApiRunner"]
 
@@ -42,15 +45,15 @@ def _config(tmp_path, inputs, **changes):
 
 
 def _vectors(output) -> dict[str, np.ndarray]:
-    manifest = schema.read_manifest(output)
-    records = [r for p in schema.shard_paths(output, manifest) for r in schema.read_records(p, manifest.outputs)]
+    manifest = read_manifest(output)
+    records = [r for p in shard_paths(output, manifest) for r in read_records(p, manifest.outputs)]
     keys = [r.key for r in records]
     assert len(keys) == len(set(keys)), "a key is in the feature set twice"
     return {r.key: r.vectors[MEAN_COLOUR.name] for r in records}
 
 
 def _dead_letters(output) -> list[dict]:
-    manifest = schema.read_manifest(output)
+    manifest = read_manifest(output)
     return [json.loads(line) for name in manifest.error_files
             for line in open(os.path.join(output, name)) if line.strip()]
 
@@ -62,14 +65,14 @@ def test_resume_verifies_what_it_skips_and_redoes_damaged_commits(tmp_path, colo
 
     # the crash: no manifest; then the damage: one shard truncated, one deleted, one commit record garbled
     out = config.output
-    features = [c for c in committed.read_commits(out) if c.kind == "features"]
+    features = [c for c in commit_checks.read_commits(out) if c.kind == "features"]
     truncated, deleted, garbled = features[0], features[1], features[2]
     with open(os.path.join(out, truncated.path), "r+b") as f:
         f.truncate(os.path.getsize(os.path.join(out, truncated.path)) - 7)
     os.remove(os.path.join(out, deleted.path))
     with open(os.path.join(out, garbled.marker), "w") as f:
         f.write('{"id": "' + garbled.id + '", "kind": "feat')
-    os.remove(os.path.join(out, schema.MANIFEST_NAME))
+    os.remove(os.path.join(out, MANIFEST_NAME))
 
     resumed = run_extraction(dataclasses.replace(config, resume=True), PipelineOptions(IN_PROCESS))
 
@@ -80,9 +83,9 @@ def test_resume_verifies_what_it_skips_and_redoes_damaged_commits(tmp_path, colo
     assert sorted(after) == sorted(reference)                            # every key, exactly once
     for key, vector in reference.items():
         np.testing.assert_allclose(after[key], vector, atol=1e-6)
-    retired = sorted(os.listdir(os.path.join(out, schema.RETIRED_DIR)))
+    retired = sorted(os.listdir(os.path.join(out, RETIRED_DIR)))
     assert retired == sorted(f"{c.id}.json" for c in (truncated, deleted, garbled))
-    reasons = {name: json.load(open(os.path.join(out, schema.RETIRED_DIR, name)))["reason"] for name in retired}
+    reasons = {name: json.load(open(os.path.join(out, RETIRED_DIR, name)))["reason"] for name in retired}
     assert "fails its sha256" in reasons[f"{truncated.id}.json"] or "bytes" in reasons[f"{truncated.id}.json"]
     assert "is missing" in reasons[f"{deleted.id}.json"]
     assert reasons[f"{garbled.id}.json"].startswith("unreadable commit record")
@@ -92,9 +95,9 @@ def test_resume_verifies_what_it_skips_and_redoes_damaged_commits(tmp_path, colo
 def test_a_resumed_summary_says_what_was_redone(tmp_path, colours, capsys):
     out = str(tmp_path / "out")
     assert main(["extract", "--input", str(colours), "--output", out, "--quiet", "--records-per-shard", "8"]) == 0
-    (first,) = [c for c in committed.read_commits(out) if c.kind == "features"][:1]
+    (first,) = [c for c in commit_checks.read_commits(out) if c.kind == "features"][:1]
     os.remove(os.path.join(out, first.path))
-    os.remove(os.path.join(out, schema.MANIFEST_NAME))
+    os.remove(os.path.join(out, MANIFEST_NAME))
     capsys.readouterr()
     assert main(["extract", "--input", str(colours), "--output", out, "--quiet", "--resume"]) == 0
     printed = capsys.readouterr().out
@@ -134,9 +137,9 @@ def test_a_manifest_row_given_twice_agreeing_or_not(tmp_path, colours, worker_en
     assert manifest.counts == {"inputs": 5, "embedded": 2, "failed": 1, "duplicates": 2}
     assert sorted(_vectors(config.output)) == [str(colours / "00.png"), str(colours / "02.png")]
     (letter,) = _dead_letters(config.output)
-    assert letter["key"] == str(colours / "01.png") and letter["error_type"] == committed.DUPLICATE_CONFLICT
+    assert letter["key"] == str(colours / "01.png") and letter["error_type"] == commit_checks.DUPLICATE_CONFLICT
     assert "'blue'" in letter["message"] and "'red'" in letter["message"]
-    assert manifest.failures_by_reason == {f"dedupe: {committed.DUPLICATE_CONFLICT}": 1}
+    assert manifest.failures_by_reason == {f"dedupe: {commit_checks.DUPLICATE_CONFLICT}": 1}
     assert inspect_feature_set(config.output).problems == []
 
 
@@ -144,7 +147,7 @@ def test_a_retried_bundles_second_copy_keeps_the_embedded_one(tmp_path, colours,
     config = _config(tmp_path, [InputSpec.directory(str(colours))])
     run_extraction(config, PipelineOptions(IN_PROCESS))
     out = config.output
-    features = [c for c in committed.read_commits(out) if c.kind == "features"]
+    features = [c for c in commit_checks.read_commits(out) if c.kind == "features"]
     key = commit_keys(out, features[0])[0]
     # what a retried bundle can leave: the same key also committed as a failure, in a commit of its own
     line = Failure(key, key, "embed", "ResourceExhaustedError", "out of memory").to_json() + "\n"
@@ -153,12 +156,12 @@ def test_a_retried_bundles_second_copy_keeps_the_embedded_one(tmp_path, colours,
                         reasons={"embed: ResourceExhaustedError": [1, key]})
 
     assert resolve_in(out) == (1, 1, key)
-    kept = committed.read_commits(out)
+    kept = commit_checks.read_commits(out)
     holders = [c for c in kept if key in commit_keys(out, c)]
     assert [(c.kind, c.id) for c in holders] == [("features", features[0].id)]
     for path in (copy.path, copy.marker, copy.keys_path):
         assert not os.path.exists(os.path.join(out, path))
-    assert sorted(os.listdir(os.path.join(out, schema.COMMITS_DIR))) == sorted(
+    assert sorted(os.listdir(os.path.join(out, COMMITS_DIR))) == sorted(
         name for c in kept for name in (f"{c.id}.json", f"{c.id}.keys"))
     assert resolve_in(out) == (0, 0, None)  # nothing left to resolve
 
@@ -187,7 +190,7 @@ def test_the_manifest_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
 
     keys, labels, x = blobs(4, ["a", "b"], dim=8)
     manifest = write_feature_set(str(tmp_path), keys, labels, x)
-    before = open(tmp_path / schema.MANIFEST_NAME).read()
+    before = open(tmp_path / MANIFEST_NAME).read()
     real_create = FileSystems.create
 
     class DiskFull:
@@ -206,15 +209,15 @@ def test_the_manifest_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
 
     monkeypatch.setattr(FileSystems, "create", lambda path, *a, **k: DiskFull(real_create(path, *a, **k)))
     with pytest.raises(OSError):
-        schema.write_manifest(str(tmp_path), dataclasses.replace(manifest, created="2026-12-01T00:00:00+00:00"))
-    assert open(tmp_path / schema.MANIFEST_NAME).read() == before
+        write_manifest(str(tmp_path), dataclasses.replace(manifest, created="2026-12-01T00:00:00+00:00"))
+    assert open(tmp_path / MANIFEST_NAME).read() == before
 
 
 def _lease(out, **fields):
     os.makedirs(out, exist_ok=True)
     lease = {"owner": "someone@elsewhere", "host": "elsewhere", "pid": 4242, "token": "t", "started": "earlier",
              "heartbeat": time.time(), **fields}
-    with open(os.path.join(out, schema.LEASE_NAME), "w") as f:
+    with open(os.path.join(out, LEASE_NAME), "w") as f:
         json.dump(lease, f)
 
 
@@ -228,7 +231,7 @@ def test_a_live_lease_refuses_a_second_run_and_a_stale_one_is_taken_over(tmp_pat
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"featurebeam extract: error: output {out} is in use by another "
                                                    "run: someone@elsewhere (pid 4242 on elsewhere"), err
-    assert os.path.exists(os.path.join(out, schema.MANIFEST_NAME))  # the refused runs changed nothing
+    assert os.path.exists(os.path.join(out, MANIFEST_NAME))  # the refused runs changed nothing
 
     _lease(out, heartbeat=time.time() - 3600)  # its owner stopped an hour ago
     assert main(["extract", "--input", str(colours), "--output", out, "--quiet", "--resume"]) == 0
@@ -236,7 +239,7 @@ def test_a_live_lease_refuses_a_second_run_and_a_stale_one_is_taken_over(tmp_pat
     _lease(out, host=socket.gethostname(), pid=2 ** 22 + 7)  # killed: a process of this machine that is gone
     assert main(["extract", "--input", str(colours), "--output", out, "--quiet", "--resume"]) == 0
     assert "has ended" in capsys.readouterr().err
-    assert not os.path.exists(os.path.join(out, schema.LEASE_NAME))  # given back at the end
+    assert not os.path.exists(os.path.join(out, LEASE_NAME))  # given back at the end
     assert inspect_feature_set(out).problems == []
 
 
@@ -255,7 +258,7 @@ def test_two_real_runs_on_one_outdir(tmp_path, image_folder):
     first = subprocess.Popen([sys.executable, "-m", "pipeline", "extract", *flags], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not os.path.exists(os.path.join(out, schema.LEASE_NAME)) and time.monotonic() < deadline:
+    while not os.path.exists(os.path.join(out, LEASE_NAME)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert first.poll() is None, "the first run ended before a second could be tried"
     for flag in ("--resume", "--overwrite"):
@@ -265,7 +268,7 @@ def test_two_real_runs_on_one_outdir(tmp_path, image_folder):
     _, err = first.communicate(timeout=600)
     assert first.returncode == 0, err[-2000:]
     assert inspect_feature_set(out).problems == []
-    assert schema.read_manifest(out).counts == {"inputs": 48, "embedded": 48, "failed": 0, "duplicates": 0}
+    assert read_manifest(out).counts == {"inputs": 48, "embedded": 48, "failed": 0, "duplicates": 0}
 
 
 def test_labels_too_long_for_a_manifest_are_failures_and_summaries_stay_short(tmp_path, colours, worker_env):
@@ -291,17 +294,17 @@ def test_labels_too_long_for_a_manifest_are_failures_and_summaries_stay_short(tm
 
 def test_keys_are_read_again_only_when_the_commits_hold_more_records_than_there_are_distinct_keys(
         tmp_path, colours, worker_env, monkeypatch):
-    from transforms.write import dedupe
+    from transforms.keys import dedupe
 
     config = _config(tmp_path, [InputSpec.directory(str(colours))])
-    real = committed.read_commit_keys
+    real = commit_checks.read_commit_keys
     reads = []
-    monkeypatch.setattr(committed, "read_commit_keys", lambda *a: reads.append(a) or real(*a))
+    monkeypatch.setattr(commit_checks, "read_commit_keys", lambda *a: reads.append(a) or real(*a))
     manifest = run_extraction(config, PipelineOptions(IN_PROCESS))
     assert manifest.counts == {"inputs": 31, "embedded": 30, "failed": 1, "duplicates": 0} and reads == []
 
     listing = dedupe._ListCommitsFn(config.output)
-    markers = sorted(os.path.join(config.output, c.marker) for c in committed.read_commits(config.output))
+    markers = sorted(os.path.join(config.output, c.marker) for c in commit_checks.read_commits(config.output))
     assert list(listing.process(None, 1, 31)) == []          # 31 records in commits, 31 distinct keys: each once
     assert sorted(listing.process(None, 1, 30)) == markers   # one more record than keys: a copy to find
     assert sorted(listing.process(None, 1)) == markers       # no count given: always looked at

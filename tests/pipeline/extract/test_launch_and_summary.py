@@ -9,7 +9,7 @@ from pipeline.cli import main
 from pipeline.extract.options import cpu_has_bfloat16
 from pipeline.extract.progress import format_progress
 from pipeline.extract.summary import format_summary
-from transforms import schema
+from transforms.schema.manifest import Manifest
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +150,7 @@ def test_the_progress_rate_names_what_is_embedded():
 
 
 def test_the_summary_rate_counts_what_this_run_did():
-    manifest = schema.Manifest(
+    manifest = Manifest(
         backbone={"name": "mobilenet_v2", "weights_sha256": "0" * 64}, outputs=(), labels=(),
         counts={"inputs": 31, "embedded": 30, "failed": 1, "duplicates": 0}, shards=(), inputs={},
         resumed_records=11)  # 11 committed earlier, one of them a failure: this run did 20 inputs
@@ -163,7 +163,7 @@ def test_the_summary_rate_counts_what_this_run_did():
     (None, "  duplicate 2 inputs repeated a key given before (kept once)"),  # every copy skipped as done
 ])
 def test_the_summary_names_a_repeated_key_when_one_was_dropped(example, line):
-    manifest = schema.Manifest(
+    manifest = Manifest(
         backbone={"name": "mobilenet_v2", "weights_sha256": "0" * 64}, outputs=(), labels=(),
         counts={"inputs": 5, "embedded": 3, "failed": 0, "duplicates": 2}, shards=(), inputs={},
         duplicate_example=example)

@@ -17,9 +17,11 @@ from pipeline.extract.options import ConfigError, ExtractConfig, parse_formats
 from pipeline.tools.inspect import inspect_feature_set
 from tests.commit_tools import commit_keys, read_committed, recommit_with, resolve_in
 from tests.fakes import MEAN_COLOUR, MeanColourBackbone
-from transforms import schema
-from transforms.read.inputs import InputSpec
-from transforms.write import committed
+from transforms.read.input_specs import InputSpec
+from transforms.schema.example import iter_serialized
+from transforms.schema.layout import FEATURES_DIR, MANIFEST_NAME, RETIRED_DIR
+from transforms.schema.manifest import read_manifest, read_shard, shard_paths
+from transforms.write import commit_checks
 
 IN_PROCESS = ["--runner=FnApiRunner"]
 BOTH = ("tfrecord", "parquet")
@@ -34,10 +36,10 @@ def _config(tmp_path, root, name="out", **changes):
 
 def _by_format(output):
     """Every record of each format's shards: format -> {key: (label, split, vector)}; and the manifest."""
-    manifest = schema.read_manifest(output)
+    manifest = read_manifest(output)
     found = {}
     for fmt in manifest.formats:
-        records = [r for p in schema.shard_paths(output, manifest, fmt) for r in schema.read_shard(p, manifest.outputs)]
+        records = [r for p in shard_paths(output, manifest, fmt) for r in read_shard(p, manifest.outputs)]
         assert len(records) == len({r.key for r in records}), fmt
         found[fmt] = {r.key: (r.label, r.split, r.vectors["pixels"]) for r in records}
     return manifest, found
@@ -89,10 +91,10 @@ def test_parquet_shards_hold_the_tfrecord_records_for_duckdb_pandas_and_polars(b
 
 
 def test_commits_name_both_files_and_inspect_checks_that_they_agree(both_formats):
-    features = [c for c in committed.read_commits(both_formats) if c.kind == "features"]
+    features = [c for c in commit_checks.read_commits(both_formats) if c.kind == "features"]
     for c in features:
         assert c.path.endswith(".tfrecord") and [f.path for f in c.also] == [c.path[:-len(".tfrecord")] + ".parquet"]
-        assert committed.verify_commit(both_formats, c) is None
+        assert commit_checks.verify_commit(both_formats, c) is None
     result = inspect_feature_set(both_formats)
     assert result.problems == [] and result.records == 36
 
@@ -105,7 +107,7 @@ def test_inspect_finds_a_parquet_shard_that_disagrees_with_its_tfrecord_twin(bot
 
     copy = str(tmp_path / "copy")
     shutil.copytree(both_formats, copy)
-    manifest = schema.read_manifest(copy)
+    manifest = read_manifest(copy)
     path = os.path.join(copy, manifest.parquet_shards[0])
     table = pq.read_table(path)
     keys = table.column("key").to_pylist()
@@ -120,14 +122,14 @@ def test_resume_redoes_a_damaged_parquet_shard_and_a_lost_commit(tmp_path, label
     config = _config(tmp_path, labelled_colours)
     run_extraction(config, PipelineOptions(IN_PROCESS))
     _, before = _by_format(config.output)
-    features = [c for c in committed.read_commits(config.output) if c.kind == "features"]
+    features = [c for c in commit_checks.read_commits(config.output) if c.kind == "features"]
     damaged, lost = features[0], features[1]
     parquet = os.path.join(config.output, damaged.also[0].path)
     data = bytearray(open(parquet, "rb").read())
     data[len(data) // 2] ^= 0xFF  # same size, other content
     open(parquet, "wb").write(bytes(data))
     os.remove(os.path.join(config.output, lost.marker))  # a crash before this commit was recorded
-    os.remove(os.path.join(config.output, schema.MANIFEST_NAME))
+    os.remove(os.path.join(config.output, MANIFEST_NAME))
 
     manifest = run_extraction(dataclasses.replace(config, resume=True), PipelineOptions(IN_PROCESS))
     _, after = _by_format(config.output)
@@ -136,9 +138,9 @@ def test_resume_redoes_a_damaged_parquet_shard_and_a_lost_commit(tmp_path, label
     assert manifest.resumed_records == 37 - damaged.records - lost.records
     _assert_same(after["parquet"], before["tfrecord"])
     _assert_same(after["tfrecord"], before["tfrecord"])
-    on_disk = sorted(os.listdir(os.path.join(config.output, schema.FEATURES_DIR)))
+    on_disk = sorted(os.listdir(os.path.join(config.output, FEATURES_DIR)))
     assert on_disk == sorted(os.path.basename(s) for s in (*manifest.shards, *manifest.parquet_shards))
-    retired = os.listdir(os.path.join(config.output, schema.RETIRED_DIR))
+    retired = os.listdir(os.path.join(config.output, RETIRED_DIR))
     assert retired == [f"{damaged.id}.json"]
     assert inspect_feature_set(config.output).problems == []
 
@@ -146,7 +148,7 @@ def test_resume_redoes_a_damaged_parquet_shard_and_a_lost_commit(tmp_path, label
 def test_a_retried_bundles_copy_is_dropped_from_both_formats(tmp_path, labelled_colours, worker_env):
     config = _config(tmp_path, labelled_colours)
     run_extraction(config, PipelineOptions(IN_PROCESS))
-    first, second = [c for c in committed.read_commits(config.output) if c.kind == "features"][:2]
+    first, second = [c for c in commit_checks.read_commits(config.output) if c.kind == "features"][:2]
 
     import io
 
@@ -165,11 +167,11 @@ def test_a_retried_bundles_copy_is_dropped_from_both_formats(tmp_path, labelled_
     recommit_with(config.output, second, first, join)
 
     assert resolve_in(config.output) == (1, first.records, min(commit_keys(config.output, first)))
-    rewritten = next(c for c in committed.read_commits(config.output) if c.id == second.id)
-    assert committed.verify_commit(config.output, rewritten) is None and rewritten.records == second.records
+    rewritten = next(c for c in commit_checks.read_commits(config.output) if c.id == second.id)
+    assert commit_checks.verify_commit(config.output, rewritten) is None and rewritten.records == second.records
     kept = commit_keys(config.output, rewritten)
     for f in rewritten.files:
-        assert [r.key for r in schema.read_shard(os.path.join(config.output, f.path), (MEAN_COLOUR,))] == kept
+        assert [r.key for r in read_shard(os.path.join(config.output, f.path), (MEAN_COLOUR,))] == kept
 
 
 def test_float16_vectors_are_half_the_bytes_and_read_back_as_float32(tmp_path, labelled_colours, both_formats,
@@ -193,15 +195,15 @@ def test_float16_vectors_are_half_the_bytes_and_read_back_as_float32(tmp_path, l
     path = os.path.join(config.output, manifest.parquet_shards[0])
     assert str(pq.read_schema(path).field("pixels").type) == "fixed_size_list<element: halffloat>[3]"
     # the vectors' own bytes: float16 in each format holds half as many as float32
-    assert _vector_bytes(config.output, manifest) * 2 == _vector_bytes(both_formats, schema.read_manifest(both_formats))
+    assert _vector_bytes(config.output, manifest) * 2 == _vector_bytes(both_formats, read_manifest(both_formats))
 
 
 def _vector_bytes(output, manifest):
     from tensorflow.core.example import example_pb2
 
     total = 0
-    for path in schema.shard_paths(output, manifest, "tfrecord"):
-        for raw in schema.iter_serialized(path):
+    for path in shard_paths(output, manifest, "tfrecord"):
+        for raw in iter_serialized(path):
             feature = example_pb2.Example.FromString(raw).features.feature[MEAN_COLOUR.example_key]
             total += len(feature.bytes_list.value[0]) if feature.bytes_list.value else 4 * len(feature.float_list.value)
     return total

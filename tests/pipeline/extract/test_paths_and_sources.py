@@ -20,12 +20,11 @@ from pipeline.extract.settings import run_settings
 from tests import packing
 from tests.conftest import encode
 from tests.fakes import MEAN_COLOUR, POISON, MeanColourBackbone, PoisonedBackbone
-from transforms.decode.image_fn import DecodeImageFn
-from transforms.decode.images import ImagePreprocessing
+from transforms.decode.images import DecodeImageFn, ImagePreprocessing
 from transforms.decode.tokenize import TokenizeFn
-from transforms.read.inputs import list_source_files
+from transforms.read.input_specs import list_source_files
 from transforms.read.sources import ReadRecords
-from transforms.records import FAILED, Record
+from transforms.schema.elements import FAILED, Record
 
 
 def png(colour, size=(40, 30)) -> bytes:

@@ -17,7 +17,7 @@ from transforms.decode.images import decode_image
 def test_a_photo_gets_its_vector_within_round_off_whatever_batch_it_meets(name, sample_photos):
     from pipeline.backbones.registry import resolve_backbone
     from transforms.embed.backbone import BackboneHandler
-    from transforms.schema import OutputSpec
+    from transforms.schema.fields import OutputSpec
 
     spec = resolve_backbone(name)
     output = OutputSpec(spec.default_layer, spec.default_layer, "avg", 1280)

@@ -22,9 +22,12 @@ from tests.commit_tools import commit_keys, recommit_with, resolve_in
 from tests.conftest import REPO
 from tests.fakes import MEAN_COLOUR, MeanColourBackbone
 from tests.vectors import assert_same_vector
-from transforms import schema, spill
-from transforms.read.inputs import InputSpec
-from transforms.write import committed
+from transforms.keys import spill
+from transforms.read.input_specs import InputSpec
+from transforms.schema.example import read_records
+from transforms.schema.layout import COMMITS_DIR, FEATURES_DIR, MANIFEST_NAME, PENDING_DIR
+from transforms.schema.manifest import read_manifest, shard_paths
+from transforms.write import commit_checks
 
 IN_PROCESS = ["--runner=FnApiRunner"]
 
@@ -37,15 +40,15 @@ def _config(tmp_path, root, **changes):
 
 
 def _records(output):
-    manifest = schema.read_manifest(output)
-    return manifest, [r for p in schema.shard_paths(output, manifest) for r in schema.read_records(p, manifest.outputs)]
+    manifest = read_manifest(output)
+    return manifest, [r for p in shard_paths(output, manifest) for r in read_records(p, manifest.outputs)]
 
 
 def test_outputs_are_committed_in_units_with_their_keys(tmp_path, colours, worker_env):
     config = _config(tmp_path, colours)
     manifest = run_extraction(config, PipelineOptions(IN_PROCESS))
 
-    done = committed.read_commits(config.output)
+    done = commit_checks.read_commits(config.output)
     features = [c for c in done if c.kind == "features"]
     assert len(features) >= 30 // 4 and all(c.records <= 4 for c in features)
     assert sorted(manifest.shards) == sorted(c.path for c in features)
@@ -53,7 +56,7 @@ def test_outputs_are_committed_in_units_with_their_keys(tmp_path, colours, worke
     assert sorted(k for c in features for k in commit_keys(config.output, c)) == sorted(r.key for r in records)
     by_key = {r.key: r.label for r in records}
     for c in features:  # the keys file says each record's label, in the file's order
-        for key, label, split in committed.read_commit_keys(config.output, c):
+        for key, label, split in commit_checks.read_commit_keys(config.output, c):
             assert (label, split) == (by_key[key], None)
     (errors,) = [c for c in done if c.kind == "errors"]
     assert commit_keys(config.output, errors) == [str(colours / "broken.jpg")] and errors.reasons == {
@@ -61,7 +64,7 @@ def test_outputs_are_committed_in_units_with_their_keys(tmp_path, colours, worke
     for c in done:  # a commit record is a summary: no keys in it, whatever the number of records
         record = json.load(open(os.path.join(config.output, c.marker)))
         assert "keys" not in record and record["keys_sha256"] == c.keys_sha256
-    assert not os.listdir(os.path.join(config.output, schema.PENDING_DIR))
+    assert not os.listdir(os.path.join(config.output, PENDING_DIR))
     assert manifest.resumed_records == 0
 
 
@@ -73,12 +76,12 @@ def test_resume_skips_what_was_committed_and_finishes_the_rest(tmp_path, colours
     _, before = _records(config.output)
 
     # a crash: half the commits never happened, one shard was written but not committed, one was pending
-    done = committed.read_commits(config.output)
+    done = commit_checks.read_commits(config.output)
     lost = [c for c in done if c.kind == "features"][::2]
     for c in lost:
-        os.remove(os.path.join(config.output, schema.COMMITS_DIR, f"{c.id}.json"))
-    os.remove(os.path.join(config.output, schema.MANIFEST_NAME))
-    pending = os.path.join(config.output, schema.PENDING_DIR, "dead.tfrecord")
+        os.remove(os.path.join(config.output, COMMITS_DIR, f"{c.id}.json"))
+    os.remove(os.path.join(config.output, MANIFEST_NAME))
+    pending = os.path.join(config.output, PENDING_DIR, "dead.tfrecord")
     open(pending, "wb").write(b"half a shard")
 
     resumed = run_extraction(dataclasses.replace(config, resume=True), PipelineOptions(IN_PROCESS))
@@ -91,9 +94,9 @@ def test_resume_skips_what_was_committed_and_finishes_the_rest(tmp_path, colours
     redone = sum(c.records for c in lost)
     assert manifest.resumed_records == 31 - redone                                 # only the lost ones were redone
     assert not os.path.exists(pending)
-    on_disk = sorted(os.listdir(os.path.join(config.output, schema.FEATURES_DIR)))
+    on_disk = sorted(os.listdir(os.path.join(config.output, FEATURES_DIR)))
     assert on_disk == sorted(os.path.basename(s) for s in manifest.shards)        # no orphan shards left
-    assert os.listdir(os.path.join(config.output, schema.PENDING_DIR)) == []      # scratch files deleted too
+    assert os.listdir(os.path.join(config.output, PENDING_DIR)) == []      # scratch files deleted too
     if spilled:  # the repeat count's, the join's and each unit's done keys went through files, of both runs
         assert {os.path.basename(os.path.dirname(path)) for path in read} == {"repeats", "resume"}
         assert not any(os.path.exists(path) for path in read)
@@ -105,7 +108,7 @@ def test_scratch_files_a_killed_run_left_are_swept(tmp_path, colours, flag):
 
     config = _config(tmp_path, colours)
     run_extraction(config, PipelineOptions(IN_PROCESS))
-    os.remove(os.path.join(config.output, schema.MANIFEST_NAME))
+    os.remove(os.path.join(config.output, MANIFEST_NAME))
     left = [spill.spill(spill.scratch_folder(config.output, step), (os.urandom(spill.INLINE_BYTES + 1),)).path
             for step in ("repeats", "resume", "duplicates")]
     prepare_output(dataclasses.replace(config, **{flag: True}))
@@ -118,17 +121,17 @@ def test_a_key_committed_twice_is_kept_once(tmp_path, colours, worker_env, reque
     config = _config(tmp_path, colours)
     run_extraction(config, PipelineOptions(IN_PROCESS))
     del read[:]
-    first, second = [c for c in committed.read_commits(config.output) if c.kind == "features"][:2]
+    first, second = [c for c in commit_checks.read_commits(config.output) if c.kind == "features"][:2]
     recommit_with(config.output, second, first)  # what a distributed runner's retried bundle can leave
 
     assert resolve_in(config.output) == (1, first.records, min(commit_keys(config.output, first)))
-    keys = [k for c in committed.read_commits(config.output) for k in commit_keys(config.output, c)]
+    keys = [k for c in commit_checks.read_commits(config.output) for k in commit_keys(config.output, c)]
     assert len(keys) == len(set(keys)) == 31
-    for c in committed.read_commits(config.output):  # each rewritten file holds exactly what its record says
-        assert committed.verify_commit(config.output, c) is None
+    for c in commit_checks.read_commits(config.output):  # each rewritten file holds exactly what its record says
+        assert commit_checks.verify_commit(config.output, c) is None
         path = os.path.join(config.output, c.path)
         held = [json.loads(line)["key"] for line in open(path)] if c.kind == "errors" else [
-            r.key for r in schema.read_records(path, (MEAN_COLOUR,))]
+            r.key for r in read_records(path, (MEAN_COLOUR,))]
         assert held == commit_keys(config.output, c)
     assert all(os.path.basename(os.path.dirname(path)) == "duplicates" for path in read) and len(read) >= spilled
 
@@ -175,7 +178,7 @@ def test_killed_multi_process_run_resumes_to_the_same_features(tmp_path, image_f
     killed = str(tmp_path / "killed")
     run = subprocess.Popen([sys.executable, "-m", "pipeline", "extract", *flags, "--output", killed],
                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    markers = os.path.join(killed, schema.COMMITS_DIR)
+    markers = os.path.join(killed, COMMITS_DIR)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and run.poll() is None:
         if os.path.isdir(markers) and sum(name.endswith(".json") for name in os.listdir(markers)) >= 6:
@@ -184,7 +187,7 @@ def test_killed_multi_process_run_resumes_to_the_same_features(tmp_path, image_f
     assert run.poll() is None, "the run ended before it could be killed part-way"
     os.killpg(run.pid, signal.SIGKILL)  # the launcher and every worker process, with no chance to clean up
     run.wait()
-    assert not os.path.exists(os.path.join(killed, schema.MANIFEST_NAME))
+    assert not os.path.exists(os.path.join(killed, MANIFEST_NAME))
 
     resumed = subprocess.run([sys.executable, "-m", "pipeline", "extract", *flags, "--output", killed, "--resume"],
                              env=env, capture_output=True, text=True, timeout=600)
@@ -217,10 +220,10 @@ def test_resume_on_object_storage(tmp_path, colours, worker_env, gcs, every_pack
     full = run_extraction(config, PipelineOptions(IN_PROCESS))
     _, before = read_feature_set(config.output)
 
-    lost = [c for c in committed.read_commits(config.output) if c.kind == "features"][::2]
-    FileSystems.delete([FileSystems.join(config.output, schema.COMMITS_DIR, f"{c.id}.json") for c in lost]
-                       + [FileSystems.join(config.output, schema.MANIFEST_NAME)])
-    pending = FileSystems.join(config.output, schema.PENDING_DIR, "dead.tfrecord")
+    lost = [c for c in commit_checks.read_commits(config.output) if c.kind == "features"][::2]
+    FileSystems.delete([FileSystems.join(config.output, COMMITS_DIR, f"{c.id}.json") for c in lost]
+                       + [FileSystems.join(config.output, MANIFEST_NAME)])
+    pending = FileSystems.join(config.output, PENDING_DIR, "dead.tfrecord")
     with FileSystems.create(pending) as f:
         f.write(b"half a shard")
 
@@ -230,7 +233,7 @@ def test_resume_on_object_storage(tmp_path, colours, worker_env, gcs, every_pack
     assert sorted(r.key for r in after) == sorted(r.key for r in before)          # every key, once
     assert manifest.resumed_records == 31 - sum(c.records for c in lost)
     assert not FileSystems.exists(pending)
-    (listed,) = FileSystems.match([FileSystems.join(config.output, schema.FEATURES_DIR, "*")])
+    (listed,) = FileSystems.match([FileSystems.join(config.output, FEATURES_DIR, "*")])
     assert sorted(m.path.rsplit("/", 1)[-1] for m in listed.metadata_list) == sorted(
         s.rsplit("/", 1)[-1] for s in manifest.shards)                             # no orphan shards left
     assert every_pack_spilled and all(path.startswith("gs://resume-out/features/.pending/shuffle/")
@@ -242,12 +245,12 @@ def test_resume_on_object_storage(tmp_path, colours, worker_env, gcs, every_pack
 def test_a_commit_is_trusted_only_with_its_keys_file_intact(tmp_path, colours, worker_env):
     config = _config(tmp_path, colours)
     run_extraction(config, PipelineOptions(IN_PROCESS))
-    first, second = [c for c in committed.read_commits(config.output) if c.kind == "features"][:2]
-    assert committed.verified_keys(config.output, first) == (None, commit_keys(config.output, first))
+    first, second = [c for c in commit_checks.read_commits(config.output) if c.kind == "features"][:2]
+    assert commit_checks.verified_keys(config.output, first) == (None, commit_keys(config.output, first))
 
     keys_file = os.path.join(config.output, first.keys_path)
     data = open(keys_file, "rb").read()
     open(keys_file, "wb").write(data.replace(b"png", b"jpg", 1))  # same size, other content
-    assert committed.verified_keys(config.output, first) == (f"{first.keys_path} fails its sha256", [])
+    assert commit_checks.verified_keys(config.output, first) == (f"{first.keys_path} fails its sha256", [])
     os.remove(os.path.join(config.output, second.keys_path))
-    assert committed.verify_commit(config.output, second) == f"{second.keys_path} is missing"
+    assert commit_checks.verify_commit(config.output, second) == f"{second.keys_path} is missing"

@@ -17,18 +17,18 @@ from pipeline.tools.export import ExportConfig, run_export
 from pipeline.tools.inspect import inspect_feature_set
 from tests.fakes import MEAN_COLOUR, MeanColourBackbone
 from tests.featuresets import blobs, write_feature_set
-from transforms import schema
-from transforms.read.inputs import InputSpec
+from transforms.read.input_specs import InputSpec
+from transforms.schema.manifest import read_manifest, read_shard, shard_paths
 
 IN_PROCESS = PipelineOptions(["--runner=FnApiRunner"])
 
 
 def _rows(root: str):
     """Every record of a set, by key: (label, split, {output: vector bytes}); and the manifest."""
-    manifest = schema.read_manifest(root)
+    manifest = read_manifest(root)
     rows = {}
-    for path in schema.shard_paths(root, manifest):
-        for r in schema.read_shard(path, manifest.outputs):
+    for path in shard_paths(root, manifest):
+        for r in read_shard(path, manifest.outputs):
             assert r.key not in rows
             rows[r.key] = (r.label, r.split, {name: v.tobytes() for name, v in r.vectors.items()})
     return manifest, rows
@@ -161,4 +161,4 @@ def test_export_from_the_command_line(tmp_path, capsys):
     assert printed.startswith(f"featurebeam export: 12 records as parquet (float32) in {out}/ in ")
     _, rows = _rows(out)
     assert sorted(rows) == sorted(keys)
-    assert dataclasses.asdict(schema.read_manifest(out).outputs[0])["dtype"] == "float32"
+    assert dataclasses.asdict(read_manifest(out).outputs[0])["dtype"] == "float32"

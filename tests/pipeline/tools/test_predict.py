@@ -10,7 +10,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline.tools.predict import SUMMARY_NAME, SummarizePredictions, read_summary
 from tests.featuresets import blobs, write_feature_set
-from transforms.records import Failure
+from transforms.schema.elements import Failure
 
 
 def counted_back(output) -> dict:

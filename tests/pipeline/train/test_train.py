@@ -169,7 +169,7 @@ def test_serving_model_equals_backbone_then_head_computed_apart(digits_model, mo
     from_bytes = serving.signatures["serving_default"](image_bytes=tf.constant(raw))
     probabilities = from_bytes["probabilities"].numpy()
     # PNGs decode identically in TensorFlow and PIL; JPEG photos differ by at most one grey level on a
-    # fraction of a percent of pixels after the resize (see transforms/decode/tf_images.py).
+    # fraction of a percent of pixels after the resize (see pipeline/serving/graph_images.py).
     np.testing.assert_allclose(probabilities[2:], apart[2:], atol=1e-5)
     np.testing.assert_allclose(probabilities[:2], apart[:2], atol=1e-2)
     assert [b.decode() for b in from_bytes["label"].numpy()] == [report["classes"][i] for i in apart.argmax(1)]
@@ -284,14 +284,15 @@ def test_balanced_class_weights_give_each_class_the_same_total_weight():
 
 
 def test_shards_read_through_beam_filesystems_equal_tfrecord_lite(tmp_path):
-    from transforms import schema
+    from transforms.schema.example import decode_example, iter_serialized, read_records
+    from transforms.schema.manifest import shard_paths
 
     keys, labels, x = blobs(30, ["a", "b"], dim=16)
     labels[3] = None
     manifest = write_feature_set(str(tmp_path), keys, labels, x, shard_sizes=[30])
-    path = schema.shard_paths(str(tmp_path), manifest)[0]
-    via_beam = [schema.decode_example(raw, manifest.outputs) for raw in schema.iter_serialized(path)]
-    via_lite = list(schema.read_records(path, manifest.outputs))
+    path = shard_paths(str(tmp_path), manifest)[0]
+    via_beam = [decode_example(raw, manifest.outputs) for raw in iter_serialized(path)]
+    via_lite = list(read_records(path, manifest.outputs))
     expected = list(zip(keys, labels, strict=True))
     assert [(r.key, r.label) for r in via_beam] == [(r.key, r.label) for r in via_lite] == expected
     for a, b in zip(via_beam, via_lite, strict=True):

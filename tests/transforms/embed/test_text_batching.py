@@ -12,10 +12,10 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import FixedWindows, TimestampedValue
 
-from transforms.embed.inputs import bucket_length, length_buckets, pad_tokens
+from transforms.embed.model_inputs import bucket_length, length_buckets, pad_tokens
 from transforms.embed.text_batches import BatchByLengthFn, LengthBatcher, batch_by_length
-from transforms.records import Record
-from transforms.schema import OutputSpec
+from transforms.schema.elements import Record
+from transforms.schema.fields import OutputSpec
 
 BUCKETS = length_buckets(256)
 

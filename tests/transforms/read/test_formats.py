@@ -13,12 +13,12 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from tests import packing
-from transforms import framing
 from transforms.read import tables, tar_shards, tfrecords
-from transforms.read.inputs import InputSpec, detect_format, list_source_files
+from transforms.read.input_specs import InputSpec, detect_format, list_source_files
 from transforms.read.sources import ReadRecords
 from transforms.read.tables import InputFields, RowError
-from transforms.records import Failure, FileRef, Record
+from transforms.schema import framing
+from transforms.schema.elements import Failure, FileRef, Record
 
 FIELDS = InputFields()
 

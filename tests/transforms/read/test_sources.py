@@ -12,11 +12,11 @@ import apache_beam as beam
 import pytest
 
 from tests import packing
-from transforms.read import files, inputs
-from transforms.read.inputs import InputSpec, label_from_path, list_source_files
+from transforms.read import files, input_specs
+from transforms.read.input_specs import InputSpec, label_from_path, list_source_files
 from transforms.read.sources import UNIT, ExpandSourceFn, ReadUnitFn
 from transforms.read.tables import InputFields
-from transforms.records import FAILED, FileRef, Record, SourceFile
+from transforms.schema.elements import FAILED, FileRef, Record, SourceFile
 
 
 def _read(fn: ReadUnitFn, unit):
@@ -172,7 +172,7 @@ def test_an_object_without_a_local_path_is_measured_before_reading(monkeypatch):
     ("/d/*.[tc]sv", "auto"), ("/d/*r", "auto"), ("/d/*.png", "files"),
 ])
 def test_a_globs_format_is_fixed_only_when_every_name_it_matches_has_it(pattern, fmt):
-    assert inputs.glob_format(pattern) == fmt
+    assert input_specs.glob_format(pattern) == fmt
 
 
 @pytest.mark.parametrize("path, escaped, as_a_glob_matches", [
@@ -181,7 +181,7 @@ def test_a_globs_format_is_fixed_only_when_every_name_it_matches_has_it(pattern,
 def test_escaped_paths_match_only_themselves(path, escaped, as_a_glob_matches):
     from apache_beam.io.filesystem import FileSystem
 
-    assert inputs.escape_glob(path) == escaped
+    assert input_specs.escape_glob(path) == escaped
     assert re.match(FileSystem.translate_pattern(escaped), path)
     if as_a_glob_matches:
         assert re.match(FileSystem.translate_pattern(path), as_a_glob_matches)
@@ -195,12 +195,12 @@ def test_escaped_paths_match_only_themselves(path, escaped, as_a_glob_matches):
     ("/tmp/x", "/tmp/x"), ("gs://b/file:///x", "gs://b/file:///x"), ("file-list.csv", "file-list.csv"),
 ])
 def test_file_uris_are_the_local_paths_they_name(uri, path):
-    assert inputs.local_path(uri) == path
+    assert input_specs.local_path(uri) == path
 
 
 def test_a_file_uri_of_another_host_is_refused():
     with pytest.raises(ValueError, match="names a file on host 'nas'"):
-        inputs.local_path("file://nas/share/x.jpg")
+        input_specs.local_path("file://nas/share/x.jpg")
 
 
 def test_a_folder_or_file_with_glob_characters_is_listed_literally(bracketed):
@@ -216,7 +216,7 @@ def test_specs_of_file_uris_list_the_same_paths_as_plain_paths(bracketed):
     assert InputSpec.file((bracketed / "a*b?.jpg").as_uri()) == InputSpec.file(f"{folder}/a*b?.jpg")
     assert InputSpec.glob(f"file://{bracketed.parent}/photos */*.jpg") == InputSpec.glob(
         f"{bracketed.parent}/photos */*.jpg")
-    written = InputSpec("directory", f"file://{folder}", f"file://{inputs.escape_glob(folder)}/**", f"file://{folder}")
+    written = InputSpec("directory", f"file://{folder}", f"file://{input_specs.escape_glob(folder)}/**", f"file://{folder}")
     assert list(list_source_files(written)) == list(list_source_files(InputSpec.directory(folder)))
 
 
@@ -240,10 +240,11 @@ def test_a_unit_is_read_without_the_keys_an_earlier_run_committed(tmp_path):
 
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from transforms.fingerprints import fingerprint
-    from transforms.read import resume, tfrecords
+    from transforms.keys import done_keys
+    from transforms.keys.fingerprints import fingerprint
+    from transforms.read import tfrecords
     from transforms.read.sources import SKIPPED, unit_keys
-    from transforms.write.commits import commit_files, key_line, place_file
+    from transforms.write.committers import commit_files, key_line, place_file
 
     path = tmp_path / "r.tfrecord"
     path.write_bytes(b"".join(packing.tfrecord_frame(packing.image_example(bytes([i]) * 9, "a")) for i in range(6)))
@@ -257,15 +258,15 @@ def test_a_unit_is_read_without_the_keys_an_earlier_run_committed(tmp_path):
     found = str(tmp_path / "found.json")
     scratch = str(tmp_path / "scratch")
     with beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as p:
-        _ = ((p | "Units" >> beam.Create([(resume.unit_id(chunk, keys), keys), ("other", ["elsewhere#0"])]))
-             | resume.DoneKeysOfUnits(p | "Commits" >> beam.Create([(done, [keys[1], keys[4]])]), scratch)
+        _ = ((p | "Units" >> beam.Create([(done_keys.unit_id(chunk, keys), keys), ("other", ["elsewhere#0"])]))
+             | done_keys.DoneKeysOfUnits(p | "Commits" >> beam.Create([(done, [keys[1], keys[4]])]), scratch)
              | beam.combiners.ToList()
              | beam.Map(lambda pairs: open(found, "w").write(
                  json.dumps([(uid, [c.hex() for c in fps]) for uid, fps in pairs]))))
     pairs = json.load(open(found))  # the unit with done keys, once per bucket they fall in; not the other unit
-    uid = resume.unit_id(chunk, keys)
+    uid = done_keys.unit_id(chunk, keys)
     assert {u for u, _ in pairs} == {uid} and sum(len(bytes.fromhex(c)) for _, fps in pairs for c in fps) == 2 * 16
-    done_packs = [(resume.DONE, tuple(bytes.fromhex(c) for c in fps)) for _, fps in pairs]  # inline: a few bytes
+    done_packs = [(done_keys.DONE, tuple(bytes.fromhex(c) for c in fps)) for _, fps in pairs]  # inline: a few bytes
     got = outputs(ReadUnitFn(InputFields()).process((uid, [(UNIT, chunk), *done_packs])))
     assert [(tag, v if tag == SKIPPED else v.key) for tag, v in got] == [
         ("main", keys[0]), (SKIPPED, keys[1]), ("main", keys[2]), ("main", keys[3]), (SKIPPED, keys[4]),
@@ -273,5 +274,5 @@ def test_a_unit_is_read_without_the_keys_an_earlier_run_committed(tmp_path):
 
     all_done = b"".join(fingerprint(k) for k in keys)
     path.unlink()  # a unit whose keys are all done is not opened
-    got = outputs(ReadUnitFn(InputFields()).process((uid, [(UNIT, chunk), (resume.DONE, (all_done,))])))
+    got = outputs(ReadUnitFn(InputFields()).process((uid, [(UNIT, chunk), (done_keys.DONE, (all_done,))])))
     assert got == [(SKIPPED, k) for k in keys]

@@ -27,7 +27,7 @@ def core(spec):
 @pytest.fixture(scope="module")
 def lite0(spec):
     from transforms.embed.backbone import BackboneHandler
-    from transforms.schema import OutputSpec
+    from transforms.schema.fields import OutputSpec
 
     outputs = (OutputSpec("head", "head", "avg", 1280), OutputSpec("classifier", "classifier", "none", 1000))
     return BackboneHandler(spec, outputs, batch_size=4).load_model()
@@ -64,16 +64,17 @@ def test_raw_photos_through_the_worker_model_match_the_original(lite0, spec, sam
 @pytest.mark.slow
 def test_raw_photos_through_the_pipeline_match_the_original(tmp_path, sample_photos, reference):
     from pipeline.cli import main
-    from transforms import schema
+    from transforms.schema.example import read_records
+    from transforms.schema.manifest import read_manifest, shard_paths
 
     for name, data in sample_photos.items():
         (tmp_path / name).write_bytes(data)
     out = str(tmp_path / "features")
     assert main(["extract", "--input", str(tmp_path / "*.jpg"), "--output", out, "--backbone", "efficientnet_lite0",
                  "--layer", "head", "--layer", "classifier", "--quiet"]) == 0
-    manifest = schema.read_manifest(out)
-    records = {r.key.rsplit("/", 1)[1]: r for p in schema.shard_paths(out, manifest)
-               for r in schema.read_records(p, manifest.outputs)}
+    manifest = read_manifest(out)
+    records = {r.key.rsplit("/", 1)[1]: r for p in shard_paths(out, manifest)
+               for r in read_records(p, manifest.outputs)}
     for i, name in enumerate(sample_photos):
         np.testing.assert_allclose(records[name].vectors["head"], reference["efficientnet_lite0_features"][i],
                                    atol=1e-4, rtol=0)

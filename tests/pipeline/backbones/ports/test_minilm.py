@@ -11,7 +11,8 @@ import pytest
 
 from pipeline.cli import main
 from tests.conftest import DATA
-from transforms import schema
+from transforms.schema.example import read_records
+from transforms.schema.manifest import read_manifest, shard_paths
 
 IN_PROCESS = ["--runner=FnApiRunner", "--quiet"]
 
@@ -32,7 +33,7 @@ def spec():
 def _token_ids(spec, texts):
     """Token ids as the pipeline makes them (``TokenizeFn``, the model's own tokenizer.json)."""
     from transforms.decode.tokenize import TokenizeFn
-    from transforms.records import Record
+    from transforms.schema.elements import Record
 
     fn = TokenizeFn(spec)
     fn.setup()
@@ -41,8 +42,8 @@ def _token_ids(spec, texts):
 
 def test_sentence_embeddings_match_sentence_transformers(spec, minilm_reference):
     from transforms.embed.backbone import BackboneHandler
-    from transforms.embed.inputs import pad_tokens
-    from transforms.schema import OutputSpec
+    from transforms.embed.model_inputs import pad_tokens
+    from transforms.schema.fields import OutputSpec
 
     sequences = _token_ids(spec, [str(s) for s in minilm_reference["sentences"]])
     model = BackboneHandler(spec, [OutputSpec("sentence", "sentence", "none", 384)]).load_model()
@@ -63,11 +64,11 @@ def test_raw_text_through_the_pipeline_matches(tmp_path, minilm_reference):
     out = str(tmp_path / "features")
     assert main(["extract", "--input", str(path), "--input-format", "text", "--backbone", "minilm_l6",
                  "--layer", "sentence", "--layer", "layer.2", "--output", out, *IN_PROCESS]) == 0
-    manifest = schema.read_manifest(out)
+    manifest = read_manifest(out)
     assert manifest.counts == {"inputs": 6, "embedded": 5, "failed": 1, "duplicates": 0}
     assert [(o.name, o.dim, o.pooling) for o in manifest.outputs] == [("sentence", 384, "none"),
                                                                         ("layer.2", 384, "avg")]
-    records = {r.key: r for p in schema.shard_paths(out, manifest) for r in schema.read_records(p, manifest.outputs)}
+    records = {r.key: r for p in shard_paths(out, manifest) for r in read_records(p, manifest.outputs)}
     got = np.stack([records[f"{path}#id=s{i}"].vectors["sentence"] for i in range(4)])
     np.testing.assert_allclose(got, minilm_reference["embeddings"], atol=1e-5, rtol=0)
     spec = _spec()
@@ -151,9 +152,9 @@ def test_empty_and_hard_texts_are_embedded_as_sentence_transformers_embeds_them(
     assert main(["extract", "--input", str(path), "--backbone", "minilm_l6", "--output", out,
                  "--runner=FnApiRunner"]) == 0
     assert f"featurebeam extract: {path}: texts from each row's 'text' field" in capsys.readouterr().err
-    manifest = schema.read_manifest(out)
+    manifest = read_manifest(out)
     assert manifest.counts == {"inputs": 12, "embedded": 12, "failed": 0, "duplicates": 0}
-    records = {r.key: r for p in schema.shard_paths(out, manifest) for r in schema.read_records(p, manifest.outputs)}
+    records = {r.key: r for p in shard_paths(out, manifest) for r in read_records(p, manifest.outputs)}
     got = np.stack([records[f"{path}#row={i}"].vectors["sentence"] for i in range(len(sentences))])
     np.testing.assert_allclose(got, edge_cases["embeddings"], atol=1e-4, rtol=0)
     ids = _token_ids(_spec(), sentences)
@@ -167,7 +168,7 @@ def test_texts_with_no_token_of_their_own_are_counted():
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from transforms.decode.tokenize import TokenizeFn
-    from transforms.records import Record
+    from transforms.schema.elements import Record
 
     texts = ["", " \t\n", "\u200b", "a word", "\u00e9"]
     p = beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"]))

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from pipeline.cli import main
-from transforms import schema
 from transforms.decode.images import decode_image
+from transforms.schema.example import read_records
+from transforms.schema.manifest import read_manifest, shard_paths
 
 IN_PROCESS = ["--runner=FnApiRunner", "--quiet"]
 FAMILIES = [("MobileNetV2", "block_13_expand_relu"), ("ResNet50", "conv4_block2_out"), ("DenseNet121", "pool3_relu")]
@@ -69,10 +70,10 @@ def test_features_through_the_pipeline_equal_the_keras_model_at_that_layer(class
     assert main(["extract", "--input", str(photos), "--output", out, "--backbone", f"keras:{class_name}",
                  "--weights", path, "--layer", layer, "--batch-size", "2", *IN_PROCESS]) == 0
 
-    manifest = schema.read_manifest(out)
+    manifest = read_manifest(out)
     assert manifest.backbone["name"] == f"keras:{class_name}" and manifest.backbone["options"]["include_top"] is False
-    records = {os.path.basename(r.key): r for p in schema.shard_paths(out, manifest)
-               for r in schema.read_records(p, manifest.outputs)}
+    records = {os.path.basename(r.key): r for p in shard_paths(out, manifest)
+               for r in read_records(p, manifest.outputs)}
     preprocess_input = importlib.import_module(f"keras.applications.{family_of(class_name)[0]}").preprocess_input
     probe = keras.Model(model.inputs, model.get_layer(layer).output)
     from pipeline.backbones.registry import resolve_backbone
@@ -101,14 +102,14 @@ def test_model_files_load_in_safe_mode_and_give_the_models_own_output(tmp_path, 
 
     out = str(tmp_path / "features")
     assert main(["extract", "--input", str(photos), "--output", out, "--backbone", path, *IN_PROCESS]) == 0
-    manifest = schema.read_manifest(out)
+    manifest = read_manifest(out)
     assert [(o.name, o.dim) for o in manifest.outputs] == [("features", 16)]
     from pipeline.backbones.registry import resolve_backbone
 
     spec = resolve_backbone(path)
     assert spec.preprocessing.crop == 96 and spec.preprocessing.scale == 1.0  # raw pixels: the model rescales
     probe = keras.Model(model.inputs, model.get_layer("features").output)
-    for r in (r for p in schema.shard_paths(out, manifest) for r in schema.read_records(p, manifest.outputs)):
+    for r in (r for p in shard_paths(out, manifest) for r in read_records(p, manifest.outputs)):
         image = decode_image(open(r.key, "rb").read(), spec.preprocessing).astype(np.float32)
         expected = np.asarray(probe(image[None], training=False)).mean(axis=(1, 2))[0]
         np.testing.assert_allclose(r.vectors["features"], expected, atol=1e-5, rtol=1e-5)
@@ -138,7 +139,7 @@ def test_workers_load_the_staged_artifact_never_its_origin(tmp_path, photos, mon
     from pipeline.extract.launch import resolve_outputs
     from pipeline.extract.options import ExtractConfig
     from tests.conftest import REPO
-    from transforms.read.inputs import InputSpec
+    from transforms.read.input_specs import InputSpec
 
     monkeypatch.setenv("PYTHONPATH", REPO)
     origin = tmp_path / "origin"
@@ -184,8 +185,8 @@ def test_a_saved_model_directory_is_one_staged_artifact_with_its_signature_outpu
     out = str(tmp_path / "features")
     assert main(["extract", "--input", str(photos), "--output", out, "--backbone", folder, "--preprocessing", "tf",
                  "--layer", "map", "--layer", "pooled", *IN_PROCESS]) == 0
-    manifest = schema.read_manifest(out)
-    for r in (r for p in schema.shard_paths(out, manifest) for r in schema.read_records(p, manifest.outputs)):
+    manifest = read_manifest(out)
+    for r in (r for p in shard_paths(out, manifest) for r in read_records(p, manifest.outputs)):
         image = decode_image(open(r.key, "rb").read(), spec.preprocessing).astype(np.float32) / 127.5 - 1.0
         expected = model(image[None])
         np.testing.assert_allclose(r.vectors["pooled"], np.asarray(expected["pooled"])[0], atol=1e-5)

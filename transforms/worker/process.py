@@ -1,0 +1,48 @@
+"""What a worker process readies once, before its first element: object storage as the job sees it
+(``transforms.worker.storage.ready_storage``) and, when the featurebeam command asked for it, a quiet worker.
+
+Every DoFn of the project is a ``WorkerDoFn``, whose ``setup()`` does it; a ``ModelHandler`` calls
+``ready_process()`` from ``load_model()``. The command sets ``FEATUREBEAM_QUIET_WORKERS`` to its own process id
+(unless ``FEATUREBEAM_DEBUG``); a local worker process started under it then neither logs nor prints (Beam's
+harness prints a failed bundle's traceback to stderr as well as logging it), so a failure is reported once, by
+the command, in one line; nor does it write TensorFlow's start-up lines when it imports it
+(``transforms.worker.quiet``). The command's own process and other pipelines are untouched. A local run's worker
+also gives its freed memory back to the system every few seconds (``transforms.worker.memory``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import apache_beam as beam
+
+from transforms.worker.memory import FreedMemoryTrimmer
+from transforms.worker.quiet import quiet_tensorflow_import
+from transforms.worker.storage import ready_storage
+
+__all__ = ["WorkerDoFn", "ready_process", "QUIET_WORKERS", "TRIM_MEMORY"]
+
+QUIET_WORKERS = "FEATUREBEAM_QUIET_WORKERS"
+TRIM_MEMORY = "FEATUREBEAM_TRIM_MEMORY"  # set by a local run: its workers give freed memory back as they go
+
+
+def ready_process() -> None:
+    ready_storage()
+    if os.environ.get(TRIM_MEMORY) and not hasattr(ready_process, "trimmer"):
+        ready_process.trimmer = FreedMemoryTrimmer().start()  # once per process, for its life
+    launcher = os.environ.get(QUIET_WORKERS)
+    if launcher and launcher != str(os.getpid()):
+        for name in ("", "apache_beam"):  # Beam's own loggers may carry a level of their own
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+        sys.stderr = open(os.devnull, "w")  # for the life of the worker process
+        quiet_tensorflow_import()  # TensorFlow's start-up lines, written to fd 2 from C++
+
+
+class WorkerDoFn(beam.DoFn):
+    """A DoFn whose process is ready (``ready_process``) before its first element. A subclass with a ``setup()``
+    of its own calls ``super().setup()`` first."""
+
+    def setup(self):
+        ready_process()

@@ -23,7 +23,8 @@ import sys
 import time
 from collections.abc import Sequence
 
-from pipeline.flags import Parser, UsageError, split_flags, use_storage_flags, with_local_defaults
+from pipeline.errors import UsageError
+from pipeline.flags import Parser, split_flags, use_storage_flags, with_local_defaults
 from pipeline.logs import quiet_beam
 
 __all__ = ["main"]
@@ -117,7 +118,7 @@ def _train_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(argv: Sequence[str]) -> int:
-    from pipeline.extract.options import absolute
+    from pipeline.folders import absolute
     from pipeline.train.config import TrainConfig
     from pipeline.train.layer_sweep import run_layer_sweep
     from pipeline.train.run import run_training
@@ -320,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _extract_parser().print_help()
         return 0
     from pipeline.backbones.spec import BackboneUnavailableError, UnknownBackboneError
-    from pipeline.extract.options import ConfigError
+    from pipeline.errors import ConfigError
     from pipeline.train.feature_sets import FeatureSetError
     from transforms.worker.storage import ready_storage
 

@@ -7,11 +7,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-__all__ = ["UsageError", "Parser", "split_flags", "with_local_defaults", "use_storage_flags"]
+from pipeline.errors import UsageError
 
-
-class UsageError(ValueError):
-    pass
+__all__ = ["Parser", "split_flags", "with_local_defaults", "use_storage_flags"]
 
 
 class Parser(argparse.ArgumentParser):

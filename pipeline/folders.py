@@ -13,15 +13,17 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 
-__all__ = ["read_model_file", "objects_under", "is_remote", "is_empty_dir", "clear_dir", "copy_tree_to", "local_copy",
-           "model_dir_for_writing"]
+from transforms.worker.storage import is_remote
+
+__all__ = ["read_model_file", "objects_under", "is_remote", "absolute", "is_empty_dir", "clear_dir", "copy_tree_to",
+           "local_copy", "model_dir_for_writing"]
 
 UNCOMPRESSED = "uncompressed"  # Beam's CompressionTypes.UNCOMPRESSED: copy bytes as they are, whatever the suffix
 
 
-def is_remote(path: str) -> bool:
-    """Whether a path is an object-store URI (gs://, s3://) rather than a local path."""
-    return "://" in path
+def absolute(uri: str) -> str:
+    """A local path made absolute (``~`` expanded); a URI as it is."""
+    return uri if is_remote(uri) else os.path.abspath(os.path.expanduser(uri))
 
 
 def objects_under(uri: str) -> list[str]:

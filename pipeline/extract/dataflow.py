@@ -32,7 +32,8 @@ from apache_beam.options.pipeline_options import (
     WorkerOptions,
 )
 
-from pipeline.extract.options import ConfigError, ExtractOptions, requested_accelerator, runner_name
+from pipeline.errors import ConfigError
+from pipeline.extract.options import ExtractOptions, requested_accelerator, runner_name
 
 __all__ = ["dataflow_defaults", "gpu_image", "GPU_MACHINE_TYPES"]
 

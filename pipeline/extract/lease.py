@@ -23,7 +23,7 @@ import uuid
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.extract.options import ConfigError
+from pipeline.errors import ConfigError
 from transforms.schema.layout import LEASE_NAME, PENDING_DIR
 from transforms.write.committers import write_atomically
 

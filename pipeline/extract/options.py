@@ -20,6 +20,7 @@ from apache_beam.options.pipeline_options import (
 )
 
 from pipeline.backbones.spec import BackboneSpec
+from pipeline.errors import ConfigError
 from transforms.decode.images import DEFAULT_MAX_PIXELS
 from transforms.embed.pooling import POOLINGS
 from transforms.read.input_specs import FORMATS, InputSpec
@@ -30,7 +31,7 @@ from transforms.schema.layout import FORMATS as FORMATS_WRITTEN
 from transforms.worker.storage import DEFAULT_RETRY_SECONDS
 from transforms.write.committers import DEFAULT_RECORDS_PER_COMMIT
 
-__all__ = ["ExtractOptions", "ExtractConfig", "ConfigError", "parse_formats", "precision_of", "cpu_has_bfloat16",
+__all__ = ["ExtractOptions", "ExtractConfig", "parse_formats", "precision_of", "cpu_has_bfloat16",
            "DEFAULT_RUNNER", "DEFAULT_LOCAL_FLAGS",
            "LOCAL_RUNNERS"]
 
@@ -38,10 +39,6 @@ DEFAULT_RUNNER = "FnApiRunner"
 DEFAULT_LOCAL_FLAGS = (f"--runner={DEFAULT_RUNNER}", "--direct_running_mode=multi_processing",
                        "--direct_num_workers=2")
 LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
-
-
-class ConfigError(ValueError):
-    """A launch-time problem with what the user asked for; the message says what to change."""
 
 
 class ExtractOptions(PipelineOptions):
@@ -263,10 +260,6 @@ def requested_accelerator(options: PipelineOptions) -> str | None:
     gcp = options.view_as(GoogleCloudOptions)
     requested = list(gcp.dataflow_service_options or []) + list(options.view_as(DebugOptions).experiments or [])
     return next((str(item) for item in requested if str(item).startswith("worker_accelerator")), None)
-
-
-def absolute(uri: str) -> str:
-    return uri if "://" in uri else os.path.abspath(os.path.expanduser(uri))
 
 
 def runner_name(options: PipelineOptions) -> str:

@@ -13,7 +13,8 @@ import json
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.extract.options import ConfigError, ExtractConfig
+from pipeline.errors import ConfigError
+from pipeline.extract.options import ExtractConfig
 from transforms.schema.layout import FORMAT_VERSION, RUN_NAME
 
 __all__ = ["run_settings", "check_resumable"]

@@ -95,8 +95,8 @@ def finetune_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args):
-    from pipeline.extract.options import absolute
     from pipeline.finetune.options import FinetuneConfig
+    from pipeline.folders import absolute
     from transforms.read.tables import InputFields
 
     fields = InputFields(uri=args.uri_field, label=args.label_field, image_feature=args.image_feature,

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.extract.options import ConfigError
+from pipeline.errors import ConfigError
 
 __all__ = ["SplitBackbone", "backbone_blocks", "split_backbone", "batchnorm_layers", "freeze_batchnorm",
            "finetuned_backbone"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipeline.extract.options import ConfigError
+from pipeline.errors import ConfigError
 from transforms.decode.images import DEFAULT_MAX_PIXELS
 from transforms.read.input_specs import IMAGE_FORMATS
 from transforms.read.tables import InputFields

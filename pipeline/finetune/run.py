@@ -28,12 +28,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.extract.options import ConfigError, absolute
+from pipeline.errors import ConfigError
 from pipeline.finetune.cache import CachedSet, bottom_function, build_cache
 from pipeline.finetune.labelled_images import ReadCounts, read_images
 from pipeline.finetune.model import backbone_blocks, finetuned_backbone, split_backbone
 from pipeline.finetune.options import FinetuneConfig
 from pipeline.finetune.training import Networks, fine_tune, fit_probe, map_rows
+from pipeline.folders import absolute
 from pipeline.train import evaluation
 from pipeline.train.config import METRICS, MODEL_SPEC
 from pipeline.train.feature_sets import FeatureSetError, validation_mask
@@ -100,7 +101,7 @@ def _load_head_from(model_dir: str, backbone):
 def check_finetune(config: FinetuneConfig) -> Checked:
     """Every check that needs no training: flags, inputs, MODELDIR, the backbone and ``--head-from``."""
     from pipeline.backbones.registry import resolve_backbone
-    from pipeline.extract.launch import resolve_input
+    from pipeline.inputs import resolve_input
     from transforms.embed.pooling import pooled_dim
 
     config.validate()

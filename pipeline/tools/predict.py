@@ -23,9 +23,10 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
 
-from pipeline.extract.launch import check_formats, check_output_dir, clear_previous_outputs, resolve_input
-from pipeline.extract.options import ConfigError, absolute
-from pipeline.folders import read_model_file
+from pipeline.errors import ConfigError
+from pipeline.folders import absolute, read_model_file
+from pipeline.inputs import check_formats, resolve_input
+from pipeline.outputs import check_output_dir, clear_previous_outputs
 from transforms.decode.images import DecodeImageFn, ImagePreprocessing
 from transforms.decode.tokenize import text_of
 from transforms.embed.classify import ClassifierHandler

@@ -16,13 +16,18 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["ready_storage", "bound_storage_retries", "use_storage_emulator", "bucket_of", "bucket_exists",
+__all__ = ["is_remote", "ready_storage", "bound_storage_retries", "use_storage_emulator", "bucket_of", "bucket_exists",
            "share_storage_options", "adopt_storage_options"]
 
 _SHARED = "FEATUREBEAM_STORAGE_OPTIONS"    # the launcher's S3 flags, for local worker processes
 _RETRY_ENV = "FEATUREBEAM_STORAGE_RETRY_S"  # the launcher's --storage-retry-seconds, for local worker processes
 DEFAULT_RETRY_SECONDS = 60.0
 _READY = False
+
+
+def is_remote(path: str) -> bool:
+    """Whether a path is an object-store URI (gs://, s3://) rather than a local path."""
+    return "://" in path
 
 
 def ready_storage() -> None:

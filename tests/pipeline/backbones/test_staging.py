@@ -8,8 +8,8 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.backbones.staging import stage_backbone
+from pipeline.errors import ConfigError
 from pipeline.extract.launch import configure
-from pipeline.extract.options import ConfigError
 
 
 def test_staged_weights_sit_in_a_folder_named_by_hash_and_are_copied_once(mobilenet_spec, tmp_path):

@@ -16,9 +16,10 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
+from pipeline.errors import ConfigError
 from pipeline.extract.job import run_extraction
 from pipeline.extract.launch import configure, prepare_output
-from pipeline.extract.options import ConfigError, ExtractConfig, check_flags
+from pipeline.extract.options import ExtractConfig, check_flags
 from pipeline.extract.settings import run_settings
 from tests import packing
 from tests.conftest import encode

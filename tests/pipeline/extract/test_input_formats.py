@@ -10,8 +10,8 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.extract.job import run_extraction
-from pipeline.extract.launch import resolve_input
 from pipeline.extract.options import ExtractConfig
+from pipeline.inputs import resolve_input
 from tests import packing
 from tests.fakes import MEAN_COLOUR, MeanColourBackbone
 from transforms.read.tables import InputFields

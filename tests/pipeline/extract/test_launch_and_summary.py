@@ -76,8 +76,8 @@ def test_a_text_backbone_takes_bfloat16(tmp_path):
 def test_a_text_backbone_reads_tables_and_txt_files_as_texts_and_says_so(tmp_path, capsys):
     from types import SimpleNamespace
 
-    from pipeline.extract.launch import resolve_input
     from pipeline.extract.summary import text_input_notes
+    from pipeline.inputs import resolve_input
     from transforms.read.tables import InputFields
 
     (tmp_path / "posts.jsonl").write_text('{"text": "hello"}\n')
@@ -103,8 +103,8 @@ def test_a_text_backbone_reads_tables_and_txt_files_as_texts_and_says_so(tmp_pat
 
 
 def test_each_modality_refuses_the_formats_of_the_other_at_launch(tmp_path):
-    from pipeline.extract.launch import check_formats, resolve_input
-    from pipeline.extract.options import ConfigError
+    from pipeline.errors import ConfigError
+    from pipeline.inputs import check_formats, resolve_input
 
     (tmp_path / "s.tar").write_bytes(b"")
     (tmp_path / "n.txt").write_text("a\n")

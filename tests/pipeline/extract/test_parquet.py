@@ -12,8 +12,9 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.cli import main
+from pipeline.errors import ConfigError
 from pipeline.extract.job import run_extraction
-from pipeline.extract.options import ConfigError, ExtractConfig, parse_formats
+from pipeline.extract.options import ExtractConfig, parse_formats
 from pipeline.tools.inspect import inspect_feature_set
 from tests.commit_tools import commit_keys, read_committed, recommit_with, resolve_in
 from tests.fakes import MEAN_COLOUR, MeanColourBackbone

@@ -13,10 +13,12 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
+from pipeline.errors import ConfigError
 from pipeline.extract.job import run_extraction
-from pipeline.extract.launch import resolve_input, use_storage_options
-from pipeline.extract.options import ConfigError, ExtractConfig
+from pipeline.extract.launch import use_storage_options
+from pipeline.extract.options import ExtractConfig
 from pipeline.extract.settings import run_settings
+from pipeline.inputs import resolve_input
 from tests import packing
 from tests.conftest import encode
 from tests.fakes import MEAN_COLOUR, POISON, MeanColourBackbone, PoisonedBackbone

@@ -8,9 +8,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from pipeline.extract.options import ConfigError
+from pipeline.errors import ConfigError, UsageError
 from pipeline.finetune.options import FinetuneConfig
-from pipeline.flags import UsageError
 
 GOOD = FinetuneConfig(inputs=("/data/train",), output="/models/ft")
 

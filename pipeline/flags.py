@@ -49,7 +49,7 @@ def with_local_defaults(argv: Sequence[str]) -> list[str]:
     """Without --runner: Beam's FnApiRunner (what DirectRunner runs batch jobs on, minus its Prism probe),
     with two worker processes, each with its own model and its share of the cores, so one decodes while the
     other runs the network (the fastest local layout measured, within the memory goal; see the README)."""
-    from pipeline.extract.options import DEFAULT_LOCAL_FLAGS
+    from pipeline.extract.runtime import DEFAULT_LOCAL_FLAGS
 
     if given(argv, "--runner"):
         return list(argv)

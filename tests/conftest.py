@@ -64,8 +64,9 @@ def mobilenet_outputs():
 def mobilenet(mobilenet_spec, mobilenet_outputs):
     """The compiled uint8 -> {features.18, classifier} function, loaded the way a worker loads it."""
     from transforms.embed.backbone import BackboneHandler
+    from transforms.embed.settings import EmbedSettings
 
-    return BackboneHandler(mobilenet_spec, mobilenet_outputs, batch_size=8).load_model()
+    return BackboneHandler(mobilenet_spec, EmbedSettings(mobilenet_outputs, batch_size=8)).load_model()
 
 
 def encode(image, fmt: str, **kwargs) -> bytes:

@@ -1,4 +1,5 @@
-"""A tiny stand-in backbone for pipeline tests where the real one adds nothing but minutes."""
+"""A tiny stand-in backbone for pipeline tests where the real one adds nothing but minutes; it satisfies the
+``transforms.embed.protocol.Backbone`` protocol as the real specs do."""
 
 from __future__ import annotations
 
@@ -22,9 +23,14 @@ class MeanColourBackbone:
                                                            mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     layer_shapes: Mapping[str, tuple] = field(default_factory=lambda: {"pixels": (32, 32, 3)})
     default_layer: str = "pixels"
+    modality: str = "image"
+    folds_batchnorm: bool = False
 
     def describe(self) -> dict:
         return {"name": self.name, "weights_sha256": "0" * 64, "preprocessing": self.preprocessing.describe()}
+
+    def read_asset(self, name: str) -> bytes:
+        raise KeyError(f"backbone {self.name} has no asset {name!r}")
 
     def load(self, layers):
         import keras

@@ -33,7 +33,8 @@ from apache_beam.options.pipeline_options import (
 )
 
 from pipeline.errors import ConfigError
-from pipeline.extract.options import ExtractOptions, requested_accelerator, runner_name
+from pipeline.extract.options import ExtractOptions
+from pipeline.extract.runtime import requested_accelerator, runner_name
 
 __all__ = ["dataflow_defaults", "gpu_image", "GPU_MACHINE_TYPES"]
 

@@ -27,10 +27,11 @@ import tempfile
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipeline.extract.config import ExtractConfig
 from pipeline.extract.launch import prepare_output
 from pipeline.extract.lease import OutputLease
-from pipeline.extract.options import LOCAL_RUNNERS, ExtractConfig, runner_name
 from pipeline.extract.progress import ProgressLine, rate_unit
+from pipeline.extract.runtime import LOCAL_RUNNERS, runner_name
 from transforms.embed.extract import ExtractFeatures
 from transforms.keys.dedupe import CountRepeatedKeys, ResolveDuplicates
 from transforms.keys.spill import clear_scratch, scratch_folder
@@ -57,7 +58,7 @@ def manifest_from_commits(config: ExtractConfig, all_commits, n_inputs: int, cre
     reasons = commit_checks.failure_reasons(errors)
     return Manifest(
         backbone=config.backbone.describe(),
-        outputs=config.outputs,
+        outputs=config.embed.outputs,
         labels=sorted({label for c in features for label in c.labels}),
         counts={"inputs": n_inputs, "embedded": sum(c.records for c in features),
                 "failed": sum(c.records for c in errors), "duplicates": duplicates[0]},
@@ -122,12 +123,10 @@ def build_extraction(p: beam.Pipeline, config: ExtractConfig, progress_dir: str 
     _counted(read["units"], progress_dir, "expected", weight=_records_in)  # inputs known once files are expanded
     _counted(read[SKIPPED], progress_dir, "skipped")
     records = _counted(read["records"], progress_dir, "read")
-    extracted = records | "Extract features" >> ExtractFeatures(
-        config.backbone, config.outputs, config.batch_size, config.threads_per_worker, config.max_pixels,
-        config.model_copies, config.precision)
+    extracted = records | "Extract features" >> ExtractFeatures(config.backbone, config.embed)
     _counted(extracted["embedded"], progress_dir, "embedded")
     feature_commits = extracted["embedded"] | "Commit features" >> CommitFeatures(
-        config.output, config.outputs, config.records_per_shard, config.formats)
+        config.output, config.embed.outputs, config.records_per_shard, config.formats)
     failures = (read[FAILED], extracted[FAILED]) | "All failures" >> beam.Flatten()
     _counted(failures, progress_dir, "failed")
     error_commits = failures | "Commit failures" >> CommitFailures(config.output, config.records_per_shard)
@@ -220,7 +219,7 @@ def run_extraction(config: ExtractConfig, options: PipelineOptions, progress: bo
         done_commits = prepare_output(config)
         if progress and runner_name(options) in LOCAL_RUNNERS:  # the workers share this machine
             with tempfile.TemporaryDirectory(prefix="featurebeam-progress-") as progress_dir:
-                unit = rate_unit(getattr(config.backbone, "modality", None))
+                unit = rate_unit(config.backbone.modality)
                 with ProgressLine(progress_dir, log_every=progress_every, unit=unit), \
                         beam.Pipeline(options=options) as p:
                     build_extraction(p, config, progress_dir, done_commits)

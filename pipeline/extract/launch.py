@@ -17,28 +17,17 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
 from pipeline.backbones.registry import resolve_backbone
-from pipeline.backbones.spec import BackboneSpec
 from pipeline.backbones.staging import stage_backbone
 from pipeline.errors import ConfigError
-from pipeline.extract.options import (
-    CPU_BATCH_SIZE,
-    GPU_BATCH_SIZE,
-    LOCAL_RUNNERS,
-    ExtractConfig,
-    ExtractOptions,
-    check_flags,
-    cpu_has_bfloat16,
-    local_threads_per_worker,
-    parse_formats,
-    precision_of,
-    runner_name,
-    uses_gpus,
-)
+from pipeline.extract.config import ExtractConfig, check_flags, embed_settings, parse_formats
+from pipeline.extract.options import ExtractOptions
+from pipeline.extract.runtime import LOCAL_RUNNERS, runner_name
 from pipeline.extract.settings import check_resumable, run_settings
 from pipeline.folders import absolute
 from pipeline.inputs import check_formats, check_text_field, resolve_input
 from pipeline.outputs import check_output_dir, clear_previous_outputs
 from transforms.embed.pooling import pooled_dim
+from transforms.embed.protocol import Backbone
 from transforms.read.tables import InputFields
 from transforms.schema.fields import RESERVED_COLUMNS, OutputSpec
 from transforms.schema.layout import (
@@ -59,37 +48,25 @@ def configure(options: PipelineOptions) -> ExtractConfig:
     """The job's frozen configuration, with every check that needs the inputs, the backbone or OUTDIR done."""
     check_flags(options)
     o = options.view_as(ExtractOptions)
-    gpus = uses_gpus(options)
-    batch_size = o.batch_size if o.batch_size is not None else GPU_BATCH_SIZE if gpus else CPU_BATCH_SIZE
     use_storage_options(options)
     backbone = resolve_backbone(o.backbone, o.weights, o.preprocessing, fold_batchnorm=not o.no_fold_batchnorm)
     inputs = tuple(resolve_input(uri, o.input_format, backbone.modality) for uri in o.input)
     check_formats(inputs, backbone.modality, backbone.name)
-    precision = precision_of(options)
-    if precision == "bfloat16" and not gpus and runner_name(options) in LOCAL_RUNNERS and not cpu_has_bfloat16():
-        raise ConfigError("--precision bfloat16 needs a CPU with AVX-512 BF16 or AMX (or a GPU); this one has "
-                          "neither: drop the flag to run in float32")
-    if backbone.modality == "text" and precision == "float16":
-        flag = "--mixed-precision" if o.mixed_precision else "--precision float16"
-        raise ConfigError(f"{flag} is for image backbones; text backbone {backbone.name} runs in float32 or "
-                          "--precision bfloat16 (its dense layers only: its LayerNorm epsilon and attention "
-                          "scores are not safe in float16)")
-    if runner_name(options) not in LOCAL_RUNNERS:
-        backbone = stage_backbone(backbone, remote_staging_location(options))
     formats = parse_formats(o.format)
     outputs = resolve_outputs(backbone, o.layer or [backbone.default_layer], o.pooling, o.feature_dtype, formats)
+    embed = embed_settings(options, backbone, outputs)
+    if runner_name(options) not in LOCAL_RUNNERS:
+        backbone = stage_backbone(backbone, remote_staging_location(options))
     output = absolute(o.output)
     if not o.resume:
         check_output_dir(output, o.overwrite)
-    threads = o.threads_per_worker or local_threads_per_worker(options)
     fields = InputFields(o.uri_field, o.label_field, o.split_field, o.text_field, o.id_field, o.image_feature,
                          o.label_feature, max_input_bytes=o.max_input_bytes, allow_outside_paths=o.allow_outside_paths)
     for spec in inputs:
         check_text_field(spec, fields)
-    config = ExtractConfig(inputs, output, backbone, outputs, batch_size, o.records_per_shard, threads, o.overwrite,
-                           o.max_failure_fraction, o.quiet, fields, int(o.read_chunk_mb * 2**20), o.max_image_pixels,
-                           o.resume, model_copies=(1 if gpus else 0) if o.model_copies is None else o.model_copies,
-                           precision=precision, template_launch=o.template_launch, formats=formats)
+    config = ExtractConfig(inputs, output, backbone, embed, o.records_per_shard, o.overwrite, o.max_failure_fraction,
+                           o.quiet, fields, int(o.read_chunk_mb * 2**20), o.resume, template_launch=o.template_launch,
+                           formats=formats)
     if o.resume:
         check_resumable(config)
     return config
@@ -125,7 +102,7 @@ def use_storage_options(options: PipelineOptions) -> None:
     bound_storage_retries(options.view_as(ExtractOptions).storage_retry_seconds)
 
 
-def resolve_outputs(backbone: BackboneSpec, layers: list[str], pooling: str, dtype: str = "float32",
+def resolve_outputs(backbone: Backbone, layers: list[str], pooling: str, dtype: str = "float32",
                     formats: tuple[str, ...] = ("tfrecord",)) -> tuple[OutputSpec, ...]:
     outputs = []
     for layer in layers:

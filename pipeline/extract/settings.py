@@ -14,7 +14,8 @@ import json
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.errors import ConfigError
-from pipeline.extract.options import ExtractConfig
+from pipeline.extract.config import ExtractConfig
+from transforms.embed.settings import EmbedSettings
 from transforms.schema.layout import FORMAT_VERSION, RUN_NAME
 
 __all__ = ["run_settings", "check_resumable"]
@@ -27,22 +28,18 @@ def run_settings(config: ExtractConfig) -> dict:
         "format_version": FORMAT_VERSION,
         "backbone": {"name": backbone["name"], "weights_sha256": backbone["weights_sha256"],
                      "preprocessing": backbone["preprocessing"]},
-        "precision": config.precision,
-        "fold_batchnorm": bool(getattr(config.backbone, "folds_batchnorm", False)),  # test fakes lack it
-        "outputs": [o.to_json() for o in config.outputs],
+        "fold_batchnorm": config.backbone.folds_batchnorm,
+        **config.embed.recorded(),  # outputs, precision, max_image_pixels
         "inputs": [spec.to_json() for spec in config.inputs],
         "fields": config.fields.to_json(),
-        "max_image_pixels": config.max_pixels,
         "formats": list(config.formats),
     }
 
 
-_SETTING_NAMES = {"backbone": "--backbone (its weights or --preprocessing)",
-                  "outputs": "--layer/--pooling/--feature-dtype", "formats": "--format",
+_SETTING_NAMES = {"backbone": "--backbone (its weights or --preprocessing)", "formats": "--format",
                   "inputs": "--input/--input-format",
                   "fields": "field options (--*-field, --*-feature, --max-input-bytes, --allow-outside-paths)",
-                  "format_version": "the feature set format", "max_image_pixels": "--max-image-pixels",
-                  "precision": "--precision (or --mixed-precision)"}
+                  "format_version": "the feature set format"}
 
 
 # Recorded in run.json, never compared by --resume (see the module docstring).
@@ -64,6 +61,6 @@ def check_resumable(config: ExtractConfig) -> None:
     current = run_settings(config)
     for name, value in current.items():
         if name not in RECORDED_ONLY and recorded.get(name) != value:
-            raise ConfigError(f"cannot resume {config.output}: it was started with different "
-                              f"{_SETTING_NAMES.get(name, name)}; use the same settings, or --overwrite to "
-                              "start again")
+            flags = _SETTING_NAMES.get(name) or EmbedSettings.flags_of(name) or name
+            raise ConfigError(f"cannot resume {config.output}: it was started with different {flags}; use the same "
+                              "settings, or --overwrite to start again")

@@ -25,8 +25,7 @@ def test_beam_flags_come_back_as_given_and_defaults_are_added_once(monkeypatch):
     own, beam = split_flags(parser, ["--workdir", "w", "--direct_num_workers=3"])
     assert own.workdir == "w" and beam == ["--direct_num_workers=3"]
 
-    from pipeline import cli
-    from pipeline.extract import launch
+    from pipeline.extract import command, launch
 
     class Configured(Exception):
         pass
@@ -38,7 +37,7 @@ def test_beam_flags_come_back_as_given_and_defaults_are_added_once(monkeypatch):
     for extra, expected in (([], ("FnApiRunner", "multi_processing", 2)), (["--direct_num_workers=3"],
                                                                             ("FnApiRunner", None, 3))):
         with pytest.raises(Configured) as given:
-            cli.cmd_extract(["--input", "x", "--output", "y", *extra])
+            command.cmd_extract(["--input", "x", "--output", "y", *extra])
         flags = given.value.args[0]
         assert (flags["runner"], flags.get("direct_running_mode"), flags["direct_num_workers"]) == expected
 

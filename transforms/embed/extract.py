@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
-from transforms.decode.images import DEFAULT_MAX_PIXELS, DecodeImageFn
+from transforms.decode.images import DecodeImageFn
 from transforms.decode.tokenize import TokenizeFn
 from transforms.embed.backbone import BackboneHandler
 from transforms.embed.model_inputs import inputs_for
+from transforms.embed.protocol import Backbone
 from transforms.embed.retry import EmbeddingFailure, RetryOneByOne
+from transforms.embed.settings import EmbedSettings
 from transforms.embed.text_batches import BatchByLengthFn
 from transforms.schema.elements import FAILED, Failure, Record
-from transforms.schema.fields import OutputSpec
 from transforms.worker.process import WorkerDoFn
 
 __all__ = ["ExtractFeatures"]
@@ -28,22 +27,18 @@ class ExtractFeatures(beam.PTransform):
     2. texts only: batch them by length (``BatchByLengthFn``), so that each batch pads to one of a few bucket
        lengths; images are batched by ``RunInference`` itself, in arrival order;
     3. embed batches with ``RunInference`` over ``BackboneHandler`` (model loaded once per worker process, or
-       ``model_copies`` copies per machine shared by its processes); a failed batch is retried one by one
+       ``settings.model_copies`` copies per machine shared by its processes); a failed batch is retried one by one
        (``RetryOneByOne``), and an input the backbone fails on alone goes to ``failed`` too.
     """
 
-    def __init__(self, backbone, outputs: Sequence[OutputSpec], batch_size: int = 32,
-                 threads: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, model_copies: int = 0,
-                 precision: str = "float32"):
+    def __init__(self, backbone: Backbone, settings: EmbedSettings):
         super().__init__()
         self._backbone = backbone
-        self._max_pixels = max_pixels
-        self._batch_size = batch_size
-        self._handler = KeyedModelHandler(RetryOneByOne(BackboneHandler(
-            backbone, outputs, batch_size, threads, model_copies, precision)))
+        self._settings = settings
+        self._handler = KeyedModelHandler(RetryOneByOne(BackboneHandler(backbone, settings)))
 
     def expand(self, records):
-        text = getattr(self._backbone, "modality", "image") == "text"
+        text = self._backbone.modality == "text"
         batches, undecodable = self._text_batches(records) if text else self._images(records)
         # Texts come batched already; images are batched by RunInference.
         handler = self._handler.with_no_batching() if text else self._handler
@@ -57,7 +52,8 @@ class ExtractFeatures(beam.PTransform):
 
     def _images(self, records):
         """(decoded images, failures)."""
-        fn = _DecodeKeepingSourceFn(self._backbone.preprocessing, self._max_pixels)
+        prep, max_pixels = self._backbone.preprocessing, self._settings.max_pixels
+        fn = _DecodeKeepingSourceFn(prep, max_pixels)
         decoded = records | "Decode images" >> beam.ParDo(fn).with_outputs(FAILED, main="images")
         return decoded.images, decoded[FAILED]
 
@@ -65,8 +61,8 @@ class ExtractFeatures(beam.PTransform):
         """(batches of tokenised texts of similar length, failures)."""
         fn = _TokenizeKeepingSourceFn(self._backbone)
         tokenized = records | "Tokenize texts" >> beam.ParDo(fn).with_outputs(FAILED, main="texts")
-        buckets = inputs_for(self._backbone).lengths
-        batches = tokenized.texts | "Batch texts by length" >> beam.ParDo(BatchByLengthFn(buckets, self._batch_size))
+        by_length = BatchByLengthFn(inputs_for(self._backbone).lengths, self._settings.batch_size)
+        batches = tokenized.texts | "Batch texts by length" >> beam.ParDo(by_length)
         return batches, tokenized[FAILED]
 
 

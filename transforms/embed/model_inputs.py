@@ -86,8 +86,8 @@ TOKEN_IDS = ModelInputs("token_ids")
 
 
 def inputs_for(spec) -> ModelInputs:
-    """A spec's inputs by its modality (``image``, the default, or ``text``: token ids padded to the buckets of
-    the spec's ``preprocessing.max_length``)."""
-    if getattr(spec, "modality", "image") != "text":
+    """A ``Backbone``'s inputs by its modality (``image``, or ``text``: token ids padded to the buckets of the
+    spec's ``preprocessing.max_length``)."""
+    if spec.modality != "text":
         return IMAGES
     return ModelInputs(TOKEN_IDS.kind, length_buckets(spec.preprocessing.max_length))

@@ -33,4 +33,4 @@ def test_a_remote_runner_gets_staged_weights_or_a_clear_error(tmp_path, sample_p
         configure(PipelineOptions(args))
     config = configure(PipelineOptions([*args, "--temp_location", str(tmp_path / "tmp")]))
     assert config.backbone.weights_path.startswith(str(tmp_path / "tmp" / "featurebeam-weights"))
-    assert config.threads_per_worker is None  # remote workers keep TensorFlow's own thread sizing
+    assert config.embed.threads is None  # remote workers keep TensorFlow's own thread sizing

@@ -12,10 +12,11 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
+from pipeline.extract.config import ExtractConfig
 from pipeline.extract.job import run_extraction
-from pipeline.extract.options import ExtractConfig
 from tests.conftest import REPO, encode
 from tests.fakes import MEAN_COLOUR, MeanColourBackbone
+from transforms.embed.settings import EmbedSettings
 from transforms.read.input_specs import InputSpec
 from transforms.schema.example import read_records
 from transforms.schema.manifest import shard_paths
@@ -109,8 +110,9 @@ def corpus(tmp_path_factory):
 def test_every_bad_input_is_a_dead_letter_and_every_good_one_has_its_features(tmp_path, corpus, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     config = ExtractConfig(inputs=(InputSpec.directory(str(corpus)),), output=str(tmp_path / "out"),
-                           backbone=MeanColourBackbone(str(tmp_path / "l")), outputs=(MEAN_COLOUR,), batch_size=4,
-                           records_per_shard=1000, threads_per_worker=1, overwrite=False)
+                           backbone=MeanColourBackbone(str(tmp_path / "l")),
+                           embed=EmbedSettings((MEAN_COLOUR,), batch_size=4, threads=1), records_per_shard=1000,
+                           overwrite=False)
     manifest = run_extraction(config, PipelineOptions(["--runner=FnApiRunner"]))
 
     good = {name: expected for name, (_, expected) in CORPUS.items() if isinstance(expected, tuple)}

@@ -199,18 +199,18 @@ def test_a_gpu_job_gets_the_accelerator_image_machine_and_one_shared_model(tmp_p
         "--machine_type=g2-standard-8",
         "--number_of_worker_harness_threads=4",
     ]
-    assert config.batch_size == GPU_BATCH_SIZE and config.model_copies == 1
+    assert config.embed.batch_size == GPU_BATCH_SIZE and config.embed.model_copies == 1
 
     defaults, config = _defaults(tmp_path, sample_photos, "--runner", "dataflow", "--gpu", "nvidia-tesla-t4",
                                  "--model-copies", "2")  # Beam's short runner name is the same runner
     assert "--dataflow_service_options=worker_accelerator=type:nvidia-tesla-t4;count:1;install-nvidia-driver" \
            in defaults and "--machine_type=n1-standard-8" in defaults
-    assert config.model_copies == 2
+    assert config.embed.model_copies == 2
 
     defaults, config = _defaults(tmp_path, sample_photos, "--gpu", "nvidia-l4", "--model-copies", "0")
     assert "--dataflow_service_options=worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver;" \
            "use_nvidia_mps" in defaults  # a copy in each worker process: MPS lets them share the GPU
-    assert config.model_copies == 0
+    assert config.embed.model_copies == 0
 
 
 def test_what_the_user_gives_is_kept(tmp_path, sample_photos):
@@ -218,7 +218,7 @@ def test_what_the_user_gives_is_kept(tmp_path, sample_photos):
                                  "--sdk_container_image", "example.com/img:1", "--machine_type", "g2-standard-16",
                                  "--number_of_worker_harness_threads", "8", "--batch-size", "64")
     assert defaults == ["--dataflow_service_options=worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"]
-    assert config.batch_size == 64
+    assert config.embed.batch_size == 64
     defaults, _ = _defaults(tmp_path, sample_photos, "--gpu", "nvidia-l4", "--worker_harness_container_image",
                             "example.com/img:1")  # Beam's older name for the image counts as given
     assert not any(flag.startswith("--sdk_container_image") for flag in defaults)
@@ -230,9 +230,9 @@ def test_a_cpu_job_gets_one_tensorflow_thread_per_sdk_process(tmp_path, sample_p
     defaults, config = _defaults(tmp_path, sample_photos)
     assert defaults == [f"--setup_file={os.path.join(REPO, 'setup.py')}", "--threads-per-worker=1",
                         "--number_of_worker_harness_threads=2"]
-    assert (config.batch_size, config.model_copies, config.threads_per_worker) == (CPU_BATCH_SIZE, 0, 1)
+    assert (config.embed.batch_size, config.embed.model_copies, config.embed.threads) == (CPU_BATCH_SIZE, 0, 1)
     defaults, config = _defaults(tmp_path, sample_photos, "--model-copies", "2")  # shared copies: TF's own threads
-    assert "--threads-per-worker=1" not in defaults and (config.model_copies, config.threads_per_worker) == (2, None)
+    assert "--threads-per-worker=1" not in defaults and (config.embed.model_copies, config.embed.threads) == (2, None)
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -268,8 +268,9 @@ def test_each_flex_template_parameter_is_a_featurebeam_flag():
     import json
     import re
 
-    from pipeline.cli import _extract_parser, split_flags
+    from pipeline.extract.command import extract_parser
     from pipeline.extract.flex_template import extract_args
+    from pipeline.flags import split_flags
 
     parameters = json.load(open(METADATA))["parameters"]
     assert sorted(p["name"] for p in parameters) == sorted(EXAMPLES)
@@ -279,7 +280,7 @@ def test_each_flex_template_parameter_is_a_featurebeam_flag():
         for regex in p.get("regexes", []):
             assert re.fullmatch(regex, EXAMPLES[p["name"]]), (p["name"], regex)
     args = extract_args([f"--{name}={value}" for name, value in EXAMPLES.items()] + ["--runner=DataflowRunner"])
-    own, beam_flags = split_flags(_extract_parser(), args)
+    own, beam_flags = split_flags(extract_parser(), args)
     assert beam_flags == ["--runner=DataflowRunner"]
     assert (own.input, own.layer, own.records_per_shard, own.gpu, own.model_copies) == (
         ["gs://bucket/images/"], ["features.18"], 5000, "nvidia-l4", 2)

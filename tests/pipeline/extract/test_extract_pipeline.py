@@ -12,10 +12,11 @@ import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipeline.extract.config import ExtractConfig
 from pipeline.extract.job import build_extraction, run_extraction
-from pipeline.extract.options import ExtractConfig
 from tests.fakes import MEAN_COLOUR, MeanColourBackbone, load_pids
 from transforms.decode.images import decode_image
+from transforms.embed.settings import EmbedSettings
 from transforms.read.input_specs import InputSpec
 from transforms.schema.example import read_records, tf_feature_description
 from transforms.schema.fields import KEY, LABEL
@@ -43,8 +44,9 @@ def many_images(tmp_path_factory):
 
 
 def _config(tmp_path, inputs, backbone, batch_size=2, outputs=(MEAN_COLOUR,)):
-    return ExtractConfig(inputs=tuple(inputs), output=str(tmp_path / "out"), backbone=backbone, outputs=outputs,
-                         batch_size=batch_size, records_per_shard=1000, threads_per_worker=1, overwrite=False)
+    return ExtractConfig(inputs=tuple(inputs), output=str(tmp_path / "out"), backbone=backbone,
+                         embed=EmbedSettings(outputs, batch_size=batch_size, threads=1), records_per_shard=1000,
+                         overwrite=False)
 
 
 def _read_all(root):
@@ -94,8 +96,8 @@ def test_model_copies_fix_how_many_models_a_machine_loads(tmp_path, many_images,
     (without it, each process that gets work loads its own: test_backbone_loads_once_per_worker_process...)."""
     root, expected = many_images
     log = str(tmp_path / "loads.log")
-    config = dataclasses.replace(_config(tmp_path, [InputSpec.directory(str(root))], MeanColourBackbone(log)),
-                                 model_copies=copies)
+    config = _config(tmp_path, [InputSpec.directory(str(root))], MeanColourBackbone(log))
+    config = dataclasses.replace(config, embed=dataclasses.replace(config.embed, model_copies=copies))
     manifest = run_extraction(config, PipelineOptions(TWO_PROCESSES))
 
     pids = load_pids(log)

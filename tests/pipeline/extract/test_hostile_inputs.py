@@ -17,13 +17,14 @@ from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from pipeline.errors import ConfigError
+from pipeline.extract.config import ExtractConfig, check_flags
 from pipeline.extract.job import run_extraction
 from pipeline.extract.launch import configure, prepare_output
-from pipeline.extract.options import ExtractConfig, check_flags
 from pipeline.extract.settings import run_settings
 from tests import packing
 from tests.conftest import encode
 from tests.fakes import MEAN_COLOUR, MeanColourBackbone
+from transforms.embed.settings import EmbedSettings
 from transforms.read.input_specs import InputSpec
 from transforms.read.sources import ReadRecords
 from transforms.read.tables import InputFields
@@ -44,8 +45,9 @@ def noise_png(side: int = 120) -> bytes:
 def extract(tmp_path, specs, fields: InputFields = InputFields()):
     """Run the job over ``specs``; the manifest and {key: dead letter}."""
     config = ExtractConfig(inputs=tuple(specs), output=str(tmp_path / "out"),
-                           backbone=MeanColourBackbone(str(tmp_path / "loads.log")), outputs=(MEAN_COLOUR,),
-                           batch_size=4, records_per_shard=1000, threads_per_worker=1, overwrite=False, fields=fields)
+                           backbone=MeanColourBackbone(str(tmp_path / "loads.log")),
+                           embed=EmbedSettings((MEAN_COLOUR,), batch_size=4, threads=1), records_per_shard=1000,
+                           overwrite=False, fields=fields)
     manifest = run_extraction(config, PipelineOptions(IN_PROCESS))
     errors = {e["key"]: e for f in manifest.error_files
               for e in map(json.loads, open(os.path.join(config.output, f)))}

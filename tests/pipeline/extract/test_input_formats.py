@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipeline.extract.config import ExtractConfig
 from pipeline.extract.job import run_extraction
-from pipeline.extract.options import ExtractConfig
 from pipeline.inputs import resolve_input
 from tests import packing
 from tests.fakes import MEAN_COLOUR, MeanColourBackbone
+from transforms.embed.settings import EmbedSettings
 from transforms.read.tables import InputFields
 from transforms.schema.example import read_records
 from transforms.schema.manifest import shard_paths
@@ -52,8 +53,9 @@ def check_same_as_folder(manifest, records, keys) -> None:
 def test_each_format_gives_the_folders_features_and_labels(tmp_path, packed, worker_env):
     inputs, keys = packed
     specs = tuple(resolve_input(inputs[k]) for k in ("files", "manifest", "tar", "tfrecord"))
-    config = ExtractConfig(inputs=specs, output=str(tmp_path / "out"), backbone=MeanColourBackbone(str(tmp_path / "l")),
-                           outputs=(MEAN_COLOUR,), batch_size=3, records_per_shard=1000, threads_per_worker=1,
+    config = ExtractConfig(inputs=specs, output=str(tmp_path / "out"),
+                           backbone=MeanColourBackbone(str(tmp_path / "l")),
+                           embed=EmbedSettings((MEAN_COLOUR,), batch_size=3, threads=1), records_per_shard=1000,
                            overwrite=False, chunk_bytes=100_000)  # several chunks per shard
     manifest = run_extraction(config, PipelineOptions(["--runner=FnApiRunner"]))
 
@@ -71,8 +73,9 @@ def test_jsonl_manifest_and_bad_rows(tmp_path, image_folder, worker_env):
     lines += ['{"uri": "missing/nowhere.jpg", "label": "ghost"}', "{not json", '{"label": "no-uri"}']
     index.write_text("\n".join(lines) + "\n")
     config = ExtractConfig(inputs=(resolve_input(str(index)),), output=str(tmp_path / "out"),
-                           backbone=MeanColourBackbone(str(tmp_path / "l")), outputs=(MEAN_COLOUR,), batch_size=4,
-                           records_per_shard=1000, threads_per_worker=1, overwrite=False,
+                           backbone=MeanColourBackbone(str(tmp_path / "l")),
+                           embed=EmbedSettings((MEAN_COLOUR,), batch_size=4, threads=1), records_per_shard=1000,
+                           overwrite=False,
                            fields=InputFields(allow_outside_paths=True))  # the rows name the image folder's files
     manifest = run_extraction(config, PipelineOptions(["--runner=FnApiRunner"]))
 
@@ -95,9 +98,9 @@ def test_tfrecord_feature_names_are_configurable_and_missing_images_recorded(tmp
         f.write(packing.tfrecord_frame(packing.image_example(photo, 7, "jpeg", "class")))
         f.write(packing.tfrecord_frame(packing.image_example(None, 3, "jpeg", "class")))
     config = ExtractConfig(inputs=(resolve_input(str(path)),), output=str(tmp_path / "out"),
-                           backbone=MeanColourBackbone(str(tmp_path / "l")), outputs=(MEAN_COLOUR,), batch_size=4,
-                           records_per_shard=1000, threads_per_worker=1, overwrite=False,
-                           fields=InputFields(image_feature="jpeg", label_feature="class"))
+                           backbone=MeanColourBackbone(str(tmp_path / "l")),
+                           embed=EmbedSettings((MEAN_COLOUR,), batch_size=4, threads=1), records_per_shard=1000,
+                           overwrite=False, fields=InputFields(image_feature="jpeg", label_feature="class"))
     manifest = run_extraction(config, PipelineOptions(["--runner=FnApiRunner"]))
 
     assert manifest.counts == {"inputs": 2, "embedded": 1, "failed": 1, "duplicates": 0}

@@ -17,12 +17,13 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
 from pipeline.cli import main
+from pipeline.extract.config import ExtractConfig
 from pipeline.extract.job import run_extraction
-from pipeline.extract.options import ExtractConfig
 from pipeline.tools.inspect import inspect_feature_set
 from tests.commit_tools import commit_keys, resolve_in
 from tests.conftest import REPO
 from tests.fakes import MEAN_COLOUR, MeanColourBackbone
+from transforms.embed.settings import EmbedSettings
 from transforms.keys import spill
 from transforms.keys.dedupe import keep_one_copy
 from transforms.keys.fingerprints import fingerprint
@@ -39,8 +40,9 @@ IN_PROCESS = ["--runner=FnApiRunner"]
 
 def _config(tmp_path, inputs, **changes):
     config = ExtractConfig(inputs=tuple(inputs), output=str(tmp_path / "out"),
-                           backbone=MeanColourBackbone(str(tmp_path / "loads.log")), outputs=(MEAN_COLOUR,),
-                           batch_size=4, records_per_shard=4, threads_per_worker=1, overwrite=False)
+                           backbone=MeanColourBackbone(str(tmp_path / "loads.log")),
+                           embed=EmbedSettings((MEAN_COLOUR,), batch_size=4, threads=1), records_per_shard=4,
+                           overwrite=False)
     return dataclasses.replace(config, **changes)
 
 

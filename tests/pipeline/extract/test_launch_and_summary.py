@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from pipeline.cli import main
-from pipeline.extract.options import cpu_has_bfloat16
 from pipeline.extract.progress import format_progress
+from pipeline.extract.runtime import cpu_has_bfloat16
 from pipeline.extract.summary import format_summary
 from transforms.schema.manifest import Manifest
 
@@ -70,7 +70,7 @@ def test_a_text_backbone_takes_bfloat16(tmp_path):
     texts.write_text('{"id": "1", "text": "hello"}\n')
     config = configure(PipelineOptions(["--input", str(texts), "--backbone", "minilm_l6", "--output",
                                         str(tmp_path / "out"), "--precision", "bfloat16"]))
-    assert config.precision == "bfloat16" and config.backbone.modality == "text"
+    assert config.embed.precision == "bfloat16" and config.backbone.modality == "text"
 
 
 def test_a_text_backbone_reads_tables_and_txt_files_as_texts_and_says_so(tmp_path, capsys):

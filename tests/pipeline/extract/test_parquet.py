@@ -13,11 +13,12 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.cli import main
 from pipeline.errors import ConfigError
+from pipeline.extract.config import ExtractConfig, parse_formats
 from pipeline.extract.job import run_extraction
-from pipeline.extract.options import ExtractConfig, parse_formats
 from pipeline.tools.inspect import inspect_feature_set
 from tests.commit_tools import commit_keys, read_committed, recommit_with, resolve_in
 from tests.fakes import MEAN_COLOUR, MeanColourBackbone
+from transforms.embed.settings import EmbedSettings
 from transforms.read.input_specs import InputSpec
 from transforms.schema.example import iter_serialized
 from transforms.schema.layout import FEATURES_DIR, MANIFEST_NAME, RETIRED_DIR
@@ -30,8 +31,9 @@ BOTH = ("tfrecord", "parquet")
 
 def _config(tmp_path, root, name="out", **changes):
     config = ExtractConfig(inputs=(InputSpec.directory(str(root)),), output=str(tmp_path / name),
-                           backbone=MeanColourBackbone(str(tmp_path / "loads.log")), outputs=(MEAN_COLOUR,),
-                           batch_size=4, records_per_shard=4, threads_per_worker=1, overwrite=False, formats=BOTH)
+                           backbone=MeanColourBackbone(str(tmp_path / "loads.log")),
+                           embed=EmbedSettings((MEAN_COLOUR,), batch_size=4, threads=1), records_per_shard=4,
+                           overwrite=False, formats=BOTH)
     return dataclasses.replace(config, **changes)
 
 

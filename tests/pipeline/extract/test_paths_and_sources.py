@@ -14,9 +14,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline.errors import ConfigError
+from pipeline.extract.config import ExtractConfig
 from pipeline.extract.job import run_extraction
 from pipeline.extract.launch import use_storage_options
-from pipeline.extract.options import ExtractConfig
 from pipeline.extract.settings import run_settings
 from pipeline.inputs import resolve_input
 from tests import packing
@@ -24,6 +24,7 @@ from tests.conftest import encode
 from tests.fakes import MEAN_COLOUR, POISON, MeanColourBackbone, PoisonedBackbone
 from transforms.decode.images import DecodeImageFn, ImagePreprocessing
 from transforms.decode.tokenize import TokenizeFn
+from transforms.embed.settings import EmbedSettings
 from transforms.read.input_specs import list_source_files
 from transforms.read.sources import ReadRecords
 from transforms.schema.elements import FAILED, Record
@@ -124,8 +125,9 @@ def test_file_uris_resolve_to_the_same_inputs_keys_and_settings_as_plain_paths(t
 
     def settings(inputs):
         return run_settings(ExtractConfig(inputs=tuple(resolve_input(i) for i in inputs), output=str(tmp_path / "o"),
-                                          backbone=MeanColourBackbone(str(tmp_path / "l")), outputs=(MEAN_COLOUR,),
-                                          batch_size=4, records_per_shard=10, threads_per_worker=1, overwrite=False))
+                                          backbone=MeanColourBackbone(str(tmp_path / "l")),
+                                          embed=EmbedSettings((MEAN_COLOUR,), batch_size=4, threads=1),
+                                          records_per_shard=10, overwrite=False))
 
     assert settings([bracketed.as_uri(), f"file://{photo}"]) == settings([folder, photo])  # what --resume compares
     with pytest.raises(ConfigError, match="names a file on host 'nas'"):
@@ -205,8 +207,9 @@ def test_dead_letters_name_the_shard_the_file_and_the_tfrecord_they_came_from(tm
     (folder / "broken.jpg").write_bytes(png((1, 2, 3))[:60])
     write_tfrecord(records, [packing.image_example(png((5, 6, 7)), 1), packing.image_example(b"no pixels", 2)])
     inputs = tuple(resolve_input(str(p)) for p in (shard, folder, records))
-    config = ExtractConfig(inputs=inputs, output=str(tmp_path / "out"), backbone=PoisonedBackbone(str(tmp_path / "l")),
-                           outputs=(MEAN_COLOUR,), batch_size=4, records_per_shard=1000, threads_per_worker=1,
+    config = ExtractConfig(inputs=inputs, output=str(tmp_path / "out"),
+                           backbone=PoisonedBackbone(str(tmp_path / "l")),
+                           embed=EmbedSettings((MEAN_COLOUR,), batch_size=4, threads=1), records_per_shard=1000,
                            overwrite=False)
     manifest = run_extraction(config, PipelineOptions(["--runner=FnApiRunner"]))
 

@@ -6,15 +6,16 @@ import numpy as np
 import pytest
 
 from pipeline.cli import main
-from pipeline.extract.options import cpu_has_bfloat16
+from pipeline.extract.runtime import cpu_has_bfloat16
 from transforms.decode.images import decode_image
 from transforms.embed.backbone import BackboneHandler, load_in_precision
+from transforms.embed.settings import EmbedSettings
 
 needs_bfloat16 = pytest.mark.skipif(not cpu_has_bfloat16(), reason="this CPU computes no bfloat16")
 
 
 def _features(spec, outputs, photos, precision):
-    handler = BackboneHandler(spec, outputs, batch_size=len(photos), precision=precision)
+    handler = BackboneHandler(spec, EmbedSettings(outputs, batch_size=len(photos), precision=precision))
     results = handler.run_inference([decode_image(p, spec.preprocessing) for p in photos], handler.load_model())
     return {o.name: np.stack([np.asarray(r.inference[o.name]) for r in results]) for o in outputs}
 
@@ -72,9 +73,9 @@ def test_a_bfloat16_load_keeps_the_stem_in_float32_and_puts_the_global_policy_ba
 def test_bfloat16_launch_errors_are_one_line(tmp_path, capsys, monkeypatch, flags, has, message):
     from PIL import Image
 
-    import pipeline.extract.launch as launch
+    import pipeline.extract.config as config
 
-    monkeypatch.setattr(launch, "cpu_has_bfloat16", lambda: has)
+    monkeypatch.setattr(config, "cpu_has_bfloat16", lambda: has)
     Image.new("RGB", (20, 20), (1, 2, 3)).save(tmp_path / "a.png")
     assert main(["extract", "--input", str(tmp_path / "a.png"), "--output", str(tmp_path / "o"), *flags]) == 2
     assert capsys.readouterr().err.strip() == f"featurebeam extract: error: {message}"

@@ -17,11 +17,12 @@ from transforms.decode.images import decode_image
 def test_a_photo_gets_its_vector_within_round_off_whatever_batch_it_meets(name, sample_photos):
     from pipeline.backbones.registry import resolve_backbone
     from transforms.embed.backbone import BackboneHandler
+    from transforms.embed.settings import EmbedSettings
     from transforms.schema.fields import OutputSpec
 
     spec = resolve_backbone(name)
     output = OutputSpec(spec.default_layer, spec.default_layer, "avg", 1280)
-    model = BackboneHandler(spec, (output,), batch_size=16).load_model()
+    model = BackboneHandler(spec, EmbedSettings((output,), batch_size=16)).load_model()
     china, flower = (decode_image(sample_photos[f], spec.preprocessing) for f in ("china.jpg", "flower.jpg"))
     noise = list(np.random.default_rng(0).integers(0, 256, (15, *china.shape), dtype=np.uint8))
 

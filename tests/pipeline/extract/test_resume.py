@@ -16,12 +16,13 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
 from pipeline.cli import main
+from pipeline.extract.config import ExtractConfig
 from pipeline.extract.job import run_extraction
-from pipeline.extract.options import ExtractConfig
 from tests.commit_tools import commit_keys, recommit_with, resolve_in
 from tests.conftest import REPO
 from tests.fakes import MEAN_COLOUR, MeanColourBackbone
 from tests.vectors import assert_same_vector
+from transforms.embed.settings import EmbedSettings
 from transforms.keys import spill
 from transforms.read.input_specs import InputSpec
 from transforms.schema.example import read_records
@@ -34,8 +35,9 @@ IN_PROCESS = ["--runner=FnApiRunner"]
 
 def _config(tmp_path, root, **changes):
     config = ExtractConfig(inputs=(InputSpec.directory(str(root)),), output=str(tmp_path / "out"),
-                           backbone=MeanColourBackbone(str(tmp_path / "loads.log")), outputs=(MEAN_COLOUR,),
-                           batch_size=4, records_per_shard=4, threads_per_worker=1, overwrite=False)
+                           backbone=MeanColourBackbone(str(tmp_path / "loads.log")),
+                           embed=EmbedSettings((MEAN_COLOUR,), batch_size=4, threads=1), records_per_shard=4,
+                           overwrite=False)
     return dataclasses.replace(config, **changes)
 
 

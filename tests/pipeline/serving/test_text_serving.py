@@ -83,10 +83,11 @@ def token_ids(spec, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
 def apart(spec, layer: str, head, ids_and_mask) -> np.ndarray:
     """The frozen encoder, as extraction embeds (pooled over the real tokens), then the head."""
     from transforms.embed.backbone import BackboneHandler
+    from transforms.embed.settings import EmbedSettings
     from transforms.schema.fields import OutputSpec
 
     pooling = "none" if layer == "sentence" else "avg"
-    encoder = BackboneHandler(spec, [OutputSpec(layer, layer, pooling, 384)]).load_model()
+    encoder = BackboneHandler(spec, EmbedSettings([OutputSpec(layer, layer, pooling, 384)])).load_model()
     return head(encoder.embed(ids_and_mask)[layer]).numpy()
 
 

@@ -9,7 +9,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.cli import main
 from pipeline.extract.launch import configure
-from pipeline.extract.options import CPU_BATCH_SIZE, GPU_BATCH_SIZE, uses_gpus
+from pipeline.extract.options import CPU_BATCH_SIZE, GPU_BATCH_SIZE
+from pipeline.extract.runtime import uses_gpus
 from pipeline.tools.bench import descendants, make_photos, vm_hwm_kb
 
 
@@ -40,13 +41,13 @@ def test_gpu_jobs_get_larger_batches_and_one_model_per_machine(tmp_path, sample_
                                f"--temp_location={tmp_path / 'staging'}", *flags])
     assert uses_gpus(options) is gpus
     config = configure(options)
-    assert config.batch_size == (GPU_BATCH_SIZE if gpus else CPU_BATCH_SIZE)
-    assert config.model_copies == (1 if gpus else 0)
+    assert config.embed.batch_size == (GPU_BATCH_SIZE if gpus else CPU_BATCH_SIZE)
+    assert config.embed.model_copies == (1 if gpus else 0)
 
 
 @pytest.mark.slow
 def test_bench_reports_both_rates_their_ratio_and_memory(capsys):
-    from pipeline.extract.options import cpu_has_bfloat16
+    from pipeline.extract.runtime import cpu_has_bfloat16
 
     precision = "bfloat16" if cpu_has_bfloat16() else "float32"
     assert main(["bench", "--count", "15", "--batch-size", "4", "--json", "--precision", precision,

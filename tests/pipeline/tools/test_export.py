@@ -11,8 +11,9 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.cli import main
+from pipeline.extract.config import ExtractConfig
+from transforms.embed.settings import EmbedSettings
 from pipeline.extract.job import run_extraction
-from pipeline.extract.options import ExtractConfig
 from pipeline.tools.export import ExportConfig, run_export
 from pipeline.tools.inspect import inspect_feature_set
 from tests.fakes import MEAN_COLOUR, MeanColourBackbone
@@ -36,8 +37,9 @@ def _rows(root: str):
 
 def _extract(tmp_path, images, output, formats):
     config = ExtractConfig(inputs=(InputSpec.directory(str(images)),), output=output,
-                           backbone=MeanColourBackbone(str(tmp_path / "loads.log")), outputs=(MEAN_COLOUR,),
-                           batch_size=4, records_per_shard=5, threads_per_worker=1, overwrite=False, formats=formats)
+                           backbone=MeanColourBackbone(str(tmp_path / "loads.log")),
+                           embed=EmbedSettings((MEAN_COLOUR,), batch_size=4, threads=1), records_per_shard=5,
+                           overwrite=False, formats=formats)
     return run_extraction(config, IN_PROCESS)
 
 

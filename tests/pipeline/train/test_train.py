@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from pipeline.extract.options import cpu_has_bfloat16
+from pipeline.extract.runtime import cpu_has_bfloat16
 from pipeline.train import heads
 from pipeline.train.config import TrainConfig
 from pipeline.train.feature_sets import FeatureSetError, load_table, open_feature_sets, validation_mask
@@ -66,7 +66,7 @@ def test_bfloat16_digits_features_probe_within_half_a_point_of_float32(digits_fe
         options = PipelineOptions(["--runner=FnApiRunner", "--input", str(digits_features / "images" / split),
                                    "--output", str(tmp_path / split), "--precision", "bfloat16"])
         config = configure(options)
-        assert config.precision == "bfloat16"
+        assert config.embed.precision == "bfloat16"
         run_extraction(config, options)
 
     def digits(root):

@@ -13,6 +13,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import FixedWindows, TimestampedValue
 
 from transforms.embed.model_inputs import bucket_length, length_buckets, pad_tokens
+from transforms.embed.settings import EmbedSettings
 from transforms.embed.text_batches import BatchByLengthFn, LengthBatcher, batch_by_length
 from transforms.schema.elements import Record
 from transforms.schema.fields import OutputSpec
@@ -179,7 +180,7 @@ def unpadded(minilm, token_ids):
     """Each text's vectors, embedded alone and unpadded."""
     from transforms.embed.backbone import BackboneHandler
 
-    model = BackboneHandler(minilm, OUTPUTS).load_model()
+    model = BackboneHandler(minilm, EmbedSettings(OUTPUTS)).load_model()
     return {key: {name: v[0] for name, v in model.embed(pad_tokens([ids])).items()}
             for key, ids in token_ids.items()}
 
@@ -206,7 +207,7 @@ def test_bucketed_batches_give_each_text_its_unpadded_vectors(minilm, unpadded):
     with TestPipeline() as p:
         extracted = (p
                      | beam.Create([Record(key, TEXTS[key], None) for key in order])
-                     | ExtractFeatures(minilm, OUTPUTS, batch_size=2))
+                     | ExtractFeatures(minilm, EmbedSettings(OUTPUTS, batch_size=2)))
         assert_that(extracted["embedded"], check)
         assert_that(extracted["failed"], equal_to([]), label="no failures")
 
@@ -216,7 +217,7 @@ def test_bfloat16_dense_layers_keep_the_vectors_within_cosine_0_999(minilm, toke
 
     from transforms.embed.backbone import BackboneHandler, load_in_precision
 
-    model = BackboneHandler(minilm, OUTPUTS, precision="bfloat16").load_model()
+    model = BackboneHandler(minilm, EmbedSettings(OUTPUTS, precision="bfloat16")).load_model()
     for key, ids in token_ids.items():
         got = model.embed(pad_tokens([ids], BUCKETS))
         for name, expected in unpadded[key].items():

@@ -27,10 +27,11 @@ def core(spec):
 @pytest.fixture(scope="module")
 def lite0(spec):
     from transforms.embed.backbone import BackboneHandler
+    from transforms.embed.settings import EmbedSettings
     from transforms.schema.fields import OutputSpec
 
     outputs = (OutputSpec("head", "head", "avg", 1280), OutputSpec("classifier", "classifier", "none", 1000))
-    return BackboneHandler(spec, outputs, batch_size=4).load_model()
+    return BackboneHandler(spec, EmbedSettings(outputs, batch_size=4)).load_model()
 
 
 def _top5(logits):

@@ -43,10 +43,11 @@ def _token_ids(spec, texts):
 def test_sentence_embeddings_match_sentence_transformers(spec, minilm_reference):
     from transforms.embed.backbone import BackboneHandler
     from transforms.embed.model_inputs import pad_tokens
+    from transforms.embed.settings import EmbedSettings
     from transforms.schema.fields import OutputSpec
 
     sequences = _token_ids(spec, [str(s) for s in minilm_reference["sentences"]])
-    model = BackboneHandler(spec, [OutputSpec("sentence", "sentence", "none", 384)]).load_model()
+    model = BackboneHandler(spec, EmbedSettings([OutputSpec("sentence", "sentence", "none", 384)])).load_model()
     batched = model.embed(pad_tokens(sequences))["sentence"]            # padded to the longest
     alone = np.stack([model.embed(pad_tokens([s]))["sentence"][0] for s in sequences])
     for got in (batched, alone):

@@ -135,9 +135,10 @@ def test_workers_load_the_staged_artifact_never_its_origin(tmp_path, photos, mon
 
     from pipeline.backbones.registry import resolve_backbone
     from pipeline.backbones.staging import stage_backbone
+    from pipeline.extract.config import ExtractConfig
+    from transforms.embed.settings import EmbedSettings
     from pipeline.extract.job import run_extraction
     from pipeline.extract.launch import resolve_outputs
-    from pipeline.extract.options import ExtractConfig
     from tests.conftest import REPO
     from transforms.read.input_specs import InputSpec
 
@@ -152,7 +153,7 @@ def test_workers_load_the_staged_artifact_never_its_origin(tmp_path, photos, mon
 
     outputs = resolve_outputs(staged, ["out_relu"], "avg")
     config = ExtractConfig(inputs=(InputSpec.directory(str(photos)),), output=str(tmp_path / "out"), backbone=staged,
-                           outputs=outputs, batch_size=2, records_per_shard=100, threads_per_worker=1,
+                           embed=EmbedSettings(outputs, batch_size=2, threads=1), records_per_shard=100,
                            overwrite=False)
     manifest = run_extraction(config, PipelineOptions(["--runner=FnApiRunner", "--direct_num_workers=2",
                                                        "--direct_running_mode=multi_processing"]))

@@ -11,6 +11,8 @@ __all__ = ["report_parser", "cmd_report"]
 
 
 def report_parser() -> argparse.ArgumentParser:
+    from pipeline.report.page import MAX_THUMBNAILS
+
     parser = Parser(prog="featurebeam report", allow_abbrev=False,
                     description="Write one self-contained HTML page about a feature set.",
                     epilog="Paths may be local, gs:// or s3://; Apache Beam's storage flags (--s3_endpoint_url ...) "
@@ -18,9 +20,9 @@ def report_parser() -> argparse.ArgumentParser:
     parser.add_argument("output", metavar="OUTDIR", help="a feature set written by featurebeam extract")
     parser.add_argument("--model", metavar="MODELDIR", help="also show a trained model's metrics")
     parser.add_argument("--html", metavar="FILE", help="where to write the page (default: OUTDIR/report.html)")
-    parser.add_argument("--max-thumbnails", type=int, default=300, metavar="N",
+    parser.add_argument("--max-thumbnails", type=int, default=MAX_THUMBNAILS, metavar="N",
                         help="embed at most N thumbnails (or text lines) in the page, all sections together "
-                             "(default 300)")
+                             f"(default {MAX_THUMBNAILS})")
     return parser
 
 

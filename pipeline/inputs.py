@@ -24,7 +24,7 @@ from transforms.read.input_specs import (
     local_path,
 )
 from transforms.read.tables import InputFields
-from transforms.worker.storage import bucket_exists, bucket_of
+from transforms.worker.storage import bucket_exists, bucket_of, is_remote
 
 __all__ = ["resolve_input", "check_formats", "check_text_field", "missing_bucket", "first_line"]
 
@@ -79,7 +79,7 @@ def resolve_input(uri: str, input_format: str = "auto", modality: str = "image")
     except ValueError as e:
         raise ConfigError(f"input {e}") from None
     fmt = None if input_format == "auto" else input_format
-    if "://" in uri and (missing := missing_bucket(uri)):
+    if is_remote(uri) and (missing := missing_bucket(uri)):
         raise ConfigError(f"input {uri}: {missing}")
     literal = _literal_input(uri, fmt, modality)
     if literal is not None:
@@ -92,7 +92,7 @@ def resolve_input(uri: str, input_format: str = "auto", modality: str = "image")
             raise ConfigError(f"cannot list input {uri}: {first_line(e)}") from None
         if result.metadata_list:
             return spec
-    elif "://" not in uri:
+    elif not is_remote(uri):
         raise ConfigError(f"input {uri} does not exist")
     raise ConfigError(f"input {uri} matches no files")
 
@@ -103,7 +103,7 @@ def _literal_input(uri: str, fmt: str | None, modality: str = "image") -> InputS
 
     Checked without matching the spec's escaped pattern, which would list all that lies under the part of the
     path before its first glob character (the workers do match it)."""
-    if "://" not in uri:
+    if not is_remote(uri):
         if os.path.isfile(uri):
             return InputSpec.file(uri, fmt, modality)
         if not os.path.isdir(uri):

@@ -20,13 +20,14 @@ from transforms.schema.layout import (
     RETIRED_DIR,
     RUN_NAME,
 )
+from transforms.worker.storage import is_remote
 
 __all__ = ["check_output_dir", "clear_previous_outputs"]
 
 
 def check_output_dir(output: str, overwrite: bool) -> None:
     """Refuse a non-empty OUTDIR without --overwrite; prove the directory is writable."""
-    if "://" not in output:
+    if not is_remote(output):
         if os.path.exists(output) and not os.path.isdir(output):
             raise ConfigError(f"output {output} exists and is not a directory")
         if os.path.isdir(output) and os.listdir(output) and not overwrite:
@@ -70,7 +71,7 @@ def clear_previous_outputs(output: str, names=(MANIFEST_NAME, RUN_NAME, FEATURES
         path = FileSystems.join(output, name)
         if FileSystems.exists(path):  # a file, or a local folder (deleted with what it holds)
             paths.append(path)
-        elif "://" in output:
+        elif is_remote(output):
             paths += objects_under(path)
     if paths:
         FileSystems.delete(paths)

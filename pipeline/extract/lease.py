@@ -25,6 +25,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.errors import ConfigError
 from transforms.schema.layout import LEASE_NAME, PENDING_DIR
+from transforms.worker.storage import is_remote
 from transforms.write.committers import write_atomically
 
 __all__ = ["OutputLease", "LeaseError", "HEARTBEAT_S", "STALE_AFTER_S"]
@@ -107,7 +108,7 @@ class OutputLease:
         return True
 
     def acquire(self) -> None:
-        local = "://" not in self._output
+        local = not is_remote(self._output)
         if local and self._create_exclusively():
             return self._start_heartbeat()
         held = self._read()

@@ -37,6 +37,7 @@ from transforms.schema.layout import ERRORS_DIR, FEATURES_DIR, PARQUET_SUFFIX, P
 from transforms.schema.manifest import Manifest, read_manifest, read_shard, write_manifest
 from transforms.schema.parquet import arrow_schema, arrow_table
 from transforms.worker.process import WorkerDoFn, ready_process
+from transforms.worker.storage import is_remote
 from transforms.write.committers import write_atomically
 from transforms.write.shards import HashingFile, ParquetShard
 
@@ -228,7 +229,7 @@ def _prepare(config: ExportConfig) -> None:
     """OUTDIR emptied (with --overwrite) and its folders made (local disks need them)."""
     if config.overwrite and _holds_files(config.output):
         _delete_under_all(config.output)
-    if "://" not in config.output:  # local disks need the folders; object stores have none to make
+    if not is_remote(config.output):  # local disks need the folders; object stores have none to make
         folders = (FEATURES_DIR, ERRORS_DIR) if config.target == "parquet" else (PARTS_DIR,)
         for path in (config.output, *(FileSystems.join(config.output, f) for f in (PENDING_DIR, *folders))):
             if not FileSystems.exists(path):
@@ -237,7 +238,7 @@ def _prepare(config: ExportConfig) -> None:
 
 def _tidy(config: ExportConfig) -> None:
     """The working folders go once the export is written (local disks; object stores have no folders)."""
-    if "://" in config.output:
+    if is_remote(config.output):
         return
     for folder in (PENDING_DIR, PARTS_DIR, ERRORS_DIR):
         path = FileSystems.join(config.output, folder)

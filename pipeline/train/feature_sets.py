@@ -19,6 +19,7 @@ from transforms.schema.fields import KEY, LABEL, OutputSpec
 from transforms.schema.layout import MANIFEST_NAME, shard_format
 from transforms.schema.manifest import Manifest, read_manifest, read_shard, shard_paths
 from transforms.schema.parquet import iter_parquet
+from transforms.worker.storage import is_remote
 
 __all__ = ["FeatureSetError", "FeatureTable", "open_feature_sets", "read_feature_manifest", "load_table",
            "validation_mask", "stream_examples", "count_labels", "HASH_BUCKETS"]
@@ -193,7 +194,7 @@ def stream_examples(sources: Sequence[FeatureSource], vocabulary: Sequence[str],
             tf.TensorSpec([None, output.dim], tf.float32)))
         ds = ds.map(select, num_parallel_calls=2)
     else:
-        if all("://" not in f for f in files):
+        if all(not is_remote(f) for f in files):
             ds = tf.data.TFRecordDataset(files, num_parallel_reads=2)
         else:  # TensorFlow may lack the object store's filesystem: read through Beam's
             ds = tf.data.Dataset.from_generator(lambda: (r for f in files for r in iter_serialized(f)),

@@ -34,6 +34,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.schema.framing import frame, iter_frames
 from transforms.schema.layout import PENDING_DIR
+from transforms.worker.storage import is_remote
 
 __all__ = ["INLINE_BYTES", "SCRATCH_DIR", "Spilled", "scratch_folder", "spill", "spill_packs", "unspill",
            "clear_scratch"]
@@ -98,7 +99,7 @@ def _read(pack: Spilled) -> Columns:
 def clear_scratch(output: str) -> None:
     """Delete OUTDIR's scratch folder and every file in it (on object stores, every object under its prefix)."""
     root = scratch_folder(output)
-    if "://" not in root:
+    if not is_remote(root):
         if FileSystems.exists(root):
             FileSystems.delete([root])
         return

@@ -11,6 +11,7 @@ import stat
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.read.tables import InputTooLarge
+from transforms.worker.storage import is_remote
 
 __all__ = ["NotARegularFile", "file_type", "check_regular", "open_regular", "read_whole"]
 
@@ -31,7 +32,7 @@ def file_type(mode: int) -> str:
 def check_regular(uri: str) -> int | None:
     """The size of a local regular file, from ``os.stat`` before anything opens it; ``NotARegularFile`` for anything
     else (a symlink counts as what it points to). None for an object-store URI, whose objects are all files."""
-    if "://" in uri:
+    if is_remote(uri):
         return None
     info = os.stat(uri)
     if not stat.S_ISREG(info.st_mode):

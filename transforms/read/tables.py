@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from transforms.schema.elements import Failure, FileRef, Record
 from transforms.schema.fields import record_key
+from transforms.worker.storage import is_remote
 
 __all__ = ["InputFields", "InputTooLarge", "RowError", "iter_rows", "bounded_lines", "table_kind", "resolve_relative",
            "outside_folder", "manifest_refs", "text_key", "text_records", "line_records", "URI_FIELDS",
@@ -137,10 +138,10 @@ def _text_field(row: dict, name: str) -> str | None:
 
 def resolve_relative(table_uri: str, ref: str) -> str:
     """A URI in a table: absolute as given, relative ones against the table's own folder."""
-    if "://" in ref or ref.startswith("/"):
+    if is_remote(ref) or ref.startswith("/"):
         return ref
     base = table_uri.rsplit("/", 1)[0]
-    if "://" in base:
+    if is_remote(base):
         scheme, rest = base.split("://", 1)
         bucket, _, path = rest.partition("/")
         joined = posixpath.normpath(posixpath.join("/" + path, ref))
@@ -155,9 +156,9 @@ def _within(path: str, folder: str) -> bool:
 def outside_folder(table_uri: str, target: str) -> str | None:
     """Where a local path named by a table leads when that lies outside the table's own folder (after ``..`` and
     after symlinks), else None. Object-store URIs are never outside; any local path named by a remote table is."""
-    if "://" in target:
+    if is_remote(target):
         return None
-    if "://" in table_uri:
+    if is_remote(table_uri):
         return os.path.normpath(target)
     folder = os.path.dirname(os.path.abspath(table_uri))
     plain, real = os.path.normpath(os.path.abspath(target)), os.path.realpath(target)

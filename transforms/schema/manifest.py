@@ -15,6 +15,7 @@ from transforms.schema.example import decode_example, iter_serialized, read_reco
 from transforms.schema.fields import FeatureRecord, OutputSpec
 from transforms.schema.layout import FORMAT_VERSION, MANIFEST_NAME, PENDING_DIR, join, shard_format
 from transforms.schema.parquet import iter_parquet
+from transforms.worker.storage import is_remote
 
 __all__ = ["Manifest", "read_manifest", "write_manifest", "shard_paths", "read_shard"]
 
@@ -128,7 +129,7 @@ def read_shard(path: str, outputs: Sequence[OutputSpec]) -> Iterator[FeatureReco
             for i, key in enumerate(keys):
                 yield FeatureRecord(key, labels[i], {name: x[i] for name, x in vectors.items()}, splits[i])
         return
-    if "://" not in path:
+    if not is_remote(path):
         try:
             yield from read_records(path, outputs)
             return

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pipeline.backbones.spec import BackboneUnavailableError
 from pipeline.backbones.uint8_input import with_uint8_input
 from transforms.decode.images import ImagePreprocessing
+from transforms.worker.storage import is_remote
 
 __all__ = ["PREPROCESSING_MODES", "preprocessing_for", "layer_table", "candidate_layers", "default_layer",
            "load_model_file", "local_copy", "local_path", "with_layers"]
@@ -93,7 +94,7 @@ def local_path(path: str) -> str:
     """A local path for ``path``: itself, or a private copy of a remote (gs://, s3://) file."""
     from apache_beam.io.filesystems import FileSystems
 
-    if "://" not in path:
+    if not is_remote(path):
         if not os.path.isfile(path):
             raise BackboneUnavailableError(f"{path} does not exist")
         return path

@@ -10,6 +10,7 @@ from pipeline.backbones.spec import BackboneSpec, BackboneUnavailableError, sha2
 from pipeline.backbones.uint8_input import with_uint8_input
 from pipeline.backbones.user_models import keras_models as km
 from transforms.decode.images import ImagePreprocessing
+from transforms.worker.storage import is_remote
 
 __all__ = ["is_saved_model", "pack_directory", "unpack_directory", "saved_model_outputs", "resolve", "build"]
 
@@ -17,7 +18,7 @@ __all__ = ["is_saved_model", "pack_directory", "unpack_directory", "saved_model_
 def is_saved_model(path: str) -> bool:
     from apache_beam.io.filesystems import FileSystems
 
-    if "://" not in path and "/" not in path and not os.path.isdir(path):
+    if not is_remote(path) and "/" not in path and not os.path.isdir(path):
         return False  # a bare name: an embedded backbone
     try:
         return FileSystems.exists(FileSystems.join(path.rstrip("/"), "saved_model.pb"))
@@ -91,7 +92,7 @@ def resolve(path: str, preprocessing: str) -> BackboneSpec:
     from apache_beam.io.filesystems import FileSystems
 
     folder = path.rstrip("/")
-    if "://" in folder:  # copy the directory here to read its signature and pack it
+    if is_remote(folder):  # copy the directory here to read its signature and pack it
         (match,) = FileSystems.match([FileSystems.join(folder, "**")])
         folder_here = tempfile.mkdtemp(prefix="featurebeam-savedmodel-")
         for m in match.metadata_list:

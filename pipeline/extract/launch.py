@@ -19,9 +19,10 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 from pipeline.backbones.registry import resolve_backbone
 from pipeline.backbones.staging import stage_backbone
 from pipeline.errors import ConfigError
-from pipeline.extract.config import ExtractConfig, check_flags, embed_settings, parse_formats
+from pipeline.extract.config import ExtractConfig, check_flags, parse_formats
+from pipeline.extract.embedding import embed_settings
 from pipeline.extract.options import ExtractOptions
-from pipeline.extract.runtime import LOCAL_RUNNERS, runner_name
+from pipeline.extract.runtime import LOCAL_RUNNERS, cpu_has_bfloat16, local_threads_per_worker, runner_name, uses_gpus
 from pipeline.extract.settings import check_resumable, run_settings
 from pipeline.folders import absolute
 from pipeline.inputs import check_formats, check_text_field, resolve_input
@@ -54,8 +55,11 @@ def configure(options: PipelineOptions) -> ExtractConfig:
     check_formats(inputs, backbone.modality, backbone.name)
     formats = parse_formats(o.format)
     outputs = resolve_outputs(backbone, o.layer or [backbone.default_layer], o.pooling, o.feature_dtype, formats)
-    embed = embed_settings(options, backbone, outputs)
-    if runner_name(options) not in LOCAL_RUNNERS:
+    local = runner_name(options) in LOCAL_RUNNERS
+    gpus = uses_gpus(options)
+    embed = embed_settings(o, backbone, outputs, gpus, local_threads_per_worker(options),
+                           local_cpu_lacks_bfloat16=local and not gpus and not cpu_has_bfloat16())
+    if not local:
         backbone = stage_backbone(backbone, remote_staging_location(options))
     output = absolute(o.output)
     if not o.resume:

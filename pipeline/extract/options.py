@@ -1,5 +1,6 @@
 """The flags of ``featurebeam extract``: ``ExtractOptions``, the one ``PipelineOptions`` subclass, so Beam and
-Dataflow's templates read them as they read their own. Declared here in groups; judged in ``config.py``
+Dataflow's templates read them as they read their own. Declared here in groups (the embedding flags in
+``embedding.py``, beside the settings they become); judged in ``config.py``
 (``check_flags``, ``ExtractConfig``); the runner and machine they meet are read in ``runtime.py``.
 """
 
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from transforms.decode.images import DEFAULT_MAX_PIXELS
+from pipeline.extract.embedding import add_embedding_flags
 from transforms.embed.pooling import POOLINGS
 from transforms.read.input_specs import FORMATS
 from transforms.read.sources import DEFAULT_CHUNK_BYTES
@@ -16,11 +17,7 @@ from transforms.schema.fields import FEATURE_DTYPES
 from transforms.worker.storage import DEFAULT_RETRY_SECONDS
 from transforms.write.committers import DEFAULT_RECORDS_PER_COMMIT
 
-__all__ = ["ExtractOptions", "PRECISIONS", "CPU_BATCH_SIZE", "GPU_BATCH_SIZE"]
-
-PRECISIONS = ("float32", "bfloat16", "float16")
-CPU_BATCH_SIZE = 32
-GPU_BATCH_SIZE = 128
+__all__ = ["ExtractOptions"]
 
 
 class ExtractOptions(PipelineOptions):
@@ -28,7 +25,7 @@ class ExtractOptions(PipelineOptions):
     def _add_argparse_args(cls, parser):
         _input_flags(parser)
         _backbone_flags(parser)
-        _embedding_flags(parser)
+        add_embedding_flags(parser)
         _output_flags(parser)
         _run_flags(parser)
 
@@ -97,33 +94,6 @@ def _backbone_flags(parser) -> None:
                              "as exact and faster); to compare")
 
 
-def _embedding_flags(parser) -> None:
-    """How the forward pass runs: batch, devices, precision, threads (``EmbedSettings``)."""
-    parser.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
-                        help="images with more pixels are recorded failures, refused from their header before "
-                             f"decoding (default: {DEFAULT_MAX_PIXELS:,})")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help=f"images per forward pass (default: {CPU_BATCH_SIZE}; {GPU_BATCH_SIZE} when the job "
-                             "runs on GPUs)")
-    parser.add_argument("--gpu", metavar="TYPE",
-                        help="DataflowRunner: one NVIDIA GPU of TYPE per worker (e.g. nvidia-l4, nvidia-tesla-t4); "
-                             "adds the worker_accelerator service option with the driver install and picks the "
-                             "worker image, machine type and harness threads for it (deploy/README.md)")
-    parser.add_argument("--model-copies", type=int, default=None, metavar="N",
-                        help="N copies of the model per worker machine, shared by all its worker processes; "
-                             "several let batches overlap on a GPU; 0: each worker process loads its own (on a "
-                             "Dataflow GPU with NVIDIA MPS, so they share the GPU) (default: 1 when the job runs "
-                             "on GPUs, else 0)")
-    parser.add_argument("--precision", choices=PRECISIONS, default=None,
-                        help="the forward pass in float32 (default), bfloat16 (CPUs with AVX-512 BF16 or AMX, "
-                             "and GPUs) or float16 (GPUs; image backbones only); a text backbone's bfloat16 is "
-                             "its dense layers only; vectors are stored as float32 either way")
-    parser.add_argument("--mixed-precision", action="store_true",
-                        help="compute in float16 on accelerators that gain from it (vectors stay float32)")
-    parser.add_argument("--threads-per-worker", type=int, default=None,
-                        help="TensorFlow threads per worker process (default: cores / local workers)")
-
-
 def _output_flags(parser) -> None:
     """Where features go and as what; what happens to an OUTDIR that holds some."""
     parser.add_argument("--output", metavar="OUTDIR", help="where features/ and manifest.json are written")
@@ -144,7 +114,11 @@ def _output_flags(parser) -> None:
 
 
 def _run_flags(parser) -> None:
-    """How the run reports, retries storage, and when it counts as failed."""
+    """Where the run runs (GPU workers), how it reports, retries storage, and when it counts as failed."""
+    parser.add_argument("--gpu", metavar="TYPE",
+                        help="DataflowRunner: one NVIDIA GPU of TYPE per worker (e.g. nvidia-l4, nvidia-tesla-t4); "
+                             "adds the worker_accelerator service option with the driver install and picks the "
+                             "worker image, machine type and harness threads for it (deploy/README.md)")
     parser.add_argument("--quiet", action="store_true", help="no live progress line on stderr")
     parser.add_argument("--storage-retry-seconds", type=float, default=DEFAULT_RETRY_SECONDS, metavar="S",
                         help="how long a failing Cloud Storage call is retried before the run fails with its "

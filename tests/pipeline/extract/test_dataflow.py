@@ -189,7 +189,7 @@ def _defaults(tmp_path, sample_photos, *flags: str) -> tuple[list[str], object]:
 
 
 def test_a_gpu_job_gets_the_accelerator_image_machine_and_one_shared_model(tmp_path, sample_photos):
-    from pipeline.extract.options import GPU_BATCH_SIZE
+    from pipeline.extract.embedding import GPU_BATCH_SIZE
 
     defaults, config = _defaults(tmp_path, sample_photos, "--gpu", "nvidia-l4")
     assert defaults == [
@@ -225,7 +225,7 @@ def test_what_the_user_gives_is_kept(tmp_path, sample_photos):
 
 
 def test_a_cpu_job_gets_one_tensorflow_thread_per_sdk_process(tmp_path, sample_photos):
-    from pipeline.extract.options import CPU_BATCH_SIZE
+    from pipeline.extract.embedding import CPU_BATCH_SIZE
 
     defaults, config = _defaults(tmp_path, sample_photos)
     assert defaults == [f"--setup_file={os.path.join(REPO, 'setup.py')}", "--threads-per-worker=1",

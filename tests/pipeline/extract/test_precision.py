@@ -73,9 +73,9 @@ def test_a_bfloat16_load_keeps_the_stem_in_float32_and_puts_the_global_policy_ba
 def test_bfloat16_launch_errors_are_one_line(tmp_path, capsys, monkeypatch, flags, has, message):
     from PIL import Image
 
-    import pipeline.extract.config as config
+    import pipeline.extract.launch as launch
 
-    monkeypatch.setattr(config, "cpu_has_bfloat16", lambda: has)
+    monkeypatch.setattr(launch, "cpu_has_bfloat16", lambda: has)
     Image.new("RGB", (20, 20), (1, 2, 3)).save(tmp_path / "a.png")
     assert main(["extract", "--input", str(tmp_path / "a.png"), "--output", str(tmp_path / "o"), *flags]) == 2
     assert capsys.readouterr().err.strip() == f"featurebeam extract: error: {message}"

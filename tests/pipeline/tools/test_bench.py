@@ -8,8 +8,8 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.cli import main
+from pipeline.extract.embedding import CPU_BATCH_SIZE, GPU_BATCH_SIZE
 from pipeline.extract.launch import configure
-from pipeline.extract.options import CPU_BATCH_SIZE, GPU_BATCH_SIZE
 from pipeline.extract.runtime import uses_gpus
 from pipeline.tools.bench import descendants, make_photos, vm_hwm_kb
 

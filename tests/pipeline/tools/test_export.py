@@ -12,12 +12,12 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.cli import main
 from pipeline.extract.config import ExtractConfig
-from transforms.embed.settings import EmbedSettings
 from pipeline.extract.job import run_extraction
 from pipeline.tools.export import ExportConfig, run_export
 from pipeline.tools.inspect import inspect_feature_set
 from tests.fakes import MEAN_COLOUR, MeanColourBackbone
 from tests.featuresets import blobs, write_feature_set
+from transforms.embed.settings import EmbedSettings
 from transforms.read.input_specs import InputSpec
 from transforms.schema.manifest import read_manifest, read_shard, shard_paths
 

@@ -136,10 +136,10 @@ def test_workers_load_the_staged_artifact_never_its_origin(tmp_path, photos, mon
     from pipeline.backbones.registry import resolve_backbone
     from pipeline.backbones.staging import stage_backbone
     from pipeline.extract.config import ExtractConfig
-    from transforms.embed.settings import EmbedSettings
     from pipeline.extract.job import run_extraction
     from pipeline.extract.launch import resolve_outputs
     from tests.conftest import REPO
+    from transforms.embed.settings import EmbedSettings
     from transforms.read.input_specs import InputSpec
 
     monkeypatch.setenv("PYTHONPATH", REPO)

@@ -8,8 +8,19 @@ import argparse
 from collections.abc import Sequence
 
 from pipeline.errors import UsageError
+from transforms.worker.storage import (
+    DEFAULT_RETRY_SECONDS,
+    bound_storage_retries,
+    share_storage_options,
+    use_storage_emulator,
+)
 
-__all__ = ["Parser", "split_flags", "with_local_defaults", "use_storage_flags"]
+__all__ = ["Parser", "split_flags", "with_local_defaults", "use_storage_flags", "use_storage_options", "DEFAULT_RUNNER",
+           "DEFAULT_LOCAL_FLAGS"]
+
+DEFAULT_RUNNER = "FnApiRunner"
+DEFAULT_LOCAL_FLAGS = (f"--runner={DEFAULT_RUNNER}", "--direct_running_mode=multi_processing",
+                       "--direct_num_workers=2")
 
 
 class Parser(argparse.ArgumentParser):
@@ -49,8 +60,6 @@ def with_local_defaults(argv: Sequence[str]) -> list[str]:
     """Without --runner: Beam's FnApiRunner (what DirectRunner runs batch jobs on, minus its Prism probe),
     with two worker processes, each with its own model and its share of the cores, so one decodes while the
     other runs the network (the fastest local layout measured, within the memory goal; see the README)."""
-    from pipeline.extract.runtime import DEFAULT_LOCAL_FLAGS
-
     if given(argv, "--runner"):
         return list(argv)
     defaults = [flag for flag in DEFAULT_LOCAL_FLAGS if not given(argv, flag.split("=")[0])]
@@ -64,8 +73,17 @@ def use_storage_flags(beam_argv: Sequence[str]):
     path is looked at; returns the pipeline options."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.extract.launch import use_storage_options
-
     options = PipelineOptions(list(beam_argv))
     use_storage_options(options)
     return options
+
+
+def use_storage_options(options, retry_seconds: float = DEFAULT_RETRY_SECONDS) -> None:
+    """Let this process's own listing and checks see object storage as the workers will (S3 endpoint and keys,
+    GCS emulator, how long a failing call is retried: extract's ``--storage-retry-seconds``)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    FileSystems.set_options(options)
+    use_storage_emulator()
+    share_storage_options(options)
+    bound_storage_retries(retry_seconds)

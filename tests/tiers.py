@@ -90,11 +90,11 @@ def slow_tier_guards(request):
 @pytest.fixture(scope="session", autouse=True)
 def local_runs_in_this_process():
     """Commands' local runs in this process for the whole session; yields the product's own defaults."""
-    from pipeline.extract import runtime
+    from pipeline import flags
 
-    product_defaults = runtime.DEFAULT_LOCAL_FLAGS
+    product_defaults = flags.DEFAULT_LOCAL_FLAGS
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(runtime, "DEFAULT_LOCAL_FLAGS", IN_THIS_PROCESS)
+        patch.setattr(flags, "DEFAULT_LOCAL_FLAGS", IN_THIS_PROCESS)
         yield product_defaults
 
 
@@ -102,6 +102,6 @@ def local_runs_in_this_process():
 def worker_processes_where_marked(request, monkeypatch, local_runs_in_this_process):
     """The product's own local defaults (worker processes) for a test marked ``worker_processes``."""
     if request.node.get_closest_marker("worker_processes"):
-        from pipeline.extract import runtime
+        from pipeline import flags
 
-        monkeypatch.setattr(runtime, "DEFAULT_LOCAL_FLAGS", local_runs_in_this_process)
+        monkeypatch.setattr(flags, "DEFAULT_LOCAL_FLAGS", local_runs_in_this_process)

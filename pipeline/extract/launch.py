@@ -24,6 +24,7 @@ from pipeline.extract.embedding import embed_settings
 from pipeline.extract.options import ExtractOptions
 from pipeline.extract.runtime import LOCAL_RUNNERS, cpu_has_bfloat16, local_threads_per_worker, runner_name, uses_gpus
 from pipeline.extract.settings import check_resumable, run_settings
+from pipeline.flags import use_storage_options
 from pipeline.folders import absolute
 from pipeline.inputs import check_formats, check_text_field, resolve_input
 from pipeline.outputs import check_output_dir, clear_previous_outputs
@@ -35,21 +36,16 @@ from transforms.schema.layout import (
     MANIFEST_NAME,
     RUN_NAME,
 )
-from transforms.worker.storage import (
-    bound_storage_retries,
-    share_storage_options,
-    use_storage_emulator,
-)
 from transforms.write import commit_checks
 
-__all__ = ["configure", "prepare_output", "resolve_outputs", "use_storage_options"]
+__all__ = ["configure", "prepare_output", "resolve_outputs"]
 
 
 def configure(options: PipelineOptions) -> ExtractConfig:
     """The job's frozen configuration, with every check that needs the inputs, the backbone or OUTDIR done."""
     check_flags(options)
     o = options.view_as(ExtractOptions)
-    use_storage_options(options)
+    use_storage_options(options, o.storage_retry_seconds)
     backbone = resolve_backbone(o.backbone, o.weights, o.preprocessing, fold_batchnorm=not o.no_fold_batchnorm)
     inputs = tuple(resolve_input(uri, o.input_format, backbone.modality) for uri in o.input)
     check_formats(inputs, backbone.modality, backbone.name)
@@ -95,15 +91,6 @@ def prepare_output(config: ExtractConfig) -> tuple[str, ...]:
     if leftovers or stale:
         FileSystems.delete(leftovers + stale)
     return tuple(sorted([FileSystems.join(config.output, c.marker) for c in done] + unreadable))
-
-
-def use_storage_options(options: PipelineOptions) -> None:
-    """Let the launcher's own listing and checks see object storage as the workers will (S3 endpoint and
-    keys, GCS emulator, how long a failing call is retried)."""
-    FileSystems.set_options(options)
-    use_storage_emulator()
-    share_storage_options(options)
-    bound_storage_retries(options.view_as(ExtractOptions).storage_retry_seconds)
 
 
 def resolve_outputs(backbone: Backbone, layers: list[str], pooling: str, dtype: str = "float32",

@@ -15,12 +15,9 @@ from apache_beam.options.pipeline_options import (
 
 from pipeline.extract.options import ExtractOptions
 
-__all__ = ["DEFAULT_RUNNER", "DEFAULT_LOCAL_FLAGS", "LOCAL_RUNNERS", "runner_name", "uses_gpus",
+__all__ = ["LOCAL_RUNNERS", "runner_name", "uses_gpus",
            "requested_accelerator", "local_threads_per_worker", "cpu_has_bfloat16"]
 
-DEFAULT_RUNNER = "FnApiRunner"
-DEFAULT_LOCAL_FLAGS = (f"--runner={DEFAULT_RUNNER}", "--direct_running_mode=multi_processing",
-                       "--direct_num_workers=2")
 LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
 
 

@@ -13,22 +13,6 @@ __all__ = ["finetune_parser", "cmd_finetune", "config_from_args"]
 
 
 def finetune_parser() -> argparse.ArgumentParser:
-    from pipeline.finetune.options import (
-        AUGMENTATIONS,
-        DEFAULT_DROPOUT,
-        DEFAULT_EPOCHS,
-        DEFAULT_HEAD_LR_FACTOR,
-        DEFAULT_LEARNING_RATE,
-        DEFAULT_PATIENCE,
-        DEFAULT_UNFREEZE,
-        FALLBACK_UNFREEZE,
-    )
-    from transforms.decode.images import DEFAULT_MAX_PIXELS
-    from transforms.read.input_specs import IMAGE_FORMATS
-    from transforms.read.tables import InputFields
-
-    fields = InputFields()
-    defaults = ", ".join(f"{name} {k}" for name, k in DEFAULT_UNFREEZE.items())
     parser = Parser(
         prog="featurebeam finetune", allow_abbrev=False,
         description="Fine-tune the top blocks of a backbone on labelled images, starting from a linear probe, "
@@ -41,6 +25,19 @@ def finetune_parser() -> argparse.ArgumentParser:
     parser.add_argument("--test-input", action="append", default=[], metavar="TEST",
                         help="held-out labelled images, reported apart (repeatable)")
     parser.add_argument("--output", required=True, metavar="MODELDIR")
+    _add_backbone_flags(parser)
+    _add_training_flags(parser)
+    _add_reading_flags(parser)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true")
+    return parser
+
+
+def _add_backbone_flags(parser: argparse.ArgumentParser) -> None:
+    """The backbone and how many of its top blocks to train."""
+    from pipeline.finetune.options import DEFAULT_UNFREEZE, FALLBACK_UNFREEZE
+
+    defaults = ", ".join(f"{name} {k}" for name, k in DEFAULT_UNFREEZE.items())
     parser.add_argument("--backbone", default="mobilenet_v2",
                         help="mobilenet_v2 (default), efficientnet_lite0, keras:NAME or a .keras/.h5 model file")
     parser.add_argument("--weights", metavar="PATH", help="keras:NAME backbones: a .weights.h5 of that architecture")
@@ -52,6 +49,19 @@ def finetune_parser() -> argparse.ArgumentParser:
     parser.add_argument("--unfreeze", type=int, default=None, metavar="K",
                         help=f"the top K blocks to train, as 'featurebeam layers' lists them (default: {defaults}; "
                              f"{FALLBACK_UNFREEZE} for other backbones)")
+
+
+def _add_training_flags(parser: argparse.ArgumentParser) -> None:
+    """The recipe: epochs, early stopping, the starting head, learning rates, dropout, batches and the split."""
+    from pipeline.finetune.options import (
+        AUGMENTATIONS,
+        DEFAULT_DROPOUT,
+        DEFAULT_EPOCHS,
+        DEFAULT_HEAD_LR_FACTOR,
+        DEFAULT_LEARNING_RATE,
+        DEFAULT_PATIENCE,
+    )
+
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, metavar="N",
                         help=f"epochs of the cosine schedule; the epoch of lowest validation log-loss is kept "
                              f"(default: {DEFAULT_EPOCHS})")
@@ -75,6 +85,15 @@ def finetune_parser() -> argparse.ArgumentParser:
     parser.add_argument("--augment", choices=AUGMENTATIONS, default="none",
                         help="random crops (and flips) each epoch; the frozen bottom then runs every epoch instead "
                              "of once (default: none)")
+
+
+def _add_reading_flags(parser: argparse.ArgumentParser) -> None:
+    """Where the frozen bottom's outputs are cached, and how records are read and decoded."""
+    from transforms.decode.images import DEFAULT_MAX_PIXELS
+    from transforms.read.input_specs import IMAGE_FORMATS
+    from transforms.read.tables import InputFields
+
+    fields = InputFields()
     parser.add_argument("--cache-memory-mb", type=int, default=1024,
                         help="the frozen bottom's outputs stay in memory up to this size, else are memory-mapped "
                              "from disk (default: 1024)")
@@ -89,9 +108,6 @@ def finetune_parser() -> argparse.ArgumentParser:
     parser.add_argument("--label-feature", default=fields.label_feature, metavar="NAME",
                         help=f"TFRecord inputs: the label (default: {fields.label_feature})")
     parser.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overwrite", action="store_true")
-    return parser
 
 
 def config_from_args(args):

@@ -13,9 +13,10 @@ is always called with ``training=False``, so its moving statistics cannot change
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from pipeline.errors import ConfigError
 
@@ -50,6 +51,11 @@ class SplitBackbone:
     @property
     def cut_shape(self) -> tuple[int, ...]:
         return tuple(int(d) for d in self.top.input_shape[1:])
+
+    @property
+    def top_weight_count(self) -> int:
+        """How many weights fine-tuning trains in the top."""
+        return int(sum(int(np.prod(w.shape)) for w in self.top.trainable_weights))
 
 
 def _inner_model(loaded):
@@ -123,7 +129,3 @@ def finetuned_backbone(split: SplitBackbone, name: str = "finetuned_backbone"):
     images = keras.Input((split.crop, split.crop, 3), dtype="uint8", name="image_uint8")
     activation = split.top(split.bottom(split.normalize(images), training=False), training=False)
     return keras.Model(images, {split.output_layer: activation}, name=name)
-
-
-def trainable_weights_of(models: Sequence) -> list:
-    return [w for m in models for w in m.trainable_weights]

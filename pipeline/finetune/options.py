@@ -1,7 +1,7 @@
 """What ``featurebeam finetune`` is asked to do: a frozen config, validated without reading or writing anything.
 
 Checks that need the world (inputs exist, MODELDIR may be written, the backbone resolves, ``--head-from``
-matches it) happen in ``pipeline.finetune.run.check_finetune``, the one launch step.
+matches it) happen in ``pipeline.finetune.check.check_finetune``, the one launch step.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pipeline.errors import ConfigError
 from transforms.decode.images import DEFAULT_MAX_PIXELS
 from transforms.read.input_specs import IMAGE_FORMATS
 from transforms.read.tables import InputFields
+from transforms.worker.storage import is_remote
 
 __all__ = ["FinetuneConfig", "DEFAULT_UNFREEZE", "FALLBACK_UNFREEZE", "DEFAULT_EPOCHS", "DEFAULT_PATIENCE",
            "DEFAULT_LEARNING_RATE", "DEFAULT_HEAD_LR_FACTOR", "DEFAULT_DROPOUT", "AUGMENTATIONS"]
@@ -96,7 +97,7 @@ class FinetuneConfig:
             raise ConfigError(f"--augment {self.augment!r}: choose from {', '.join(AUGMENTATIONS)}")
         if self.max_image_pixels < 1:
             raise ConfigError(f"--max-image-pixels must be at least 1, got {self.max_image_pixels}")
-        if self.cache_dir is not None and "://" in self.cache_dir:
+        if self.cache_dir is not None and is_remote(self.cache_dir):
             raise ConfigError(f"--cache-dir {self.cache_dir}: the cache is memory-mapped, so it must be a local folder")
         return self
 

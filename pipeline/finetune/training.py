@@ -1,20 +1,23 @@
 """Training the top of a split backbone on cached cut activations: the linear probe (``fit_probe``) and the
 fine-tuning of the top blocks with the head (``fine_tune``), plus the compiled calls both evaluate with
-(``Networks``, ``map_rows``). ``pipeline.finetune.run`` reads the inputs, caches them and writes MODELDIR."""
+(``Networks``, ``map_rows``). ``pipeline.finetune.run`` reads the inputs and caches them; ``pipeline.finetune.modeldir``
+writes MODELDIR."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
 from pipeline.finetune.cache import CachedSet
 from pipeline.finetune.model import SplitBackbone
 from pipeline.finetune.options import FinetuneConfig
+from pipeline.finetune.splits import TrainingData
 from pipeline.train import heads
 from transforms.schema.fields import OutputSpec
 
-__all__ = ["Networks", "map_rows", "log_loss", "fit_probe", "fine_tune", "CROP_PAD"]
+__all__ = ["Networks", "Probe", "map_rows", "log_loss", "fit_probe", "fine_tune", "CROP_PAD"]
 
 CROP_PAD = 16  # augmentation: reflect-pad by this many pixels, then crop back to the backbone's size
 
@@ -55,7 +58,7 @@ class Networks:
         from transforms.embed.pooling import pool
 
         signature = [tf.TensorSpec([None, *split.cut_shape], tf.float32)]
-        self.split, self.head = split, head
+        self.split, self.output, self.head = split, output, head
 
         @tf.function(input_signature=signature, autograph=False)
         def features(x):
@@ -77,6 +80,16 @@ def log_loss(y: np.ndarray, p: np.ndarray) -> float:
     return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None))))
 
 
+@dataclass(frozen=True)
+class Probe:
+    """The head fine-tuning starts from: fitted here (``fit_probe``) or taken from ``--head-from``."""
+
+    head: object
+    hyperparameters: dict
+    l2: float        # kept on the head's kernels while fine-tuning: the probe's own objective, per example
+    seconds: float
+
+
 def fit_probe(train_x, train_y, val_x, val_y, n_classes: int):
     """The linear probe, as ``featurebeam train`` fits it: C swept for validation accuracy; the fit on the train
     split kept (no refit on validation: fine-tuning trains on the same images). Fine-tuning starts from this very
@@ -95,29 +108,71 @@ def fit_probe(train_x, train_y, val_x, val_y, n_classes: int):
     return heads.linear_head(fit.weights, fit.bias), hyper
 
 
-def fine_tune(config: FinetuneConfig, split: SplitBackbone, output: OutputSpec, head, cached: CachedSet,
-               train_idx, y_train, val_idx, y_val, head_l2: float, bottom, log) -> dict:
-    """Train top + head in place; returns the history. The weights of the epoch of lowest validation log-loss are
-    restored (epoch 0: the probe, untouched), so a later epoch is kept only when it beats the probe there."""
+def fine_tune(config: FinetuneConfig, nets: Networks, data: TrainingData, head_l2: float, log) -> dict:
+    """Train ``nets``' top and head in place; returns the history. The weights of the epoch of lowest validation
+    log-loss are restored (epoch 0: the probe, untouched), so a later epoch is kept only when it beats the probe
+    there. ``head_l2``: the L2 on the head's kernels, the probe's own (0 for a head from ``--head-from``)."""
     import keras
-    import tensorflow as tf
-
-    from transforms.embed.pooling import pool
 
     keras.utils.set_random_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    top_vars, head_vars = list(split.top.trainable_weights), list(head.trainable_weights)
-    kernels = [w for w in head_vars if "kernel" in w.path]
-    # Warm up over the first epoch, then cosine decay: Adam's first full-size steps would knock the start off
-    # the probe's optimum before the gradients mean anything.
-    steps = -(-len(train_idx) // config.batch_size)
+    variables = list(nets.split.top.trainable_weights) + list(nets.head.trainable_weights)
+    step = _train_step(config, nets, head_l2, len(data.train.index))
+    val_loss, val_acc = _validate(nets, data)
+    history = {"epoch": [0], "loss": [None], "accuracy": [None], "val_loss": [val_loss], "val_accuracy": [val_acc],
+               "seconds": [0.0]}
+    # The epoch kept: lowest validation log-loss (ties: accuracy). On a few hundred validation images accuracy moves
+    # by whole images and picked epochs by luck; the loss moves with every image's margin.
+    best, best_epoch, best_weights, waited = (-val_loss, val_acc), 0, _snapshot(variables), 0
+    for epoch in range(1, config.epochs + 1):
+        start = time.monotonic()
+        loss, accuracy = _train_epoch(step, data, config, rng)
+        val_loss, val_acc = _validate(nets, data)
+        seconds = time.monotonic() - start
+        for name, value in (("epoch", epoch), ("loss", loss), ("accuracy", accuracy), ("val_loss", val_loss),
+                            ("val_accuracy", val_acc), ("seconds", round(seconds, 3))):
+            history[name].append(value)
+        log(f"featurebeam finetune: epoch {epoch}: loss {loss:.4f}, validation log-loss {val_loss:.4f}, accuracy "
+            f"{val_acc:.4f} ({seconds:.1f} s)")
+        if (-val_loss, val_acc) > best:
+            best, best_epoch, best_weights, waited = (-val_loss, val_acc), epoch, _snapshot(variables), 0
+        else:
+            waited += 1
+            if waited >= config.patience:
+                break
+    for variable, value in zip(variables, best_weights, strict=True):
+        variable.assign(value)
+    history["best_epoch"] = best_epoch
+    return history
+
+
+def _optimizers(config: FinetuneConfig, n_train: int) -> tuple:
+    """Adam for the top at ``--learning-rate`` and for the head at ``--head-lr-factor`` times it. Each warms up
+    over the first epoch, then decays (cosine): Adam's first full-size steps would knock the start off the probe's
+    optimum before the gradients mean anything."""
+    import keras
+
+    steps = -(-n_train // config.batch_size)
 
     def schedule(lr):
         return keras.optimizers.schedules.CosineDecay(0.0, max(1, steps * (config.epochs - 1)), warmup_target=lr,
                                                       warmup_steps=steps)
 
-    opt_top = keras.optimizers.Adam(schedule(config.learning_rate))
-    opt_head = keras.optimizers.Adam(schedule(config.learning_rate * config.head_lr_factor))
+    return (keras.optimizers.Adam(schedule(config.learning_rate)),
+            keras.optimizers.Adam(schedule(config.learning_rate * config.head_lr_factor)))
+
+
+def _train_step(config: FinetuneConfig, nets: Networks, head_l2: float, n_train: int):
+    """One compiled training step on a batch of cut activations: returns (mean cross-entropy, predicted classes)."""
+    import keras
+    import tensorflow as tf
+
+    from transforms.embed.pooling import pool
+
+    split, head, pooling = nets.split, nets.head, nets.output.pooling
+    top_vars, head_vars = list(split.top.trainable_weights), list(head.trainable_weights)
+    kernels = [w for w in head_vars if "kernel" in w.path]
+    opt_top, opt_head = _optimizers(config, n_train)
     opt_top.build(top_vars)
     opt_head.build(head_vars)
     l2 = tf.constant(head_l2, tf.float32)
@@ -128,7 +183,7 @@ def fine_tune(config: FinetuneConfig, split: SplitBackbone, output: OutputSpec, 
                                   tf.TensorSpec([None], tf.int64)], autograph=False)
     def step(x, y):
         with tf.GradientTape() as tape:
-            features = pool(split.top(x, training=False), output.pooling)
+            features = pool(split.top(x, training=False), pooling)
             if dropout:  # on the head's input only: the top keeps training=False (BatchNorm frozen)
                 features = tf.nn.dropout(features, rate=dropout)
             p = head(features, training=False)
@@ -139,45 +194,29 @@ def fine_tune(config: FinetuneConfig, split: SplitBackbone, output: OutputSpec, 
         opt_head.apply(grads[n_top:], head_vars)
         return loss, tf.argmax(p, axis=1)
 
-    nets = Networks(split, output, head)
+    return step
 
-    def validate():
-        p = map_rows(cached, val_idx, nets.probabilities, bottom, 256)
-        return log_loss(y_val, p), float(np.mean(p.argmax(axis=1) == y_val))
 
-    def snapshot():
-        return [v.numpy() for v in top_vars + head_vars]
+def _train_epoch(step, data: TrainingData, config: FinetuneConfig, rng: np.random.Generator) -> tuple[float, float]:
+    """One pass over the train rows in a random order; returns their mean loss and accuracy."""
+    train = data.train
+    order = rng.permutation(len(train.index))
+    losses, correct = [], 0
+    for i in range(0, len(order), config.batch_size):
+        chosen = order[i:i + config.batch_size]
+        x = _rows(train.cached, train.index[chosen], data.bottom, rng, config.augment)
+        loss, predicted = step(x, train.y[chosen])
+        losses.append(float(loss) * len(chosen))
+        correct += int(np.sum(predicted.numpy() == train.y[chosen]))
+    return sum(losses) / len(order), correct / len(order)
 
-    val_loss, val_acc = validate()
-    history = {"epoch": [0], "loss": [None], "accuracy": [None], "val_loss": [val_loss], "val_accuracy": [val_acc],
-               "seconds": [0.0]}
-    # The epoch kept: lowest validation log-loss (ties: accuracy). On a few hundred validation images accuracy moves
-    # by whole images and picked epochs by luck; the loss moves with every image's margin.
-    best, best_epoch, best_weights, waited = (-val_loss, val_acc), 0, snapshot(), 0
-    for epoch in range(1, config.epochs + 1):
-        start = time.monotonic()
-        order = rng.permutation(len(train_idx))
-        losses, correct = [], 0
-        for i in range(0, len(order), config.batch_size):
-            chosen = order[i:i + config.batch_size]
-            x = _rows(cached, train_idx[chosen], bottom, rng, config.augment)
-            loss, predicted = step(x, y_train[chosen])
-            losses.append(float(loss) * len(chosen))
-            correct += int(np.sum(predicted.numpy() == y_train[chosen]))
-        val_loss, val_acc = validate()
-        seconds = time.monotonic() - start
-        for name, value in (("epoch", epoch), ("loss", sum(losses) / len(order)), ("accuracy", correct / len(order)),
-                            ("val_loss", val_loss), ("val_accuracy", val_acc), ("seconds", round(seconds, 3))):
-            history[name].append(value)
-        log(f"featurebeam finetune: epoch {epoch}: loss {history['loss'][-1]:.4f}, validation log-loss "
-            f"{val_loss:.4f}, accuracy {val_acc:.4f} ({seconds:.1f} s)")
-        if (-val_loss, val_acc) > best:
-            best, best_epoch, best_weights, waited = (-val_loss, val_acc), epoch, snapshot(), 0
-        else:
-            waited += 1
-            if waited >= config.patience:
-                break
-    for variable, value in zip(top_vars + head_vars, best_weights, strict=True):
-        variable.assign(value)
-    history["best_epoch"] = best_epoch
-    return history
+
+def _validate(nets: Networks, data: TrainingData) -> tuple[float, float]:
+    """Validation log-loss and accuracy of the networks as they are now."""
+    val = data.validation
+    p = map_rows(val.cached, val.index, nets.probabilities, data.bottom, 256)
+    return log_loss(val.y, p), float(np.mean(p.argmax(axis=1) == val.y))
+
+
+def _snapshot(variables: list) -> list[np.ndarray]:
+    return [v.numpy() for v in variables]

@@ -24,7 +24,7 @@ ARGS = ["--layer", "features.18", "--batch-size", "4", "--read-chunk-mb", "0.1",
 def test_gcs_in_gcs_out_with_only_the_emulator_variable(tmp_path, image_folder, gcs):
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.extract.launch import use_storage_options
+    from pipeline.flags import use_storage_options
 
     for bucket in ("inbox", "outbox"):
         gcs.create_bucket(bucket)

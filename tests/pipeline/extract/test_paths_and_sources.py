@@ -16,8 +16,8 @@ from apache_beam.testing.util import assert_that, equal_to
 from pipeline.errors import ConfigError
 from pipeline.extract.config import ExtractConfig
 from pipeline.extract.job import run_extraction
-from pipeline.extract.launch import use_storage_options
 from pipeline.extract.settings import run_settings
+from pipeline.flags import use_storage_options
 from pipeline.inputs import resolve_input
 from tests import packing
 from tests.conftest import encode

@@ -11,7 +11,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.keys.dedupe import ResolveDuplicates
 from transforms.write import commit_checks
-from transforms.write.committers import Commit, commit_files, place_file
+from transforms.write.commit_format import Commit, commit_files, place_file
 
 
 def commit_keys(output: str, commit: Commit) -> list[str]:

@@ -7,7 +7,7 @@
 2. ``ExtractFeatures`` decodes to the backbone's fixed uint8 input and embeds in batches (``RunInference``);
 3. ``CommitFeatures`` writes and commits ``features/part-<id>.tfrecord`` shards (and ``.parquet`` ones),
    ``CommitFailures`` the dead letters in ``errors/``, each with a commit record in ``commits/`` (see
-   ``transforms/write/committers.py``);
+   ``transforms/write/commit_format.py``);
 4. once every commit of the run is made, ``ResolveDuplicates`` keeps each key in one commit only (on the
    workers, by fingerprint bucket), and the last step writes ``manifest.json`` from the commit records (small
    summaries), so a manifest exists only for a finished feature set; then the scratch files go.

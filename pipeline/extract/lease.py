@@ -26,7 +26,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline.errors import ConfigError
 from transforms.schema.layout import LEASE_NAME, PENDING_DIR
 from transforms.worker.storage import is_remote
-from transforms.write.committers import write_atomically
+from transforms.write.commit_format import write_atomically
 
 __all__ = ["OutputLease", "LeaseError", "HEARTBEAT_S", "STALE_AFTER_S"]
 

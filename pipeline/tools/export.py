@@ -38,7 +38,7 @@ from transforms.schema.manifest import Manifest, read_manifest, read_shard, writ
 from transforms.schema.parquet import arrow_schema, arrow_table
 from transforms.worker.process import WorkerDoFn, ready_process
 from transforms.worker.storage import is_remote
-from transforms.write.committers import write_atomically
+from transforms.write.commit_format import write_atomically
 from transforms.write.shards import HashingFile, ParquetShard
 
 __all__ = ["ExportConfig", "run_export", "format_export", "TARGETS", "npy_name"]

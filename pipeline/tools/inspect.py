@@ -9,23 +9,31 @@ in the same order, with the same labels and bitwise the same vectors.
 
 Memory does not grow with the records: keys are checked for repeats by fingerprint in buckets on local
 temporary disk (``duplicate_keys``, 24 bytes a record while it runs), and only the shards holding a reported
-repeat are read a second time, to name its key.
+repeat are read a second time, to name its key. The checks that read no records (files on disk, error files,
+commit records, the manifest's counts) are in ``manifest_checks.py``.
 """
 
 from __future__ import annotations
 
 import collections
 import itertools
-import json
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from pipeline.tools.duplicate_keys import BUCKET_ROWS, DuplicateKeys, Repeat
+from pipeline.tools.manifest_checks import (
+    check_commit_records,
+    check_counts,
+    check_error_files,
+    check_shards_on_disk,
+    check_twins_listed,
+    short_error,
+)
 from pipeline.train.feature_sets import read_feature_manifest
 from transforms.schema.example import decode_example, iter_serialized
 from transforms.schema.fields import FeatureRecord
-from transforms.schema.layout import COMMITS_DIR, FEATURES_DIR, PARQUET_SUFFIX, SHARD_SUFFIX, shard_format
+from transforms.schema.layout import PARQUET_SUFFIX, SHARD_SUFFIX, shard_format
 from transforms.schema.manifest import Manifest
 from transforms.schema.parquet import iter_parquet
 
@@ -46,10 +54,6 @@ class Inspection:
     @property
     def records(self) -> int:
         return sum(self.shard_counts.values())
-
-
-def _short(error: Exception) -> str:
-    return str(error).split(":")[0][:200] if str(error) else type(error).__name__
 
 
 def _keys_of(root: str, shards: list[str], outputs, repeats: list[Repeat]) -> dict[tuple[int, int], str]:
@@ -108,7 +112,7 @@ def _twin_records(root: str, shard: str, manifest: Manifest, problem):
         try:
             yield from _shard_records(FileSystems.join(root, twin), manifest.outputs)
         except (ValueError, OSError) as e:
-            problem("formats", f"{twin}: cannot be read in full ({_short(e)})")
+            problem("formats", f"{twin}: cannot be read in full ({short_error(e)})")
 
     return twin, records()
 
@@ -142,7 +146,7 @@ def _read_shards(root: str, manifest: Manifest, result: Inspection, keys: Duplic
                     _compare_twin(shard, twin[0], count, record, other, problem)
                 where = f"{shard} record {count}"
                 if isinstance(record, Exception):
-                    problem("parse", f"{where}: not a feature record ({_short(record)})")
+                    problem("parse", f"{where}: not a feature record ({short_error(record)})")
                     continue
                 key, label, vectors = record
                 result.labels[label] += 1
@@ -159,7 +163,7 @@ def _read_shards(root: str, manifest: Manifest, result: Inspection, keys: Duplic
                 if len(result.samples) < samples:
                     result.samples.append(FeatureRecord(key, label, vectors))
         except ValueError as e:
-            problem("corrupt", f"{shard}: truncated or corrupt after {count} records ({_short(e)})")
+            problem("corrupt", f"{shard}: truncated or corrupt after {count} records ({short_error(e)})")
         except OSError as e:
             problem("missing", f"{shard}: cannot be read ({e})")
         if twin is not None and not twin_ended and next(twin[1], _END) is not _END:
@@ -167,23 +171,51 @@ def _read_shards(root: str, manifest: Manifest, result: Inspection, keys: Duplic
         result.shard_counts[shard] = count
 
 
+class _ProblemLog:
+    """Problems by kind: the first ``_MAX_PROBLEMS_PER_KIND`` of each kind in full, the rest only counted."""
+
+    def __init__(self, messages: list):
+        self.messages = messages
+        self.kinds = collections.Counter()
+
+    def __call__(self, kind: str, message: str) -> None:
+        self.kinds[kind] += 1
+        if self.kinds[kind] <= _MAX_PROBLEMS_PER_KIND:
+            self.messages.append(message)
+
+    def count_unreported(self, kind: str, n: int) -> None:
+        """``n`` more problems of ``kind`` found but not described (only the first few were)."""
+        self.kinds[kind] += n
+
+    def close(self) -> None:
+        """One line per kind that had more problems than were described."""
+        for kind, n in self.kinds.items():
+            if n > _MAX_PROBLEMS_PER_KIND:
+                self.messages.append(f"... and {n - _MAX_PROBLEMS_PER_KIND} more of this kind ({kind})")
+
+
 def inspect_feature_set(root: str, samples: int = 3, bucket_rows: int = BUCKET_ROWS) -> Inspection:
     """Read every record of the set once; collect the summary and every disagreement with the manifest.
 
     ``bucket_rows`` bounds how many key fingerprints the duplicate check holds in memory at once."""
-    from apache_beam.io.filesystems import FileSystems
-
     manifest = read_feature_manifest(root)
     result = Inspection(root, manifest)
+    problem = _ProblemLog(result.problems)
+    _check_records(root, manifest, result, samples, bucket_rows, problem)
+    check_twins_listed(manifest, problem)
+    check_shards_on_disk(root, manifest, problem)
+    check_error_files(root, manifest, problem)
+    check_commit_records(root, manifest, problem)
+    check_counts(manifest.counts, result.records, problem)
+    problem.close()
+    return result
+
+
+def _check_records(root: str, manifest: Manifest, result: Inspection, samples: int, bucket_rows: int,
+                   problem: _ProblemLog) -> None:
+    """Every record once (``_read_shards``), then the keys that repeat, each named where it repeats."""
     expected = int(manifest.counts.get("embedded") or 0)  # too low or absent: oversized buckets are split
     keys = DuplicateKeys(expected, bucket_rows=bucket_rows, buffer_rows=bucket_rows)
-    kinds = collections.Counter()
-
-    def problem(kind: str, message: str) -> None:
-        kinds[kind] += 1
-        if kinds[kind] <= _MAX_PROBLEMS_PER_KIND:
-            result.problems.append(message)
-
     with keys:
         _read_shards(root, manifest, result, keys, samples, problem)
         total, repeats = keys.repeats(limit=_MAX_PROBLEMS_PER_KIND)
@@ -193,57 +225,8 @@ def inspect_feature_set(root: str, samples: int = 3, bucket_rows: int = BUCKET_R
         key = named.get((r.shard, r.record), "(unreadable now)")
         problem("duplicate", f"{shards[r.shard]} record {r.record}: duplicate key {key!r} "
                              f"(also in {shards[r.first_shard]})")
-    if manifest.shards and manifest.parquet_shards:
-        twins = {s.removesuffix(SHARD_SUFFIX) + PARQUET_SUFFIX for s in manifest.shards}
-        for orphan in sorted(set(manifest.parquet_shards) - twins):
-            problem("formats", f"{orphan}: the manifest lists no TFRecord shard of its commit")
     if total > len(repeats):
-        kinds["duplicate"] += total - len(repeats)
-
-    listed = set(manifest.shards) | set(manifest.parquet_shards)
-    try:
-        (match,) = FileSystems.match([FileSystems.join(root, FEATURES_DIR, "*")])
-        prefix = root.rstrip("/") + "/"
-        for m in match.metadata_list:
-            rel = m.path[len(prefix):] if m.path.startswith(prefix) else m.path
-            if rel not in listed:
-                problem("unlisted", f"{rel}: a shard on disk that the manifest does not list")
-    except Exception:  # listing is advisory; the records themselves were checked above
-        pass
-    failed_lines = 0
-    for name in manifest.error_files:
-        try:
-            with FileSystems.open(FileSystems.join(root, name), compression_type="uncompressed") as f:
-                failed_lines += sum(1 for line in f.read().splitlines() if line.strip())
-        except OSError as e:
-            problem("missing", f"{name}: cannot be read ({e})")
-    counts = manifest.counts
-    if manifest.error_files and counts.get("failed") is not None and failed_lines != counts["failed"]:
-        problem("count", f"the error files hold {failed_lines} dead letters, the manifest counts {counts['failed']}")
-    listed_files = listed | set(manifest.error_files)
-    try:
-        (match,) = FileSystems.match([FileSystems.join(root, COMMITS_DIR, "*.json")])
-        for m in match.metadata_list:
-            with FileSystems.open(m.path, compression_type="uncompressed") as f:
-                record = json.loads(f.read().decode("utf-8"))
-            for named in [record.get("path")] + [also.get("path") for also in record.get("also", ())]:
-                if named not in listed_files:
-                    problem("unlisted", f"{m.path}: a commit record of {named}, which the manifest does not list")
-    except Exception as e:  # a damaged commit record is itself a problem of the set
-        problem("unlisted", f"{COMMITS_DIR}/: a commit record cannot be read ({_short(e)})")
-    embedded = counts.get("embedded")
-    if embedded is not None and result.records != embedded:
-        problem("count", f"the shards hold {result.records} records, the manifest counts {embedded} embedded")
-    if {"inputs", "embedded", "failed"} <= set(counts):
-        parts = counts["embedded"] + counts["failed"] + counts.get("duplicates", 0)
-        if counts["inputs"] != parts:
-            problem("count", f"the manifest's counts do not add up: {counts['inputs']} inputs, but {counts['embedded']}"
-                             f" embedded + {counts['failed']} failed + {counts.get('duplicates', 0)} duplicates"
-                             f" = {parts}")
-    for kind, n in kinds.items():
-        if n > _MAX_PROBLEMS_PER_KIND:
-            result.problems.append(f"... and {n - _MAX_PROBLEMS_PER_KIND} more of this kind ({kind})")
-    return result
+        problem.count_unreported("duplicate", total - len(repeats))
 
 
 def format_inspection(result: Inspection, check: bool) -> str:

@@ -35,7 +35,7 @@ from transforms.read.sources import ReadRecords
 from transforms.schema.elements import FAILED, Failure, Record
 from transforms.schema.layout import ERRORS_DIR, PENDING_DIR
 from transforms.worker.process import WorkerDoFn, ready_process
-from transforms.write.committers import write_atomically
+from transforms.write.commit_format import write_atomically
 from transforms.write.sinks import WriteFailures
 
 __all__ = ["PredictConfig", "build_prediction", "run_prediction", "format_prediction", "SummarizePredictions",
@@ -61,7 +61,7 @@ class PredictConfig:
         """Checked at launch: the model has a serving model, the inputs exist, OUTDIR may be written. The inputs
         are read as the model's backbone reads them in extraction (for a text model a ``.jsonl`` is texts).
 
-        Object storage must already be set up as the job sees it (``launch.use_storage_options``)."""
+        Object storage must already be set up as the job sees it (``pipeline.flags.use_storage_options``)."""
         model_dir = absolute(model_dir)
         spec = read_model_spec(model_dir)
         prep = _serving_preprocessing(model_dir, spec)

@@ -40,7 +40,8 @@ from transforms.keys.spill import scratch_folder, spill, unspill
 from transforms.schema.layout import COMMITS_DIR, FEATURES_DIR
 from transforms.worker.process import WorkerDoFn
 from transforms.write import commit_checks
-from transforms.write.committers import Commit, FailureCommitFn
+from transforms.write.commit_format import Commit
+from transforms.write.committers import FailureCommitFn
 
 __all__ = ["ResolveDuplicates", "CountRepeatedKeys", "keep_one_copy"]
 

@@ -8,8 +8,8 @@
 - ``drop_records``: a commit rewritten without some of its records (the copies de-duplication drops);
 - ``VerifyCommitFn``: ``verify_commit`` as a Beam step, so a resumed run checks earlier commits on the workers.
 
-The write side of the protocol is ``committers.py``; which copies repeat is found on the workers by
-``transforms/keys/dedupe.py``.
+What a commit holds on disk is ``commit_format.py``, the write side ``committers.py``; which copies repeat is
+found on the workers by ``transforms/keys/dedupe.py``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from transforms.schema.layout import (
     SHARD_PREFIX,
 )
 from transforms.worker.process import WorkerDoFn
-from transforms.write.committers import (
+from transforms.write.commit_format import (
     KEYS_SUFFIX,
     Commit,
     CommitRecordError,

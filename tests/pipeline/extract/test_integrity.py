@@ -33,7 +33,7 @@ from transforms.schema.example import read_records
 from transforms.schema.layout import COMMITS_DIR, LEASE_NAME, MANIFEST_NAME, RETIRED_DIR
 from transforms.schema.manifest import read_manifest, shard_paths, write_manifest
 from transforms.write import commit_checks
-from transforms.write.committers import commit_files, key_line, place_file
+from transforms.write.commit_format import commit_files, key_line, place_file
 
 IN_PROCESS = ["--runner=FnApiRunner"]
 

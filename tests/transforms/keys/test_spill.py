@@ -170,7 +170,7 @@ def test_the_resume_join_shuffles_references_not_fingerprints(tmp_path, monkeypa
 
 
 def test_de_duplication_shuffles_references_not_fingerprints(tmp_path, monkeypatch):
-    from transforms.write.committers import commit_files, key_line, place_file
+    from transforms.write.commit_format import commit_files, key_line, place_file
 
     monkeypatch.setattr(spill, "INLINE_BYTES", 0)
     out = str(tmp_path / "out")

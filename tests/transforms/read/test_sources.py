@@ -244,7 +244,7 @@ def test_a_unit_is_read_without_the_keys_an_earlier_run_committed(tmp_path):
     from transforms.keys.fingerprints import fingerprint
     from transforms.read import tfrecords
     from transforms.read.sources import SKIPPED, unit_keys
-    from transforms.write.committers import commit_files, key_line, place_file
+    from transforms.write.commit_format import commit_files, key_line, place_file
 
     path = tmp_path / "r.tfrecord"
     path.write_bytes(b"".join(packing.tfrecord_frame(packing.image_example(bytes([i]) * 9, "a")) for i in range(6)))

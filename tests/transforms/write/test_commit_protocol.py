@@ -24,7 +24,7 @@ from transforms.schema.layout import (
     SHARD_SUFFIX,
 )
 from transforms.write import commit_checks
-from transforms.write.committers import Commit, commit_files, key_line, place_file
+from transforms.write.commit_format import Commit, commit_files, key_line, place_file
 
 OUTPUT = OutputSpec("v", "v", "avg", 2)
 RECORDS = [("a.jpg", "cat", "train"), ("b.jpg", "dog", None), ("c.jpg", "cat", "validation")]

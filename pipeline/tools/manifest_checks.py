@@ -1,0 +1,93 @@
+"""The checks of ``featurebeam inspect --check`` that read no records: the files of a feature set (its shards on
+disk, its error files, its commit records) and the manifest's counts, each against the manifest.
+
+Each check reports what it finds to ``problem(kind, message)``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from transforms.schema.layout import COMMITS_DIR, FEATURES_DIR, PARQUET_SUFFIX, SHARD_SUFFIX
+from transforms.schema.manifest import Manifest
+
+__all__ = ["check_twins_listed", "check_shards_on_disk", "check_error_files", "check_commit_records",
+           "check_counts", "short_error", "Problem"]
+
+Problem = Callable[[str, str], None]  # problem(kind, message)
+
+
+def short_error(error: Exception) -> str:
+    """An error in a few words, for a problem's message."""
+    return str(error).split(":")[0][:200] if str(error) else type(error).__name__
+
+
+def check_twins_listed(manifest: Manifest, problem: Problem) -> None:
+    """In a set of both formats, every Parquet shard has a TFRecord twin in the manifest."""
+    if manifest.shards and manifest.parquet_shards:
+        twins = {s.removesuffix(SHARD_SUFFIX) + PARQUET_SUFFIX for s in manifest.shards}
+        for orphan in sorted(set(manifest.parquet_shards) - twins):
+            problem("formats", f"{orphan}: the manifest lists no TFRecord shard of its commit")
+
+
+def check_shards_on_disk(root: str, manifest: Manifest, problem: Problem) -> None:
+    """Every file in ``features/`` is a shard the manifest lists."""
+    from apache_beam.io.filesystems import FileSystems
+
+    listed = set(manifest.shards) | set(manifest.parquet_shards)
+    try:
+        (match,) = FileSystems.match([FileSystems.join(root, FEATURES_DIR, "*")])
+        prefix = root.rstrip("/") + "/"
+        for m in match.metadata_list:
+            rel = m.path[len(prefix):] if m.path.startswith(prefix) else m.path
+            if rel not in listed:
+                problem("unlisted", f"{rel}: a shard on disk that the manifest does not list")
+    except Exception:  # listing is advisory; the records themselves are checked apart
+        pass
+
+
+def check_error_files(root: str, manifest: Manifest, problem: Problem) -> None:
+    """The error files can be read and hold as many dead letters as the manifest counts failed."""
+    from apache_beam.io.filesystems import FileSystems
+
+    failed_lines = 0
+    for name in manifest.error_files:
+        try:
+            with FileSystems.open(FileSystems.join(root, name), compression_type="uncompressed") as f:
+                failed_lines += sum(1 for line in f.read().splitlines() if line.strip())
+        except OSError as e:
+            problem("missing", f"{name}: cannot be read ({e})")
+    counts = manifest.counts
+    if manifest.error_files and counts.get("failed") is not None and failed_lines != counts["failed"]:
+        problem("count", f"the error files hold {failed_lines} dead letters, the manifest counts {counts['failed']}")
+
+
+def check_commit_records(root: str, manifest: Manifest, problem: Problem) -> None:
+    """Every file a commit record names is one the manifest lists."""
+    from apache_beam.io.filesystems import FileSystems
+
+    listed_files = set(manifest.shards) | set(manifest.parquet_shards) | set(manifest.error_files)
+    try:
+        (match,) = FileSystems.match([FileSystems.join(root, COMMITS_DIR, "*.json")])
+        for m in match.metadata_list:
+            with FileSystems.open(m.path, compression_type="uncompressed") as f:
+                record = json.loads(f.read().decode("utf-8"))
+            for named in [record.get("path")] + [also.get("path") for also in record.get("also", ())]:
+                if named not in listed_files:
+                    problem("unlisted", f"{m.path}: a commit record of {named}, which the manifest does not list")
+    except Exception as e:  # a damaged commit record is itself a problem of the set
+        problem("unlisted", f"{COMMITS_DIR}/: a commit record cannot be read ({short_error(e)})")
+
+
+def check_counts(counts: dict, records: int, problem: Problem) -> None:
+    """The shards hold as many records as the manifest counts embedded, and its counts add up."""
+    embedded = counts.get("embedded")
+    if embedded is not None and records != embedded:
+        problem("count", f"the shards hold {records} records, the manifest counts {embedded} embedded")
+    if {"inputs", "embedded", "failed"} <= set(counts):
+        parts = counts["embedded"] + counts["failed"] + counts.get("duplicates", 0)
+        if counts["inputs"] != parts:
+            problem("count", f"the manifest's counts do not add up: {counts['inputs']} inputs, but {counts['embedded']}"
+                             f" embedded + {counts['failed']} failed + {counts.get('duplicates', 0)} duplicates"
+                             f" = {parts}")

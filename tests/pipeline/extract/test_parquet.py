@@ -180,7 +180,8 @@ def test_a_retried_bundles_copy_is_dropped_from_both_formats(tmp_path, labelled_
 def test_float16_vectors_are_half_the_bytes_and_read_back_as_float32(tmp_path, labelled_colours, both_formats,
                                                                      worker_env):
     half = dataclasses.replace(MEAN_COLOUR, dtype="float16")
-    config = _config(tmp_path, labelled_colours, "half", outputs=(half,))
+    config = _config(tmp_path, labelled_colours, "half")
+    config = dataclasses.replace(config, embed=dataclasses.replace(config.embed, outputs=(half,)))
     manifest = run_extraction(config, PipelineOptions(IN_PROCESS))
     assert [o.dtype for o in manifest.outputs] == ["float16"]
     _, found = _by_format(config.output)

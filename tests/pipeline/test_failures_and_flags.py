@@ -105,7 +105,7 @@ def test_a_run_that_cannot_write_fails_with_one_line(tmp_path):
     failures = [line for line in lines if not line.startswith("featurebeam extract: warning: lease heartbeat failed: ")]
     assert len(failures) == 1 and failures[0] == lines[-1], err[-3000:]
     assert failures[0].startswith("featurebeam extract: failed: "), err[-3000:]
-    assert "Not a directory" in lines[0] and "FEATUREBEAM_DEBUG=1" in lines[0]
+    assert "Not a directory" in failures[0] and "FEATUREBEAM_DEBUG=1" in failures[0]
 
 
 def _tensorflow_start_up(line: str) -> bool:

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from transforms.read.input_specs import InputSpec
 from transforms.schema.example import encode_example
 from transforms.schema.fields import OutputSpec
 from transforms.schema.layout import FEATURES_DIR
@@ -15,17 +16,22 @@ from transforms.schema.manifest import Manifest, write_manifest
 
 def write_feature_set(root: str, keys: Sequence[str], labels: Sequence[str | None], x: np.ndarray,
                       shard_sizes: Sequence[int] | None = None, backbone: dict | None = None,
-                      output: OutputSpec | None = None, dim_override: dict | None = None) -> Manifest:
+                      output: OutputSpec | None = None, dim_override: dict | None = None,
+                      splits: Sequence[str | None] | None = None, input_root: str | None = None) -> Manifest:
     """Shards of ``shard_sizes`` records each (zeros allowed: empty shards) and a manifest describing them.
 
-    ``dim_override`` maps a record index to a vector to write instead (e.g. of a wrong length).
+    ``dim_override`` maps a record index to a vector to write instead (e.g. of a wrong length); ``splits``: each
+    record's split; ``input_root``: the folder the manifest says the records were read from.
     """
     output = output or _default_output(x.shape[1])
     shard_sizes = list(shard_sizes or [len(keys)])
     assert sum(shard_sizes) == len(keys)
-    records = ((keys[i], labels[i], (dim_override or {}).get(i, x[i])) for i in range(len(keys)))
+    splits = list(splits) if splits is not None else [None] * len(keys)
+    records = ((keys[i], labels[i], (dim_override or {}).get(i, x[i]), splits[i]) for i in range(len(keys)))
     present = {label for label in labels if label is not None}
-    return _write(root, records, shard_sizes, present, backbone, output)
+    inputs = {"specs": [InputSpec.directory(input_root).to_json()]} if input_root else {"specs": []}
+    split_names = tuple(sorted({s for s in splits if s is not None}))
+    return _write(root, records, shard_sizes, present, backbone, output, inputs, split_names)
 
 
 def blobs(n: int, classes: Sequence[str], dim: int = 1280, seed: int = 0, spread: float = 0.6):
@@ -51,7 +57,7 @@ def write_blobs(root: str, n: int, classes: Sequence[str], dim: int = 1280, seed
             rows = y[start:start + chunk]
             x = centres[rows] + rng.normal(0, spread, (len(rows), dim)).astype(np.float32)
             keys = _blob_keys(seed, range(start, start + len(rows)))
-            yield from zip(keys, (classes[k] for k in rows), x, strict=True)
+            yield from zip(keys, (classes[k] for k in rows), x, [None] * len(rows), strict=True)
 
     shard_sizes = list(shard_sizes or [n])
     assert sum(shard_sizes) == n
@@ -68,8 +74,8 @@ def _default_output(dim: int) -> OutputSpec:
 
 
 def _write(root: str, records: Iterable, shard_sizes: list[int], labels: set, backbone: dict | None,
-           output: OutputSpec) -> Manifest:
-    """(key, label, vector) records into shards of ``shard_sizes``, then the manifest."""
+           output: OutputSpec, inputs: dict | None = None, splits: tuple[str, ...] = ()) -> Manifest:
+    """(key, label, vector, split) records into shards of ``shard_sizes``, then the manifest."""
     import tensorflow as tf
 
     os.makedirs(os.path.join(root, FEATURES_DIR), exist_ok=True)
@@ -79,15 +85,15 @@ def _write(root: str, records: Iterable, shard_sizes: list[int], labels: set, ba
         rel = f"{FEATURES_DIR}/part-{s:05d}-of-{len(shard_sizes):05d}.tfrecord"
         with tf.io.TFRecordWriter(os.path.join(root, rel)) as writer:
             for _ in range(size):
-                key, label, vector = next(records)
+                key, label, vector, split = next(records)
                 padded = OutputSpec(output.name, output.layer, output.pooling, len(vector))
-                writer.write(encode_example(key, label, {output.name: vector}, [padded]))
+                writer.write(encode_example(key, label, {output.name: vector}, [padded], split))
         shards.append(rel)
     n = sum(shard_sizes)
     manifest = Manifest(
         backbone=backbone or {"name": "mobilenet_v2", "weights_sha256": "unknown"},
         outputs=(output,), labels=tuple(sorted(labels)),
         counts={"inputs": n, "embedded": n, "failed": 0}, shards=tuple(shards),
-        inputs={"specs": []}, created="2026-01-01T00:00:00+00:00")
+        inputs=inputs or {"specs": []}, created="2026-01-01T00:00:00+00:00", splits=splits)
     write_manifest(root, manifest)
     return manifest

@@ -44,6 +44,7 @@ from pipeline.finetune.report import (
 from pipeline.finetune.splits import Rows, TrainingData, choose_classes, known_test_rows, train_and_validation
 from pipeline.finetune.training import Networks, Probe, fine_tune, fit_probe, map_rows
 from pipeline.train import evaluation
+from pipeline.train.splits import SplitRule, input_roots
 from transforms.decode.images import ImagePreprocessing
 from transforms.read.input_specs import InputSpec
 
@@ -84,7 +85,8 @@ def _train(config: FinetuneConfig, checked: Checked, split: SplitBackbone, log) 
         train_set = cache(checked.specs, "train")
         head_from = (config.head_from, checked.head_classes) if checked.head_from is not None else None
         classes = choose_classes(train_set.labels, config.inputs[0], head_from)
-        data = TrainingData(*train_and_validation(train_set, classes, config.validation_fraction), bottom)
+        rule = SplitRule(config.validation_fraction, config.seed, input_roots(checked.specs))
+        data = TrainingData(*train_and_validation(train_set, classes, rule), bottom)
         test_set = cache(checked.test_specs, "test") if checked.test_specs else None
         probe = _start_head(config, checked, split, data, len(classes), log)
         scored = {"train": (data.train, {}), "validation": (data.validation, {})}

@@ -1,5 +1,6 @@
 """The rows fine-tuning learns and is scored on: the classes, the train/validation split of the training set (by
-the hash of each key, as ``featurebeam train`` splits) and the test rows whose label the model knows."""
+the seeded hash of each key relative to its input root, as ``featurebeam train`` splits) and the test rows whose
+label the model knows."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import numpy as np
 
 from pipeline.errors import ConfigError
 from pipeline.finetune.cache import CachedSet
-from pipeline.train.feature_sets import FeatureSetError, validation_mask
-from pipeline.train.run import label_index
+from pipeline.train.feature_sets import FeatureSetError
+from pipeline.train.in_memory import label_index
+from pipeline.train.splits import VALIDATION, SplitRule
 
 __all__ = ["Rows", "TrainingData", "choose_classes", "train_and_validation", "known_test_rows"]
 
@@ -51,10 +53,11 @@ def choose_classes(labels: Sequence[str], first_input: str,
     return list(head_classes)
 
 
-def train_and_validation(cached: CachedSet, classes: Sequence[str], fraction: float) -> tuple[Rows, Rows]:
-    """The training set split by the hash of each key; both parts must hold at least one image."""
+def train_and_validation(cached: CachedSet, classes: Sequence[str], rule: SplitRule) -> tuple[Rows, Rows]:
+    """The training set split by ``rule`` (the hash of each key relative to its input root, as ``featurebeam
+    train`` splits); both parts must hold at least one image."""
     y_all = label_index(cached.labels, classes)
-    is_val = validation_mask(cached.keys, fraction)
+    is_val = rule.split_of(cached.keys) == VALIDATION
     train_idx, val_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise FeatureSetError(f"{len(cached)} labelled images are too few to split into train and validation")

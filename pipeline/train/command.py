@@ -27,7 +27,12 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-name", help="which extracted output to train on (default: the first)")
     parser.add_argument("--test-features", action="append", default=[], metavar="DIR",
                         help="a held-out feature set, reported apart (repeatable)")
-    parser.add_argument("--validation-fraction", type=float, default=0.2)
+    parser.add_argument("--validation-fraction", type=float, default=0.2,
+                        help="the share of records that validate when the sets have no split column naming "
+                             "validation records (default 0.2)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="draws another validation split (and folds, and MLP initialisation) on purpose; the "
+                             "same seed and data give the same split wherever the data lives (default 0)")
     parser.add_argument("--class-weights", action="store_true", help="weight classes inversely to their frequency")
     parser.add_argument("--memory-limit-mb", type=int, default=2048,
                         help="feature sets larger than this stream from disk instead of loading (default: 2048; "
@@ -51,7 +56,7 @@ def cmd_train(argv: Sequence[str]) -> int:
     config = TrainConfig(features=tuple(args.features), output=absolute(args.output),
                          heads=tuple(dict.fromkeys(args.head or ["linear"])), output_name=args.output_name,
                          test_features=tuple(args.test_features), validation_fraction=args.validation_fraction,
-                         class_weights=args.class_weights, memory_limit_mb=args.memory_limit_mb,
+                         class_weights=args.class_weights, memory_limit_mb=args.memory_limit_mb, seed=args.seed,
                          overwrite=args.overwrite)
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     if args.sweep_layers:

@@ -14,17 +14,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.train.splits import TRAIN, SplitRule
 from transforms.schema.example import iter_serialized, tf_feature_description, tf_vectors
-from transforms.schema.fields import KEY, LABEL, OutputSpec
+from transforms.schema.fields import KEY, LABEL, SPLIT, OutputSpec
 from transforms.schema.layout import MANIFEST_NAME, shard_format
 from transforms.schema.manifest import Manifest, read_manifest, read_shard, shard_paths
 from transforms.schema.parquet import iter_parquet
 from transforms.worker.storage import is_remote
 
 __all__ = ["FeatureSetError", "FeatureTable", "open_feature_sets", "read_feature_manifest", "load_table",
-           "validation_mask", "stream_examples", "count_labels", "HASH_BUCKETS"]
+           "stream_examples", "count_labels"]
 
-HASH_BUCKETS = 10_000
 PARSE_BLOCK = 256  # records parsed together when streaming
 
 
@@ -50,12 +50,15 @@ class FeatureTable:
     keys: np.ndarray      # (n,) object (str)
     labels: np.ndarray    # (n,) object (str or None)
     x: np.ndarray         # (n, dim) float32
+    splits: np.ndarray | None = None  # (n,) object (str or None): each record's split, where the input named one
 
     def __len__(self) -> int:
         return len(self.keys)
 
-    def take(self, mask: np.ndarray) -> FeatureTable:
-        return FeatureTable(self.keys[mask], self.labels[mask], self.x[mask])
+    def take(self, rows: np.ndarray) -> FeatureTable:
+        """The rows a boolean mask or an index array selects, in that order."""
+        splits = None if self.splits is None else self.splits[rows]
+        return FeatureTable(self.keys[rows], self.labels[rows], self.x[rows], splits)
 
 
 def read_feature_manifest(root: str) -> Manifest:
@@ -97,20 +100,21 @@ def _check_dim(vector, source: FeatureSource, path: str, key: str) -> None:
 
 
 def _read_shard(source: FeatureSource, path: str):
-    """(keys, labels, rows) of one shard, each row's dim checked against the manifest."""
-    keys, labels, rows = [], [], []
+    """(keys, labels, splits, rows) of one shard, each row's dim checked against the manifest."""
+    keys, labels, splits, rows = [], [], [], []
     name = source.output.name
     try:
         for record in read_shard(path, [source.output]):  # either format, local or remote
             _check_dim(record.vectors[name], source, path, record.key)
             keys.append(record.key)
             labels.append(record.label)
+            splits.append(record.split)
             rows.append(record.vectors[name])
     except FeatureSetError:
         raise
     except Exception as e:  # a damaged shard: name it
         raise FeatureSetError(f"{path}: cannot read feature records ({type(e).__name__}: {e})") from None
-    return keys, labels, rows
+    return keys, labels, splits, rows
 
 
 def load_table(sources: Sequence[FeatureSource]) -> FeatureTable:
@@ -119,40 +123,33 @@ def load_table(sources: Sequence[FeatureSource]) -> FeatureTable:
     dim = sources[0].output.dim
     expected_total = sum(int(s.manifest.counts.get("embedded", 0)) for s in sources)
     x = np.empty((expected_total, dim), np.float32)
-    keys, labels = [], []
+    keys, labels, splits = [], [], []
     for source in sources:
         n_before = len(keys)
         for path in source.shards:
-            k, lab, rows = _read_shard(source, path)
+            k, lab, split, rows = _read_shard(source, path)
             if len(keys) + len(k) > expected_total:
                 raise FeatureSetError(f"{path}: the shards hold more records than the manifest counts")
             if rows:
                 x[len(keys):len(keys) + len(k)] = rows
             keys += k
             labels += lab
+            splits += split
         expected = source.manifest.counts.get("embedded")
         if expected is not None and len(keys) - n_before != expected:
             raise FeatureSetError(f"{os.path.join(source.root, MANIFEST_NAME)}: manifest counts {expected} "
                                   f"embedded records, the shards hold {len(keys) - n_before}")
-    return FeatureTable(np.array(keys, dtype=object), np.array(labels, dtype=object), x[:len(keys)])
+    return FeatureTable(np.array(keys, dtype=object), np.array(labels, dtype=object), x[:len(keys)],
+                        np.array(splits, dtype=object))
 
 
-def validation_mask(keys: Sequence[str], fraction: float) -> np.ndarray:
-    """True for keys in the validation split: a stable hash of the key, not the order of records."""
-    import tensorflow as tf
+def stream_examples(sources: Sequence[FeatureSource], vocabulary: Sequence[str], rule: SplitRule | None,
+                    parts: Sequence[int], batch_size: int, shuffle: bool = False, seed: int = 0):
+    """A tf.data pipeline of (x, class index) batches of the records ``rule`` puts in one of ``parts``
+    (``splits.TRAIN``, ``VALIDATION``, ``TEST``; ``rule`` None: every record), streamed from the shards.
 
-    if len(keys) == 0:
-        return np.zeros(0, bool)
-    buckets = tf.strings.to_hash_bucket_fast(tf.constant(list(keys), tf.string), HASH_BUCKETS).numpy()
-    return buckets < int(round(fraction * HASH_BUCKETS))
-
-
-def stream_examples(sources: Sequence[FeatureSource], vocabulary: Sequence[str], validation_fraction: float,
-                    split: str, batch_size: int, shuffle: bool = False, seed: int = 0):
-    """A tf.data pipeline of (x, class index) batches of one split, streamed from the shards.
-
-    Records without a label or with a label outside ``vocabulary`` are skipped here (training); the same
-    hash as ``validation_mask`` decides the split.
+    Records without a label or with a label outside ``vocabulary`` are skipped here (training); the rule is
+    the one the in-memory table is split by.
     """
     import tensorflow as tf
 
@@ -162,35 +159,35 @@ def stream_examples(sources: Sequence[FeatureSource], vocabulary: Sequence[str],
     table = tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(tf.constant(list(vocabulary)), tf.range(len(vocabulary), dtype=tf.int64)),
         default_value=-1)
-    threshold = int(round(validation_fraction * HASH_BUCKETS))
-    want_validation = split == "validation"
+    wanted = tf.constant(list(parts), tf.int32)
 
-    def select(keys, labels, x):
+    def select(keys, labels, splits, x):
         y = table.lookup(labels)
-        is_val = tf.strings.to_hash_bucket_fast(keys, HASH_BUCKETS) < threshold
-        keep = tf.logical_and(y >= 0, tf.equal(is_val, want_validation))
+        keep = y >= 0
+        if rule is not None:
+            keep = tf.logical_and(keep, tf.reduce_any(tf.equal(rule.tf_split(keys, splits)[:, None], wanted), axis=1))
         return tf.boolean_mask(x, keep), tf.boolean_mask(y, keep)
 
     def parse(raw):  # a block of records at once: per-record tf.data steps cost more than the parsing
         ex = tf.io.parse_example(raw, spec)
-        return select(ex[KEY], ex[LABEL], tf_vectors(ex, output))
+        return select(ex[KEY], ex[LABEL], ex[SPLIT], tf_vectors(ex, output))
 
-    def blocks():  # (keys, labels, x) blocks of any shards, Parquet ones a row group at a time
+    def blocks():  # (keys, labels, splits, x) blocks of any shards, Parquet ones a row group at a time
         for f in files:
             if shard_format(f) == "parquet":
-                for keys, labels, _, vectors in iter_parquet(f, [output], batch_rows=8 * PARSE_BLOCK):
-                    yield keys, [label or "" for label in labels], vectors[output.name]
+                for keys, labels, splits, vectors in iter_parquet(f, [output], batch_rows=8 * PARSE_BLOCK):
+                    yield keys, [label or "" for label in labels], [s or "" for s in splits], vectors[output.name]
                 continue
             records = list(read_shard(f, [output]))  # one TFRecord shard beside Parquet ones: bounded
             for start in range(0, len(records), PARSE_BLOCK):
                 block = records[start:start + PARSE_BLOCK]
-                yield ([r.key for r in block], [r.label or "" for r in block],
+                yield ([r.key for r in block], [r.label or "" for r in block], [r.split or "" for r in block],
                        np.stack([r.vectors[output.name] for r in block]))
 
     # Fixed parallelism: with AUTOTUNE, tf.data's buffers grew by ~60 MB an epoch on a 100k-record set.
     if any(shard_format(f) == "parquet" for f in files):
         ds = tf.data.Dataset.from_generator(blocks, output_signature=(
-            tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.string),
+            tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.string),
             tf.TensorSpec([None, output.dim], tf.float32)))
         ds = ds.map(select, num_parallel_calls=2)
     else:
@@ -206,9 +203,9 @@ def stream_examples(sources: Sequence[FeatureSource], vocabulary: Sequence[str],
     return ds.batch(batch_size).prefetch(2)
 
 
-def count_labels(sources: Sequence[FeatureSource], vocabulary: Sequence[str], validation_fraction: float) -> np.ndarray:
+def count_labels(sources: Sequence[FeatureSource], vocabulary: Sequence[str], rule: SplitRule) -> np.ndarray:
     """Records per class in the streamed training split (for class weights), in one pass."""
     counts = np.zeros(len(vocabulary), np.int64)
-    for _, y in stream_examples(sources, vocabulary, validation_fraction, "train", 4096):
+    for _, y in stream_examples(sources, vocabulary, rule, (TRAIN,), 4096):
         counts += np.bincount(y.numpy(), minlength=len(vocabulary))
     return counts

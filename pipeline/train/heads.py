@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["LinearFit", "fit_logistic", "sweep_linear", "linear_head", "fit_mlp", "class_weights",
+__all__ = ["LinearFit", "fit_logistic", "parametric_search", "sweep_linear", "linear_head", "fit_mlp", "class_weights",
            "balanced_weights", "fit_linear_streaming", "INITIAL_CS"]
 
 INITIAL_CS = tuple(10.0 ** e for e in (-6, -4, -2, 0, 2, 4, 6))
@@ -51,7 +51,7 @@ class LinearFit:
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, n_classes: int, c: float, sample_weight: np.ndarray | None = None,
-                 init: LinearFit | None = None, max_iter: int = 1000) -> LinearFit:
+                 init: LinearFit | None = None, max_iter: int = 1000, gtol: float = 1e-8) -> LinearFit:
     """Minimise ``C * sum_i w_i * CE_i + ||W||^2 / 2`` (bias not penalised) with L-BFGS."""
     from scipy.optimize import minimize
     from threadpoolctl import threadpool_limits
@@ -84,7 +84,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, n_classes: int, c: float, sample_
         # Tolerances as tight as scikit-learn's when asked to converge (tol=1e-8): at large C the mean loss
         # is tiny near the optimum, and looser ones stop far from it.
         result = minimize(objective, theta0, jac=True, method="L-BFGS-B",
-                          options={"maxiter": max_iter, "gtol": 1e-8, "ftol": 64 * np.finfo(float).eps,
+                          options={"maxiter": max_iter, "gtol": gtol, "ftol": 64 * np.finfo(float).eps,
                                    "maxls": 50})
     theta = result.x
     return LinearFit(theta[: dim * n_classes].reshape(dim, n_classes), theta[dim * n_classes:], c, int(result.nit))
@@ -97,34 +97,46 @@ class SweepResult:
     fits: dict = field(default_factory=dict)     # C -> LinearFit on the training split
 
 
+def parametric_search(evaluate: Callable[[float], float], initial: Sequence[float] = INITIAL_CS,
+                      steps_per_decade: int = 8) -> tuple[float, dict]:
+    """CLIP's parametric binary search over log10(C): ``evaluate`` at ``initial``, then at the best +- a step
+    that halves until it is 1/``steps_per_decade`` of a decade. Returns (best log10 C, {log10 C: score})."""
+    scores: dict[float, float] = {}
+
+    def at(log_c: float) -> None:
+        key = round(log_c, 6)
+        if key not in scores:
+            scores[key] = evaluate(key)
+
+    def best() -> float:
+        return max(scores, key=lambda k: (scores[k], -k))  # ties: the stronger L2
+
+    for c in initial:
+        at(math.log10(c))
+    step = (math.log10(initial[1]) - math.log10(initial[0])) / 2
+    while step >= 1.0 / steps_per_decade - 1e-9:
+        centre = best()
+        at(centre - step)
+        at(centre + step)
+        step /= 2
+    return best(), scores
+
+
 def sweep_linear(x_train, y_train, x_val, y_val, n_classes: int, sample_weight=None,
                  initial: Sequence[float] = INITIAL_CS, steps_per_decade: int = 8,
                  score: Callable[[np.ndarray, np.ndarray], float] | None = None) -> SweepResult:
-    """CLIP's parametric binary search: start at ``initial`` (every 2 decades), then halve the step
-    around the best C until it reaches 1/``steps_per_decade`` of a decade."""
+    """``parametric_search`` scored on one validation split, each fit warm-started from the nearest C."""
     score = score or (lambda y, p: float(np.mean(p.argmax(axis=1) == y)))
     result = SweepResult(best_c=initial[0])
 
-    def evaluate(log_c: float):
-        c = 10.0 ** log_c
-        key = round(log_c, 6)
-        if key in result.scores:
-            return
-        nearest = min(result.fits, key=lambda k: abs(k - key), default=None)
-        fit = fit_logistic(x_train, y_train, n_classes, c, sample_weight,
+    def evaluate(log_c: float) -> float:
+        nearest = min(result.fits, key=lambda k: abs(k - log_c), default=None)
+        fit = fit_logistic(x_train, y_train, n_classes, 10.0 ** log_c, sample_weight,
                            init=result.fits[nearest] if nearest is not None else None)
-        result.fits[key] = fit
-        result.scores[key] = score(y_val, fit.predict_proba(x_val))
+        result.fits[log_c] = fit
+        return score(y_val, fit.predict_proba(x_val))
 
-    for c in initial:
-        evaluate(math.log10(c))
-    step = (math.log10(initial[1]) - math.log10(initial[0])) / 2
-    while step >= 1.0 / steps_per_decade - 1e-9:
-        best = max(result.scores, key=lambda k: (result.scores[k], -k))  # ties: the stronger L2
-        evaluate(best - step)
-        evaluate(best + step)
-        step /= 2
-    best = max(result.scores, key=lambda k: (result.scores[k], -k))
+    best, result.scores = parametric_search(evaluate, initial, steps_per_decade)
     result.best_c = 10.0 ** best
     return result
 

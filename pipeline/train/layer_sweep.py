@@ -12,8 +12,10 @@ import numpy as np
 from pipeline.folders import model_dir_for_writing
 from pipeline.train import evaluation, heads
 from pipeline.train.config import METRICS, TrainConfig
-from pipeline.train.feature_sets import FeatureSetError, load_table, open_feature_sets, validation_mask
-from pipeline.train.run import check_training, label_index, test_split, train_into
+from pipeline.train.feature_sets import FeatureSetError, load_table, open_feature_sets
+from pipeline.train.in_memory import label_index, test_split
+from pipeline.train.run import check_training, train_into
+from pipeline.train.splits import TRAIN, VALIDATION, split_rule
 
 __all__ = ["sweep_layers", "run_layer_sweep", "LAYER_SWEEP"]
 
@@ -41,10 +43,12 @@ def sweep_layers(config: TrainConfig, log=print) -> dict:
         if len(classes) < 2:
             raise FeatureSetError(f"{config.features[0]}: training needs at least two labels, found {classes}")
         y = label_index(table.labels, classes)
-        is_val = validation_mask(table.keys, config.validation_fraction)
-        log(f"featurebeam train: probing layer {name} ({sources[0].output.dim} floats, {int((~is_val).sum())} train, "
+        part = split_rule([s.manifest for s in sources], config.validation_fraction, config.seed).split_of(
+            table.keys, table.splits)
+        is_train, is_val = part == TRAIN, part == VALIDATION
+        log(f"featurebeam train: probing layer {name} ({sources[0].output.dim} floats, {int(is_train.sum())} train, "
             f"{int(is_val.sum())} validation records)")
-        sweep = heads.sweep_linear(table.x[~is_val], y[~is_val], table.x[is_val], y[is_val], len(classes))
+        sweep = heads.sweep_linear(table.x[is_train], y[is_train], table.x[is_val], y[is_val], len(classes))
         best_key = round(float(np.log10(sweep.best_c)), 6)
         entry = {"dim": sources[0].output.dim, "layer": sources[0].output.layer, "C": sweep.best_c,
                  "validation_accuracy": float(sweep.scores[best_key])}

@@ -71,7 +71,7 @@ def run_train(features: str, out: str, extra: list[str]) -> dict:
     return {"seconds": round(seconds, 1), "training_seconds": metrics["seconds"],
             "peak_rss_mb": round(peak_mb, 1),
             "validation_accuracy": round(linear["splits"]["validation"]["accuracy"], 4),
-            "C": linear["hyperparameters"]["C"], "fits": len(linear["hyperparameters"]["sweep"]) + 1}
+            "C": linear["hyperparameters"]["C"], "fits": _fits(linear["hyperparameters"])}
 
 
 def scaling(sizes: list[int], dim: int) -> dict:
@@ -144,3 +144,11 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _fits(hyper: dict) -> int:
+    """L-BFGS solves of the linear head: every fold at every C tried and two fits, or the sweep and the refit."""
+    if "cross_validation" in hyper:
+        cv = hyper["cross_validation"]
+        return len(cv["grid"]) * cv["folds"] + 2
+    return len(hyper["sweep"]) + 1

@@ -235,6 +235,7 @@ def test_a_bad_format_is_one_line_at_launch(tmp_path, labelled_colours, capsys):
 def test_train_reads_a_parquet_only_set_as_it_reads_the_tfrecord_one(tmp_path, labelled_colours, both_formats,
                                                                       worker_env):
     from pipeline.train.feature_sets import load_table, open_feature_sets, stream_examples
+    from pipeline.train.splits import TRAIN, VALIDATION, SplitRule
 
     config = _config(tmp_path, labelled_colours, "parquet-only", formats=("parquet",))
     manifest = run_extraction(config, PipelineOptions(IN_PROCESS))
@@ -245,8 +246,9 @@ def test_train_reads_a_parquet_only_set_as_it_reads_the_tfrecord_one(tmp_path, l
         table = load_table(sources)
         order = np.argsort(table.keys)
         tables[name] = (table.keys[order].tolist(), table.labels[order].tolist(), table.x[order])
-        batches = [(x.numpy(), y.numpy()) for split in ("train", "validation")
-                   for x, y in stream_examples(sources, ["blue", "green", "red"], 0.3, split, 8)]
+        rule = SplitRule(0.3)
+        batches = [(x.numpy(), y.numpy()) for part in (TRAIN, VALIDATION)
+                   for x, y in stream_examples(sources, ["blue", "green", "red"], rule, (part,), 8)]
         x = np.concatenate([b[0] for b in batches])
         streamed[name] = sorted(zip(map(bytes, x), np.concatenate([b[1] for b in batches]).tolist(), strict=True))
     assert tables["parquet"][:2] == tables["tfrecord"][:2] and len(tables["parquet"][0]) == 36

@@ -47,7 +47,7 @@ def test_a_rerun_in_other_batches_gives_the_same_keys_labels_splits_and_counts(t
 
     from pipeline.extract.job import run_extraction
     from pipeline.extract.launch import configure
-    from pipeline.train.feature_sets import validation_mask
+    from pipeline.train.splits import SplitRule
 
     manifest_path = tmp_path / "photos.csv"
     write_manifest(image_folder, str(manifest_path), lambda rel: str(image_folder / rel),
@@ -71,7 +71,8 @@ def test_a_rerun_in_other_batches_gives_the_same_keys_labels_splits_and_counts(t
         assert (r.label, r.split) == (by_key[r.key].label, by_key[r.key].split), r.key
         assert_same_vector(r.vectors["features.18"], by_key[r.key].vectors["features.18"], r.key)
     assert sorted(r.split for r in records_one) == ["train"] * 6 + ["validation"] * 2
-    np.testing.assert_array_equal(validation_mask(keys, 0.2), validation_mask(sorted(by_key), 0.2))
+    rule = SplitRule(0.2, 0, (str(image_folder),))
+    np.testing.assert_array_equal(rule.split_of(keys), rule.split_of(sorted(by_key)))
 
 
 def test_the_bound_is_relative_to_the_vectors_largest_element():

@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.train import evaluation, heads, run
+from pipeline.train import evaluation, heads, in_memory, run
 from pipeline.train.config import TrainConfig
-from pipeline.train.feature_sets import load_table, open_feature_sets, stream_examples, validation_mask
+from pipeline.train.feature_sets import load_table, open_feature_sets, stream_examples
+from pipeline.train.splits import TRAIN, VALIDATION, SplitRule
 from tests.featuresets import blobs, write_blobs, write_feature_set
 
 QUIET = {"log": lambda message: None}
@@ -99,10 +100,11 @@ def test_streamed_splits_hold_the_records_the_key_hash_puts_there(tmp_path):
     write_feature_set(str(tmp_path), keys, labels, x, shard_sizes=[300, 0, 400])
     sources = open_feature_sets([str(tmp_path)])
     table = load_table(sources)
-    y = run.label_index(table.labels, CLASSES)
-    is_val = validation_mask(table.keys, 0.25)
-    for split, rows in (("train", ~is_val & (y >= 0)), ("validation", is_val & (y >= 0))):
-        batches = list(stream_examples(sources, CLASSES, 0.25, split, batch_size=64))
+    y = in_memory.label_index(table.labels, CLASSES)
+    rule = SplitRule(0.25)
+    is_val = rule.split_of(table.keys) == VALIDATION
+    for part, rows in ((TRAIN, ~is_val & (y >= 0)), (VALIDATION, is_val & (y >= 0))):
+        batches = list(stream_examples(sources, CLASSES, rule, (part,), batch_size=64))
         assert all(len(b[1]) == 64 for b in batches[:-1])
         got_x, got_y = (np.concatenate([b[i].numpy() for b in batches]) for i in (0, 1))
         order, expected = np.argsort(got_x[:, 0]), np.argsort(table.x[rows][:, 0])  # shards are interleaved
@@ -127,9 +129,9 @@ def test_streamed_training_reads_no_table_and_scores_as_the_head_does_in_memory(
         raise AssertionError("the streamed path loaded every record or every key")
 
     with monkeypatch.context() as patched:
-        for module in ("pipeline.train.run", "pipeline.train.feature_sets"):
+        for module in ("pipeline.train.in_memory", "pipeline.train.feature_sets"):
             patched.setattr(f"{module}.load_table", refuse)
-            patched.setattr(f"{module}.validation_mask", refuse)
+        patched.setattr("pipeline.train.splits.SplitRule.split_of", refuse)
         config = TrainConfig(features=(str(tmp_path / "train"),), test_features=(str(tmp_path / "test"),),
                              output=str(tmp_path / "m"), memory_limit_mb=0, class_weights=True)
         report = run.run_training(config, **QUIET)
@@ -137,14 +139,14 @@ def test_streamed_training_reads_no_table_and_scores_as_the_head_does_in_memory(
 
     head = keras.saving.load_model(str(tmp_path / "m" / "heads" / "linear" / "head.keras"), safe_mode=True)
     table = load_table(open_feature_sets([str(tmp_path / "train")]))
-    is_val = validation_mask(table.keys, 0.2)
-    val_y = run.label_index(table.labels[is_val], report["classes"])
-    in_memory = evaluation.split_metrics(val_y, np.asarray(head(table.x[is_val], training=False)), report["classes"])
+    is_val = SplitRule(0.2).split_of(table.keys) == VALIDATION
+    val_y = in_memory.label_index(table.labels[is_val], report["classes"])
+    expected = evaluation.split_metrics(val_y, np.asarray(head(table.x[is_val], training=False)), report["classes"])
     splits = report["heads"]["linear"]["splits"]
-    assert splits["validation"] == in_memory
-    assert 0.0 < in_memory["accuracy"] < 1.0  # a matrix with errors in it: equal cell by cell
+    assert splits["validation"] == expected
+    assert 0.0 < expected["accuracy"] < 1.0  # a matrix with errors in it: equal cell by cell
 
-    test, _ = run.test_split(load_table(open_feature_sets([str(tmp_path / "test")])), report["classes"])
+    test, _ = in_memory.test_split(load_table(open_feature_sets([str(tmp_path / "test")])), report["classes"])
     streamed_test = {k: v for k, v in splits["test"].items() if k != "unseen_labels"}
     assert streamed_test == evaluation.split_metrics(test.y, np.asarray(head(test.x, training=False)),
                                                      report["classes"])

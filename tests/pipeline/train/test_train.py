@@ -12,8 +12,9 @@ import pytest
 from pipeline.extract.runtime import cpu_has_bfloat16
 from pipeline.train import heads
 from pipeline.train.config import TrainConfig
-from pipeline.train.feature_sets import FeatureSetError, load_table, open_feature_sets, validation_mask
+from pipeline.train.feature_sets import FeatureSetError, load_table, open_feature_sets
 from pipeline.train.run import run_training
+from pipeline.train.splits import VALIDATION, SplitRule, split_rule
 from tests.featuresets import blobs, write_feature_set
 
 QUIET = {"log": lambda message: None}
@@ -93,11 +94,12 @@ def test_linear_head_is_within_one_point_of_sklearn_with_the_same_sweep(digits_f
 
     _, report = digits_model
     linear = report["heads"]["linear"]
-    train = load_table(open_feature_sets([str(digits_features / "train")]))
+    sources = open_feature_sets([str(digits_features / "train")])
+    train = load_table(sources)
     test = load_table(open_feature_sets([str(digits_features / "test")]))
     classes = report["classes"]
     y, y_test = (np.array([classes.index(label) for label in t.labels]) for t in (train, test))
-    val = validation_mask(train.keys, 0.2)
+    val = split_rule([s.manifest for s in sources], 0.2).split_of(train.keys) == VALIDATION
 
     def sk(c, x, y_):
         # Solved to convergence: with its default tol=1e-4, lbfgs stops far from the optimum at large C
@@ -118,13 +120,13 @@ def test_linear_head_is_within_one_point_of_sklearn_with_the_same_sweep(digits_f
         ours_fit = heads.fit_logistic(train.x[~val], y[~val], len(classes), c)
         theirs = sk(c, train.x[~val], y[~val])
         assert objective(ours_fit.weights, ours_fit.bias, c) <= objective(theirs.coef_.T, theirs.intercept_, c) * 1.001
-    # The head (the sweep's best C, refitted on train + validation) against scikit-learn with that C.
+    # The head (the cross-validated C, refitted on train + validation) against scikit-learn with that C.
     best_c = linear["hyperparameters"]["C"]
     sk_accuracy = sk(best_c, train.x, y).score(test.x, y_test)
     ours = linear["splits"]["test"]["accuracy"]
     assert abs(ours - sk_accuracy) <= 0.01, (ours, sk_accuracy, best_c)
     assert ours > 0.95
-    assert len(linear["hyperparameters"]["sweep"]) >= 7 + 2 * 3  # 7 starting points, then 4 halvings
+    assert len(linear["hyperparameters"]["cross_validation"]["grid"]) >= 7 + 2 * 3  # 7 starting points, halvings
 
 
 @pytest.mark.slow
@@ -210,10 +212,11 @@ def test_predict_on_a_folder_matches_the_serving_model(digits_model, digits_feat
 
 def test_split_is_a_stable_hash_of_the_key_not_the_order():
     keys = [f"gs://bucket/img-{i}.jpg" for i in range(2000)]
-    mask = validation_mask(keys, 0.2)
+    rule = SplitRule(0.2, 0, ("gs://bucket",))
+    mask = rule.split_of(keys) == VALIDATION
     assert 0.17 < mask.mean() < 0.23
     shuffled = np.random.default_rng(1).permutation(len(keys))
-    np.testing.assert_array_equal(validation_mask([keys[i] for i in shuffled], 0.2), mask[shuffled])
+    np.testing.assert_array_equal(rule.split_of([keys[i] for i in shuffled]) == VALIDATION, mask[shuffled])
 
 
 @pytest.fixture(scope="module")

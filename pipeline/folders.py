@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 from transforms.worker.storage import is_remote
 
-__all__ = ["read_model_file", "objects_under", "is_remote", "absolute", "is_empty_dir", "clear_dir", "copy_tree_to",
+__all__ = ["read_model_file", "objects_under", "absolute", "is_empty_dir", "clear_dir", "copy_tree_to",
            "local_copy", "model_dir_for_writing"]
 
 UNCOMPRESSED = "uncompressed"  # Beam's CompressionTypes.UNCOMPRESSED: copy bytes as they are, whatever the suffix

@@ -14,6 +14,7 @@ from pipeline.folders import absolute
 from transforms.read import tables
 from transforms.read.files import open_regular
 from transforms.read.input_specs import (
+    AUDIO_FORMATS,
     AUTO,
     AUTO_TEXT,
     IMAGE_FORMATS,
@@ -38,15 +39,20 @@ def missing_bucket(uri: str) -> str | None:
 
 
 def check_formats(inputs: Sequence[InputSpec], modality: str, backbone: str) -> None:
-    """Every input in a format a backbone of ``modality`` can read: images from loose files, manifests, tar
-    shards and TFRecord files; texts from tables, lines, and loose files (or manifests of them) of one text each."""
-    allowed = TEXT_FORMATS if modality == "text" else IMAGE_FORMATS
+    """Every input in a format a backbone of ``modality`` can read: images and audio from loose files,
+    manifests, tar shards and TFRecord files; texts from tables, lines, and loose files (or manifests of them)
+    of one text each."""
+    allowed = {"text": TEXT_FORMATS, "audio": AUDIO_FORMATS}.get(modality, IMAGE_FORMATS)
     for spec in inputs:
         if spec.format in allowed or spec.format in (AUTO, AUTO_TEXT):
             continue
         if modality == "text":
             raise ConfigError(f"backbone {backbone} embeds text, but input {spec.uri} is read as images "
                               f"({spec.format}): give .jsonl/.csv/.tsv tables, .txt files, or --input-format lines")
+        if modality == "audio":
+            raise ConfigError(f"input {spec.uri} is read as texts (--input-format {spec.format}), but backbone "
+                              f"{backbone} embeds audio; give audio files, a .jsonl/.csv/.tsv manifest of them, .tar "
+                              f"shards or .tfrecord files (--input-format {', '.join(AUDIO_FORMATS)} or auto)")
         raise ConfigError(f"input {spec.uri} is read as texts (--input-format {spec.format}), but backbone "
                           f"{backbone} embeds images; choose a text backbone (minilm_l6)")
 
@@ -73,7 +79,8 @@ def resolve_input(uri: str, input_format: str = "auto", modality: str = "image")
 
     A path that exists (a file or directory; an object or prefix) is taken literally, glob characters and all;
     only then is it a glob. A ``file://`` URI is the local path it names. ``auto`` formats follow the file
-    extension as read by a backbone of ``modality``: a ``.jsonl`` is a manifest of images, or a table of texts."""
+    extension as read by a backbone of ``modality`` ("image", "text" or "audio"): a ``.jsonl`` is a manifest of
+    images or recordings, or a table of texts."""
     try:
         uri = absolute(local_path(uri))
     except ValueError as e:

@@ -1,43 +1,22 @@
 """Opening one input safely: regular files and object-store objects only (a local path's type is checked with
 ``os.stat`` before it is opened: opening a FIFO blocks, a device never ends), and never more than a limit read.
+
+``read_whole`` reads a file that is one input; ``lazy_file`` names one that is read later, a piece at a time
+(a long recording): its type and size are checked here, its bytes read by ``LazyFile.open``. The type check
+itself (``check_regular``) lives with ``LazyFile`` in ``transforms.schema.elements``, so opening a payload
+needs nothing from this package.
 """
 
 from __future__ import annotations
 
 import io
-import os
-import stat
 
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.read.tables import InputTooLarge
-from transforms.worker.storage import is_remote
+from transforms.schema.elements import LazyFile, NotARegularFile, check_regular, file_type
 
-__all__ = ["NotARegularFile", "file_type", "check_regular", "open_regular", "read_whole"]
-
-
-class NotARegularFile(OSError):
-    """A local path names a FIFO, a device, a directory or a socket: it is never opened."""
-
-
-_FILE_TYPES = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
-
-
-def file_type(mode: int) -> str:
-    """What an ``os.stat`` mode names, in words."""
-    return next((name for test, name in _FILE_TYPES if test(mode)), "not a regular file")
-
-
-def check_regular(uri: str) -> int | None:
-    """The size of a local regular file, from ``os.stat`` before anything opens it; ``NotARegularFile`` for anything
-    else (a symlink counts as what it points to). None for an object-store URI, whose objects are all files."""
-    if is_remote(uri):
-        return None
-    info = os.stat(uri)
-    if not stat.S_ISREG(info.st_mode):
-        raise NotARegularFile(f"{uri} is {file_type(info.st_mode)}, not a regular file: not read")
-    return info.st_size
+__all__ = ["NotARegularFile", "file_type", "check_regular", "open_regular", "read_whole", "lazy_file"]
 
 
 def _open(uri: str):
@@ -73,3 +52,16 @@ def read_whole(uri: str, limit: int) -> bytes:
     if len(data) > limit:
         raise InputTooLarge.of(uri, None, limit)
     return data
+
+
+def lazy_file(uri: str, limit: int) -> LazyFile:
+    """One file named for reading later, nothing of it read: a regular file (``NotARegularFile`` otherwise) whose
+    size is at most ``limit`` (``InputTooLarge`` otherwise). An object's size is asked of the store by opening it
+    (no data is read); a size the store does not tell stays None."""
+    size = check_regular(uri)
+    if size is None:
+        with _open(uri) as f:
+            size = _object_size(f)
+    if size is not None and size > limit:
+        raise InputTooLarge.of(uri, size, limit)
+    return LazyFile(uri, size)

@@ -18,14 +18,16 @@ from apache_beam.io.filesystems import FileSystems
 from transforms.schema.elements import SourceFile
 from transforms.worker.process import ready_process
 
-__all__ = ["InputSpec", "FORMATS", "IMAGE_FORMATS", "TEXT_FORMATS", "AUTO", "AUTO_TEXT", "detect_format",
-           "glob_format", "escape_glob", "local_path", "is_glob", "label_from_path", "list_source_files"]
+__all__ = ["InputSpec", "FORMATS", "IMAGE_FORMATS", "TEXT_FORMATS", "AUDIO_FORMATS", "AUTO", "AUTO_TEXT",
+           "detect_format", "glob_format", "escape_glob", "local_path", "is_glob", "label_from_path",
+           "list_source_files"]
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 FORMATS = ("files", "manifest", "tar", "tfrecord", "text", "lines")
 IMAGE_FORMATS = ("files", "manifest", "tar", "tfrecord")  # what an image backbone can read
 TEXT_FORMATS = ("files", "manifest", "text", "lines")     # what a text backbone can read: files are texts
+AUDIO_FORMATS = ("files", "manifest", "tar", "tfrecord")  # what an audio backbone can read: files are recordings
 AUTO = "auto"            # a glob's format when its files' names differ in it: each listed file's own, by extension
 AUTO_TEXT = "auto-text"  # the same for a text backbone, whose tables are texts
 _TABLES = (".csv", ".tsv", ".jsonl", ".ndjson")
@@ -36,9 +38,10 @@ _EXTENSION_FORMATS = {".tar": "tar", ".tfrecord": "tfrecord", ".tfrecords": "tfr
 def detect_format(pattern: str, modality: str = "image") -> str:
     """The format a glob or file name implies for a backbone of ``modality``.
 
-    Images: ``.tar`` shards, ``.tfrecord`` files, ``.csv``/``.tsv``/``.jsonl`` manifests, anything else loose
-    files. Text: ``.csv``/``.tsv``/``.jsonl`` tables of texts (``text``), ``.tar``/``.tfrecord`` as for images
-    (refused at launch), anything else (``.txt``) loose files of one text each."""
+    Images and audio: ``.tar`` shards, ``.tfrecord`` files, ``.csv``/``.tsv``/``.jsonl`` manifests, anything
+    else loose files (``.jpg``, ``.wav``). Text: ``.csv``/``.tsv``/``.jsonl`` tables of texts (``text``),
+    ``.tar``/``.tfrecord`` as for images (refused at launch), anything else (``.txt``) loose files of one text
+    each."""
     name = pattern.rsplit("/", 1)[-1].lower()
     for extension, fmt in _EXTENSION_FORMATS.items():
         if name.endswith(extension):
@@ -134,6 +137,6 @@ def list_source_files(spec: InputSpec) -> Iterator[SourceFile]:
     (result,) = FileSystems.match([local_path(spec.pattern)])
     root = local_path(spec.root)
     for path in sorted(m.path for m in result.metadata_list):
-        auto = {AUTO: "image", AUTO_TEXT: "text"}.get(spec.format)
+        auto = {AUTO: "image", AUTO_TEXT: "text"}.get(spec.format)  # audio reads extensions as images do
         fmt = detect_format(path, auto) if auto else spec.format
         yield SourceFile(path, label_from_path(root, path) if fmt == "files" else None, fmt)

@@ -13,6 +13,11 @@
 Anything that cannot be listed, parsed or read becomes a ``Failure`` with its key and reason. What an input
 names is ``input_specs.py``; files are opened through ``files.py`` (regular files only, reads bounded by
 ``InputFields.max_input_bytes``).
+
+What a record holds follows ``InputFields.modality``: a tar sample's image member or its audio member, a
+TFRecord Example's image or audio feature (both as bytes). A loose file (or a manifest row) is read whole for
+an image or text backbone; for an audio backbone it is only named, as a ``LazyFile`` (its type and size
+checked), since a recording can be hundreds of MB: the decoder streams it.
 """
 
 from __future__ import annotations
@@ -25,10 +30,18 @@ from apache_beam.metrics import Metrics
 from transforms.keys import done_keys
 from transforms.keys.fingerprints import fingerprint
 from transforms.read import tables, tar_shards, tfrecords
-from transforms.read.files import open_regular, read_whole
+from transforms.read.files import lazy_file, open_regular, read_whole
 from transforms.read.input_specs import InputSpec, list_source_files
 from transforms.read.tables import InputFields
-from transforms.schema.elements import FAILED, METRICS_NAMESPACE, Failure, FileRef, Record, SourceFile
+from transforms.schema.elements import (
+    FAILED,
+    METRICS_NAMESPACE,
+    Failure,
+    FileRef,
+    Record,
+    SourceFile,
+    payload_bytes,
+)
 from transforms.schema.fields import record_key
 from transforms.worker.process import WorkerDoFn
 
@@ -54,7 +67,7 @@ def expand_source(source: SourceFile, fields: InputFields, chunk_bytes: int):
             yield from tables.line_records(source.uri, tables.bounded_lines(f, fields.max_input_bytes))
         elif source.format == "tar":
             samples = tar_shards.index_tar(f, fields.max_input_bytes)
-            yield from tar_shards.chunk_samples(source.uri, samples, chunk_bytes)
+            yield from tar_shards.chunk_samples(source.uri, samples, chunk_bytes, fields.modality)
         elif source.format == "tfrecord":
             yield from tfrecords.index_tfrecord(source.uri, f, chunk_bytes)
         else:
@@ -80,7 +93,8 @@ def _read_unit(unit, fields: InputFields) -> Iterator[Record | Failure]:
     if isinstance(unit, (Record, Failure)):  # a failure found while expanding is a unit of one failed record
         yield unit
     elif isinstance(unit, FileRef):
-        yield Record(unit.key, read_whole(unit.uri, fields.max_input_bytes), unit.label, unit.split, unit.uri)
+        read = lazy_file if fields.modality == "audio" else read_whole
+        yield Record(unit.key, read(unit.uri, fields.max_input_bytes), unit.label, unit.split, unit.uri)
     elif isinstance(unit, tar_shards.TarChunk):
         with open_regular(unit.uri) as f:
             yield from tar_shards.read_tar_chunk(f, unit, fields)
@@ -91,12 +105,14 @@ def _read_unit(unit, fields: InputFields) -> Iterator[Record | Failure]:
         raise TypeError(f"not a unit of reading work: {type(unit).__name__}")
 
 
-def unit_keys(unit) -> list[str]:
-    """The keys of every record a unit holds (to record them all when the unit cannot be opened)."""
+def unit_keys(unit, modality: str = "image") -> list[str]:
+    """The keys of every record a unit holds (to record them all when the unit cannot be opened); a tar
+    sample's key names the member a backbone of ``modality`` reads (its image, or its audio)."""
     if isinstance(unit, (Record, FileRef, Failure)):
         return [unit.key]
     if isinstance(unit, tar_shards.TarChunk):
-        return [record_key(unit.uri, s.member(tar_shards.IMAGE_EXTENSIONS).name) for s in unit.samples]
+        extensions = tar_shards.payload_extensions(modality)
+        return [record_key(unit.uri, s.member(extensions).name) for s in unit.samples]
     return [record_key(unit.uri, i) for i in range(unit.first_index, unit.first_index + unit.count)]
 
 
@@ -145,7 +161,7 @@ class ReadUnitFn(WorkerDoFn):
                 yield from self._read_one(unit, done)
 
     def _read_one(self, unit, done: frozenset[bytes]):
-        keys = unit_keys(unit)
+        keys = unit_keys(unit, self._fields.modality)
         is_done = (lambda key: fingerprint(key) in done) if done else (lambda key: False)
         if done and all(is_done(k) for k in keys):
             self._skipped.inc(len(keys))
@@ -163,7 +179,7 @@ class ReadUnitFn(WorkerDoFn):
                     yield beam.pvalue.TaggedOutput(FAILED, item)
                 else:
                     self._read.inc()
-                    self._bytes.inc(len(item.payload))
+                    self._bytes.inc(payload_bytes(item.payload))
                     yield item
         except Exception as e:  # storage errors: every record of the unit not yet read fails with the reason
             source = unit.origin if isinstance(unit, Record) else unit.uri
@@ -177,8 +193,8 @@ class ReadUnitFn(WorkerDoFn):
 UNIT = "unit"
 
 
-def _keyed_unit(unit):
-    keys = unit_keys(unit)
+def _keyed_unit(unit, modality: str = "image"):
+    keys = unit_keys(unit, modality)
     return done_keys.unit_id(unit, keys), keys
 
 
@@ -214,11 +230,12 @@ class ReadRecords(beam.PTransform):
                 ExpandSourceFn(self._fields, self._chunk_bytes)).with_outputs(FAILED, main="units")
         )
         units = (expanded.units, expanded[FAILED]) | "Every unit" >> beam.Flatten()  # failures may be done too
-        grouped = [units | "Key units" >> beam.Map(lambda u: (_keyed_unit(u)[0], (UNIT, u)))]
+        modality = self._fields.modality
+        grouped = [units | "Key units" >> beam.Map(lambda u: (_keyed_unit(u, modality)[0], (UNIT, u)))]
         if self._done_commits is not None:
             grouped.append(
                 units
-                | "Keys of units" >> beam.Map(_keyed_unit)
+                | "Keys of units" >> beam.Map(_keyed_unit, modality)
                 | "Done keys of units" >> done_keys.DoneKeysOfUnits(self._done_commits, self._scratch)
                 | "Tag done keys" >> beam.MapTuple(lambda uid, fps: (uid, (done_keys.DONE, fps))))
         read = (

@@ -27,7 +27,10 @@ DEFAULT_MAX_INPUT_BYTES = 256 << 20
 
 @dataclass(frozen=True)
 class InputFields:
-    """Which fields of manifests, text files, tar samples and TFRecord Examples hold what."""
+    """Which fields of manifests, text files, tar samples and TFRecord Examples hold what, and what the backbone
+    reads (``modality``): a tar sample's image or audio member, a TFRecord's ``image_feature`` or
+    ``audio_feature``, a loose recording named (``LazyFile``, its size held to ``max_input_bytes``) rather than
+    read whole."""
 
     uri: str | None = None                    # manifest: each file's URI (None: the first of URI_FIELDS present)
     label: str = "label"                      # manifest, text, tar sample .json
@@ -36,8 +39,10 @@ class InputFields:
     id: str = "id"                            # text inputs: key = URI#id=ID (URI#row=N without it)
     image_feature: str = "image/encoded"      # TFRecord Examples: encoded image bytes
     label_feature: str = "image/class/label"  # TFRecord Examples: label (bytes or int64)
+    audio_feature: str = "audio/encoded"      # TFRecord Examples: encoded audio bytes (modality "audio")
     max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES  # the most one input may hold: a file, row, tar member, record
     allow_outside_paths: bool = False         # manifest: local paths may lie outside the manifest's folder
+    modality: str = "image"                   # the backbone's: "image", "text" or "audio"
 
     def to_json(self) -> dict:
         return dict(self.__dict__)

@@ -1,12 +1,13 @@
 """WebDataset-style tar shards: index the members, cut the shard into chunks, read a chunk's samples.
 
 Members are grouped into samples as WebDataset does: consecutive members whose names agree up to the first
-dot of the file name (``dir/x.jpg`` + ``dir/x.cls`` -> sample ``dir/x``). A sample's image is its first
-member with an image extension; its label comes from ``.cls`` (the text), else the label field of ``.json``,
-else ``.txt``. The record key is ``SHARD_URI#IMAGE_MEMBER``.
+dot of the file name (``dir/x.jpg`` + ``dir/x.cls`` -> sample ``dir/x``). A sample's payload is its first
+member with an image extension (``IMAGE_EXTENSIONS``), or for an audio backbone an audio one
+(``AUDIO_EXTENSIONS``); its label comes from ``.cls`` (the text), else the label field of ``.json``, else
+``.txt``. The record key is ``SHARD_URI#PAYLOAD_MEMBER``.
 
 Nothing is extracted to disk, member names are never used as paths, and links are never followed: a sample whose
-image or label member is a symlink, hard link or other special member is a failure. Indexing reads the headers only
+payload or label member is a symlink, hard link or other special member is a failure. Indexing reads the headers only
 (seeking over the data); reading a chunk reads its byte range once, one member at a time, so a multi-GB shard
 is never in memory and its chunks can go to different workers.
 """
@@ -22,10 +23,11 @@ from transforms.read.tables import DEFAULT_MAX_INPUT_BYTES, InputFields, InputTo
 from transforms.schema.elements import Failure, Record
 from transforms.schema.fields import record_key
 
-__all__ = ["IMAGE_EXTENSIONS", "TarMember", "TarSample", "TarChunk", "split_member_name", "index_tar",
-           "chunk_samples", "read_tar_chunk"]
+__all__ = ["IMAGE_EXTENSIONS", "AUDIO_EXTENSIONS", "payload_extensions", "TarMember", "TarSample", "TarChunk",
+           "split_member_name", "index_tar", "chunk_samples", "read_tar_chunk"]
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "ppm", "pgm", "pbm")
+AUDIO_EXTENSIONS = ("wav", "flac", "ogg", "oga", "mp3", "m4a", "opus", "aiff", "aif")
 LABEL_EXTENSIONS = ("cls", "json", "txt")
 _MAX_LABEL_BYTES = 1 << 20
 
@@ -55,6 +57,11 @@ class TarChunk(NamedTuple):
 
     uri: str
     samples: tuple[TarSample, ...]
+
+
+def payload_extensions(modality: str) -> tuple[str, ...]:
+    """The extensions of the member a sample's record is read from, for a backbone of ``modality``."""
+    return AUDIO_EXTENSIONS if modality == "audio" else IMAGE_EXTENSIONS
 
 
 def split_member_name(name: str) -> tuple[str, str]:
@@ -129,38 +136,46 @@ def index_tar(fileobj, max_bytes: int = DEFAULT_MAX_INPUT_BYTES) -> Iterator[Tar
         yield TarSample(prefix, tuple(members))
 
 
-def _wanted(sample: TarSample) -> list[TarMember]:
-    """The members a sample's record is read from: its image, then its label members."""
+def _wanted(sample: TarSample, extensions) -> list[TarMember]:
+    """The members a sample's record is read from: its payload (image or audio), then its label members."""
     labels = (sample.member([ext]) for ext in LABEL_EXTENSIONS)
-    return [sample.member(IMAGE_EXTENSIONS)] + [m for m in labels if m is not None]
+    return [sample.member(extensions)] + [m for m in labels if m is not None]
 
 
-def _special_member(uri: str, sample: TarSample) -> Failure | None:
-    """The failure of a sample whose image or label member is a link or another special member (never read)."""
-    special = next((m for m in _wanted(sample) if m.kind != "file"), None)
+def _special_member(uri: str, sample: TarSample, extensions) -> Failure | None:
+    """The failure of a sample whose payload or label member is a link or another special member (never read)."""
+    special = next((m for m in _wanted(sample, extensions) if m.kind != "file"), None)
     if special is None:
         return None
     link = special.kind in _LINKS
     what = f"{special.name} -> {special.link}" if link else special.name
-    return Failure(record_key(uri, sample.member(IMAGE_EXTENSIONS).name), uri, "read",
+    return Failure(record_key(uri, sample.member(extensions).name), uri, "read",
                    "TarLink" if link else "NotARegularFile", f"tar member is a {special.kind}: not read ({what})")
 
 
-def chunk_samples(uri: str, samples, chunk_bytes: int) -> Iterator[TarChunk | Failure]:
-    """Group samples into chunks of about ``chunk_bytes``; a sample without an image, or whose image or label is
-    a link or special member, is a ``Failure`` here."""
+def _missing_payload(uri: str, sample: TarSample, modality: str) -> Failure:
+    """The failure of a sample without a member the backbone reads (``NotAnImage``, ``NotAudio``)."""
+    names = ", ".join(m.name + ("" if m.offset >= 0 else " (not a regular file)") for m in sample.members)
+    audio = modality == "audio"
+    what, plural = ("audio", "audio files") if audio else ("image", "images")
+    return Failure(record_key(uri, sample.members[0].name), uri, "read", "NotAudio" if audio else "NotAnImage",
+                   f"tar sample {sample.prefix!r} has no {what} member (members: {names}; "
+                   f"{plural} end in .{', .'.join(payload_extensions(modality))})")
+
+
+def chunk_samples(uri: str, samples, chunk_bytes: int, modality: str = "image") -> Iterator[TarChunk | Failure]:
+    """Group samples into chunks of about ``chunk_bytes``; a sample without a payload member for a backbone of
+    ``modality`` (an image, or audio), or whose payload or label is a link or special member, is a ``Failure``."""
+    extensions = payload_extensions(modality)
     chunk, size = [], 0
     for sample in samples:
         if isinstance(sample, tarfile.TarError):
             yield Failure(uri, uri, "read", "TarError", str(sample))
             continue
-        if sample.member(IMAGE_EXTENSIONS) is None:
-            names = ", ".join(m.name + ("" if m.offset >= 0 else " (not a regular file)") for m in sample.members)
-            yield Failure(record_key(uri, sample.members[0].name), uri, "read", "NotAnImage",
-                          f"tar sample {sample.prefix!r} has no image member (members: {names}; "
-                          f"images end in .{', .'.join(IMAGE_EXTENSIONS)})")
+        if sample.member(extensions) is None:
+            yield _missing_payload(uri, sample, modality)
             continue
-        if (special := _special_member(uri, sample)) is not None:
+        if (special := _special_member(uri, sample, extensions)) is not None:
             yield special
             continue
         chunk.append(sample)
@@ -204,22 +219,24 @@ def _label_of(sample: TarSample, payloads: dict, fields: InputFields) -> tuple[s
 
 
 def read_tar_chunk(fileobj, chunk: TarChunk, fields: InputFields) -> Iterator[Record | Failure]:
-    """The records of one chunk, read in one pass over its byte range; a member over ``max_input_bytes`` is
-    refused from its header's size, before reading."""
+    """The records of one chunk, read in one pass over its byte range (each sample's image member, or its audio
+    member for ``fields.modality`` "audio", as bytes); a member over ``max_input_bytes`` is refused from its
+    header's size, before reading."""
+    extensions = payload_extensions(fields.modality)
     fileobj.seek(min(m.offset for m in chunk.samples[0].members if m.offset >= 0))
     for sample in chunk.samples:
-        image = sample.member(IMAGE_EXTENSIONS)
-        key = record_key(chunk.uri, image.name)
+        payload = sample.member(extensions)
+        key = record_key(chunk.uri, payload.name)
         try:
             payloads = {}
-            for member in sorted(_wanted(sample), key=lambda m: m.offset):
+            for member in sorted(_wanted(sample, extensions), key=lambda m: m.offset):
                 if member.size > fields.max_input_bytes:
                     raise InputTooLarge.of(f"tar member {member.name}", member.size, fields.max_input_bytes)
-                if member is not image and member.size > _MAX_LABEL_BYTES:
+                if member is not payload and member.size > _MAX_LABEL_BYTES:
                     raise ValueError(f"label member {member.name} is {member.size} bytes; labels are short text")
                 payloads[member.name] = _read_member(fileobj, member)
             label, split = _label_of(sample, payloads, fields)
         except (OSError, tarfile.TarError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError included
             yield Failure.from_exception(key, chunk.uri, "read", e)
             continue
-        yield Record(key, payloads[image.name], label, split, chunk.uri)
+        yield Record(key, payloads[payload.name], label, split, chunk.uri)

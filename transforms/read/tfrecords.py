@@ -1,4 +1,4 @@
-"""TFRecord files of ``tf.train.Example``s holding encoded images: index, cut into chunks, read a chunk.
+"""TFRecord files of ``tf.train.Example``s holding encoded images (or audio): index, cut into chunks, read a chunk.
 
 Frames are read with ``transforms.schema.framing`` (the format is described there). Indexing
 reads only the 12-byte headers and seeks over the data, so the launcher never reads data and a big file can be
@@ -231,7 +231,8 @@ def _feature_values(feature):
 
 
 def example_record(key: str, data: bytes, fields: InputFields) -> Record:
-    """A serialised ``tf.train.Example`` -> ``Record`` (image bytes and label from the configured features)."""
+    """A serialised ``tf.train.Example`` -> ``Record`` (the encoded bytes of ``fields.image_feature``, or of
+    ``fields.audio_feature`` for ``fields.modality`` "audio", and the label of ``fields.label_feature``)."""
     from google.protobuf.message import DecodeError
     from tensorflow.core.example import example_pb2
 
@@ -240,13 +241,14 @@ def example_record(key: str, data: bytes, fields: InputFields) -> Record:
     except DecodeError:
         raise TFRecordError("record is not a tf.train.Example") from None
     features = example.features.feature
-    image = _feature_values(features[fields.image_feature]) if fields.image_feature in features else []
-    if not image or not isinstance(image[0], bytes):
+    name = fields.audio_feature if fields.modality == "audio" else fields.image_feature
+    payload = _feature_values(features[name]) if name in features else []
+    if not payload or not isinstance(payload[0], bytes):
         present = ", ".join(sorted(features)) or "none"
-        raise TFRecordError(f"record has no bytes feature {fields.image_feature!r} (features: {present})")
+        raise TFRecordError(f"record has no bytes feature {name!r} (features: {present})")
     label = None
     if fields.label_feature in features:
         values = _feature_values(features[fields.label_feature])
         if values:
             label = values[0].decode("utf-8") if isinstance(values[0], bytes) else str(values[0])
-    return Record(key, image[0], label)
+    return Record(key, payload[0], label)

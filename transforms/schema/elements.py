@@ -1,11 +1,21 @@
-"""The elements that flow between the transforms: a raw record, and a failure that says why."""
+"""The elements that flow between the transforms: a raw record, and a failure that says why.
+
+A record's payload is its bytes, or for a loose recording a ``LazyFile``: the file named, not read (an hour of
+audio is hundreds of MB), opened by whoever decodes it. ``check_regular`` (which ``LazyFile.open`` and every
+read of an input goes through) refuses a local FIFO, device, directory or socket before anything opens it.
+"""
 
 from __future__ import annotations
 
 import json
-from typing import NamedTuple
+import os
+import stat
+from typing import BinaryIO, NamedTuple
 
-__all__ = ["SourceFile", "FileRef", "Record", "Failure", "FAILED", "METRICS_NAMESPACE", "error_message"]
+from transforms.worker.storage import is_remote
+
+__all__ = ["SourceFile", "FileRef", "LazyFile", "Record", "Failure", "FAILED", "METRICS_NAMESPACE", "error_message",
+           "NotARegularFile", "file_type", "check_regular", "payload_bytes"]
 
 FAILED = "failed"  # tag of every transform's failure output
 METRICS_NAMESPACE = "featurebeam"  # every Beam metric of the project, so the Dataflow UI groups them
@@ -28,12 +38,54 @@ class FileRef(NamedTuple):
     split: str | None = None
 
 
+class NotARegularFile(OSError):
+    """A local path names a FIFO, a device, a directory or a socket: it is never opened."""
+
+
+_FILE_TYPES = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def file_type(mode: int) -> str:
+    """What an ``os.stat`` mode names, in words."""
+    return next((name for test, name in _FILE_TYPES if test(mode)), "not a regular file")
+
+
+def check_regular(uri: str) -> int | None:
+    """The size of a local regular file, from ``os.stat`` before anything opens it; ``NotARegularFile`` for anything
+    else (a symlink counts as what it points to). None for an object-store URI, whose objects are all files."""
+    if is_remote(uri):
+        return None
+    info = os.stat(uri)
+    if not stat.S_ISREG(info.st_mode):
+        raise NotARegularFile(f"{uri} is {file_type(info.st_mode)}, not a regular file: not read")
+    return info.st_size
+
+
+class LazyFile(NamedTuple):
+    """A loose file as a payload, named and not read: its URI and its size in bytes when read (None: unknown)."""
+
+    uri: str
+    size: int | None = None
+
+    def open(self) -> BinaryIO:
+        """A seekable binary reader over the file (close it, or use ``with``); its type is checked first, so a
+        path that became a FIFO or a device since it was listed is ``NotARegularFile``, never opened."""
+        from apache_beam.io.filesystems import FileSystems
+
+        check_regular(self.uri)
+        return FileSystems.open(self.uri, compression_type="uncompressed")
+
+
 class Record(NamedTuple):
-    """One input: its stable key, raw payload (encoded image bytes, or ``str`` for text), label, split, and the
-    file it was read from (a tar shard, a TFRecord or text file, the file a manifest row names; None: the key)."""
+    """One input: its stable key, raw payload, label, split, and the file it was read from (a tar shard, a
+    TFRecord or text file, the file a manifest row names; None: the key).
+
+    The payload is encoded bytes (an image; a recording from a tar member or TFRecord Example), ``str`` for text,
+    or a ``LazyFile`` for a loose recording (a file of its own or a manifest row), opened when it is decoded."""
 
     key: str
-    payload: bytes | str
+    payload: bytes | str | LazyFile
     label: str | None
     split: str | None = None
     source: str | None = None
@@ -42,6 +94,11 @@ class Record(NamedTuple):
     def origin(self) -> str:
         """The file this record was read from, for its failures: ``source``, else the key."""
         return self.key if self.source is None else self.source
+
+
+def payload_bytes(payload: bytes | str | LazyFile) -> int:
+    """How much a payload holds, for the read metrics: a ``LazyFile``'s size (0 when unknown), else its length."""
+    return (payload.size or 0) if isinstance(payload, LazyFile) else len(payload)
 
 
 class Failure(NamedTuple):

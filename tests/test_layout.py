@@ -104,6 +104,7 @@ def test_the_settings_that_decide_vectors_are_recorded_under_their_run_json_name
     out = OutputSpec("v", "v", "avg", 3)
     settings = EmbedSettings([out], batch_size=7, threads=2, model_copies=1, precision="bfloat16", max_pixels=99)
     assert settings.outputs == (out,)
-    assert settings.recorded() == {"outputs": [out.to_json()], "precision": "bfloat16", "max_image_pixels": 99}
+    assert settings.recorded() == {"outputs": [out.to_json()], "precision": "bfloat16", "max_image_pixels": 99,
+                                   "max_audio_seconds": 4 * 3600}
     assert EmbedSettings.flags_of("max_image_pixels") == "--max-image-pixels"
     assert EmbedSettings.flags_of("batch_size") is None

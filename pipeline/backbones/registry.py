@@ -7,9 +7,10 @@ port by name (``ports/``), ``keras:NAME``, a ``.keras``/``.h5`` model file or a 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
-from pipeline.backbones.ports import efficientnet_lite0, minilm, mobilenet_v2
+from pipeline.backbones.ports import efficientnet_lite0, minilm, mobilenet_v2, musicnn
 from pipeline.backbones.spec import BackboneSpec, UnknownBackboneError
 from pipeline.backbones.user_models import keras_applications, model_files, saved_models
 from pipeline.backbones.user_models.keras_models import PREPROCESSING_MODES
@@ -17,7 +18,8 @@ from pipeline.backbones.user_models.keras_models import PREPROCESSING_MODES
 __all__ = ["resolve_backbone", "available_backbones", "resolve_described"]
 
 EMBEDDED = {"mobilenet_v2": mobilenet_v2.resolve, "efficientnet_lite0": efficientnet_lite0.resolve,
-            "minilm_l6": minilm.resolve}
+            "minilm_l6": minilm.resolve,
+            **{name: functools.partial(musicnn.resolve, name) for name in musicnn.MODELS}}
 
 
 def available_backbones() -> list[str]:

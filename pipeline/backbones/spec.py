@@ -14,6 +14,8 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from transforms.decode.audio import AudioPreprocessing
+
 from transforms.decode.images import ImagePreprocessing
 from transforms.decode.tokenize import TextPreprocessing
 
@@ -54,14 +56,15 @@ def read_verified(path: str, sha256: str, what: str) -> bytes:
 class BackboneSpec:
     """What a worker needs to build the backbone, and what the manifest says about it.
 
-    ``modality`` is "image" (uint8 NHWC in, ``preprocessing`` an ``ImagePreprocessing``) or "text" (token ids
-    in, ``preprocessing`` a ``TextPreprocessing`` whose tokenizer file travels as an asset). ``assets`` are
+    ``modality`` is "image" (uint8 NHWC in, ``preprocessing`` an ``ImagePreprocessing``), "text" (token ids
+    in, ``preprocessing`` a ``TextPreprocessing`` whose tokenizer file travels as an asset) or "audio" (3-s
+    patches of float samples in, ``preprocessing`` an ``AudioPreprocessing``). ``assets`` are
     further files the model needs, ``{name: (path, sha256)}``, staged and hash-checked like the weights."""
 
     name: str
     weights_path: str
     weights_sha256: str
-    preprocessing: ImagePreprocessing | TextPreprocessing
+    preprocessing: ImagePreprocessing | TextPreprocessing | AudioPreprocessing
     layer_shapes: Mapping[str, tuple]
     default_layer: str
     source: str
@@ -98,6 +101,8 @@ class BackboneSpec:
                                       "inference mode (moving statistics)")
         elif self.modality == "image":
             described["batchnorm"] = "inference mode (moving statistics)"
+        elif self.modality == "audio":
+            described["batchnorm"] = "inference mode: moving statistics folded into a per-channel scale and shift"
         return described
 
     def read_asset(self, name: str) -> bytes:

@@ -36,7 +36,7 @@ def cmd_extract(argv: Sequence[str]) -> int:
     from pipeline.extract.job import run_extraction
     from pipeline.extract.launch import configure
     from pipeline.extract.runtime import runner_name
-    from pipeline.extract.summary import format_staged, format_summary, large_record_warnings, text_input_notes
+    from pipeline.extract.summary import format_staged, format_summary, input_notes, large_record_warnings
 
     split_flags(extract_parser(), argv)  # rejects flags that neither featurebeam nor Beam knows
     argv = with_local_defaults(argv)
@@ -47,7 +47,7 @@ def cmd_extract(argv: Sequence[str]) -> int:
     config = configure(options)
     for warning in large_record_warnings(config.embed.outputs):
         print(warning, file=sys.stderr)
-    for note in [] if config.quiet else text_input_notes(config):
+    for note in [] if config.quiet else input_notes(config):
         print(note, file=sys.stderr)
     start = time.monotonic()
     manifest = run_extraction(config, options, progress=not config.quiet)

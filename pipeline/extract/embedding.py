@@ -5,6 +5,8 @@ become (``embed_settings``). A new embedding setting is a flag and its check her
 
 from __future__ import annotations
 
+from transforms.decode.audio import DEFAULT_MAX_AUDIO_SECONDS
+
 from pipeline.errors import ConfigError
 from transforms.decode.images import DEFAULT_MAX_PIXELS
 from transforms.embed.protocol import Backbone
@@ -24,9 +26,13 @@ def add_embedding_flags(parser) -> None:
     parser.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
                         help="images with more pixels are recorded failures, refused from their header before "
                              f"decoding (default: {DEFAULT_MAX_PIXELS:,})")
+    parser.add_argument("--max-audio-seconds", type=float, default=DEFAULT_MAX_AUDIO_SECONDS, metavar="S",
+                        help="recordings longer than S seconds are recorded failures, refused from their header "
+                             "where it gives the length, else while decoding "
+                             f"(default: {DEFAULT_MAX_AUDIO_SECONDS:,.0f})")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help=f"images per forward pass (default: {CPU_BATCH_SIZE}; {GPU_BATCH_SIZE} when the job "
-                             "runs on GPUs)")
+                        help=f"images, texts or 3-s audio patches per forward pass (default: {CPU_BATCH_SIZE}; "
+                             f"{GPU_BATCH_SIZE} when the job runs on GPUs)")
     parser.add_argument("--model-copies", type=int, default=None, metavar="N",
                         help="N copies of the model per worker machine, shared by all its worker processes; "
                              "several let batches overlap on a GPU; 0: each worker process loads its own (on a "
@@ -52,6 +58,8 @@ def check_embedding_flags(o) -> None:
         raise ConfigError(f"--threads-per-worker must be at least 1, got {o.threads_per_worker}")
     if o.max_image_pixels < 1:
         raise ConfigError(f"--max-image-pixels must be at least 1, got {o.max_image_pixels}")
+    if not o.max_audio_seconds > 0:
+        raise ConfigError(f"--max-audio-seconds must be more than 0, got {o.max_audio_seconds}")
     if o.mixed_precision and o.precision not in (None, "float16"):
         raise ConfigError(f"--mixed-precision (float16) contradicts --precision {o.precision}; choose one")
 
@@ -75,10 +83,14 @@ def embed_settings(o, backbone: Backbone, outputs: tuple[OutputSpec, ...], gpus:
         raise ConfigError(f"{flag} is for image backbones; text backbone {backbone.name} runs in float32 or "
                           "--precision bfloat16 (its dense layers only: its LayerNorm epsilon and attention "
                           "scores are not safe in float16)")
+    if backbone.modality == "audio" and precision != "float32":
+        raise ConfigError(f"audio backbone {backbone.name} runs in float32 only: its spectrogram is rounded through "
+                          "float16 as the model was trained, and a narrower forward pass would change it")
     return EmbedSettings(
         outputs,
         batch_size=o.batch_size if o.batch_size is not None else GPU_BATCH_SIZE if gpus else CPU_BATCH_SIZE,
         threads=o.threads_per_worker or local_threads,
         model_copies=(1 if gpus else 0) if o.model_copies is None else o.model_copies,
         precision=precision,
-        max_pixels=o.max_image_pixels)
+        max_pixels=o.max_image_pixels,
+        max_audio_seconds=o.max_audio_seconds)

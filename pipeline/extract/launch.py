@@ -61,7 +61,8 @@ def configure(options: PipelineOptions) -> ExtractConfig:
     if not o.resume:
         check_output_dir(output, o.overwrite)
     fields = InputFields(o.uri_field, o.label_field, o.split_field, o.text_field, o.id_field, o.image_feature,
-                         o.label_feature, max_input_bytes=o.max_input_bytes, allow_outside_paths=o.allow_outside_paths)
+                         o.label_feature, max_input_bytes=o.max_input_bytes, allow_outside_paths=o.allow_outside_paths,
+                         audio_feature=o.audio_feature, modality=backbone.modality)
     for spec in inputs:
         check_text_field(spec, fields)
     config = ExtractConfig(inputs, output, backbone, embed, o.records_per_shard, o.overwrite, o.max_failure_fraction,
@@ -106,6 +107,9 @@ def resolve_outputs(backbone: Backbone, layers: list[str], pooling: str, dtype: 
         if backbone.modality == "text" and len(shape) > 1 and pooling == "none":
             raise ConfigError(f"--pooling none keeps no fixed size for text layer {layer!r} (one vector per token); "
                               "use avg or max")
+        if backbone.modality == "audio" and len(shape) > 1 and pooling == "none":
+            raise ConfigError(f"--pooling none is not available for audio layer {layer!r} (one vector per frame); use "
+                              "avg or max over each patch's frames")
         layer_pooling = pooling if len(shape) > 1 else "none"
         outputs.append(OutputSpec(layer, layer, layer_pooling, pooled_dim(shape, layer_pooling), dtype))
     if len({o.name for o in outputs}) != len(outputs):

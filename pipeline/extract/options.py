@@ -58,6 +58,9 @@ def _input_flags(parser) -> None:
     parser.add_argument("--image-feature", default=fields.image_feature, metavar="NAME",
                         help=f"TFRecord inputs: the bytes feature with the encoded image "
                              f"(default: {fields.image_feature})")
+    parser.add_argument("--audio-feature", default=fields.audio_feature, metavar="NAME",
+                        help="the bytes feature of TFRecord Examples that holds the encoded audio, for an audio "
+                             f"backbone (default: {fields.audio_feature})")
     parser.add_argument("--label-feature", default=fields.label_feature, metavar="NAME",
                         help=f"TFRecord inputs: the bytes or int64 feature with the label "
                              f"(default: {fields.label_feature})")

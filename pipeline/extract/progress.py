@@ -13,7 +13,7 @@ __all__ = ["ProgressLine", "format_progress", "rate_unit"]
 
 def rate_unit(modality: str | None) -> str:
     """What a backbone of ``modality`` embeds, as rates name it: "texts" or "images" (the default)."""
-    return "texts" if modality == "text" else "images"
+    return {"text": "texts", "audio": "recordings"}.get(modality, "images")
 
 
 def format_progress(counts: dict, seconds: float, unit: str = "images") -> str:

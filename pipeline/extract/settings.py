@@ -15,7 +15,9 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.errors import ConfigError
 from pipeline.extract.config import ExtractConfig
+from transforms.decode.audio import DEFAULT_MAX_AUDIO_SECONDS
 from transforms.embed.settings import EmbedSettings
+from transforms.read.tables import InputFields
 from transforms.schema.layout import FORMAT_VERSION, RUN_NAME
 
 __all__ = ["run_settings", "check_resumable"]
@@ -29,7 +31,7 @@ def run_settings(config: ExtractConfig) -> dict:
         "backbone": {"name": backbone["name"], "weights_sha256": backbone["weights_sha256"],
                      "preprocessing": backbone["preprocessing"]},
         "fold_batchnorm": config.backbone.folds_batchnorm,
-        **config.embed.recorded(),  # outputs, precision, max_image_pixels
+        **config.embed.recorded(),  # outputs, precision, max_image_pixels, max_audio_seconds
         "inputs": [spec.to_json() for spec in config.inputs],
         "fields": config.fields.to_json(),
         "formats": list(config.formats),
@@ -38,7 +40,8 @@ def run_settings(config: ExtractConfig) -> dict:
 
 _SETTING_NAMES = {"backbone": "--backbone (its weights or --preprocessing)", "formats": "--format",
                   "inputs": "--input/--input-format",
-                  "fields": "field options (--*-field, --*-feature, --max-input-bytes, --allow-outside-paths)",
+                  "fields": "field options (--*-field, --*-feature, --max-input-bytes, --allow-outside-paths) or "
+                            "backbone modality",
                   "format_version": "the feature set format"}
 
 
@@ -58,6 +61,9 @@ def check_resumable(config: ExtractConfig) -> None:
     recorded.setdefault("formats", ["tfrecord"])  # runs recorded before --format wrote TFRecord only
     if "precision" not in recorded:  # recorded before --precision: --mixed-precision said float16
         recorded["precision"] = "float16" if recorded.pop("mixed_precision", False) else "float32"
+    recorded.setdefault("max_audio_seconds", DEFAULT_MAX_AUDIO_SECONDS)  # recorded before audio ...
+    recorded.get("fields", {}).setdefault("audio_feature", InputFields().audio_feature)  # ... was read
+    recorded.get("fields", {}).setdefault("modality", "image")
     current = run_settings(config)
     for name, value in current.items():
         if name not in RECORDED_ONLY and recorded.get(name) != value:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pipeline.extract.progress import rate_unit
 
-__all__ = ["format_summary", "format_staged", "large_record_warnings", "text_input_notes", "LARGE_RECORD_FLOATS"]
+__all__ = ["format_summary", "format_staged", "large_record_warnings", "input_notes", "text_input_notes",
+           "audio_input_notes", "LARGE_RECORD_FLOATS"]
 
 LARGE_RECORD_FLOATS = 50_000  # --pooling none beyond this many floats per record gets a warning
 
@@ -70,6 +71,27 @@ def large_record_warnings(outputs) -> list[str]:
     return [f"featurebeam extract: warning: --pooling none keeps layer {o.layer}'s whole map: {o.dim:,} floats "
             f"({4 * o.dim / 2**20:.1f} MB) per record; --pooling avg keeps its channels"
             for o in outputs if o.pooling == "none" and o.dim >= LARGE_RECORD_FLOATS]
+
+
+def input_notes(config) -> list[str]:
+    """For a text or audio backbone, one line per input saying what it reads there."""
+    return {"text": text_input_notes, "audio": audio_input_notes}.get(config.backbone.modality, lambda c: [])(config)
+
+
+def audio_input_notes(config) -> list[str]:
+    """For an audio backbone, one line per input saying which recordings it reads and how each becomes a vector."""
+    prep = config.backbone.preprocessing
+    each = (f"each the mean over its {prep.patch_seconds:.2f}-s patches (mono, {prep.sample_rate:,} Hz; shorter "
+            f"recordings repeated to one patch)")
+    read_as = {
+        "files": "audio files (.wav .flac .ogg .mp3 ...; labels from first-level folders of a directory)",
+        "auto": "audio files (.wav .flac .ogg .mp3 ...; labels from first-level folders of a directory)",
+        "manifest": "the audio files the manifest lists",
+        "tar": "the audio member of each sample of the tar shards",
+        "tfrecord": f"the {config.fields.audio_feature!r} bytes of each TFRecord Example",
+    }
+    return [f"featurebeam extract: {spec.uri}: {read_as.get(spec.format, spec.format)}, {each}"
+            for spec in config.inputs]
 
 
 def text_input_notes(config) -> list[str]:

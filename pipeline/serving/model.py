@@ -13,6 +13,17 @@ Endpoints of a text model:
 - ``classify_token_ids``: ``ids``, ``mask`` (N, T) int32, padded on the right as extraction pads them
   (``transforms.embed.model_inputs.pad_tokens``) -> the same outputs.
 
+Endpoints of an audio model (``pipeline.serving.graph_audio``):
+- ``serve`` (also ``serving_default``): ``samples`` (T,) float32, one mono recording at the backbone's rate (16 kHz
+  for musicnn) -> the same outputs (one row): cut into 3-s patches in the graph as extraction cuts them, each patch
+  embedded, the recording's vector their mean;
+- ``classify_patches``: ``patches`` (P, patch samples) float32 as the decoder cuts them
+  (``transforms.decode.audio``), ``recording`` (P,) int32 the row each patch belongs to, ``recordings`` () int32 how
+  many rows -> the same outputs, a row per recording;
+- ``patch_vectors``: ``patches`` -> (P, dim) the head's input of each patch, and ``classify_vectors``: ``vectors``
+  (N, dim), recordings' mean patch vectors -> the same outputs; what ``featurebeam predict`` uses, a recording's
+  windows at a time, so a long one never goes through the model whole.
+
 Either way the vector is the one extraction writes for the output (``transforms.embed.model_inputs``: ``forward`` then
 ``vector``), so the head sees what it was trained on."""
 
@@ -38,9 +49,11 @@ def export_serving_model(path: str, backbone_spec, output: OutputSpec, head, cla
     inputs = inputs_for(backbone_spec)
     names = list(classes)
 
-    def classify(*args):
-        activation = inputs.forward(backbone, args)[output.layer]
-        probabilities = head(inputs.vector(activation, output.pooling, args), training=False)
+    def vectors(*args):
+        return inputs.vector(inputs.forward(backbone, args)[output.layer], output.pooling, args)
+
+    def classify_vectors(vectors):
+        probabilities = head(vectors, training=False)
         class_names = tf.constant(names)
         n = tf.shape(probabilities)[0]
         return {
@@ -49,8 +62,13 @@ def export_serving_model(path: str, backbone_spec, output: OutputSpec, head, cla
             "class_names": tf.tile(class_names[None, :], [n, 1]),
         }
 
-    build_endpoints = _text_endpoints if backbone_spec.modality == "text" else _image_endpoints
-    resources, endpoints = build_endpoints(backbone_spec, classify)
+    if backbone_spec.modality == "audio":
+        from pipeline.serving.graph_audio import audio_endpoints
+
+        resources, endpoints = audio_endpoints(backbone_spec.preprocessing, vectors, classify_vectors, output.dim)
+    else:
+        build_endpoints = _text_endpoints if backbone_spec.modality == "text" else _image_endpoints
+        resources, endpoints = build_endpoints(backbone_spec, lambda *args: classify_vectors(vectors(*args)))
     archive = keras.export.ExportArchive()
     for resource in (backbone, head, *resources):
         archive.track(resource)

@@ -1,7 +1,8 @@
-"""``featurebeam predict``: bulk classification of raw images or texts with a trained model directory.
+"""``featurebeam predict``: bulk classification of raw images, texts or recordings with a trained model directory.
 
 1. ``ReadRecords`` (the same sources as extraction, read as the model's backbone reads them) -> images:
    ``DecodeImageFn`` with the backbone's preprocessing; texts: each record's text (``text_of``), as it is;
+   recordings: decoded and embedded in windows, then classified (``predict_audio.ClassifyRecordings``);
 2. ``RunInference`` over the serving SavedModel (loaded once per worker process, batched): decoded images go to
    its ``classify_images`` endpoint, raw texts to its ``serve`` endpoint, which tokenises them in the graph;
 3. ``predictions/part-*.jsonl``: one ``{"key", "label" (true, if known), "predicted", "probabilities"}`` per
@@ -21,20 +22,23 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from transforms.decode.audio import AudioPreprocessing
 
 from pipeline.errors import ConfigError
 from pipeline.folders import absolute, read_model_file
 from pipeline.inputs import check_formats, resolve_input
 from pipeline.outputs import check_output_dir, clear_previous_outputs
+from pipeline.tools.predict_audio import ClassifyRecordings
+from pipeline.tools.serving_handler import ServingModelHandler
 from transforms.decode.images import DecodeImageFn, ImagePreprocessing
 from transforms.decode.tokenize import text_of
-from transforms.embed.classify import ClassifierHandler
 from transforms.read.input_specs import InputSpec
 from transforms.read.sources import ReadRecords
+from transforms.read.tables import InputFields
 from transforms.schema.elements import FAILED, Failure, Record
 from transforms.schema.layout import ERRORS_DIR, PENDING_DIR
-from transforms.worker.process import WorkerDoFn, ready_process
+from transforms.worker.process import WorkerDoFn
 from transforms.write.commit_format import write_atomically
 from transforms.write.sinks import WriteFailures
 
@@ -47,12 +51,12 @@ SUMMARY_NAME = "summary.json"
 
 @dataclass(frozen=True)
 class PredictConfig:
-    """``preprocessing``: an image model's; None for a text model, whose serving model takes raw text."""
+    """``preprocessing``: an image or audio model's; None for a text model, whose serving model takes raw text."""
 
     model_dir: str
     inputs: tuple[InputSpec, ...]
     output: str
-    preprocessing: ImagePreprocessing | None
+    preprocessing: ImagePreprocessing | AudioPreprocessing | None
     batch_size: int = 32
     overwrite: bool = False
 
@@ -65,7 +69,7 @@ class PredictConfig:
         model_dir = absolute(model_dir)
         spec = read_model_spec(model_dir)
         prep = _serving_preprocessing(model_dir, spec)
-        modality = "text" if prep is None else "image"
+        modality = "text" if prep is None else "audio" if isinstance(prep, AudioPreprocessing) else "image"
         output = absolute(output)
         check_output_dir(output, overwrite)
         specs = tuple(resolve_input(i, modality=modality) for i in inputs)
@@ -78,14 +82,17 @@ def read_model_spec(model_dir: str) -> dict:
     return read_model_file(model_dir, "model.json", ConfigError)
 
 
-def _serving_preprocessing(model_dir: str, spec: dict) -> ImagePreprocessing | None:
-    """The image preprocessing of a model with a serving model, or None for a text model (which tokenises in
-    its serving model); a model without one is refused."""
+def _serving_preprocessing(model_dir: str, spec: dict) -> ImagePreprocessing | AudioPreprocessing | None:
+    """The image or audio preprocessing of a model with a serving model, or None for a text model (which
+    tokenises in its serving model); a model without one is refused."""
     if not spec.get("serving"):
         raise ConfigError(f"{model_dir} has no serving model (its model.json names none); train it again")
-    if spec.get("backbone", {}).get("modality") == "text":
+    modality = spec.get("backbone", {}).get("modality")
+    if modality == "text":
         return None
     prep = spec["preprocessing"]
+    if modality == "audio":
+        return AudioPreprocessing(**prep)
     return ImagePreprocessing(**{**prep, "mean": tuple(prep["mean"]), "std": tuple(prep["std"])})
 
 
@@ -102,34 +109,20 @@ class TextOfRecordFn(WorkerDoFn):
         yield (record.key, record.label, record.split), text
 
 
-class ModelDirClassifier(ClassifierHandler):
-    """``ClassifierHandler`` over a serving model anywhere: a remote one is copied to local disk, once per worker
-    process, since TensorFlow loads SavedModels from local paths. ``texts``: batches are raw texts, which a text
-    model's ``serve`` endpoint tokenises in the graph (else decoded images, for ``classify_images``)."""
+class ModelDirClassifier(ServingModelHandler):
+    """``ServingModelHandler`` over decoded images (``classify_images``), or with ``texts`` raw texts, which a text
+    model's ``serve`` endpoint tokenises in the graph."""
 
     def __init__(self, saved_model_path: str, batch_size: int = 32, texts: bool = False):
         super().__init__(saved_model_path, batch_size)
         self._texts = texts
-
-    def load_model(self):
-        import tensorflow as tf
-
-        from pipeline.folders import local_copy
-
-        ready_process()
-        with local_copy(self._path) as folder:
-            return tf.saved_model.load(folder)
 
     def run_inference(self, batch, model, inference_args=None):
         if not self._texts:
             return super().run_inference(batch, model, inference_args)
         import tensorflow as tf
 
-        out = model.serve(tf.constant(list(batch), tf.string))
-        names = [name.decode("utf-8") for name in out["class_names"].numpy()[0]] if len(batch) else []
-        return [PredictionResult(None, {"label": label.decode("utf-8"),
-                                        "probabilities": dict(zip(names, p.tolist(), strict=True))}, self._path)
-                for label, p in zip(out["label"].numpy(), out["probabilities"].numpy(), strict=True)]
+        return self.predictions(model.serve(tf.constant(list(batch), tf.string)), len(batch))
 
     def get_num_bytes(self, batch) -> int:
         return sum(len(text.encode("utf-8")) for text in batch) if self._texts else super().get_num_bytes(batch)
@@ -200,24 +193,30 @@ class SummarizePredictions(beam.PTransform):
 
 
 def build_prediction(p: beam.Pipeline, config: PredictConfig):
-    read = p | "Read records" >> ReadRecords(config.inputs)
+    serving = FileSystems.join(config.model_dir, "serving")
+    audio = isinstance(config.preprocessing, AudioPreprocessing)
+    read = p | "Read records" >> ReadRecords(config.inputs, InputFields(modality="audio") if audio else InputFields())
     texts = config.preprocessing is None
-    if texts:
-        decoded = read["records"] | "Texts of records" >> beam.ParDo(TextOfRecordFn()).with_outputs(FAILED, main="ok")
+    if audio:
+        classified = read["records"] | "Classify recordings" >> ClassifyRecordings(serving, config.preprocessing,
+                                                                                   config.batch_size)
+        decoded_failures, classified = classified[FAILED], classified["classified"]
     else:
-        decoded = read["records"] | "Decode images" >> beam.ParDo(
-            DecodeImageFn(config.preprocessing)).with_outputs(FAILED, main="ok")
-    handler = KeyedModelHandler(ModelDirClassifier(FileSystems.join(config.model_dir, "serving"), config.batch_size,
-                                                   texts))
-    predictions = (decoded.ok
-                   | "Classify" >> RunInference(handler)
-                   | "Prediction" >> beam.MapTuple(lambda meta, result: _prediction(meta, result.inference)))
+        if texts:
+            decoded = read["records"] | "Texts of records" >> beam.ParDo(TextOfRecordFn()).with_outputs(
+                FAILED, main="ok")
+        else:
+            decoded = read["records"] | "Decode images" >> beam.ParDo(
+                DecodeImageFn(config.preprocessing)).with_outputs(FAILED, main="ok")
+        handler = KeyedModelHandler(ModelDirClassifier(serving, config.batch_size, texts))
+        decoded_failures, classified = decoded[FAILED], decoded.ok | "Classify" >> RunInference(handler)
+    predictions = classified | "Prediction" >> beam.MapTuple(lambda meta, result: _prediction(meta, result.inference))
     written = (predictions
                | "Prediction to JSON" >> beam.Map(lambda prediction: json.dumps(prediction, sort_keys=True))
                | "Write predictions" >> beam.io.WriteToText(
                    FileSystems.join(config.output, PREDICTIONS_DIR, "part"), file_name_suffix=".jsonl",
                    skip_if_empty=True))  # no empty shard: S3 cannot take an empty upload from Beam
-    failures = (read[FAILED], decoded[FAILED]) | "All failures" >> beam.Flatten()
+    failures = (read[FAILED], decoded_failures) | "All failures" >> beam.Flatten()
     failures | "Write failures" >> WriteFailures(config.output)
     (predictions, failures) | "Summarize" >> SummarizePredictions(config.output)
     return written

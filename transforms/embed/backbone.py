@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from transforms.embed.model_inputs import ModelInputs, inputs_for
+from transforms.embed.model_inputs import ModelInputs, inputs_for, patch_count
 from transforms.embed.precision import load_in_precision
 from transforms.embed.protocol import Backbone
 from transforms.embed.settings import EmbedSettings
@@ -99,10 +99,12 @@ class BackboneHandler(ModelHandler[np.ndarray, PredictionResult, LoadedBackbone]
     def __init__(self, spec: Backbone, settings: EmbedSettings, inputs: ModelInputs | None = None):
         # Fixed-size batches: the compiled call is fastest at its batch size, and a batch job gains nothing from
         # Beam's adaptive (latency-driven) batch sizes; only a bundle's last batch is smaller.
-        super().__init__(min_batch_size=settings.batch_size, max_batch_size=settings.batch_size)
+        # Audio windows hold different numbers of patches: a batch is counted in patches.
+        self._inputs = inputs or inputs_for(spec)
+        weighed = {"element_size_fn": patch_count} if self._inputs.kind == "audio" else {}
+        super().__init__(min_batch_size=settings.batch_size, max_batch_size=settings.batch_size, **weighed)
         self._spec = spec
         self._settings = settings
-        self._inputs = inputs or inputs_for(spec)
 
     def load_model(self) -> LoadedBackbone:
         import tensorflow as tf
@@ -129,8 +131,7 @@ class BackboneHandler(ModelHandler[np.ndarray, PredictionResult, LoadedBackbone]
         """Vectors for each record of the batch (the record itself is not carried on: only its vectors are
         needed)."""
         vectors = model.embed(self._inputs.collate(batch))
-        return [PredictionResult(None, {name: v[i] for name, v in vectors.items()}, self.model_id)
-                for i in range(len(batch))]
+        return [PredictionResult(None, element, self.model_id) for element in self._inputs.per_element(vectors, batch)]
 
     def share_model_across_processes(self) -> bool:
         return self._settings.model_copies > 0
@@ -142,8 +143,8 @@ class BackboneHandler(ModelHandler[np.ndarray, PredictionResult, LoadedBackbone]
     def model_id(self) -> str:
         return self._spec.name
 
-    def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
-        return sum(x.nbytes for x in batch)
+    def get_num_bytes(self, batch: Sequence) -> int:
+        return sum(getattr(x, "samples", x).nbytes for x in batch)
 
     def get_metrics_namespace(self) -> str:
         return METRICS_NAMESPACE

@@ -19,8 +19,8 @@ class ClassifierHandler(ModelHandler[np.ndarray, PredictionResult, object]):
     Each inference is ``{"label": str, "probabilities": {class name: p}}``.
     """
 
-    def __init__(self, saved_model_path: str, batch_size: int = 32):
-        super().__init__(min_batch_size=1, max_batch_size=batch_size)
+    def __init__(self, saved_model_path: str, batch_size: int = 32, **batching):
+        super().__init__(**{"min_batch_size": 1, "max_batch_size": batch_size, **batching})
         self._path = saved_model_path
 
     def load_model(self):
@@ -30,14 +30,16 @@ class ClassifierHandler(ModelHandler[np.ndarray, PredictionResult, object]):
         return tf.saved_model.load(self._path)
 
     def run_inference(self, batch: Sequence[np.ndarray], model, inference_args=None) -> Iterable[PredictionResult]:
-        out = model.classify_images(np.stack(batch))
+        return self.predictions(model.classify_images(np.stack(batch)), len(batch))
+
+    def predictions(self, out: dict, n: int) -> list[PredictionResult]:
+        """A serving endpoint's outputs for ``n`` records -> their ``{"label", "probabilities"}``."""
         probabilities = out["probabilities"].numpy()
         labels = [label.decode("utf-8") for label in out["label"].numpy()]
-        names = [name.decode("utf-8") for name in out["class_names"].numpy()[0]] if len(batch) else []
-        for i in range(len(batch)):
-            yield PredictionResult(None, {"label": labels[i],
-                                          "probabilities": dict(zip(names, probabilities[i].tolist(), strict=True))},
-                                   self._path)
+        names = [name.decode("utf-8") for name in out["class_names"].numpy()[0]] if n else []
+        return [PredictionResult(None, {"label": labels[i],
+                                        "probabilities": dict(zip(names, probabilities[i].tolist(), strict=True))},
+                                 self._path) for i in range(n)]
 
     def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
         return sum(image.nbytes for image in batch)

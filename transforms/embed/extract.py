@@ -10,6 +10,7 @@ from transforms.decode.tokenize import TokenizeFn
 from transforms.embed.backbone import BackboneHandler
 from transforms.embed.model_inputs import inputs_for
 from transforms.embed.protocol import Backbone
+from transforms.embed.recordings import EmbedRecordings
 from transforms.embed.retry import EmbeddingFailure, RetryOneByOne
 from transforms.embed.settings import EmbedSettings
 from transforms.embed.text_batches import BatchByLengthFn
@@ -22,13 +23,15 @@ __all__ = ["ExtractFeatures"]
 class ExtractFeatures(beam.PTransform):
     """Records -> ``{"embedded": ((key, label, split), {output: vector}), "failed": Failure}``.
 
-    1. decode each image to the backbone's fixed uint8 input, or tokenise each text for a text backbone
-       (bad inputs go to ``failed``);
+    1. decode each image to the backbone's fixed uint8 input, tokenise each text for a text backbone, or decode
+       each recording to windows of 3-s patches of samples for an audio backbone (bad inputs go to ``failed``);
     2. texts only: batch them by length (``BatchByLengthFn``), so that each batch pads to one of a few bucket
-       lengths; images are batched by ``RunInference`` itself, in arrival order;
+       lengths; images and audio windows are batched by ``RunInference`` itself, in arrival order (windows
+       weighed by their patches);
     3. embed batches with ``RunInference`` over ``BackboneHandler`` (model loaded once per worker process, or
        ``settings.model_copies`` copies per machine shared by its processes); a failed batch is retried one by one
-       (``RetryOneByOne``), and an input the backbone fails on alone goes to ``failed`` too.
+       (``RetryOneByOne``), and an input the backbone fails on alone goes to ``failed`` too;
+    4. audio only: each recording's windows pooled into its mean over patches (``EmbedRecordings``).
     """
 
     def __init__(self, backbone: Backbone, settings: EmbedSettings):
@@ -38,6 +41,8 @@ class ExtractFeatures(beam.PTransform):
         self._handler = KeyedModelHandler(RetryOneByOne(BackboneHandler(backbone, settings)))
 
     def expand(self, records):
+        if self._backbone.modality == "audio":
+            return self._recordings(records)
         text = self._backbone.modality == "text"
         batches, undecodable = self._text_batches(records) if text else self._images(records)
         # Texts come batched already; images are batched by RunInference.
@@ -49,6 +54,11 @@ class ExtractFeatures(beam.PTransform):
         )
         failed = (undecodable, embedded[FAILED]) | "Decode or embed failures" >> beam.Flatten()
         return {"embedded": embedded.embedded, FAILED: failed}
+
+    def _recordings(self, records):
+        return records | "Embed recordings" >> EmbedRecordings(self._handler, self._backbone.preprocessing,
+                                                                self._settings.max_audio_seconds,
+                                                                self._settings.batch_size)
 
     def _images(self, records):
         """(decoded images, failures)."""

@@ -1,5 +1,5 @@
-"""How an activation becomes one vector per record, in the graph: spatial maps by avg/max/none, token layers
-over their real tokens only."""
+"""How an activation becomes one vector per record, in the graph: spatial maps and frame sequences by avg/max/none,
+token layers over their real tokens only."""
 
 from __future__ import annotations
 
@@ -24,13 +24,15 @@ def pooled_dim(shape: Sequence[int], pooling: str) -> int:
 
 
 def pool(activation, pooling: str):
-    """In-graph: a (batch, ...) activation -> (batch, dim) vector, as ``pooled_dim`` describes."""
+    """In-graph: a (batch, ..., channels) activation -> (batch, dim) vector, as ``pooled_dim`` describes: avg and max
+    over every axis between the first and the last (the positions of a map, the frames of a sequence)."""
     import tensorflow as tf
 
-    if activation.shape.rank == 4 and pooling == "avg":
-        activation = tf.reduce_mean(activation, axis=[1, 2])
-    elif activation.shape.rank == 4 and pooling == "max":
-        activation = tf.reduce_max(activation, axis=[1, 2])
+    positions = list(range(1, activation.shape.rank - 1))
+    if positions and pooling == "avg":
+        activation = tf.reduce_mean(activation, axis=positions)
+    elif positions and pooling == "max":
+        activation = tf.reduce_max(activation, axis=positions)
     return tf.reshape(activation, [tf.shape(activation)[0], -1])
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
+from transforms.decode.audio import AudioPreprocessing
 from transforms.decode.images import ImagePreprocessing
 from transforms.decode.tokenize import TextPreprocessing
 
@@ -16,13 +17,14 @@ __all__ = ["Backbone"]
 class Backbone(Protocol):
     """A frozen network the job can build on any worker.
 
-    ``modality`` is "image" (uint8 NHWC of ``preprocessing.crop`` in) or "text" (token ids and a mask in; the
-    tokenizer is the asset "tokenizer"). ``load(layers)`` builds a Keras model to ``{layer: activation}``;
-    ``layer_shapes`` are those activations' shapes without the batch axis."""
+    ``modality`` is "image" (uint8 NHWC of ``preprocessing.crop`` in), "text" (token ids and a mask in; the
+    tokenizer is the asset "tokenizer") or "audio" (float32 patches of ``preprocessing.patch_samples`` in).
+    ``load(layers)`` builds a Keras model to ``{layer: activation}``; ``layer_shapes`` are those activations' shapes
+    without the batch axis."""
 
     name: str
     modality: str
-    preprocessing: ImagePreprocessing | TextPreprocessing
+    preprocessing: ImagePreprocessing | TextPreprocessing | AudioPreprocessing
     layer_shapes: Mapping[str, tuple]
     default_layer: str
 

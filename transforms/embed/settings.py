@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from transforms.decode.audio import DEFAULT_MAX_AUDIO_SECONDS
 from transforms.decode.images import DEFAULT_MAX_PIXELS
 from transforms.schema.fields import OutputSpec
 
@@ -32,7 +33,9 @@ class EmbedSettings:
     - ``model_copies``: 0, a model in each worker process; N >= 1, N copies per machine shared by its processes
       (Beam's cross-process model sharing: one copy on a GPU instead of one per process);
     - ``precision``: the forward pass's type, float32, bfloat16 or float16 (``transforms.embed.precision``);
-    - ``max_pixels``: images with more pixels are refused from their header, before decoding.
+    - ``max_pixels``: images with more pixels are refused from their header, before decoding;
+    - ``max_audio_seconds``: recordings longer than this are refused (from their header where it says, else while
+      decoding).
     """
 
     outputs: tuple[OutputSpec, ...] = recorded("outputs", "--layer/--pooling/--feature-dtype")
@@ -41,6 +44,7 @@ class EmbedSettings:
     model_copies: int = 0
     precision: str = recorded("precision", "--precision (or --mixed-precision)", default="float32")
     max_pixels: int = recorded("max_image_pixels", "--max-image-pixels", default=DEFAULT_MAX_PIXELS)
+    max_audio_seconds: float = recorded("max_audio_seconds", "--max-audio-seconds", default=DEFAULT_MAX_AUDIO_SECONDS)
 
     def __post_init__(self):
         object.__setattr__(self, "outputs", tuple(self.outputs))

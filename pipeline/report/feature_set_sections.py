@@ -1,5 +1,6 @@
-"""The page's sections about the feature set itself: manifest, labels, samples per class, PCA projection, nearest
-neighbours and failures. Each returns its HTML as a list of strings, drawn from the scan and the previews given.
+"""The page's sections about the feature set itself: manifest, labels, samples per class (for audio, with a note on
+the spectrograms and players), PCA projection, nearest neighbours and failures. Each returns its HTML as a list of
+strings, drawn from the scan and the previews given.
 """
 
 from __future__ import annotations
@@ -12,16 +13,30 @@ from pipeline.report.markup import key_basename, label_name, plot_img, table, ti
 from pipeline.report.neighbours import NEAR_DUPLICATE
 from pipeline.report.plots import bar_plot, projection_plot
 from pipeline.report.scan import Scan
+from pipeline.report.spectrograms import FRAMES_PER_PIXEL, PREVIEW_SECONDS, audio_preprocessing
 from pipeline.report.thumbnails import Preview
+from transforms.decode.audio import AudioPreprocessing
 
-__all__ = ["manifest_section", "labels_section", "class_strips", "projection_section", "neighbours_section",
-           "failures_section"]
+__all__ = ["manifest_section", "labels_section", "class_strips", "audio_note", "projection_section",
+           "neighbours_section", "failures_section"]
+
+
+def _audio_rows(backbone: dict) -> list[tuple[str, str]]:
+    """An audio backbone's modality and the input it was fed, for the manifest's table (none for other ones)."""
+    if backbone.get("modality") != "audio":
+        return []
+    prep = audio_preprocessing(backbone.get("preprocessing"))
+    return [("modality", "audio"),
+            ("audio input", f"mono, {prep.sample_rate} Hz, log-mel of {prep.n_mels} bands ({prep.fmin:g}-"
+                            f"{prep.fmax:g} Hz, n_fft {prep.n_fft}, hop {prep.hop}), patches of {prep.patch_frames} "
+                            f"frames ({prep.patch_seconds:.2f} s)")]
 
 
 def manifest_section(output: str, manifest) -> list[str]:
-    """The set's path and its manifest: backbone, outputs, counts and shards."""
+    """The set's path and its manifest: backbone (for audio its modality and input), outputs, counts and shards."""
     return [f"<h1>Feature set {html.escape(output)}</h1>", "<h2>Manifest</h2>",
             table([("created", manifest.created), ("backbone", manifest.backbone.get("name")),
+                   *_audio_rows(manifest.backbone),
                    ("weights sha256", manifest.backbone.get("weights_sha256")),
                    *[(f"output {o.name}", f"{o.dim} x {o.dtype}, layer {o.layer}, pooling {o.pooling}, "
                                          f"Example key {o.example_key}") for o in manifest.outputs],
@@ -46,10 +61,22 @@ def class_strips(class_keys: dict, per_class: int, classes: int, previews: dict[
              + (f" (the first {classes} classes, by name, within the thumbnail cap)" if classes < len(class_keys)
                 else "") + ".</p>"]
     for label in sorted(class_keys, key=label_name)[:classes]:
-        tiles = "".join(tile(previews[k], key_basename(k)) for k in class_keys[label][:per_class])
+        tiles = "".join(tile(previews[k], key_basename(k), player=True) for k in class_keys[label][:per_class])
         parts.append(f'<div class="class" data-label="{html.escape(label_name(label))}">'
                      f"<h3>{html.escape(label_name(label))}</h3><div class='strip'>{tiles}</div></div>")
     return parts + ["</section>"]
+
+
+def audio_note(prep: AudioPreprocessing, players: int, max_players: int) -> str:
+    """What an audio set's spectrograms show, and which recordings have a player."""
+    seconds, hop_ms = f"{PREVIEW_SECONDS:g} s", f"{prep.hop / prep.sample_rate * 1000:g} ms"
+    return (f'<p id="audio-note">Recordings are shown as the log-mel spectrogram of at most their first {seconds} '
+            f"as the model hears them (mono, {prep.sample_rate} Hz, {prep.n_mels} mel bands from {prep.fmin:g} Hz "
+            f"at the bottom to {prep.fmax:g} Hz, {FRAMES_PER_PIXEL} frames of {hop_ms} per pixel column; whole "
+            f"{prep.patch_seconds:.2f}-s patches: a shorter recording is repeated to one patch, a last partial patch "
+            "left out), brightness from silence to the record's loudest band. "
+            f"{players} recordings of the samples per class have a player with the same first {seconds} "
+            f"(16-bit WAV, {prep.sample_rate} Hz), at most {max_players}, to keep the page small.</p>")
 
 
 def projection_section(scan: Scan, output_name: str) -> list[str]:

@@ -29,16 +29,20 @@ def table(rows) -> str:
     return f"<table>{cells}</table>"
 
 
-def tile(preview: Preview, caption: str, attrs: dict[str, str] | None = None) -> str:
-    """One record: its thumbnail, its text's first line, or the reason there is neither; then a caption."""
+def tile(preview: Preview, caption: str, attrs: dict[str, str] | None = None, player: bool = False) -> str:
+    """One record: its thumbnail (or a recording's spectrogram, with its player when ``player`` and the preview
+    holds one), its text's first line, or the reason there is none; then a caption."""
     data = "".join(f' data-{k}="{html.escape(str(v))}"' for k, v in (attrs or {}).items())
     key = html.escape(preview.key)
     if preview.src:
-        body = f'<img class="thumb" alt="{key}" src="{preview.src}">'
+        body = f'<img class="{preview.kind}" alt="{key}" src="{preview.src}">'
+        if player and preview.audio:
+            body += f'<audio class="player" controls preload="metadata" src="{preview.audio}"></audio>'
     elif preview.text is not None:
         body = f'<blockquote class="line">{html.escape(preview.text)}</blockquote>'
     else:
-        body = f'<div class="none">no thumbnail</div><small class="reason">{html.escape(preview.reason or "")}</small>'
+        missing = "no spectrogram" if preview.kind == "spectrogram" else "no thumbnail"
+        body = f'<div class="none">{missing}</div><small class="reason">{html.escape(preview.reason or "")}</small>'
     return (f'<figure class="tile" data-key="{key}"{data} title="{key}">{body}'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 

@@ -16,8 +16,10 @@ HEATMAP_CLASSES = 50      # above this many classes no heat map is drawn (per-cl
 
 
 def scored_split(head: dict) -> str:
-    """The split a head's errors are shown for: test when it was scored, else validation."""
-    return "test" if head["splits"].get("test", {}).get("examples") else "validation"
+    """The split a head's errors are shown for: the held-out test set (``--test-features``, or the records whose
+    split column says test) when it was scored, else validation."""
+    return next((split for split in ("test", "split test") if head["splits"].get(split, {}).get("examples")),
+                "validation")
 
 
 def _head_section(name: str, head: dict, classes: list[str]) -> list[str]:

@@ -3,11 +3,12 @@
 What it shows (1-5: ``feature_set_sections.py``; 6: ``model_sections.py``), and what each part is drawn from:
 
 1. the manifest, the label distribution (table and bar chart);
-2. per class, a strip of sample inputs (thumbnails; the first line for text sets);
+2. per class, a strip of sample inputs (thumbnails; the first line for text sets; for audio sets the log-mel
+   spectrogram of each recording's first seconds, and a player for the first ``max_players`` of them);
 3. a 2-D PCA projection of the features coloured by label;
 4. nearest neighbours: for a few sampled records, the most similar records by cosine (``neighbours.py``);
 5. failures: counts by reason (manifest) and the first dead letters (``errors/``) with key, reason and, for
-   images, a thumbnail where one can be made;
+   images and audio, a thumbnail (spectrogram) where one can be made;
 6. with a model directory: each head's metrics, its confusion matrix as a heat map (counts and row-normalised),
    the best head's per-class recall, the records it gets wrong grouped by true -> predicted class (from the
    capped list ``featurebeam train`` records in metrics.json), and the layer sweep when there is one.
@@ -15,9 +16,10 @@ What it shows (1-5: ``feature_set_sections.py``; 6: ``model_sections.py``), and 
 The records are read once, streamed (``scan.py``): labels and records are counted, and the projection and
 neighbours are of a seeded uniform sample of at most ``sample_size`` records (reservoir sampling), the class strips
 of a bounded sample per class, so memory does not grow with the set. At most ``max_thumbnails`` thumbnails are
-embedded (small JPEGs, ``thumbnails.py``), read through the same filesystems as extract; the page says so. Plots
-(``plots.py``) and thumbnails are data URIs, so the file opens anywhere, offline. A small script marks the page
-ready once every image has decoded, and records script errors, so a headless browser can check it.
+embedded (small JPEGs, ``thumbnails.py``; spectrograms, ``audio_previews.py``), read through the same filesystems
+as extract; the page says so. Plots (``plots.py``) and thumbnails are data URIs, so the file opens anywhere,
+offline. A small script marks the page ready once every image has decoded, and records script errors (and, on an
+audio page, whether every player's WAV loaded), so a headless browser can check it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.report.audio_previews import MAX_PLAYERS, audio_previews, round_robin
 from pipeline.report.feature_set_sections import (
+    audio_note,
     class_strips,
     failures_section,
     labels_section,
@@ -48,8 +52,10 @@ from pipeline.report.scan import (
     read_metrics,
     scan_feature_set,
 )
-from pipeline.report.thumbnails import THUMBNAIL_PIXELS, image_previews, text_previews
+from pipeline.report.spectrograms import audio_preprocessing
+from pipeline.report.thumbnails import THUMBNAIL_PIXELS, Preview, image_previews, text_previews
 from pipeline.train.feature_sets import open_feature_sets
+from transforms.read.tables import DEFAULT_MAX_INPUT_BYTES
 
 __all__ = ["build_report", "allocate_thumbnails", "class_strip_shape", "MAX_THUMBNAILS"]
 
@@ -106,13 +112,31 @@ def _share_thumbnail_cap(scan: Scan, wrong: dict | None, letters: list[dict], is
     return _ShownRecords(granted, queries, found, similarity, per_class, classes)
 
 
+def _class_strip_keys(scan: Scan, shown: _ShownRecords) -> list[list[str]]:
+    """The keys each class strip shows, strip after strip."""
+    return [list(scan.class_keys[label][:shown.per_class])
+            for label in sorted(scan.class_keys, key=label_name)[:shown.classes]]
+
+
+def _previews(manifest, keys: list[str], players: list[str]) -> dict[str, Preview]:
+    """What each key looks like for the set's modality: a text's first line, a recording's spectrogram (with a
+    player for the keys in ``players``), else an image's thumbnail."""
+    modality = manifest.backbone.get("modality")
+    fields = manifest.inputs.get("fields") or {}
+    if modality == "text":
+        return text_previews(keys, fields)
+    if modality == "audio":
+        return audio_previews(keys, audio_preprocessing(manifest.backbone.get("preprocessing")), players,
+                              int(fields.get("max_input_bytes") or DEFAULT_MAX_INPUT_BYTES))
+    return image_previews(keys)
+
+
 def _shown_keys(scan: Scan, wrong: dict | None, letters: list[dict], shown: _ShownRecords) -> list[str]:
     """The keys of every record a section shows: the ones that need a preview."""
     keys = [r["key"] for r in (wrong["records"][:shown.granted["misclassified"]] if wrong else [])]
     keys += [str(scan.sample_keys[i]) for i in np.concatenate([shown.queries, shown.found.reshape(-1)])]
     keys += [str(letter.get("key", "")) for letter in letters[:shown.granted["failures"]]]
-    keys += [k for label in sorted(scan.class_keys, key=label_name)[:shown.classes]
-             for k in scan.class_keys[label][:shown.per_class]]
+    keys += [k for strip in _class_strip_keys(scan, shown) for k in strip]
     return keys
 
 
@@ -127,6 +151,13 @@ window.addEventListener('load', () => {
   document.body.dataset.thumbnails = String(images.length - plots.length);
   document.body.dataset.ready = ok ? 'ok' : 'broken';
   document.body.dataset.errors = String(window.__errors.length);
+  const players = Array.from(document.querySelectorAll('audio'));
+  if (players.length === 0) return;
+  document.body.dataset.players = String(players.length);
+  Promise.all(players.map(a => a.error ? false : a.readyState >= 1 ? true : new Promise(done => {
+    a.addEventListener('loadedmetadata', () => done(true));
+    a.addEventListener('error', () => done(false));
+  }))).then(ok => { document.body.dataset.playersReady = ok.every(Boolean) ? 'ok' : 'broken'; });
 });"""
 
 STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;margin:.5em 0}"
@@ -140,13 +171,17 @@ STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-c
          "figcaption,small.reason{display:block;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}"
          "blockquote.line{margin:0;height:64px;overflow:hidden;background:#f7f7f7;font-size:10px}"
          ".heatmaps{display:flex;flex-wrap:wrap;gap:1em}table.heatmap td{text-align:right;font-size:11px}"
-         "tr.best th{font-weight:bold;color:#08519c}h3{margin:.6em 0 .2em;font-size:1em}")
+         "tr.best th{font-weight:bold;color:#08519c}h3{margin:.6em 0 .2em;font-size:1em}"
+         "figure.tile:has(img.spectrogram){width:auto;max-width:100%}"
+         "img.spectrogram{height:96px;display:block;image-rendering:pixelated;background:#000}"
+         "audio.player{display:block;width:100%;min-width:180px;height:28px}")
 
 
 def build_report(output: str, model_dir: str | None = None, sample_size: int = SAMPLE_SIZE, seed: int = 0,
-                 max_thumbnails: int = MAX_THUMBNAILS) -> str:
+                 max_thumbnails: int = MAX_THUMBNAILS, max_players: int = MAX_PLAYERS) -> str:
     """The report's HTML text; the projection and neighbours are of at most ``sample_size`` records, drawn with
-    ``seed``, and at most ``max_thumbnails`` thumbnails (or text lines) are embedded."""
+    ``seed``, and at most ``max_thumbnails`` thumbnails (or text lines, or spectrograms) are embedded; for audio,
+    at most ``max_players`` recordings of the class strips have a player."""
     (source,) = open_feature_sets([output])
     manifest = source.manifest
     scan = scan_feature_set(source, sample_size, seed)
@@ -154,18 +189,24 @@ def build_report(output: str, model_dir: str | None = None, sample_size: int = S
     best = metrics["heads"][metrics["best_head"]] if metrics else None
     wrong = best["splits"].get(scored_split(best), {}).get("misclassified") if best else None
     letters = read_dead_letters(source)
-    is_text = manifest.backbone.get("modality") == "text"
+    modality = manifest.backbone.get("modality")
+    is_text = modality == "text"
 
     shown = _share_thumbnail_cap(scan, wrong, letters, is_text, max_thumbnails, seed)
     keys = _shown_keys(scan, wrong, letters, shown)
-    previews = text_previews(keys, manifest.inputs.get("fields")) if is_text else image_previews(keys)
+    players = round_robin(_class_strip_keys(scan, shown), max_players) if modality == "audio" else []
+    previews = _previews(manifest, keys, players)
     embedded = sum(1 for k in keys if previews[k].src or previews[k].text is not None)
 
-    kind = "text lines" if is_text else f"thumbnails ({THUMBNAIL_PIXELS}-pixel JPEG)"
+    kind = {"text": "text lines", "audio": "spectrograms (log-mel PNG)"}.get(
+        modality, f"thumbnails ({THUMBNAIL_PIXELS}-pixel JPEG)")
     parts = [*manifest_section(output, manifest),
              f'<p id="thumbnail-cap">This page embeds {embedded} {kind}, at most {max_thumbnails} '
-             "(the thumbnail cap), shared by the sections below.</p>",
-             *labels_section(sorted(scan.labels.items(), key=lambda kv: str(kv[0])))]
+             "(the thumbnail cap), shared by the sections below.</p>"]
+    if modality == "audio":
+        parts.append(audio_note(audio_preprocessing(manifest.backbone.get("preprocessing")),
+                                sum(1 for k in players if previews[k].audio), max_players))
+    parts += labels_section(sorted(scan.labels.items(), key=lambda kv: str(kv[0])))
     if shown.classes:
         parts += class_strips(scan.class_keys, shown.per_class, shown.classes, previews)
     parts += projection_section(scan, html.escape(source.output.name))

@@ -4,8 +4,8 @@ A key is the input's URI (``transforms.schema.record_key``), so a loose file is 
 names, through Beam's FileSystems (local, gs://, s3://), at most ``MAX_SOURCE_BYTES`` of it. A key of one record
 inside a file (``URI#member`` of a tar shard or TFRecord file) is not a path: it gets no thumbnail, and a one-line
 reason says why. Text keys (``URI#id=ID``, ``URI#row=N``) are found by streaming their text file's rows once,
-holding only the rows asked for. Nothing here fails: what cannot be shown comes back as a ``Preview`` with a
-reason.
+holding only the rows asked for (recordings are previewed by ``audio_previews.py``). Nothing here fails: what
+cannot be shown comes back as a ``Preview`` with a reason.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 __all__ = ["Preview", "THUMBNAIL_PIXELS", "MAX_SOURCE_BYTES", "jpeg_thumbnail", "data_uri", "image_preview",
-           "image_previews", "first_line", "text_previews", "archive_of"]
+           "image_previews", "first_line", "text_previews", "archive_of", "short_error"]
 
 THUMBNAIL_PIXELS = 64         # the longer side of a thumbnail; smaller images are kept at their size
 JPEG_QUALITY = 75
@@ -25,12 +25,16 @@ LINE_CHARS = 120              # the most shown of a text's first line
 
 
 class Preview(NamedTuple):
-    """A thumbnail (``src``, a data URI), a text's first line (``text``), or why there is neither (``reason``)."""
+    """A thumbnail (``src``, a data URI), a text's first line (``text``), or why there is neither (``reason``).
+    ``kind`` is what ``src`` shows: "thumb" (an image) or "spectrogram" (a recording, whose first seconds
+    ``audio`` may hold as a WAV data URI for a player)."""
 
     key: str
     src: str | None = None
     text: str | None = None
     reason: str | None = None
+    kind: str = "thumb"
+    audio: str | None = None
 
 
 def jpeg_thumbnail(data: bytes, pixels: int = THUMBNAIL_PIXELS, quality: int = JPEG_QUALITY) -> bytes:
@@ -62,7 +66,8 @@ def archive_of(key: str) -> str | None:
     return uri if sep and uri and member else None
 
 
-def _short(error: BaseException) -> str:
+def short_error(error: BaseException) -> str:
+    """An exception as one short line: its type and the start of its message."""
     text = " ".join(str(error).split())
     return f"{type(error).__name__}: {text[:160]}" if text else type(error).__name__
 
@@ -78,11 +83,11 @@ def image_preview(key: str, pixels: int = THUMBNAIL_PIXELS, limit: int = MAX_SOU
         if archive is not None:
             return Preview(key, reason=f"a record inside {archive} (tar shard or TFRecord file): not read "
                                        "for a thumbnail")
-        return Preview(key, reason=f"cannot be read ({_short(e)})")
+        return Preview(key, reason=f"cannot be read ({short_error(e)})")
     try:
         return Preview(key, src=data_uri(jpeg_thumbnail(data, pixels)))
     except Exception as e:
-        return Preview(key, reason=f"cannot be decoded as an image ({_short(e)})")
+        return Preview(key, reason=f"cannot be decoded as an image ({short_error(e)})")
 
 
 def image_previews(keys: Iterable[str], pixels: int = THUMBNAIL_PIXELS) -> dict[str, Preview]:
@@ -136,7 +141,7 @@ def text_previews(keys: Iterable[str], fields: Mapping | None = None,
                             break
         except Exception as e:
             for key in asked - found.keys():
-                found[key] = Preview(key, reason=f"its text file cannot be read ({_short(e)})")
+                found[key] = Preview(key, reason=f"its text file cannot be read ({short_error(e)})")
         for key in asked - found.keys():
             found[key] = Preview(key, reason=f"no such row in {uri}")
     return found

@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test test-fast lint setup browser clean
+.PHONY: demo test test-fast lint setup browser audio-tools clean
 
 setup: $(VENV)/.installed
 
@@ -25,11 +25,16 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
+# The audio probe test renders real sampled instruments with Debian's fluidsynth and FluidR3 soundfont (as root).
+audio-tools:
+	@command -v fluidsynth >/dev/null 2>&1 && test -f /usr/share/sounds/sf2/FluidR3_GM.sf2 || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fluidsynth fluid-soundfont-gm >/dev/null; }
+
 lint: setup
 	$(BIN)/ruff check .
 
 # Two pytest processes (the machines have two cores; much of a test is one Python thread), a test file each.
-test: setup browser lint
+test: setup browser audio-tools lint
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 test-fast: setup

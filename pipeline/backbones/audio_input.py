@@ -20,6 +20,7 @@ import math
 from collections.abc import Callable
 
 import numpy as np
+
 from transforms.decode.audio import AudioPreprocessing
 
 __all__ = ["slaney_mel_matrix", "log_mel", "with_sample_input", "hz_to_mel", "mel_to_hz"]

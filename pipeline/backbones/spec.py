@@ -15,7 +15,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from transforms.decode.audio import AudioPreprocessing
-
 from transforms.decode.images import ImagePreprocessing
 from transforms.decode.tokenize import TextPreprocessing
 

@@ -5,9 +5,8 @@ become (``embed_settings``). A new embedding setting is a flag and its check her
 
 from __future__ import annotations
 
-from transforms.decode.audio import DEFAULT_MAX_AUDIO_SECONDS
-
 from pipeline.errors import ConfigError
+from transforms.decode.audio import DEFAULT_MAX_AUDIO_SECONDS
 from transforms.decode.images import DEFAULT_MAX_PIXELS
 from transforms.embed.protocol import Backbone
 from transforms.embed.settings import EmbedSettings

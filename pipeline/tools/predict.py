@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
-from transforms.decode.audio import AudioPreprocessing
 
 from pipeline.errors import ConfigError
 from pipeline.folders import absolute, read_model_file
@@ -31,6 +30,7 @@ from pipeline.inputs import check_formats, resolve_input
 from pipeline.outputs import check_output_dir, clear_previous_outputs
 from pipeline.tools.predict_audio import ClassifyRecordings
 from pipeline.tools.serving_handler import ServingModelHandler
+from transforms.decode.audio import AudioPreprocessing
 from transforms.decode.images import DecodeImageFn, ImagePreprocessing
 from transforms.decode.tokenize import text_of
 from transforms.read.input_specs import InputSpec

@@ -34,6 +34,10 @@ def train_parser() -> argparse.ArgumentParser:
                         help="draws another validation split (and folds, and MLP initialisation) on purpose; the "
                              "same seed and data give the same split wherever the data lives (default 0)")
     parser.add_argument("--class-weights", action="store_true", help="weight classes inversely to their frequency")
+    parser.add_argument("--no-standardize", dest="standardize", action="store_false",
+                        help="fit the linear probe on the raw features, as the CLIP paper's linear probes do "
+                             "(default: standardised by the training records' mean and deviation, folded into "
+                             "the exported weights)")
     parser.add_argument("--memory-limit-mb", type=int, default=2048,
                         help="feature sets larger than this stream from disk instead of loading (default: 2048; "
                              "in-memory training peaks near 1 GB + 3 x the features)")
@@ -56,8 +60,8 @@ def cmd_train(argv: Sequence[str]) -> int:
     config = TrainConfig(features=tuple(args.features), output=absolute(args.output),
                          heads=tuple(dict.fromkeys(args.head or ["linear"])), output_name=args.output_name,
                          test_features=tuple(args.test_features), validation_fraction=args.validation_fraction,
-                         class_weights=args.class_weights, memory_limit_mb=args.memory_limit_mb, seed=args.seed,
-                         overwrite=args.overwrite)
+                         class_weights=args.class_weights, standardize=args.standardize,
+                         memory_limit_mb=args.memory_limit_mb, seed=args.seed, overwrite=args.overwrite)
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     if args.sweep_layers:
         if args.output_name:

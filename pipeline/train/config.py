@@ -22,6 +22,7 @@ class TrainConfig:
     test_features: tuple[str, ...] = ()
     validation_fraction: float = 0.2
     class_weights: bool = False
+    standardize: bool = True   # linear probes on standardised features (False: raw, the CLIP paper's protocol)
     memory_limit_mb: int = 2048
     overwrite: bool = False
     hidden: int = 512

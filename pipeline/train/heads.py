@@ -4,7 +4,10 @@
 L2 strength C (scikit-learn's convention: ``C * sum(loss) + ||W||^2 / 2``) is chosen on the validation split
 by a parametric binary search over 1e-6 ... 1e6 that ends at 8 steps per decade; each fit is a full-batch
 L-BFGS solve, warm-started from the nearest C already fitted; the winner is refitted on train + validation.
-Sets too large for memory use the same objective with minibatches (``fit_linear_streaming``).
+Sets too large for memory use the same objective with minibatches (``fit_linear_streaming``). With
+``standardize`` each fit sees its records standardised by their own mean and standard deviation (scikit-learn's
+``StandardScaler`` before ``LogisticRegression``), so the L2 term weighs every feature alike whatever its scale;
+the scaling is folded into the weights it returns, which take raw features.
 
 ``mlp``: Normalization -> Dense(hidden, relu) -> Dropout -> Dense, Adam, early stopping on validation loss.
 
@@ -19,8 +22,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["LinearFit", "fit_logistic", "parametric_search", "sweep_linear", "linear_head", "fit_mlp", "class_weights",
-           "balanced_weights", "fit_linear_streaming", "INITIAL_CS"]
+__all__ = ["LinearFit", "standardizer", "fit_logistic", "parametric_search", "sweep_linear", "linear_head",
+           "fit_mlp", "class_weights", "balanced_weights", "fit_linear_streaming", "INITIAL_CS"]
 
 INITIAL_CS = tuple(10.0 ** e for e in (-6, -4, -2, 0, 2, 4, 6))
 
@@ -50,9 +53,28 @@ class LinearFit:
         return p / p.sum(axis=1, keepdims=True)
 
 
+def standardizer(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, scale) of ``x``'s columns: the scale is the standard deviation, 1 where a column is constant."""
+    x64 = np.asarray(x, np.float64)
+    mean, std = x64.mean(axis=0), x64.std(axis=0)
+    return mean, np.where(std > 0, std, 1.0)
+
+
 def fit_logistic(x: np.ndarray, y: np.ndarray, n_classes: int, c: float, sample_weight: np.ndarray | None = None,
-                 init: LinearFit | None = None, max_iter: int = 1000, gtol: float = 1e-8) -> LinearFit:
-    """Minimise ``C * sum_i w_i * CE_i + ||W||^2 / 2`` (bias not penalised) with L-BFGS."""
+                 init: LinearFit | None = None, max_iter: int = 1000, gtol: float = 1e-8,
+                 standardize: bool = False) -> LinearFit:
+    """Minimise ``C * sum_i w_i * CE_i + ||W||^2 / 2`` (bias not penalised) with L-BFGS; with ``standardize``
+    on ``x`` standardised by its own columns' mean and deviation, the result folded back to take raw ``x``
+    (``W / s``, ``b - m W / s``)."""
+    if standardize:
+        mean, scale = standardizer(x)
+        z = np.asarray(x, np.float32) - mean.astype(np.float32)
+        z /= scale.astype(np.float32)
+        if init is not None:  # the raw-space start, as the standardised problem sees it
+            init = LinearFit(init.weights * scale[:, None], init.bias + mean @ init.weights, init.c, init.iterations)
+        fit = fit_logistic(z, y, n_classes, c, sample_weight, init, max_iter, gtol)
+        weights = fit.weights / scale[:, None]
+        return LinearFit(weights, fit.bias - mean @ weights, c, fit.iterations)
     from scipy.optimize import minimize
     from threadpoolctl import threadpool_limits
 
@@ -124,7 +146,8 @@ def parametric_search(evaluate: Callable[[float], float], initial: Sequence[floa
 
 def sweep_linear(x_train, y_train, x_val, y_val, n_classes: int, sample_weight=None,
                  initial: Sequence[float] = INITIAL_CS, steps_per_decade: int = 8,
-                 score: Callable[[np.ndarray, np.ndarray], float] | None = None) -> SweepResult:
+                 score: Callable[[np.ndarray, np.ndarray], float] | None = None,
+                 standardize: bool = False) -> SweepResult:
     """``parametric_search`` scored on one validation split, each fit warm-started from the nearest C."""
     score = score or (lambda y, p: float(np.mean(p.argmax(axis=1) == y)))
     result = SweepResult(best_c=initial[0])
@@ -132,7 +155,7 @@ def sweep_linear(x_train, y_train, x_val, y_val, n_classes: int, sample_weight=N
     def evaluate(log_c: float) -> float:
         nearest = min(result.fits, key=lambda k: abs(k - log_c), default=None)
         fit = fit_logistic(x_train, y_train, n_classes, 10.0 ** log_c, sample_weight,
-                           init=result.fits[nearest] if nearest is not None else None)
+                           init=result.fits[nearest] if nearest is not None else None, standardize=standardize)
         result.fits[log_c] = fit
         return score(y_val, fit.predict_proba(x_val))
 
@@ -192,21 +215,28 @@ def fit_mlp(train, validation, dim: int, n_classes: int, hidden: int = 512, drop
 
 def fit_linear_streaming(train_ds, val_ds, dim: int, n_classes: int, n_train: int,
                          initial: Sequence[float] = (1e-4, 1e-2, 1, 1e2, 1e4), epochs: int = 5,
-                         class_weight: dict | None = None, seed: int = 0, refit_ds=None):
+                         class_weight: dict | None = None, seed: int = 0, refit_ds=None, normalizer_data=None):
     """The linear probe for sets that do not fit in memory: the same objective (per-example mean, L2 of
     ``1 / (2 C n)``), minimised with Adam on streamed minibatches; C chosen on the streamed validation
-    split, then refitted on ``refit_ds`` (train + validation) when given.
+    split, then refitted on ``refit_ds`` (train + validation) when given. With ``normalizer_data`` (the
+    training features, streamed once) the features are standardised first, by a ``Normalization`` layer.
 
     Returns (model, {C: validation accuracy}, best C).
     """
     import keras
+
+    normalizer = None
+    if normalizer_data is not None:
+        normalizer = keras.layers.Normalization(name="standardize")
+        normalizer.adapt(normalizer_data)
 
     def build(c: float):
         keras.utils.set_random_seed(seed)
         features = keras.Input((dim,), name="features")
         dense = keras.layers.Dense(n_classes, activation="softmax", name="logistic",
                                    kernel_regularizer=keras.regularizers.L2(0.5 / (c * n_train)))
-        model = keras.Model(features, dense(features), name="linear_head")
+        model = keras.Model(features, dense(features if normalizer is None else normalizer(features)),
+                            name="linear_head")
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
                       metrics=["accuracy"])
         return model

@@ -4,8 +4,9 @@ any order or place trains the same heads), split by the ``SplitRule``, each head
 The linear head's C is chosen by k-fold cross-validation on the training records (``probe.cross_validate_c``;
 on the validation split alone above ``probe.CV_MAX_RECORDS`` training records, where one split scores C with
 little noise and k folds would cost k times the fits); it is then fitted on the training records (its
-validation scores) and refitted on train + validation at that C, the head exported. The MLP stops early on
-the validation loss.
+validation scores) and refitted on train + validation at that C, the head exported. Every one of those fits
+standardises the features it is given (unless ``--no-standardize``), as a scikit-learn pipeline of
+``StandardScaler`` and ``LogisticRegression`` would in each fold. The MLP stops early on the validation loss.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from pipeline.train.config import TrainConfig
 from pipeline.train.feature_sets import FeatureSetError, FeatureTable, load_table
 from pipeline.train.splits import TEST, TRAIN, VALIDATION, SplitRule
 
-__all__ = ["Split", "label_index", "test_split", "train_in_memory", "predict", "scored"]
+__all__ = ["STANDARDIZED", "Split", "label_index", "test_split", "train_in_memory", "predict", "scored"]
 
 SPLIT_TEST = "split test"  # the training set's own records whose split column says test
+STANDARDIZED = "standardised by each fit's own records (mean, deviation), folded into the weights"
 
 
 @dataclass
@@ -69,23 +71,26 @@ def fit_linear(config: TrainConfig, rule: SplitRule, train: Split, val: Split, b
     sw = None if weights is None else weights[train.y]
     if len(train.y) <= probe.CV_MAX_RECORDS:
         try:
-            cv = probe.cross_validate_c(train.x, train.y, n_classes, rule.folds(train.keys, probe.FOLDS), sw)
+            cv = probe.cross_validate_c(train.x, train.y, n_classes, rule.folds(train.keys, probe.FOLDS), sw,
+                                        standardize=config.standardize)
         except ValueError as e:
             raise FeatureSetError(str(e)) from None
         best_c, chosen = cv.best_c, {"cross_validation": cv.describe()}
         cs = sorted(cv.grid)
         curves = {"cross-validated accuracy": ([10.0 ** k for k in cs], [cv.mean(k) for k in cs])}
-        fit = heads.fit_logistic(train.x, train.y, n_classes, best_c, sw)
+        fit = heads.fit_logistic(train.x, train.y, n_classes, best_c, sw, standardize=config.standardize)
     else:  # a large set: one validation split already scores C with little noise, at a fifth of the fits
-        sweep = heads.sweep_linear(train.x, train.y, val.x, val.y, n_classes, sample_weight=sw)
+        sweep = heads.sweep_linear(train.x, train.y, val.x, val.y, n_classes, sample_weight=sw,
+                                   standardize=config.standardize)
         best_c, cs = sweep.best_c, sorted(sweep.scores)
         chosen = {"selection": f"the validation split (over {probe.CV_MAX_RECORDS} training records)",
                   "sweep": {f"{10.0 ** k:.6g}": sweep.scores[k] for k in cs}}
         curves = {"validation accuracy": ([10.0 ** k for k in cs], [sweep.scores[k] for k in cs])}
         fit = sweep.fits[round(float(np.log10(best_c)), 6)]
     w_both = None if weights is None else heads.class_weights(both.y, n_classes)[both.y]
-    refit = heads.fit_logistic(both.x, both.y, n_classes, best_c, w_both, init=fit)
+    refit = heads.fit_logistic(both.x, both.y, n_classes, best_c, w_both, init=fit, standardize=config.standardize)
     hyper = {"solver": "L-BFGS (full batch)", "C": best_c, "l2": 1.0 / best_c, **chosen,
+             "features": STANDARDIZED if config.standardize else "raw",
              "refit": "train + validation", "iterations": refit.iterations,
              "class_weights": "balanced" if weights is not None else None}
     return heads.linear_head(refit.weights, refit.bias), hyper, curves, fit.predict_proba(val.x)

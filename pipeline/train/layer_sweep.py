@@ -48,7 +48,8 @@ def sweep_layers(config: TrainConfig, log=print) -> dict:
         is_train, is_val = part == TRAIN, part == VALIDATION
         log(f"featurebeam train: probing layer {name} ({sources[0].output.dim} floats, {int(is_train.sum())} train, "
             f"{int(is_val.sum())} validation records)")
-        sweep = heads.sweep_linear(table.x[is_train], y[is_train], table.x[is_val], y[is_val], len(classes))
+        sweep = heads.sweep_linear(table.x[is_train], y[is_train], table.x[is_val], y[is_val], len(classes),
+                                   standardize=config.standardize)
         best_key = round(float(np.log10(sweep.best_c)), 6)
         entry = {"dim": sources[0].output.dim, "layer": sources[0].output.layer, "C": sweep.best_c,
                  "validation_accuracy": float(sweep.scores[best_key])}
@@ -60,7 +61,8 @@ def sweep_layers(config: TrainConfig, log=print) -> dict:
         results[name] = entry
     best = max(names, key=lambda n: (results[n]["validation_accuracy"], -names.index(n)))
     return {"layers": results, "order": names, "best_layer": best,
-            "criterion": "validation accuracy of a linear probe (L2 logistic regression, C swept)"}
+            "criterion": "validation accuracy of a linear probe (L2 logistic regression, C swept"
+                         f"{', standardised features' if config.standardize else ''})"}
 
 
 def run_layer_sweep(config: TrainConfig, log=print) -> dict:

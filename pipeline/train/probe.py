@@ -7,9 +7,9 @@ k-fold cross-validation on the training records over a parametric sweep of C, th
   eighth of a decade (ties go to the stronger L2);
 - each fit: ``heads.fit_logistic``, multinomial logistic regression with scikit-learn's objective
   (``C * sum(loss) + ||W||^2 / 2``) solved by SciPy's L-BFGS, warm-started in each fold from the nearest C
-  already fitted there, to a gradient tolerance of ``FOLD_GTOL``. The head's held-out accuracy is checked
-  against scikit-learn's ``LogisticRegression`` swept the same way
-  (``tests/pipeline/train/test_reproducible_heads.py``).
+  already fitted there, to a gradient tolerance of ``FOLD_GTOL``, on features standardised by the fold's own
+  records unless the user asks for raw ones. The head's held-out accuracy is checked against scikit-learn's
+  ``StandardScaler`` + ``LogisticRegression`` swept the same way (``tests/pipeline/train/test_reproducible_heads.py``).
 """
 
 from __future__ import annotations
@@ -51,9 +51,10 @@ class CrossValidation:
 
 
 def cross_validate_c(x: np.ndarray, y: np.ndarray, n_classes: int, fold_of: np.ndarray,
-                     sample_weight: np.ndarray | None = None) -> CrossValidation:
+                     sample_weight: np.ndarray | None = None, standardize: bool = False) -> CrossValidation:
     """C by k-fold cross-validation: ``fold_of`` numbers each record's fold; a fold that leaves no record to
-    fit or none to score is not used. Raises ``ValueError`` when fewer than two folds can be used."""
+    fit or none to score is not used (with ``standardize``, each fold's fit standardises by its own records).
+    Raises ``ValueError`` when fewer than two folds can be used."""
     folds = [f for f in np.unique(fold_of) if 0 < (fold_of == f).sum() < len(y)]
     if len(folds) < 2:
         raise ValueError(f"{len(y)} training records are too few for cross-validation")
@@ -67,7 +68,8 @@ def cross_validate_c(x: np.ndarray, y: np.ndarray, n_classes: int, fold_of: np.n
             nearest = min(fits[i], key=lambda k: abs(k - log_c), default=None)
             weights = None if sample_weight is None else sample_weight[fitted]
             fit = heads.fit_logistic(x[fitted], y[fitted], n_classes, 10.0 ** log_c, weights,
-                                     init=fits[i][nearest] if nearest is not None else None, gtol=FOLD_GTOL)
+                                     init=fits[i][nearest] if nearest is not None else None, gtol=FOLD_GTOL,
+                                     standardize=standardize)
             fits[i][log_c] = fit
             accuracies.append(float(np.mean(fit.predict_proba(x[held]).argmax(axis=1) == y[held])))
         grid[log_c] = accuracies

@@ -28,8 +28,10 @@ def _fit(name: str, config: TrainConfig, data: dict, dim: int, n_classes: int, n
     if name == "linear":
         model, scores, best_c = heads.fit_linear_streaming(
             data["train"], data["validation"], dim, n_classes, n_train, refit_ds=data["both"], class_weight=cw,
-            seed=config.seed)
+            seed=config.seed, normalizer_data=data["train"].map(lambda x, y: x) if config.standardize else None)
         hyper = {"solver": "Adam minibatches (streamed)", "C": best_c, "l2": 1.0 / best_c,
+                 "features": "standardised by the training split (a Normalization layer)" if config.standardize
+                 else "raw",
                  "selection": "the validation split (streamed)",
                  "sweep": {f"{c:.6g}": s for c, s in sorted(scores.items())}, "refit": "train + validation",
                  "class_weights": "balanced" if cw else None}

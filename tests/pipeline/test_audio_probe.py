@@ -97,7 +97,7 @@ def test_the_mfcc_baseline_is_well_above_chance(instrument_task):
 
 def test_the_musicnn_probe_beats_mfcc_by_ten_points(instrument_task, tmp_path, capsys):
     folder, task = instrument_task
-    features, model = tmp_path / "features", tmp_path / "model"
+    features, model, raw_model = tmp_path / "features", tmp_path / "model", tmp_path / "raw model"
     assert main(["extract", "--input", str(folder / "manifest.jsonl"), "--backbone", "musicnn_msd", "--output",
                  str(features), "--quiet"]) == 0
     assert main(["train", "--features", str(features), "--output", str(model)]) == 0
@@ -105,6 +105,13 @@ def test_the_musicnn_probe_beats_mfcc_by_ten_points(instrument_task, tmp_path, c
     held_out = metrics["heads"]["linear"]["splits"]["split test"]
     assert held_out["examples"] == sum(split == "test" for _, _, split in task)
     probe, mfcc = held_out["accuracy"], mfcc_baseline(task)
-    print(json.dumps({"test accuracy": {"musicnn_msd probe": probe, "mfcc": mfcc}}))
+    assert metrics["heads"]["linear"]["hyperparameters"]["features"].startswith("standardised")
+    # the same probe on the raw features: `pool` holds max and mean pools of very different scales
+    assert main(["train", "--features", str(features), "--output", str(raw_model), "--no-standardize"]) == 0
+    raw_metrics = json.loads((raw_model / "metrics.json").read_text())["heads"]["linear"]
+    raw = raw_metrics["splits"]["split test"]["accuracy"]
+    print(json.dumps({"test accuracy": {"musicnn_msd probe": probe, "on raw features": raw, "mfcc": mfcc}}))
+    assert raw_metrics["hyperparameters"]["features"] == "raw"
     assert mfcc > 3 * CHANCE
     assert probe >= mfcc + MARGIN, f"the musicnn probe scored {probe:.3f}, the MFCC baseline {mfcc:.3f}"
+    assert probe > raw

@@ -160,10 +160,12 @@ def test_a_split_column_trains_with_exactly_those_validation_records(tmp_path, b
 
 
 def _sklearn_probe_accuracy(x, y, x_test, y_test, seed: int = 0) -> float:
-    """scikit-learn's LogisticRegression with C chosen by a stratified 5-fold sweep (the same parametric search
-    over C), refitted on every training record: the reference a user would compute."""
+    """scikit-learn's StandardScaler and LogisticRegression with C chosen by a stratified 5-fold sweep (the same
+    parametric search over C), refitted on every training record: the reference a user would compute."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
     from threadpoolctl import threadpool_limits
 
     from pipeline.train.heads import parametric_search
@@ -171,7 +173,7 @@ def _sklearn_probe_accuracy(x, y, x_test, y_test, seed: int = 0) -> float:
     folds = list(StratifiedKFold(5, shuffle=True, random_state=seed).split(x, y))
 
     def fit(c, rows):
-        return LogisticRegression(C=c, max_iter=1000).fit(x[rows], y[rows])
+        return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=1000)).fit(x[rows], y[rows])
 
     def mean_accuracy(log_c):
         return float(np.mean([fit(10.0 ** log_c, fitted).score(x[held], y[held]) for fitted, held in folds]))

@@ -120,13 +120,69 @@ def test_linear_head_is_within_one_point_of_sklearn_with_the_same_sweep(digits_f
         ours_fit = heads.fit_logistic(train.x[~val], y[~val], len(classes), c)
         theirs = sk(c, train.x[~val], y[~val])
         assert objective(ours_fit.weights, ours_fit.bias, c) <= objective(theirs.coef_.T, theirs.intercept_, c) * 1.001
-    # The head (the cross-validated C, refitted on train + validation) against scikit-learn with that C.
+    # The head (the cross-validated C, refitted on standardised train + validation) against scikit-learn's
+    # StandardScaler and LogisticRegression with that C.
     best_c = linear["hyperparameters"]["C"]
-    sk_accuracy = sk(best_c, train.x, y).score(test.x, y_test)
+    mean, scale = train.x.mean(axis=0), np.where(train.x.std(axis=0) > 0, train.x.std(axis=0), 1.0)
+    sk_accuracy = sk(best_c, (train.x - mean) / scale, y).score((test.x - mean) / scale, y_test)
     ours = linear["splits"]["test"]["accuracy"]
     assert abs(ours - sk_accuracy) <= 0.01, (ours, sk_accuracy, best_c)
     assert ours > 0.95
     assert len(linear["hyperparameters"]["cross_validation"]["grid"]) >= 7 + 2 * 3  # 7 starting points, halvings
+    assert linear["hyperparameters"]["features"].startswith("standardised")
+
+
+def test_a_standardised_fit_takes_raw_features_and_equals_scikit_learns_scaler_and_probe():
+    """``standardize``: the fit sees each column at mean 0 and deviation 1 (a constant column left at scale 1)
+    and returns weights that take the raw features; its probabilities are scikit-learn's
+    ``StandardScaler`` + ``LogisticRegression`` at the same C, on columns whose scales differ by 10^6."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(0)
+    y = np.arange(300) % 3
+    x = rng.standard_normal((300, 6)) + np.eye(3)[y] @ rng.standard_normal((3, 6))
+    x = (x * np.array([1e-3, 1.0, 1e3, 1.0, 10.0, 1.0]) + 50.0).astype(np.float32)
+    x[:, 3] = 7.0  # constant
+    mean, scale = heads.standardizer(x)
+    assert scale[3] == 1.0 and abs(scale[0] - x[:, 0].std(dtype=np.float64)) < 1e-9
+    for c in (0.01, 1.0):
+        ours = heads.fit_logistic(x, y, 3, c, standardize=True)
+        theirs = make_pipeline(StandardScaler(), LogisticRegression(C=c, tol=1e-10, max_iter=10000)).fit(x, y)
+        z = theirs[0].transform(x).astype(np.float64)
+
+        def objective(w, b, c=c, z=z):
+            s = z @ w + b
+            s -= s.max(axis=1, keepdims=True)
+            log_p = s - np.log(np.exp(s).sum(axis=1, keepdims=True))
+            return -c * log_p[np.arange(len(y)), y].sum() + (w * w).sum() / 2
+
+        # the same optimum (in the standardised space, where the L2 term is taken), reached from the raw weights
+        ours_objective = objective(ours.weights * scale[:, None], ours.bias + mean @ ours.weights)
+        assert ours_objective <= objective(theirs[1].coef_.T, theirs[1].intercept_) * (1 + 1e-7)
+        np.testing.assert_allclose(ours.predict_proba(x), theirs.predict_proba(x), atol=1e-3)
+        assert np.all(np.isfinite(ours.weights)) and ours.weights[3].tolist() == [0.0, 0.0, 0.0]
+    raw = heads.fit_logistic(x, y, 3, 0.01)
+    standardised = heads.fit_logistic(x, y, 3, 0.01, standardize=True)
+    # the same L2 on raw columns all but ignores the small-scale ones
+    assert np.mean(standardised.predict_proba(x).argmax(1) == y) > np.mean(raw.predict_proba(x).argmax(1) == y) + 0.05
+
+
+def test_a_warm_start_in_raw_weights_starts_at_the_standardised_optimum():
+    """A standardised fit's raw weights, given back as the start of the same fit, are already its optimum (the
+    start is mapped into the standardised space, not taken as it is); a nearby C's start helps."""
+    rng = np.random.default_rng(1)
+    y = np.arange(200) % 4
+    x = (rng.standard_normal((200, 5)) + np.eye(4)[y] @ rng.standard_normal((4, 5))) * [1, 100, 0.01, 5, 1] + 3
+    cold = heads.fit_logistic(x, y, 4, 10.0, standardize=True)
+    again = heads.fit_logistic(x, y, 4, 10.0, standardize=True, init=cold)
+    assert again.iterations <= 2 < cold.iterations
+    np.testing.assert_allclose(again.predict_proba(x), cold.predict_proba(x), atol=1e-4)  # float32 products
+    start = heads.fit_logistic(x, y, 4, 3.0, standardize=True)
+    nearby = heads.fit_logistic(x, y, 4, 10.0, standardize=True, init=start)
+    assert nearby.iterations < cold.iterations
+    np.testing.assert_allclose(nearby.predict_proba(x), cold.predict_proba(x), atol=1e-3)
 
 
 @pytest.mark.slow

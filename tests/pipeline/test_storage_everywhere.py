@@ -1,11 +1,12 @@
 """Every command on every kind of path: ``train``, ``report --model`` and ``predict`` with their feature sets,
-MODELDIR and outputs on a GCS emulator or a moto S3 server write what the same commands write on local disk, and
-``extract`` writes its feature set to S3."""
+MODELDIR and outputs on a GCS emulator or a moto S3 server write what the same commands write on local disk,
+``extract`` writes its feature set to S3, and reads recordings from GCS folders and S3 tar shards."""
 
 from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -214,3 +215,50 @@ def test_the_serving_module_keeps_no_unused_loader():
 
     assert not hasattr(model, "load_serving_model")
     assert all(hasattr(model, name) for name in model.__all__)
+
+
+def test_recordings_on_gcs_and_in_a_tar_shard_on_s3_embed_as_the_authors_graph(tmp_path, gcs, s3, worker_env):
+    """The musicnn reference clips (wav, flac, mp3) in class folders on a GCS bucket, and the same clips as the
+    samples of a WebDataset tar shard on S3 (labels in ``.cls`` members), extracted with ``musicnn_msd`` and no
+    other flag (the features written to S3 in the second run): each clip's ``pool`` vector is the author's graph's
+    mean over its patches within 1e-4 of its scale, under the key the clip has in each place."""
+    import io
+    import tarfile
+
+    from tests.packing import read_feature_set
+
+    with np.load(os.path.join(REPO, "tests", "data", "musicnn_reference.npz")) as d:
+        expected = {str(f): d[f"MSD_musicnn_{c}_pool"].mean(axis=0)
+                    for c, f in zip(d["clips"], d["clip_files"], strict=True)}
+    labels = {name: "speech" if name.startswith("speech") else "music" for name in expected}
+    clips, shard = tmp_path / "clips", io.BytesIO()
+    with tarfile.open(fileobj=shard, mode="w") as tar:
+        for name, label in labels.items():
+            data = (Path(REPO) / "tests" / "data" / "audio" / name).read_bytes()
+            (clips / label).mkdir(parents=True, exist_ok=True)
+            (clips / label / name).write_bytes(data)
+            for member, payload in ((name, data), (f"{name.rsplit('.', 1)[0]}.cls", label.encode())):
+                info = tarfile.TarInfo(member)
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    gcs.create_bucket("recordings")
+    object_storage.upload_tree(str(clips), "gs://recordings/clips")
+    s3.create_bucket("archive")
+    s3.client().put_object(Bucket="archive", Key="shards/clips-000.tar", Body=shard.getvalue())
+
+    runs = [("gs://recordings/clips", str(tmp_path / "from-gcs"), {n: f"gs://recordings/clips/{labels[n]}/{n}"
+                                                                   for n in expected}),
+            ("s3://archive/shards/clips-000.tar", "s3://archive/features",
+             {n: f"s3://archive/shards/clips-000.tar#{n}" for n in expected})]
+    for source, out, keys in runs:
+        assert main(["extract", "--input", source, "--backbone", "musicnn_msd", "--output", out, "--quiet",
+                     *s3.beam_flags]) == 0
+        manifest, records = read_feature_set(out)
+        assert manifest.counts["embedded"] == 3 and manifest.counts["failed"] == 0
+        by_key = {r.key: r for r in records}
+        assert sorted(by_key) == sorted(keys.values())
+        for name, vector in expected.items():
+            record = by_key[keys[name]]
+            assert record.label == labels[name]
+            error = np.abs(record.vectors["pool"] - vector).max() / np.abs(vector).max()
+            assert error <= 1e-4, f"{keys[name]}: off by {error:.2e} of its scale"

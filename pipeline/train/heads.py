@@ -6,8 +6,9 @@ by a parametric binary search over 1e-6 ... 1e6 that ends at 8 steps per decade;
 L-BFGS solve, warm-started from the nearest C already fitted; the winner is refitted on train + validation.
 Sets too large for memory use the same objective with minibatches (``fit_linear_streaming``). With
 ``standardize`` each fit sees its records standardised by their own mean and standard deviation (scikit-learn's
-``StandardScaler`` before ``LogisticRegression``), so the L2 term weighs every feature alike whatever its scale;
-the scaling is folded into the weights it returns, which take raw features.
+``StandardScaler`` before ``LogisticRegression``; a column whose deviation is numerical noise is not blown up,
+``standardizer``), so the L2 term weighs every feature alike whatever its scale; the scaling is folded into the
+weights it returns, which take raw features.
 
 ``mlp``: Normalization -> Dense(hidden, relu) -> Dropout -> Dense, Adam, early stopping on validation loss.
 
@@ -26,6 +27,7 @@ __all__ = ["LinearFit", "standardizer", "fit_logistic", "parametric_search", "sw
            "fit_mlp", "class_weights", "balanced_weights", "fit_linear_streaming", "INITIAL_CS"]
 
 INITIAL_CS = tuple(10.0 ** e for e in (-6, -4, -2, 0, 2, 4, 6))
+STD_FLOOR = 1e-4  # the least deviation a column is standardised by, relative to the columns' typical one
 
 
 def class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
@@ -54,10 +56,16 @@ class LinearFit:
 
 
 def standardizer(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, scale) of ``x``'s columns: the scale is the standard deviation, 1 where a column is constant."""
+    """(mean, scale) of ``x``'s columns: the scale is the standard deviation, but at least ``STD_FLOOR`` of the
+    columns' typical one (their root mean square), and 1 where every column is constant. A column that varies
+    less is numerical noise, not a feature: musicnn's ``pool`` has hundreds of dead channels whose values differ
+    in their last bits only (deviations near 1e-13 where the live ones are 1e-3 and up), and dividing by their own
+    deviation would make a head's output swing on float rounding, which differs between two ways of computing
+    the same vector."""
     x64 = np.asarray(x, np.float64)
     mean, std = x64.mean(axis=0), x64.std(axis=0)
-    return mean, np.where(std > 0, std, 1.0)
+    floor = STD_FLOOR * float(np.sqrt(np.mean(std ** 2))) if std.size else 0.0
+    return mean, np.maximum(std, floor) if floor > 0 else np.ones_like(std)
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, n_classes: int, c: float, sample_weight: np.ndarray | None = None,

@@ -1,9 +1,10 @@
 """torchvision's ImageNet MobileNetV2, rebuilt as a Keras functional model with BatchNorm folded.
 
 The port keeps torchvision's conventions exactly, since anything else changes the numbers: symmetric
-padding 1 on every 3x3 convolution (ZeroPadding2D + "valid"), BatchNorm eps 1e-5, kernels OIHW -> HWIO and
-depthwise (C, 1, kh, kw) -> (kh, kw, C, 1). BatchNorm exists only in inference form: its running statistics
-are folded into the preceding convolution's kernel and bias, so no layer can ever run in training mode.
+padding 1 on every 3x3 convolution ("same" at stride 1, ZeroPadding2D + "valid" at stride 2), BatchNorm eps
+1e-5, kernels OIHW -> HWIO and depthwise (C, 1, kh, kw) -> (kh, kw, C, 1). BatchNorm exists only in
+inference form: its running statistics are folded into the preceding convolution's kernel and bias, so no layer
+can ever run in training mode.
 
 Layer names follow torchvision's module paths (``features.0`` ... ``features.18``, ``classifier``).
 """
@@ -64,12 +65,16 @@ def build_mobilenet_v2(weights: Mapping[str, np.ndarray], outputs: Sequence[str]
 
     def conv(x, name, conv_key, bn_key, filters, kernel, stride=1, depthwise=False, relu=True):
         kernel_w, bias = _fold(weights, conv_key, bn_key, depthwise)
-        if kernel == 3:
+        # torchvision pads a 3x3 convolution by 1 on every side. At stride 1 that is Keras' "same", which oneDNN
+        # computes inside the convolution; at stride 2 "same" would pad the bottom and right only, so the
+        # padding stays a layer of its own there.
+        padding = "same" if kernel == 3 and stride == 1 else "valid"
+        if kernel == 3 and stride != 1:
             x = layers.ZeroPadding2D(1, name=f"{name}.pad")(x)
         if depthwise:
-            layer = layers.DepthwiseConv2D(kernel, strides=stride, padding="valid", name=name)
+            layer = layers.DepthwiseConv2D(kernel, strides=stride, padding=padding, name=name)
         else:
-            layer = layers.Conv2D(filters, kernel, strides=stride, padding="valid", name=name)
+            layer = layers.Conv2D(filters, kernel, strides=stride, padding=padding, name=name)
         x = layer(x)
         pending.append((layer, [kernel_w, bias]))
         if relu:

@@ -68,7 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported, here or in workers
     from pipeline.backbones.spec import BackboneUnavailableError, UnknownBackboneError
     from pipeline.train.feature_sets import FeatureSetError
+    from transforms.worker.cpu import use_onednn
     from transforms.worker.storage import ready_storage
+
+    use_onednn("auto")  # oneDNN's kernels where TensorFlow would leave them off (extract --onednn overrides)
 
     module, function, _ = COMMANDS[command]
     try:

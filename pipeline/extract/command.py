@@ -35,8 +35,10 @@ def cmd_extract(argv: Sequence[str]) -> int:
     from pipeline.extract.dataflow import dataflow_defaults
     from pipeline.extract.job import run_extraction
     from pipeline.extract.launch import configure
+    from pipeline.extract.options import ExtractOptions
     from pipeline.extract.runtime import runner_name
     from pipeline.extract.summary import format_staged, format_summary, input_notes, large_record_warnings
+    from transforms.worker.cpu import use_onednn
 
     split_flags(extract_parser(), argv)  # rejects flags that neither featurebeam nor Beam knows
     argv = with_local_defaults(argv)
@@ -44,6 +46,7 @@ def cmd_extract(argv: Sequence[str]) -> int:
     if defaults:
         print(f"featurebeam extract: Dataflow defaults: {' '.join(defaults)}", file=sys.stderr)
     options = PipelineOptions([*argv, *defaults])
+    use_onednn(options.view_as(ExtractOptions).onednn)  # before this process imports TensorFlow
     config = configure(options)
     for warning in large_record_warnings(config.embed.outputs):
         print(warning, file=sys.stderr)

@@ -11,6 +11,7 @@ from transforms.decode.images import DEFAULT_MAX_PIXELS
 from transforms.embed.protocol import Backbone
 from transforms.embed.settings import EmbedSettings
 from transforms.schema.fields import OutputSpec
+from transforms.worker.cpu import ONEDNN_CHOICES
 
 __all__ = ["PRECISIONS", "CPU_BATCH_SIZE", "GPU_BATCH_SIZE", "add_embedding_flags", "check_embedding_flags",
            "precision_of", "embed_settings"]
@@ -45,6 +46,10 @@ def add_embedding_flags(parser) -> None:
                         help="compute in float16 on accelerators that gain from it (vectors stay float32)")
     parser.add_argument("--threads-per-worker", type=int, default=None,
                         help="TensorFlow threads per worker process (default: cores / local workers)")
+    parser.add_argument("--onednn", choices=ONEDNN_CHOICES, default="auto",
+                        help="TensorFlow's oneDNN kernels: auto (the default) turns them on where TensorFlow "
+                             "would not (CPUs without AVX-512 VNNI/BF16 or AMX, such as AVX2-only AMD EPYC), "
+                             "unless TF_ENABLE_ONEDNN_OPTS says otherwise; on or off forces either way")
 
 
 def check_embedding_flags(o) -> None:
@@ -92,4 +97,5 @@ def embed_settings(o, backbone: Backbone, outputs: tuple[OutputSpec, ...], gpus:
         model_copies=(1 if gpus else 0) if o.model_copies is None else o.model_copies,
         precision=precision,
         max_pixels=o.max_image_pixels,
-        max_audio_seconds=o.max_audio_seconds)
+        max_audio_seconds=o.max_audio_seconds,
+        onednn=o.onednn)

@@ -45,7 +45,7 @@ from transforms.write import commit_checks
 from transforms.write.progress import CountProgress
 from transforms.write.sinks import CommitFailures, CommitFeatures
 
-__all__ = ["build_extraction", "run_extraction", "manifest_from_commits"]
+__all__ = ["build_extraction", "run_extraction", "manifest_from_commits", "runtime_of"]
 
 
 def manifest_from_commits(config: ExtractConfig, all_commits, n_inputs: int, created: str,
@@ -76,7 +76,18 @@ def manifest_from_commits(config: ExtractConfig, all_commits, n_inputs: int, cre
         duplicate_example=duplicates[1],
         retired_commits=n_retired,
         redone_records=n_redone,
+        runtime=runtime_of(config),
     )
+
+
+def runtime_of(config: ExtractConfig) -> dict:
+    """How the forward pass ran, as this process sees its machine (on a remote runner, a worker's): the CPU, whether
+    TensorFlow's oneDNN kernels were on, the precision."""
+    from transforms.worker.cpu import cpu_kind, onednn_state
+
+    cpu = cpu_kind()
+    return {"cpu": cpu.describe(), "onednn": onednn_state(config.embed.onednn, cpu=cpu),
+            "onednn_choice": config.embed.onednn, "precision": config.embed.precision}
 
 
 def _write_manifest(_, config: ExtractConfig, created: str, n_read, n_unreadable, n_skipped, repeated, resolved,

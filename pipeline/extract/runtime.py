@@ -14,6 +14,7 @@ from apache_beam.options.pipeline_options import (
 )
 
 from pipeline.extract.options import ExtractOptions
+from transforms.worker.cpu import cpu_kind
 
 __all__ = ["LOCAL_RUNNERS", "runner_name", "uses_gpus",
            "requested_accelerator", "local_threads_per_worker", "cpu_has_bfloat16"]
@@ -67,9 +68,4 @@ def local_threads_per_worker(options: PipelineOptions) -> int | None:
 
 def cpu_has_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether this machine's CPU computes bfloat16 natively (AVX-512 BF16 or AMX), from its flags."""
-    try:
-        with open(cpuinfo) as f:
-            flags = {word for line in f if line.startswith("flags") for word in line.split(":", 1)[1].split()}
-    except OSError:
-        return False
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return cpu_kind(cpuinfo).bfloat16

@@ -26,6 +26,10 @@ def format_summary(manifest, output: str, seconds: float) -> str:
              + (f"; {manifest.retired_commits} of its commits were damaged and retired, and their "
                 f"{manifest.redone_records} inputs done again" if manifest.retired_commits else ""),
              f"  backbone  {manifest.backbone['name']} (weights sha256 {manifest.backbone['weights_sha256'][:16]}...)"]
+    runtime = manifest.runtime
+    if runtime:
+        lines.append(f"  runtime   {runtime.get('precision', 'float32')}, oneDNN {runtime.get('onednn', '?')}, on "
+                     f"{runtime.get('cpu', 'an unknown CPU')}")
     for o in manifest.outputs:
         lines.append(f"  output    {o.name}: {o.dim} x {o.dtype}, pooling {o.pooling}, Example key {o.example_key!r}")
     if manifest.labels:

@@ -59,6 +59,8 @@ class BenchResult:
     precision: str = "float32"              # the forward pass's type (limit and pipeline)
     float32_limit_images_per_s: float = 0.0  # with another precision: the float32 limit, measured beside it
     precision_speedup: float = 1.0          # limit / float32 limit
+    cpu: str = ""                           # this machine's CPU: model, AVX-512 or AVX2, bfloat16
+    onednn: str = ""                        # TensorFlow's oneDNN kernels, "on" or "off" (limit and pipeline)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -187,13 +189,16 @@ def measure_pipeline(images: str, workdir: str, flags: Sequence[str]) -> tuple[f
 def run_bench(backbone_name: str, images: str | None, batch_size: int | None, flags: Sequence[str],
               count: int = 600, log=print, limit_batch_sizes: Sequence[int] = (16, 32, 64),
               weights: str | None = None, preprocessing: str | None = None,
-              fold_batchnorm: bool = True, precision: str = "float32", limit_seconds: float = 3.0) -> BenchResult:
+              fold_batchnorm: bool = True, precision: str = "float32", limit_seconds: float = 3.0,
+              onednn: str = "auto") -> BenchResult:
     """The limit is the best of ``limit_batch_sizes`` (and ``batch_size``), each timed for ``limit_seconds``; the
     pipeline runs as a user would run it: with ``batch_size``, or extract's default without it. ``weights``,
     ``preprocessing`` and ``fold_batchnorm`` are extract's ``--weights``, ``--preprocessing`` and (off)
-    ``--no-fold-batchnorm``, for both."""
+    ``--no-fold-batchnorm``, for both; ``onednn`` is extract's ``--onednn``, applied to this process by the
+    command before TensorFlow is imported."""
     from pipeline.backbones.registry import resolve_backbone
     from transforms.decode.images import decode_image
+    from transforms.worker.cpu import cpu_kind, onednn_state
 
     backbone = resolve_backbone(backbone_name, weights, preprocessing, fold_batchnorm=fold_batchnorm)
     workdir = tempfile.mkdtemp(prefix="featurebeam-bench-")
@@ -226,12 +231,13 @@ def run_bench(backbone_name: str, images: str | None, batch_size: int | None, fl
                          *([f"--preprocessing={preprocessing}"] if preprocessing else []),
                          *([] if fold_batchnorm else ["--no-fold-batchnorm"]),
                          *([f"--precision={precision}"] if precision != "float32" else []),
+                         *([f"--onednn={onednn}"] if onednn != "auto" else []),
                          *([f"--batch-size={batch_size}"] if batch_size else []), *flags]
         marginal, end_to_end, peak, n = measure_pipeline(images, workdir, extract_flags)
         return BenchResult(backbone_name, n, rates[best], best, {str(k): v for k, v in rates.items()}, marginal,
                            end_to_end, marginal / rates[best], peak, extract_flags, fold_batchnorm, cores,
                            1000 * decode_s, 1000 * costs[best], cpu_limit, marginal / cpu_limit, precision,
-                           float32_best, rates[best] / float32_best)
+                           float32_best, rates[best] / float32_best, cpu_kind().describe(), onednn_state())
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -240,6 +246,7 @@ def format_bench(r: BenchResult) -> str:
     by_size = ", ".join(f"{size}: {rate:.1f}" for size, rate in r.limit_by_batch_size.items())
     return "\n".join([
         f"featurebeam bench: {r.backbone}, {r.images} images",
+        f"  machine   {r.cpu}, {r.cores} cores; TensorFlow's oneDNN kernels {r.onednn}",
         f"  limit     {r.limit_images_per_s:7.1f} images/s  forward pass alone, batch {r.limit_batch_size} "
         f"(by batch size: {by_size}); BatchNorm {'folded' if r.fold_batchnorm else 'not folded'}; {r.precision}"
         + (f", {r.precision_speedup:.2f}x float32's {r.float32_limit_images_per_s:.1f}" if r.precision != "float32"

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from pipeline.errors import UsageError
 from pipeline.flags import Parser, split_flags, use_storage_flags, with_local_defaults
+from transforms.worker.cpu import ONEDNN_CHOICES
 
 __all__ = ["cmd_predict", "cmd_inspect", "cmd_export", "cmd_bench", "cmd_layers", "cmd_demo", "predict_parser",
            "inspect_parser", "export_parser", "bench_parser", "layers_parser", "demo_parser"]
@@ -112,14 +113,19 @@ def bench_parser() -> argparse.ArgumentParser:
                              "and N")
     parser.add_argument("--limit-seconds", type=float, default=3.0, metavar="S",
                         help="how long the forward pass alone is timed at each batch size (default 3)")
+    parser.add_argument("--onednn", choices=ONEDNN_CHOICES, default="auto",
+                        help="TensorFlow's oneDNN kernels, as for extract (both measurements); run once with off "
+                             "and once without to compare")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     return parser
 
 
 def cmd_bench(argv: Sequence[str]) -> int:
     from pipeline.tools.bench import format_bench, run_bench
+    from transforms.worker.cpu import use_onednn
 
     own, beam_argv = split_flags(bench_parser(), argv)
+    use_onednn(own.onednn)  # before this process imports TensorFlow
     if own.images is not None and not os.path.isdir(own.images):
         raise UsageError(f"--images {own.images} is not a directory")
     if (own.batch_size is not None and own.batch_size < 1) or own.count < 5 or not own.limit_seconds > 0:
@@ -127,7 +133,7 @@ def cmd_bench(argv: Sequence[str]) -> int:
     result = run_bench(own.backbone, own.images, own.batch_size, beam_argv, own.count,
                        log=lambda m: print(f"featurebeam bench: {m}", file=sys.stderr), weights=own.weights,
                        preprocessing=own.preprocessing, fold_batchnorm=not own.no_fold_batchnorm,
-                       precision=own.precision, limit_seconds=own.limit_seconds)
+                       precision=own.precision, limit_seconds=own.limit_seconds, onednn=own.onednn)
     print(result.to_json() if own.json else format_bench(result))
     return 0
 

@@ -35,7 +35,9 @@ class EmbedSettings:
     - ``precision``: the forward pass's type, float32, bfloat16 or float16 (``transforms.embed.precision``);
     - ``max_pixels``: images with more pixels are refused from their header, before decoding;
     - ``max_audio_seconds``: recordings longer than this are refused (from their header where it says, else while
-      decoding).
+      decoding);
+    - ``onednn``: TensorFlow's oneDNN kernels, ``auto``, ``on`` or ``off`` (``transforms.worker.cpu``), applied by
+      each worker before it imports TensorFlow.
     """
 
     outputs: tuple[OutputSpec, ...] = recorded("outputs", "--layer/--pooling/--feature-dtype")
@@ -45,6 +47,7 @@ class EmbedSettings:
     precision: str = recorded("precision", "--precision (or --mixed-precision)", default="float32")
     max_pixels: int = recorded("max_image_pixels", "--max-image-pixels", default=DEFAULT_MAX_PIXELS)
     max_audio_seconds: float = recorded("max_audio_seconds", "--max-audio-seconds", default=DEFAULT_MAX_AUDIO_SECONDS)
+    onednn: str = "auto"
 
     def __post_init__(self):
         object.__setattr__(self, "outputs", tuple(self.outputs))

@@ -41,6 +41,7 @@ class Manifest:
     retired_commits: int = 0     # earlier commits --resume found damaged (or unreadable) and retired
     redone_records: int = 0      # the inputs of those commits, done again by the last run (where known)
     parquet_shards: Sequence[str] = ()  # the same records as Parquet (--format parquet), relative to the root
+    runtime: Mapping = field(default_factory=dict)  # how the forward pass ran: the CPU, oneDNN, precision
 
     @property
     def formats(self) -> tuple[str, ...]:
@@ -66,6 +67,7 @@ class Manifest:
             "parquet_shards": list(self.parquet_shards),
             "error_files": list(self.error_files),
             "inputs": dict(self.inputs),
+            "runtime": dict(self.runtime),
         }
         return json.dumps(d, indent=2, sort_keys=False) + "\n"
 
@@ -92,6 +94,7 @@ class Manifest:
             retired_commits=int(d.get("retired_commits", 0)),
             redone_records=int(d.get("redone_records", 0)),
             parquet_shards=tuple(d.get("parquet_shards", ())),
+            runtime=d.get("runtime", {}),
         )
 
 

@@ -168,3 +168,19 @@ def test_the_summary_names_a_repeated_key_when_one_was_dropped(example, line):
         counts={"inputs": 5, "embedded": 3, "failed": 0, "duplicates": 2}, shards=(), inputs={},
         duplicate_example=example)
     assert line in format_summary(manifest, "/out", 1.0).splitlines()
+
+
+def test_the_manifest_and_the_summary_say_how_the_forward_pass_ran(tmp_path, small_images, model_file, capsys):
+    """The CPU it ran on (its kind), TensorFlow's oneDNN kernels as TensorFlow itself reports them, the choice that
+    asked for them, and the precision; ``--onednn off`` cannot change a process that has imported TensorFlow
+    already (as this one has), and the manifest says what ran, not what was asked."""
+    from transforms.schema.manifest import read_manifest
+    from transforms.worker.cpu import cpu_kind, onednn_state
+
+    out = str(tmp_path / "out")
+    assert main(["extract", "--input", str(small_images), "--output", out, "--backbone", model_file,
+                 "--preprocessing", "raw", "--onednn", "off"]) == 0
+    runtime = read_manifest(out).runtime
+    assert runtime == {"cpu": cpu_kind().describe(), "onednn": onednn_state(), "onednn_choice": "off",
+                       "precision": "float32"}
+    assert f"  runtime   float32, oneDNN {onednn_state()}, on {cpu_kind().describe()}" in capsys.readouterr().out

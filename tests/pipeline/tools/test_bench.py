@@ -69,6 +69,13 @@ def test_bench_reports_both_rates_their_ratio_and_memory(capsys):
     assert result["cpu_limit_images_per_s"] == pytest.approx(result["cores"] / cost)
     assert result["ratio_to_cpu_limit"] == pytest.approx(
         result["pipeline_images_per_s"] / result["cpu_limit_images_per_s"])
+    # the machine beside the figures: its CPU's kind, and oneDNN as TensorFlow runs it here
+    from pipeline.tools.bench import BenchResult, format_bench
+    from transforms.worker.cpu import cpu_kind, onednn_state
+
+    assert (result["cpu"], result["onednn"]) == (cpu_kind().describe(), onednn_state())
+    assert format_bench(BenchResult(**result)).splitlines()[1] == (
+        f"  machine   {cpu_kind().describe()}, {result['cores']} cores; TensorFlow's oneDNN kernels {onednn_state()}")
 
 
 def test_decoding_cost_is_measured_with_the_workers_decoder(sample_photos, monkeypatch):

@@ -45,6 +45,7 @@ import tempfile
 import time
 
 import numpy as np
+from peer_venv import cached_venv, ensure_venv
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BASELINE_PACKAGES = (["librosa", "soundfile", "soxr", "tensorflow-cpu==2.21.*", "numpy"],
@@ -158,25 +159,6 @@ def run_musicnn(mode: str, clips: str, output: str) -> None:
         json.dump(names, f)
 
 
-def default_baseline_venv() -> str:
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.environ.get("MUSICNN_BASELINE_VENV") or os.path.join(cache, "featurebeam", "bench-musicnn")
-
-
-def ensure_baseline_venv(path: str) -> str:
-    """The baseline virtualenv's python, the venv created and filled first if it cannot import what it needs."""
-    python = os.path.join(path, "bin", "python")
-    check = [python, "-c", "import librosa, soundfile, tensorflow, musicnn.configuration"]
-    if os.path.exists(python) and subprocess.run(check, capture_output=True).returncode == 0:
-        return python
-    print(f"creating the musicnn virtualenv in {path} (once) ...", flush=True)
-    subprocess.run([sys.executable, "-m", "venv", path], check=True)
-    for packages in BASELINE_PACKAGES:
-        subprocess.run([python, "-m", "pip", "install", "--quiet", *packages], check=True)
-    subprocess.run(check, check=True)
-    return python
-
-
 def featurebeam_has_musicnn() -> bool:
     """Whether this checkout's featurebeam knows the ``musicnn_msd`` backbone (else only musicnn is timed)."""
     check = [sys.executable, "-m", "pipeline", "layers", "--backbone", "musicnn_msd"]
@@ -255,7 +237,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clips", type=int, default=40, help="N: timed on 2N clips and on N")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--baseline-venv", default=default_baseline_venv(),
+    parser.add_argument("--baseline-venv", default=cached_venv("bench-musicnn", "MUSICNN_BASELINE_VENV"),
                         help="virtualenv with librosa and musicnn (created when missing; default: %(default)s)")
     parser.add_argument("--run", choices=sorted(RUN_NAMES.values()), help=argparse.SUPPRESS)
     parser.add_argument("--clips-dir", help=argparse.SUPPRESS)
@@ -266,7 +248,8 @@ def main() -> None:
         return
 
     sys.path.insert(0, REPO)
-    baseline_python = ensure_baseline_venv(os.path.abspath(args.baseline_venv))
+    baseline_python = ensure_venv(os.path.abspath(args.baseline_venv), BASELINE_PACKAGES,
+                                  "librosa, soundfile, tensorflow, musicnn.configuration", "musicnn")
     methods = [FEATUREBEAM, WARM, SHIPPED] if featurebeam_has_musicnn() else [WARM, SHIPPED]
     if FEATUREBEAM not in methods:
         print("featurebeam has no musicnn_msd backbone here: timing musicnn alone", flush=True)

@@ -36,6 +36,7 @@ import tempfile
 import time
 
 import numpy as np
+from peer_venv import cached_venv, ensure_venv
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BACKBONES = ("mobilenet_v2", "efficientnet_lite0", "minilm_l6")
@@ -226,25 +227,6 @@ def _rate(call, seconds: float) -> tuple[float, float]:
 
 # ---------------------------------------------------------------- featurebeam side (the project's interpreter)
 
-def default_venv() -> str:
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.environ.get("ONNX_BASELINE_VENV") or os.path.join(cache, "featurebeam", "bench-onnx")
-
-
-def ensure_venv(venv: str) -> str:
-    """The ONNX virtualenv's python, the venv created and filled first when it cannot import what it needs."""
-    python = os.path.join(venv, "bin", "python")
-    check = [python, "-c", "import torch, onnx, onnxruntime, transformers"]
-    if os.path.exists(python) and subprocess.run(check, capture_output=True).returncode == 0:
-        return python
-    print(f"creating the ONNX Runtime virtualenv in {venv} (once) ...", file=sys.stderr, flush=True)
-    subprocess.run([sys.executable, "-m", "venv", venv], check=True)
-    for args in PIP:
-        subprocess.run([python, "-m", "pip", "install", *args], check=True, cwd=REPO)
-    subprocess.run(check, check=True)
-    return python
-
-
 def inputs_for(spec, rng) -> dict[str, np.ndarray]:
     """One batch: random uint8 images at the crop size, or 32 texts of 112-128 ordinary word-piece ids between
     [CLS] and [SEP], padded to featurebeam's length bucket."""
@@ -278,14 +260,15 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=7, help="interleaved timed spans per engine (median reported)")
     ap.add_argument("--seconds", type=float, default=2.0, help="length of one timed span")
     ap.add_argument("--threads", type=int, default=2, help="intra-op threads of both engines")
-    ap.add_argument("--onnx-venv", default=default_venv(),
+    ap.add_argument("--onnx-venv", default=cached_venv("bench-onnx", "ONNX_BASELINE_VENV"),
                     help="virtualenv with torch, onnx and onnxruntime (created when missing; default: %(default)s)")
     ap.add_argument("--onnx-worker", metavar="WORKDIR", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.onnx_worker:
         return onnx_worker(a.onnx_worker)
     sys.path.insert(0, REPO)
-    python = ensure_venv(os.path.abspath(a.onnx_venv))
+    python = ensure_venv(os.path.abspath(a.onnx_venv), PIP, "torch, onnx, onnxruntime, transformers", "ONNX Runtime",
+                         cwd=REPO)
     with tempfile.TemporaryDirectory(prefix="featurebeam-onnx-") as work:
         run(a, python, work)
 

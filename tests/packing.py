@@ -13,7 +13,7 @@ import json
 import os
 import tarfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from transforms.schema.framing import frame as tfrecord_frame
 
@@ -171,6 +171,23 @@ def read_feature_set(output: str):
     records = [decode_example(data, manifest.outputs)
                for path in shard_paths(output, manifest) for data in iter_serialized(path)]
     return manifest, records
+
+
+def tar_of(members: Sequence[tuple[str, bytes]]) -> bytes:
+    """(name, data) -> a tar archive of those regular files, in that order."""
+    return tar_with([(name, tarfile.REGTYPE, data) for name, data in members])
+
+
+class CountedReads(io.BytesIO):
+    """A stream over ``data`` that appends the size asked of each ``read`` to ``reads``."""
+
+    def __init__(self, data: bytes, reads: list):
+        super().__init__(data)
+        self.reads = reads
+
+    def read(self, n=-1):
+        self.reads.append(n)
+        return super().read(n)
 
 
 def tar_with(entries, format=tarfile.PAX_FORMAT) -> bytes:

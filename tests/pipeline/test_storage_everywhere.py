@@ -222,29 +222,22 @@ def test_recordings_on_gcs_and_in_a_tar_shard_on_s3_embed_as_the_authors_graph(t
     samples of a WebDataset tar shard on S3 (labels in ``.cls`` members), extracted with ``musicnn_msd`` and no
     other flag (the features written to S3 in the second run): each clip's ``pool`` vector is the author's graph's
     mean over its patches within 1e-4 of its scale, under the key the clip has in each place."""
-    import io
-    import tarfile
-
-    from tests.packing import read_feature_set
+    from tests.packing import read_feature_set, tar_of
 
     with np.load(os.path.join(REPO, "tests", "data", "musicnn_reference.npz")) as d:
         expected = {str(f): d[f"MSD_musicnn_{c}_pool"].mean(axis=0)
                     for c, f in zip(d["clips"], d["clip_files"], strict=True)}
     labels = {name: "speech" if name.startswith("speech") else "music" for name in expected}
-    clips, shard = tmp_path / "clips", io.BytesIO()
-    with tarfile.open(fileobj=shard, mode="w") as tar:
-        for name, label in labels.items():
-            data = (Path(REPO) / "tests" / "data" / "audio" / name).read_bytes()
-            (clips / label).mkdir(parents=True, exist_ok=True)
-            (clips / label / name).write_bytes(data)
-            for member, payload in ((name, data), (f"{name.rsplit('.', 1)[0]}.cls", label.encode())):
-                info = tarfile.TarInfo(member)
-                info.size = len(payload)
-                tar.addfile(info, io.BytesIO(payload))
+    clips, members = tmp_path / "clips", []
+    for name, label in labels.items():
+        data = (Path(REPO) / "tests" / "data" / "audio" / name).read_bytes()
+        (clips / label).mkdir(parents=True, exist_ok=True)
+        (clips / label / name).write_bytes(data)
+        members += [(name, data), (f"{name.rsplit('.', 1)[0]}.cls", label.encode())]
     gcs.create_bucket("recordings")
     object_storage.upload_tree(str(clips), "gs://recordings/clips")
     s3.create_bucket("archive")
-    s3.client().put_object(Bucket="archive", Key="shards/clips-000.tar", Body=shard.getvalue())
+    s3.client().put_object(Bucket="archive", Key="shards/clips-000.tar", Body=tar_of(members))
 
     runs = [("gs://recordings/clips", str(tmp_path / "from-gcs"), {n: f"gs://recordings/clips/{labels[n]}/{n}"
                                                                    for n in expected}),

@@ -8,7 +8,6 @@ import base64
 import io
 import json
 import re
-import tarfile
 
 import numpy as np
 import pytest
@@ -26,6 +25,7 @@ from pipeline.report.spectrograms import (
     wav_bytes,
 )
 from tests.featuresets import write_feature_set
+from tests.packing import tar_of
 from tests.pipeline.report.pages import load_in_chromium, section, tile_keys
 from transforms.decode.audio import AudioPreprocessing, decode_windows
 
@@ -153,11 +153,7 @@ def test_silence_draws_a_dark_spectrogram():
 
 def test_recordings_that_cannot_be_shown_say_why_in_one_line(tmp_path):
     (tmp_path / "noise.wav").write_bytes(b"RIFF not really")
-    with tarfile.open(tmp_path / "shard.tar", "w") as tar:
-        for name, data in (("a.flac", encoded(tone(500.0, 3.5), fmt="FLAC")), ("a.cls", b"low")):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+    (tmp_path / "shard.tar").write_bytes(tar_of([("a.flac", encoded(tone(500.0, 3.5), fmt="FLAC")), ("a.cls", b"low")]))
     keys = [str(tmp_path / "noise.wav"), str(tmp_path / "missing.wav"), f"{tmp_path}/x.tfrecord#3",
             f"{tmp_path}/shard.tar#a.flac", f"{tmp_path}/shard.tar#b.flac", f"{tmp_path}/gone.tar#a.flac"]
     found = audio_previews(keys, PREP, players=[keys[3]])

@@ -3,9 +3,7 @@ member of tar samples, the audio feature of TFRecord Examples; what an image bac
 
 from __future__ import annotations
 
-import io
 import os
-import tarfile
 
 import apache_beam as beam
 import pytest
@@ -91,13 +89,7 @@ def test_a_recording_over_the_limit_is_refused_from_its_size_and_a_big_one_is_ne
 
 def test_an_object_is_measured_by_opening_it_and_nothing_is_read(monkeypatch):
     reads = []
-
-    class Remote(io.BytesIO):
-        def read(self, n=-1):
-            reads.append(n)
-            return super().read(n)
-
-    monkeypatch.setattr(files, "_open", lambda uri: Remote(b"r" * 300))
+    monkeypatch.setattr(files, "_open", lambda uri: packing.CountedReads(b"r" * 300, reads))
     assert files.lazy_file("gs://b/x.wav", 300) == LazyFile("gs://b/x.wav", 300)
     with pytest.raises(ValueError, match="gs://b/x.wav is 300 bytes, over the limit of 299"):
         files.lazy_file("gs://b/x.wav", 299)
@@ -137,21 +129,11 @@ def test_read_metrics_count_a_named_files_size():
 
 # --- tar shards and TFRecord files ----------------------------------------------------------------------------
 
-def _tar(members: list[tuple[str, bytes]]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 @pytest.fixture
 def shard(tmp_path):
     (tmp_path / "shards").mkdir()
     path = tmp_path / "shards" / "s.tar"
-    path.write_bytes(_tar([("a.flac", b"FLAC-A"), ("a.cls", b"jazz\n"),
+    path.write_bytes(packing.tar_of([("a.flac", b"FLAC-A"), ("a.cls", b"jazz\n"),
                            ("b.json", b'{"label": "rock", "split": "val"}'), ("b.flac", b"FLAC-B"),
                            ("c.jpg", b"JPEG-C"),
                            ("d.jpg", b"JPEG-D"), ("d.wav", b"WAVE-D"), ("d.cls", b"both")]))

@@ -124,16 +124,6 @@ def test_lines_are_texts_keyed_by_line_number_and_a_line_that_is_not_utf8_fails(
 
 # --- tar shards ---------------------------------------------------------------------------------------------------
 
-def _tar(members: list[tuple[str, bytes]]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 def _read_all(uri, data, chunk_bytes=1 << 30):
     units = list(tar_shards.chunk_samples(uri, tar_shards.index_tar(io.BytesIO(data)), chunk_bytes))
     out = []
@@ -143,7 +133,7 @@ def _read_all(uri, data, chunk_bytes=1 << 30):
 
 
 def test_tar_members_group_into_samples_with_labels_by_priority():
-    data = _tar([("a/x.jpg", b"X"), ("a/x.cls", b"3\n"), ("a/x.json", b'{"label": "no", "split": "val"}'),
+    data = packing.tar_of([("a/x.jpg", b"X"), ("a/x.cls", b"3\n"), ("a/x.json", b'{"label": "no", "split": "val"}'),
                  ("y.seg.png", b"Y"), ("y.txt", b"caption"),
                  ("z.json", b'{"label": 5}'), ("z.webp", b"Z"),
                  ("w.jpg", b"W")])
@@ -155,7 +145,7 @@ def test_tar_members_group_into_samples_with_labels_by_priority():
 
 def test_tar_chunks_cover_every_sample_once():
     members = [(f"{i:03d}.jpg", bytes([i]) * (100 + i)) for i in range(50)]
-    data = _tar(members)
+    data = packing.tar_of(members)
     units, got = _read_all("s.tar", data, chunk_bytes=1000)
     assert len(units) > 5
     assert [r.key for r in got] == [f"s.tar#{name}" for name, _ in members]
@@ -163,7 +153,7 @@ def test_tar_chunks_cover_every_sample_once():
 
 
 def test_tar_sample_without_an_image_and_damaged_shards_are_failures():
-    data = _tar([("a.jpg", b"A"), ("readme.md", b"hello"), ("b.jpg", b"B" * 2000), ("c.jpg", b"C")])
+    data = packing.tar_of([("a.jpg", b"A"), ("readme.md", b"hello"), ("b.jpg", b"B" * 2000), ("c.jpg", b"C")])
     units, got = _read_all("s.tar", data)
     assert sorted((g.key, getattr(g, "error_type", None)) for g in got) == [
         ("s.tar#a.jpg", None), ("s.tar#b.jpg", None), ("s.tar#c.jpg", None), ("s.tar#readme.md", "NotAnImage")]
@@ -206,7 +196,7 @@ def test_truncated_tfrecord_keeps_what_precedes_the_damage():
 
 def test_tar_member_names_are_keys_never_paths(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    data = _tar([("../../escape.jpg", b"E"), ("/abs/olute.png", b"A"), ("ok/../x.jpg", b"X")])
+    data = packing.tar_of([("../../escape.jpg", b"E"), ("/abs/olute.png", b"A"), ("ok/../x.jpg", b"X")])
     _, got = _read_all("s.tar", data)
     assert sorted(r.key for r in got) == ["s.tar#../../escape.jpg", "s.tar#/abs/olute.png", "s.tar#ok/../x.jpg"]
     assert list(tmp_path.iterdir()) == [] and not (tmp_path.parent.parent / "escape.jpg").exists()
@@ -305,7 +295,7 @@ def test_tar_links_and_special_members_are_failures_never_followed():
 
 
 def test_tar_members_and_header_data_over_the_limit_are_refused_before_reading():
-    data = _tar([("a.jpg", b"A" * 100), ("b.jpg", b"B" * 101), ("c.jpg", b"C")])
+    data = packing.tar_of([("a.jpg", b"A" * 100), ("b.jpg", b"B" * 101), ("c.jpg", b"C")])
     units = list(tar_shards.chunk_samples("s.tar", tar_shards.index_tar(io.BytesIO(data), 100), 1 << 30))
     got = [r for u in units for r in tar_shards.read_tar_chunk(io.BytesIO(data), u, InputFields(max_input_bytes=100))]
     assert [(g.key, getattr(g, "message", None)) for g in got] == [

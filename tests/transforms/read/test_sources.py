@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import socket
@@ -146,20 +145,13 @@ def test_a_read_stops_one_byte_past_the_limit_whatever_the_size_said(tmp_path, m
 
 
 def test_an_object_without_a_local_path_is_measured_before_reading(monkeypatch):
-
     reads = []
-
-    class Remote(io.BytesIO):
-        def read(self, n=-1):
-            reads.append(n)
-            return super().read(n)
-
-    monkeypatch.setattr(files, "_open", lambda uri: Remote(b"r" * 300))
+    monkeypatch.setattr(files, "_open", lambda uri: packing.CountedReads(b"r" * 300, reads))
     got = outputs(_read(ReadUnitFn(InputFields(max_input_bytes=100)), FileRef("gs://b/r.jpg", "gs://b/r.jpg", None)))
     assert [(f.error_type, f.message) for _, f in got] == [
         ("InputTooLarge", "gs://b/r.jpg is 300 bytes, over the limit of 100 (--max-input-bytes)")]
     assert reads == []  # refused from its size, nothing read
-    monkeypatch.setattr(files, "_open", lambda uri: Remote(b"r" * 100))
+    monkeypatch.setattr(files, "_open", lambda uri: packing.CountedReads(b"r" * 100, reads))
     assert outputs(_read(ReadUnitFn(InputFields(max_input_bytes=100)), FileRef("gs://b/r.jpg", "gs://b/r.jpg", None))
                    ) == [("main", Record("gs://b/r.jpg", b"r" * 100, None, source="gs://b/r.jpg"))]
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from transforms.decode.audio import AudioPreprocessing
 
-__all__ = ["slaney_mel_matrix", "log_mel", "with_sample_input", "hz_to_mel", "mel_to_hz"]
+__all__ = ["slaney_mel_matrix", "hann_window", "log_mel", "with_sample_input", "hz_to_mel", "mel_to_hz"]
 
 _F_SP = 200.0 / 3          # Slaney's mel scale: linear below 1 kHz, 200/3 Hz per mel ...
 _MIN_LOG_HZ = 1000.0       # ... logarithmic above
@@ -57,7 +57,7 @@ def slaney_mel_matrix(prep: AudioPreprocessing) -> np.ndarray:
     return weights.T.astype(np.float32)
 
 
-def _hann(n_fft: int) -> np.ndarray:
+def hann_window(n_fft: int) -> np.ndarray:
     """The periodic Hann window (``scipy.signal.get_window("hann", n_fft, fftbins=True)``)."""
     return (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
 
@@ -67,7 +67,7 @@ def log_mel(prep: AudioPreprocessing) -> Callable:
     log-mel spectrograms, in TensorFlow ops."""
     import tensorflow as tf
 
-    window = tf.constant(_hann(prep.n_fft))
+    window = tf.constant(hann_window(prep.n_fft))
     mel = tf.constant(slaney_mel_matrix(prep))
 
     def spectrogram(samples):

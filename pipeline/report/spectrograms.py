@@ -3,8 +3,8 @@
 (``wav_bytes``), each embeddable as a data URI.
 
 The spectrogram is the model's own front end, in NumPy: frames of ``n_fft`` samples every ``hop`` through a periodic
-Hann window, the power spectrum through Slaney's mel filter bank
-(``pipeline.backbones.audio_input.slaney_mel_matrix``), rounded through float16, then ``log10(10000 x + 1)``.
+Hann window (``pipeline.backbones.audio_input.hann_window``), the power spectrum through Slaney's mel filter bank
+(``slaney_mel_matrix``), rounded through float16, then ``log10(10000 x + 1)``.
 The image has one pixel row per mel band (low frequencies at the bottom) and one column per ``frames_per_pixel``
 frames (their mean), its brightness scaled from 0 (silence) to the record's largest value, in a perceptual colormap.
 """
@@ -53,21 +53,17 @@ def first_seconds(source, prep: AudioPreprocessing, seconds: float = PREVIEW_SEC
     return window.samples, signal
 
 
-def _periodic_hann(n: int) -> np.ndarray:
-    return (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)).astype(np.float32)
-
-
 def log_mel_frames(padded: np.ndarray, prep: AudioPreprocessing, frames: int | None = None) -> np.ndarray:
     """(frames, n_mels) float32: the log-mel spectrogram of a reflect-padded signal as the model computes it, of
     its first ``frames`` frames (every whole frame when None)."""
-    from pipeline.backbones.audio_input import slaney_mel_matrix
+    from pipeline.backbones.audio_input import hann_window, slaney_mel_matrix
 
     padded = np.asarray(padded, np.float32)
     if len(padded) < prep.n_fft:
         return np.zeros((0, prep.n_mels), np.float32)
     view = np.lib.stride_tricks.sliding_window_view(padded, prep.n_fft)[::prep.hop]
     view = view if frames is None else view[:frames]
-    spectrum = np.fft.rfft(view * _periodic_hann(prep.n_fft), axis=1)
+    spectrum = np.fft.rfft(view * hann_window(prep.n_fft), axis=1)
     power = (spectrum.real ** 2 + spectrum.imag ** 2).astype(np.float32)
     mel = (power @ slaney_mel_matrix(prep)).astype(np.float16).astype(np.float32)
     return np.log10(np.float32(10000.0) * mel + np.float32(1.0)).astype(np.float32)

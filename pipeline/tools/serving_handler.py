@@ -13,10 +13,10 @@ class ServingModelHandler(ClassifierHandler):
     from local paths."""
 
     def load_model(self):
+        ready_process()  # before TensorFlow is imported: its oneDNN choice
         import tensorflow as tf
 
         from pipeline.folders import local_copy
 
-        ready_process()
         with local_copy(self._path) as folder:
             return tf.saved_model.load(folder)

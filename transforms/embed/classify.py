@@ -24,9 +24,9 @@ class ClassifierHandler(ModelHandler[np.ndarray, PredictionResult, object]):
         self._path = saved_model_path
 
     def load_model(self):
+        ready_process()  # before TensorFlow is imported: its oneDNN choice
         import tensorflow as tf
 
-        ready_process()
         return tf.saved_model.load(self._path)
 
     def run_inference(self, batch: Sequence[np.ndarray], model, inference_args=None) -> Iterable[PredictionResult]:

@@ -6,7 +6,8 @@ CPUs with AVX2 and no AVX-512 (AMD EPYC before Zen 4, older Intel Xeons; Dataflo
 this kind) a Keras MobileNetV2 measured about twice as fast with oneDNN on. So featurebeam turns it on itself
 (``--onednn auto``, the default) wherever TensorFlow would leave it off, unless the environment already says; ``on``
 and ``off`` force either way. Every process that imports TensorFlow applies the choice first: the command's own
-(``pipeline.cli``) and each worker's model loading (``BackboneHandler.load_model``); a process that has already
+(``pipeline.cli``), every worker process (``auto``, in ``ready_process``) and the model loading of an extraction's
+workers (its ``--onednn``, in ``BackboneHandler.load_model``); a process that has already
 imported TensorFlow keeps what it has, and ``onednn_state`` says what that is.
 """
 

@@ -1,4 +1,5 @@
-"""What a worker process readies once, before its first element: object storage as the job sees it
+"""What a worker process readies once, before its first element: TensorFlow's oneDNN kernels on any CPU, unless
+the environment or the job says otherwise (``transforms.worker.cpu``), object storage as the job sees it
 (``transforms.worker.storage.ready_storage``) and, when the featurebeam command asked for it, a quiet worker.
 
 Every DoFn of the project is a ``WorkerDoFn``, whose ``setup()`` does it; a ``ModelHandler`` calls
@@ -18,6 +19,7 @@ import sys
 
 import apache_beam as beam
 
+from transforms.worker.cpu import use_onednn
 from transforms.worker.memory import FreedMemoryTrimmer
 from transforms.worker.quiet import quiet_tensorflow_import
 from transforms.worker.storage import ready_storage
@@ -29,6 +31,7 @@ TRIM_MEMORY = "FEATUREBEAM_TRIM_MEMORY"  # set by a local run: its workers give 
 
 
 def ready_process() -> None:
+    use_onednn("auto")  # unless the job chose otherwise (``BackboneHandler``), before TensorFlow is imported
     ready_storage()
     if os.environ.get(TRIM_MEMORY) and not hasattr(ready_process, "trimmer"):
         ready_process.trimmer = FreedMemoryTrimmer().start()  # once per process, for its life

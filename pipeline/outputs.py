@@ -19,6 +19,7 @@ from transforms.schema.layout import (
     PENDING_DIR,
     RETIRED_DIR,
     RUN_NAME,
+    UPDATE_NAME,
 )
 from transforms.worker.storage import is_remote
 
@@ -61,8 +62,8 @@ def check_output_dir(output: str, overwrite: bool) -> None:
             raise ConfigError(f"output {output} is not writable: {first_line(e)}") from None
 
 
-def clear_previous_outputs(output: str, names=(MANIFEST_NAME, RUN_NAME, FEATURES_DIR, ERRORS_DIR, COMMITS_DIR,
-                                              PENDING_DIR, RETIRED_DIR)) -> None:
+def clear_previous_outputs(output: str, names=(MANIFEST_NAME, RUN_NAME, UPDATE_NAME, FEATURES_DIR, ERRORS_DIR,
+                                              COMMITS_DIR, PENDING_DIR, RETIRED_DIR)) -> None:
     """What --overwrite replaces: the job's own outputs (by default the features, dead letters and
     manifest of an extraction), nothing else. Object stores have no folders: a folder there is every object
     under its prefix."""

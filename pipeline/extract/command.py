@@ -10,11 +10,11 @@ from collections.abc import Sequence
 
 from pipeline.flags import Parser, split_flags, with_local_defaults
 
-__all__ = ["extract_parser", "cmd_extract"]
+__all__ = ["extract_parser", "cmd_extract", "with_update_flag"]
 
 
 def extract_parser() -> argparse.ArgumentParser:
-    from pipeline.extract.options import ExtractOptions
+    from pipeline.extract.options import UPDATE_HELP, ExtractOptions
 
     parser = Parser(
         prog="featurebeam extract", allow_abbrev=False,
@@ -23,7 +23,15 @@ def extract_parser() -> argparse.ArgumentParser:
         epilog="Any Apache Beam option passes through, e.g. --runner DataflowRunner, "
                "--direct_num_workers 2 --direct_running_mode multi_processing.")
     ExtractOptions._add_argparse_args(parser)
+    parser.add_argument("--update", action="store_true", help=UPDATE_HELP)
     return parser
+
+
+def with_update_flag(argv: Sequence[str]) -> list[str]:
+    """``--update`` as featurebeam's own flag: Beam's PipelineOptions name one ``--update`` already."""
+    from pipeline.extract.options import UPDATE_FLAG
+
+    return [UPDATE_FLAG if arg == "--update" else arg for arg in argv]
 
 
 def cmd_extract(argv: Sequence[str]) -> int:
@@ -41,6 +49,7 @@ def cmd_extract(argv: Sequence[str]) -> int:
     from transforms.worker.cpu import use_onednn
 
     split_flags(extract_parser(), argv)  # rejects flags that neither featurebeam nor Beam knows
+    argv = with_update_flag(argv)
     argv = with_local_defaults(argv)
     defaults = dataflow_defaults(PipelineOptions(argv))
     if defaults:

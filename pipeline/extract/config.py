@@ -45,6 +45,9 @@ class ExtractConfig:
     resume: bool = False
     template_launch: bool = False    # a template staged now runs now (Flex Template): prepare OUTDIR at launch
     formats: tuple[str, ...] = ("tfrecord",)  # what feature shards are written as (``layout.FORMATS``)
+    update: bool = False             # --update: a new generation of a finished feature set
+    keep_removed: bool = False       # --keep-removed: an update keeps the records of inputs that are gone
+    generation: int = 1              # the feature set generation this run makes (an update: the last one + 1)
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -71,6 +74,11 @@ def check_flags(options: PipelineOptions) -> None:
     if o.resume and o.overwrite:
         raise ConfigError("--resume and --overwrite contradict each other: --resume keeps what OUTDIR holds "
                           "and finishes it, --overwrite replaces it; choose one")
+    if o.update and o.overwrite:
+        raise ConfigError("--update and --overwrite contradict each other: --update keeps what OUTDIR holds and "
+                          "embeds only what is new or changed, --overwrite replaces it; choose one")
+    if o.keep_removed and not o.update:
+        raise ConfigError("--keep-removed says what an --update does with records whose inputs are gone; add --update")
     if not 0.0 <= o.max_failure_fraction <= 1.0:
         raise ConfigError(f"--max-failure-fraction must be between 0 and 1, got {o.max_failure_fraction}")
     if o.gpu and runner_name(options) != "DataflowRunner":

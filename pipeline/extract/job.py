@@ -1,16 +1,18 @@
 """The extraction job: input files -> decoded images -> backbone features -> TFRecord shards + manifest.
 
-1. ``ReadRecords`` lists the inputs on the workers, expands manifests and archives, spreads the reading
-   (on ``--resume``, the earlier run's commits are verified first, and the keys of those that check out are
-   skipped there, by a join); every input's key is counted by fingerprint, so keys given more than once are
-   known;
+1. ``ReadRecords`` lists the inputs on the workers with their source versions, expands manifests and archives,
+   spreads the reading (on ``--resume`` and ``--update``, the earlier commits are verified first, and the
+   records of those that check out are skipped there when their input is listed at the same version, by a
+   join; the same join finds the committed records that are stale, which ``DropStaleRecords`` drops); every
+   input's key is counted by fingerprint, so keys given more than once are known;
 2. ``ExtractFeatures`` decodes to the backbone's fixed uint8 input and embeds in batches (``RunInference``);
 3. ``CommitFeatures`` writes and commits ``features/part-<id>.tfrecord`` shards (and ``.parquet`` ones),
    ``CommitFailures`` the dead letters in ``errors/``, each with a commit record in ``commits/`` (see
    ``transforms/write/commit_format.py``);
 4. once every commit of the run is made, ``ResolveDuplicates`` keeps each key in one commit only (on the
    workers, by fingerprint bucket), and the last step writes ``manifest.json`` from the commit records (small
-   summaries), so a manifest exists only for a finished feature set; then the scratch files go.
+   summaries), so a manifest exists only for a finished feature set; an update's manifest is its new
+   generation, and only once it is written do the older commits it replaced go; then the scratch files go.
 
 No step holds every key: keys travel as packed fingerprints, written to scratch files under
 ``OUTDIR/.pending/shuffle``, and the runner's shuffle carries references to those (``transforms/keys/spill.py``).
@@ -34,6 +36,7 @@ from pipeline.extract.progress import ProgressLine, rate_unit
 from pipeline.extract.runtime import LOCAL_RUNNERS, runner_name
 from transforms.embed.extract import ExtractFeatures
 from transforms.keys.dedupe import CountRepeatedKeys, ResolveDuplicates
+from transforms.keys.done_keys import RETAINED, STALE, DropStaleRecords
 from transforms.keys.spill import clear_scratch, scratch_folder
 from transforms.read.sources import SKIPPED, ReadRecords, unit_keys
 from transforms.schema.elements import FAILED
@@ -42,6 +45,8 @@ from transforms.schema.manifest import Manifest, read_manifest, write_manifest
 from transforms.worker.memory import ARENAS_VARIABLE, FreedMemoryTrimmer, limit_malloc_arenas
 from transforms.worker.process import TRIM_MEMORY, ready_process
 from transforms.write import commit_checks
+from transforms.write.commit_format import current_commits
+from transforms.write.generations import delete_replaced, end_update, generation_counts
 from transforms.write.progress import CountProgress
 from transforms.write.sinks import CommitFailures, CommitFeatures
 
@@ -50,18 +55,25 @@ __all__ = ["build_extraction", "run_extraction", "manifest_from_commits", "runti
 
 def manifest_from_commits(config: ExtractConfig, all_commits, n_inputs: int, created: str,
                           n_resumed: int = 0, duplicates: tuple[int, str | None] = (0, None), n_retired: int = 0,
-                          n_redone: int = 0) -> Manifest:
-    """The manifest of a feature set, from its commit records and the number of inputs the job found
-    (``duplicates``: how many inputs repeated a key given before, and one such key)."""
+                          n_redone: int = 0, n_retained: int = 0, earlier_generations=()) -> Manifest:
+    """The manifest of a feature set, from its commit records (those it holds: ``current_commits``) and the
+    number of inputs the job found (``duplicates``: how many inputs repeated a key given before, and one such
+    key; ``n_retained``: records an update kept though their inputs are gone); ``earlier_generations``: the
+    counts of the generations before ``config.generation``."""
     features = [c for c in all_commits if c.kind == FEATURES_DIR]
     errors = [c for c in all_commits if c.kind == ERRORS_DIR]
     reasons = commit_checks.failure_reasons(errors)
+    counts = {"inputs": n_inputs, "embedded": sum(c.records for c in features),
+              "failed": sum(c.records for c in errors), "duplicates": duplicates[0]}
+    if n_retained:
+        counts["retained"] = n_retained
+    this = {"generation": config.generation, "created": created,
+            **generation_counts(all_commits, config.generation)}
     return Manifest(
         backbone=config.backbone.describe(),
         outputs=config.embed.outputs,
         labels=sorted({label for c in features for label in c.labels}),
-        counts={"inputs": n_inputs, "embedded": sum(c.records for c in features),
-                "failed": sum(c.records for c in errors), "duplicates": duplicates[0]},
+        counts=counts,
         shards=sorted(f.path for c in features if c.records for f in c.files
                       if shard_format(f.path) == "tfrecord"),
         parquet_shards=sorted(f.path for c in features if c.records for f in c.files
@@ -77,6 +89,8 @@ def manifest_from_commits(config: ExtractConfig, all_commits, n_inputs: int, cre
         retired_commits=n_retired,
         redone_records=n_redone,
         runtime=runtime_of(config),
+        generation=config.generation,
+        generations=(*[g for g in earlier_generations if g.get("generation", 0) < config.generation], this),
     )
 
 
@@ -91,15 +105,20 @@ def runtime_of(config: ExtractConfig) -> dict:
 
 
 def _write_manifest(_, config: ExtractConfig, created: str, n_read, n_unreadable, n_skipped, repeated, resolved,
-                    redone):
+                    redone, retained):
     """Once every commit is de-duplicated (the ``resolved`` side input): read the commit records, earlier runs'
-    included, and write the manifest."""
+    included, and write the manifest; then the commits that an update replaced go."""
     ready_process()
-    all_commits = commit_checks.read_commits(config.output)
+    all_commits = current_commits(commit_checks.read_commits(config.output))
+    earlier = read_manifest(config.output).generations if config.update else ()
     _, _, example = resolved
     manifest = manifest_from_commits(config, all_commits, n_read + n_unreadable + n_skipped, created, n_skipped,
-                                     (repeated, example if repeated else None), len(redone), sum(redone))
-    return write_manifest(config.output, manifest)
+                                     (repeated, example if repeated else None), len(redone), sum(redone),
+                                     sum(retained), earlier)
+    path = write_manifest(config.output, manifest)
+    delete_replaced(config.output, config.generation)
+    end_update(config.output)
+    return path
 
 
 def _counted(pcoll, progress_dir, stage: str, weight=None):
@@ -129,7 +148,13 @@ def build_extraction(p: beam.Pipeline, config: ExtractConfig, progress_dir: str 
                        commit_checks.REDONE, main="commits"))
         verified, redone = checked.commits, checked[commit_checks.REDONE]
     read = p | "Read records" >> ReadRecords(config.inputs, config.fields, config.chunk_bytes, verified,
-                                             scratch_folder(config.output, "resume"))
+                                             scratch_folder(config.output, "resume"), config.keep_removed)
+    if verified is None:
+        dropped = p | "No stale records" >> beam.Create([])
+        retained = p | "None retained" >> beam.Create([])
+    else:
+        dropped = read[STALE] | "Drop stale records" >> DropStaleRecords(config.output, config.generation)
+        retained = read[RETAINED]
     _counted(read["sources"], progress_dir, "listed")
     _counted(read["units"], progress_dir, "expected", weight=_records_in)  # inputs known once files are expanded
     _counted(read[SKIPPED], progress_dir, "skipped")
@@ -137,10 +162,11 @@ def build_extraction(p: beam.Pipeline, config: ExtractConfig, progress_dir: str 
     extracted = records | "Extract features" >> ExtractFeatures(config.backbone, config.embed)
     _counted(extracted["embedded"], progress_dir, "embedded")
     feature_commits = extracted["embedded"] | "Commit features" >> CommitFeatures(
-        config.output, config.embed.outputs, config.records_per_shard, config.formats)
+        config.output, config.embed.outputs, config.records_per_shard, config.formats, config.generation)
     failures = (read[FAILED], extracted[FAILED]) | "All failures" >> beam.Flatten()
     _counted(failures, progress_dir, "failed")
-    error_commits = failures | "Commit failures" >> CommitFailures(config.output, config.records_per_shard)
+    error_commits = failures | "Commit failures" >> CommitFailures(config.output, config.records_per_shard,
+                                                                   config.generation)
 
     # Counted where they are produced: a Flatten of the records would make the runner materialise every payload.
     n_read = read["records"] | "Count records read" >> beam.combiners.Count.Globally()
@@ -150,16 +176,18 @@ def build_extraction(p: beam.Pipeline, config: ExtractConfig, progress_dir: str 
                  read[FAILED] | "Keys unreadable" >> beam.Map(lambda f: f.key),
                  read[SKIPPED])  # packed where produced: no Flatten of single keys
                 | "Repeated keys" >> CountRepeatedKeys(scratch_folder(config.output, "repeats")))
-    n_commits = ((feature_commits, error_commits)
+    n_commits = ((feature_commits, error_commits, dropped)  # stale records are dropped by then too
                  | "Every commit of the run" >> beam.Flatten()
                  | "Count commits" >> beam.combiners.Count.Globally())
     distinct = (p
                 | "Start counting keys" >> beam.Create([None])
-                | "Distinct input keys" >> beam.Map(
-                    lambda _, read, unreadable, skipped, repeats: read + unreadable + skipped - repeats,
-                    *(beam.pvalue.AsSingleton(n) for n in (n_read, n_unreadable, n_skipped, repeated))))
+                | "Distinct keys held" >> beam.Map(
+                    lambda _, read, unreadable, skipped, repeats, kept: (read + unreadable + skipped - repeats
+                                                                         + sum(kept)),
+                    *(beam.pvalue.AsSingleton(n) for n in (n_read, n_unreadable, n_skipped, repeated)),
+                    beam.pvalue.AsList(retained)))
     resolved = n_commits | "Keep each key once" >> ResolveDuplicates(config.output, config.records_per_shard,
-                                                                     distinct)
+                                                                     distinct, config.generation)
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     _ = (p
          | "Start manifest" >> beam.Create([None])
@@ -170,7 +198,8 @@ def build_extraction(p: beam.Pipeline, config: ExtractConfig, progress_dir: str 
              n_skipped=beam.pvalue.AsSingleton(n_skipped),
              repeated=beam.pvalue.AsSingleton(repeated),
              resolved=beam.pvalue.AsSingleton(resolved),
-             redone=beam.pvalue.AsList(redone))
+             redone=beam.pvalue.AsList(redone),
+             retained=beam.pvalue.AsList(retained))
          | "Delete scratch files" >> beam.Map(_clear_scratch, config.output))
 
 
@@ -225,7 +254,7 @@ def run_extraction(config: ExtractConfig, options: PipelineOptions, progress: bo
         with beam.Pipeline(options=options) as p:
             build_extraction(p, config, done_commits=done_commits)
         return None
-    with OutputLease(config.output, takeover=config.resume or config.overwrite, log=log), \
+    with OutputLease(config.output, takeover=config.resume or config.update or config.overwrite, log=log), \
             _local_memory(runner_name(options) in LOCAL_RUNNERS):
         done_commits = prepare_output(config)
         if progress and runner_name(options) in LOCAL_RUNNERS:  # the workers share this machine
@@ -239,8 +268,11 @@ def run_extraction(config: ExtractConfig, options: PipelineOptions, progress: bo
                 build_extraction(p, config, done_commits=done_commits)
     manifest = read_manifest(config.output)
     counts = manifest.counts
-    if counts["inputs"] != counts["embedded"] + counts["failed"] + counts.get("duplicates", 0):
+    if counts["inputs"] + counts.get("retained", 0) != counts["embedded"] + counts["failed"] + counts.get(
+            "duplicates", 0):
         raise CountsMismatchError(
-            f"records were lost: {counts['inputs']} inputs but {counts['embedded']} embedded + "
-            f"{counts['failed']} failed + {counts.get('duplicates', 0)} duplicates")
+            f"records were lost: {counts['inputs']} inputs"
+            + (f" + {counts['retained']} retained" if counts.get("retained") else "")
+            + f" but {counts['embedded']} embedded + {counts['failed']} failed + {counts.get('duplicates', 0)}"
+            " duplicates")
     return manifest

@@ -3,13 +3,15 @@
 ``configure(options)`` turns the parsed flags into an ``ExtractConfig``: it points this process's filesystems
 at the job's object storage, lists each input (one file is enough), resolves and hashes the backbone (and
 stages it for a remote runner), checks that OUTDIR is empty or may be replaced and that it can be written, and
-for ``--resume`` that OUTDIR was started with the same settings. ``prepare_output`` then readies OUTDIR for
-the run: ``--overwrite`` clears it, a fresh run records its settings, ``--resume`` deletes the dead run's
-uncommitted files and returns its commit records.
+for ``--resume`` and ``--update`` that OUTDIR was started with the same settings (``--update``: that it holds a
+finished feature set, whose next generation the run makes). ``prepare_output`` then readies OUTDIR for the run:
+``--overwrite`` clears it, a fresh run records its settings, ``--resume`` and ``--update`` delete what a dead run
+left uncommitted (and what a published generation no longer holds) and return the commit records to build on.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 
@@ -36,7 +38,10 @@ from transforms.schema.layout import (
     MANIFEST_NAME,
     RUN_NAME,
 )
+from transforms.schema.manifest import read_manifest
 from transforms.write import commit_checks
+from transforms.write.commit_format import current_commits
+from transforms.write.generations import delete_replaced, start_update, update_in_progress
 
 __all__ = ["configure", "prepare_output", "resolve_outputs"]
 
@@ -58,7 +63,7 @@ def configure(options: PipelineOptions) -> ExtractConfig:
     if not local:
         backbone = stage_backbone(backbone, remote_staging_location(options))
     output = absolute(o.output)
-    if not o.resume:
+    if not (o.resume or o.update):
         check_output_dir(output, o.overwrite)
     fields = InputFields(o.uri_field, o.label_field, o.split_field, o.text_field, o.id_field, o.image_feature,
                          o.label_feature, max_input_bytes=o.max_input_bytes, allow_outside_paths=o.allow_outside_paths,
@@ -67,31 +72,58 @@ def configure(options: PipelineOptions) -> ExtractConfig:
         check_text_field(spec, fields)
     config = ExtractConfig(inputs, output, backbone, embed, o.records_per_shard, o.overwrite, o.max_failure_fraction,
                            o.quiet, fields, int(o.read_chunk_mb * 2**20), o.resume, template_launch=o.template_launch,
-                           formats=formats)
-    if o.resume:
+                           formats=formats, update=o.update, keep_removed=o.keep_removed)
+    if o.resume or o.update:
         check_resumable(config)
+        config = dataclasses.replace(config, generation=generation_to_make(config))
     return config
+
+
+def generation_to_make(config: ExtractConfig) -> int:
+    """The feature set generation the run makes: an update, the published one + 1; a resumed run, the one its
+    commits were made for. ``ConfigError`` for an update of an OUTDIR with no finished set, and for ``--resume``
+    of an interrupted update (``--update`` finishes that)."""
+    manifest_path = FileSystems.join(config.output, MANIFEST_NAME)
+    published = read_manifest(config.output).generation if FileSystems.exists(manifest_path) else None
+    if config.update:
+        if published is None:
+            raise ConfigError(f"nothing to update in {config.output}: it holds no finished feature set "
+                              f"({MANIFEST_NAME}); drop --update to make one, or use --resume to finish an "
+                              "interrupted run")
+        return published + 1
+    commits, _ = commit_checks.read_commit_records(config.output)
+    made = max((c.generation for c in commits), default=1)
+    made = max(made, update_in_progress(config.output) or 0)
+    if published is not None and made > published:
+        raise ConfigError(f"an update of {config.output} to generation {made} was interrupted; run it with "
+                          "--update again to finish it")
+    return made
 
 
 def prepare_output(config: ExtractConfig) -> tuple[str, ...]:
     """Ready OUTDIR for the run; returns the commit records to resume from (none for a fresh run).
 
     Fresh (``--overwrite``, or an empty OUTDIR): earlier outputs go, the run's settings are recorded.
-    ``--resume``: what the interrupted run left uncommitted goes; its commit records are returned, readable or
-    not, for the job to verify (``VerifyCommitFn``): those that check out are skipped, the others redone."""
-    if not config.resume:
+    ``--resume``: what the interrupted run left uncommitted goes, and its unfinished manifest; its commit records
+    are returned, readable or not, for the job to verify (``VerifyCommitFn``): those that check out are skipped,
+    the others redone. ``--update``: the same, except that the published manifest stays (readers read that
+    generation until the update publishes the next) and commits it has replaced are not returned."""
+    if not (config.resume or config.update):
         if config.overwrite:
             clear_previous_outputs(config.output)
         with FileSystems.create(FileSystems.join(config.output, RUN_NAME)) as f:
             f.write(json.dumps(run_settings(config), indent=2).encode("utf-8"))
         return ()
+    if config.update:
+        delete_replaced(config.output, config.generation - 1)
+        start_update(config.output, config.generation)
     done, unreadable = commit_checks.read_commit_records(config.output)
     leftovers = commit_checks.uncommitted_files(config.output, done)
     stale = [FileSystems.join(config.output, name) for name in (MANIFEST_NAME,)
-             if FileSystems.exists(FileSystems.join(config.output, name))]
+             if not config.update and FileSystems.exists(FileSystems.join(config.output, name))]
     if leftovers or stale:
         FileSystems.delete(leftovers + stale)
-    return tuple(sorted([FileSystems.join(config.output, c.marker) for c in done] + unreadable))
+    return tuple(sorted([FileSystems.join(config.output, c.marker) for c in current_commits(done)] + unreadable))
 
 
 def resolve_outputs(backbone: Backbone, layers: list[str], pooling: str, dtype: str = "float32",

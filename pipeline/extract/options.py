@@ -6,6 +6,8 @@ Dataflow's templates read them as they read their own. Declared here in groups (
 
 from __future__ import annotations
 
+import argparse
+
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.extract.embedding import add_embedding_flags
@@ -17,7 +19,12 @@ from transforms.schema.fields import FEATURE_DTYPES
 from transforms.worker.storage import DEFAULT_RETRY_SECONDS
 from transforms.write.committers import DEFAULT_RECORDS_PER_COMMIT
 
-__all__ = ["ExtractOptions"]
+__all__ = ["ExtractOptions", "UPDATE_FLAG", "UPDATE_HELP"]
+
+UPDATE_FLAG = "--update-feature-set"
+UPDATE_HELP = ("bring a finished feature set in OUTDIR up to date with its inputs as they are now: embed what is new "
+               "or changed (by each file's size and modification time), remove what is gone, keep the rest; the "
+               "settings must be the same. An interrupted update is finished by --update again")
 
 
 class ExtractOptions(PipelineOptions):
@@ -114,6 +121,11 @@ def _output_flags(parser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="finish an interrupted run into the same OUTDIR: what it committed is kept and "
                              "skipped, the rest is done; the settings must be the same")
+    # ``--update`` on the command line (``pipeline.extract.command``): Beam's own ``--update`` (of a streaming
+    # Dataflow job) owns that name among PipelineOptions.
+    parser.add_argument(UPDATE_FLAG, dest="update", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--keep-removed", action="store_true",
+                        help="with --update: keep the records of inputs that are gone")
 
 
 def _run_flags(parser) -> None:

@@ -56,8 +56,9 @@ def check_resumable(config: ExtractConfig) -> None:
         with FileSystems.open(path) as f:
             recorded = json.loads(f.read().decode("utf-8"))
     except (OSError, ValueError):
-        raise ConfigError(f"nothing to resume in {config.output}: it has no {RUN_NAME} from an earlier run "
-                          "(drop --resume to start one)") from None
+        flag = "--update" if config.update else "--resume"
+        raise ConfigError(f"nothing to {flag[2:]} in {config.output}: it has no {RUN_NAME} from an earlier run "
+                          f"(drop {flag} to start one)") from None
     recorded.setdefault("formats", ["tfrecord"])  # runs recorded before --format wrote TFRecord only
     if "precision" not in recorded:  # recorded before --precision: --mixed-precision said float16
         recorded["precision"] = "float16" if recorded.pop("mixed_precision", False) else "float32"
@@ -68,5 +69,6 @@ def check_resumable(config: ExtractConfig) -> None:
     for name, value in current.items():
         if name not in RECORDED_ONLY and recorded.get(name) != value:
             flags = _SETTING_NAMES.get(name) or EmbedSettings.flags_of(name) or name
-            raise ConfigError(f"cannot resume {config.output}: it was started with different {flags}; use the same "
+            verb = "update" if config.update else "resume"
+            raise ConfigError(f"cannot {verb} {config.output}: it was started with different {flags}; use the same "
                               "settings, or --overwrite to start again")

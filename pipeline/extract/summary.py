@@ -5,10 +5,26 @@ from __future__ import annotations
 
 from pipeline.extract.progress import rate_unit
 
-__all__ = ["format_summary", "format_staged", "large_record_warnings", "input_notes", "text_input_notes",
+__all__ = ["format_summary", "update_line", "format_staged", "large_record_warnings", "input_notes", "text_input_notes",
            "audio_input_notes", "LARGE_RECORD_FLOATS"]
 
 LARGE_RECORD_FLOATS = 50_000  # --pooling none beyond this many floats per record gets a warning
+
+
+def _kept_by(manifest) -> str:
+    if manifest.generation > 1:
+        return "committed already and still current"
+    return "committed by the interrupted run"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+def update_line(generation: dict, seconds: float) -> str:
+    """``featurebeam: generation 3: 10,000 new, 120 changed, 35 removed, 999,845 kept, in 2 min``."""
+    counts = ", ".join(f"{generation.get(name, 0):,} {name}" for name in ("new", "changed", "removed", "kept"))
+    return f"featurebeam: generation {generation['generation']}: {counts}, in {_duration(seconds)}"
 
 
 def format_summary(manifest, output: str, seconds: float) -> str:
@@ -21,11 +37,13 @@ def format_summary(manifest, output: str, seconds: float) -> str:
              + (f", {duplicates} duplicates" if duplicates else "") + ") "
              f"in {seconds:.1f} s ({rate:.1f} {rate_unit(manifest.backbone.get('modality'))}/s"
              + (" this run" if manifest.resumed_records else "") + ")"
-             + (f"; {manifest.resumed_records} of them were committed by the interrupted run and skipped"
+             + (f"; {manifest.resumed_records} of them were {_kept_by(manifest)} and skipped"
                 if manifest.resumed_records else "")
              + (f"; {manifest.retired_commits} of its commits were damaged and retired, and their "
                 f"{manifest.redone_records} inputs done again" if manifest.retired_commits else ""),
              f"  backbone  {manifest.backbone['name']} (weights sha256 {manifest.backbone['weights_sha256'][:16]}...)"]
+    if manifest.generation > 1 and manifest.generations:
+        lines.insert(0, update_line(manifest.generations[-1], seconds))
     runtime = manifest.runtime
     if runtime:
         lines.append(f"  runtime   {runtime.get('precision', 'float32')}, oneDNN {runtime.get('onednn', '?')}, on "

@@ -11,9 +11,10 @@ from collections.abc import Callable
 
 from transforms.schema.layout import COMMITS_DIR, FEATURES_DIR, PARQUET_SUFFIX, SHARD_SUFFIX
 from transforms.schema.manifest import Manifest
+from transforms.write.generations import update_in_progress
 
 __all__ = ["check_twins_listed", "check_shards_on_disk", "check_error_files", "check_commit_records",
-           "check_counts", "short_error", "Problem"]
+           "commits_not_judged", "check_counts", "short_error", "Problem"]
 
 Problem = Callable[[str, str], None]  # problem(kind, message)
 
@@ -32,17 +33,24 @@ def check_twins_listed(manifest: Manifest, problem: Problem) -> None:
 
 
 def check_shards_on_disk(root: str, manifest: Manifest, problem: Problem) -> None:
-    """Every file in ``features/`` is a shard the manifest lists."""
+    """Every file in ``features/`` is a shard the manifest lists, or one of an update's that the manifest's
+    generation does not hold: its commits (``commits_not_judged``) and, while it is under way or was interrupted,
+    the files it wrote and did not commit yet (the next run deletes those)."""
     from apache_beam.io.filesystems import FileSystems
 
     listed = set(manifest.shards) | set(manifest.parquet_shards)
     try:
+        records = _commit_records(root)
+        elsewhere = {path for record in commits_not_judged(records, manifest) for path in _files_of(record)}
+        updating = (update_in_progress(root) or 0) > manifest.generation
+        named = {path for record in records.values() for path in _files_of(record)}
         (match,) = FileSystems.match([FileSystems.join(root, FEATURES_DIR, "*")])
         prefix = root.rstrip("/") + "/"
         for m in match.metadata_list:
             rel = m.path[len(prefix):] if m.path.startswith(prefix) else m.path
-            if rel not in listed:
-                problem("unlisted", f"{rel}: a shard on disk that the manifest does not list")
+            if rel in listed or rel in elsewhere or (updating and rel not in named):
+                continue
+            problem("unlisted", f"{rel}: a shard on disk that the manifest does not list")
     except Exception:  # listing is advisory; the records themselves are checked apart
         pass
 
@@ -63,19 +71,44 @@ def check_error_files(root: str, manifest: Manifest, problem: Problem) -> None:
         problem("count", f"the error files hold {failed_lines} dead letters, the manifest counts {counts['failed']}")
 
 
-def check_commit_records(root: str, manifest: Manifest, problem: Problem) -> None:
-    """Every file a commit record names is one the manifest lists."""
+def _commit_records(root: str) -> dict[str, dict]:
+    """Every commit record in the set, by path, as JSON."""
     from apache_beam.io.filesystems import FileSystems
 
+    (match,) = FileSystems.match([FileSystems.join(root, COMMITS_DIR, "*.json")])
+    records = {}
+    for m in match.metadata_list:
+        with FileSystems.open(m.path, compression_type="uncompressed") as f:
+            records[m.path] = json.loads(f.read().decode("utf-8"))
+    return records
+
+
+def _files_of(record: dict) -> list[str]:
+    return [record.get("path")] + [also.get("path") for also in record.get("also", ())]
+
+
+def commits_not_judged(records: dict[str, dict], manifest: Manifest) -> list[dict]:
+    """Commit records that the manifest's generation does not hold, and rightly: those of an update in progress
+    (a later generation), those an update replaced once its manifest is written (they are deleted next), and
+    replacements left with no records."""
+    replaced = {r["replaces"] for r in records.values()
+                if r.get("replaces") and r.get("generation", 1) <= manifest.generation}
+    return [r for r in records.values()
+            if r.get("generation", 1) > manifest.generation or r.get("id") in replaced or r.get("records") == 0]
+
+
+def check_commit_records(root: str, manifest: Manifest, problem: Problem) -> None:
+    """Every file a commit record names is one the manifest lists, but for ``commits_not_judged``."""
     listed_files = set(manifest.shards) | set(manifest.parquet_shards) | set(manifest.error_files)
     try:
-        (match,) = FileSystems.match([FileSystems.join(root, COMMITS_DIR, "*.json")])
-        for m in match.metadata_list:
-            with FileSystems.open(m.path, compression_type="uncompressed") as f:
-                record = json.loads(f.read().decode("utf-8"))
-            for named in [record.get("path")] + [also.get("path") for also in record.get("also", ())]:
+        records = _commit_records(root)
+        skipped = {id(r) for r in commits_not_judged(records, manifest)}
+        for path, record in records.items():
+            if id(record) in skipped:
+                continue
+            for named in _files_of(record):
                 if named not in listed_files:
-                    problem("unlisted", f"{m.path}: a commit record of {named}, which the manifest does not list")
+                    problem("unlisted", f"{path}: a commit record of {named}, which the manifest does not list")
     except Exception as e:  # a damaged commit record is itself a problem of the set
         problem("unlisted", f"{COMMITS_DIR}/: a commit record cannot be read ({short_error(e)})")
 
@@ -87,7 +120,9 @@ def check_counts(counts: dict, records: int, problem: Problem) -> None:
         problem("count", f"the shards hold {records} records, the manifest counts {embedded} embedded")
     if {"inputs", "embedded", "failed"} <= set(counts):
         parts = counts["embedded"] + counts["failed"] + counts.get("duplicates", 0)
-        if counts["inputs"] != parts:
-            problem("count", f"the manifest's counts do not add up: {counts['inputs']} inputs, but {counts['embedded']}"
-                             f" embedded + {counts['failed']} failed + {counts.get('duplicates', 0)} duplicates"
-                             f" = {parts}")
+        retained = counts.get("retained", 0)
+        if counts["inputs"] + retained != parts:
+            problem("count", f"the manifest's counts do not add up: {counts['inputs']} inputs"
+                             + (f" + {retained} retained" if retained else "")
+                             + f", but {counts['embedded']} embedded + {counts['failed']} failed + "
+                             f"{counts.get('duplicates', 0)} duplicates = {parts}")

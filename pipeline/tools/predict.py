@@ -129,7 +129,7 @@ class ModelDirClassifier(ServingModelHandler):
 
 
 def _prediction(meta, inference) -> dict:
-    key, label, split = meta
+    key, label, split = meta[:3]  # recordings' meta carries their source version too
     prediction = {"key": key, "label": label, "predicted": inference["label"],
                   "probabilities": inference["probabilities"]}
     if split is not None:

@@ -10,6 +10,7 @@ from transforms.decode.tokenize import TokenizeFn
 from transforms.embed.backbone import BackboneHandler
 from transforms.embed.model_inputs import inputs_for
 from transforms.embed.protocol import Backbone
+from transforms.embed.record_meta import with_version_and_source
 from transforms.embed.recordings import EmbedRecordings
 from transforms.embed.retry import EmbeddingFailure, RetryOneByOne
 from transforms.embed.settings import EmbedSettings
@@ -21,7 +22,8 @@ __all__ = ["ExtractFeatures"]
 
 
 class ExtractFeatures(beam.PTransform):
-    """Records -> ``{"embedded": ((key, label, split), {output: vector}), "failed": Failure}``.
+    """Records -> ``{"embedded": ((key, label, split, version), {output: vector}), "failed": Failure}``, where
+    ``version`` is the record's source version (``transforms/read/versions.py``), which its commit records.
 
     1. decode each image to the backbone's fixed uint8 input, tokenise each text for a text backbone, or decode
        each recording to windows of 3-s patches of samples for an audio backbone (bad inputs go to ``failed``);
@@ -76,39 +78,28 @@ class ExtractFeatures(beam.PTransform):
         return batches, tokenized[FAILED]
 
 
-def _with_source(outputs, record: Record):
-    """A decoding step's outputs, the meta ``(key, label, split)`` of each input extended with the record's
-    source file, so an embed failure can name it; failures pass as they are."""
-    for output in outputs:
-        if isinstance(output, beam.pvalue.TaggedOutput):
-            yield output
-        else:
-            meta, value = output
-            yield (*meta, record.origin), value
-
-
 class _DecodeKeepingSourceFn(DecodeImageFn):
-    """``DecodeImageFn`` with ``(key, label, split, source)`` meta."""
+    """``DecodeImageFn`` with ``(key, label, split, version, source)`` meta."""
 
     def process(self, record: Record):
-        return _with_source(super().process(record), record)
+        return with_version_and_source(super().process(record), record)
 
 
 class _TokenizeKeepingSourceFn(TokenizeFn):
-    """``TokenizeFn`` with ``(key, label, split, source)`` meta."""
+    """``TokenizeFn`` with ``(key, label, split, version, source)`` meta."""
 
     def process(self, record: Record):
-        return _with_source(super().process(record), record)
+        return with_version_and_source(super().process(record), record)
 
 
 class _KeepVectorsFn(WorkerDoFn):
-    """((key, label, split, source), PredictionResult) -> ((key, label, split), vectors), or a ``Failure`` for an
-    input the backbone failed on."""
+    """((key, label, split, version, source), PredictionResult) -> ((key, label, split, version), vectors), or a
+    ``Failure`` for an input the backbone failed on."""
 
     def process(self, element):
-        (key, label, split, source), result = element
+        (key, label, split, version, source), result = element
         if isinstance(result.inference, EmbeddingFailure):
             yield beam.pvalue.TaggedOutput(FAILED, Failure(key, source, "embed", result.inference.error_type,
-                                                           result.inference.message))
+                                                           result.inference.message, version))
         else:
-            yield (key, label, split), result.inference
+            yield (key, label, split, version), result.inference

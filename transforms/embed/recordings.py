@@ -22,6 +22,7 @@ import numpy as np
 from apache_beam.ml.inference.base import RunInference
 
 from transforms.decode.audio import DEFAULT_PATCHES_PER_WINDOW, AudioPreprocessing, DecodeAudioFn
+from transforms.embed.record_meta import with_version_and_source
 from transforms.embed.retry import EmbeddingFailure
 from transforms.schema.elements import FAILED, Failure, Record
 from transforms.worker.process import WorkerDoFn
@@ -63,40 +64,42 @@ def pool_windows(windows: Iterable[tuple[WindowPosition, dict | EmbeddingFailure
 
 
 class _SplitWindowsFn(WorkerDoFn):
-    """((key, label, split, source, WindowPosition), PredictionResult) -> a whole recording's vectors (its sum over
-    patches / their count) or its ``Failure``; a window of a longer recording goes on, keyed by the recording, to
-    the "parts" output."""
+    """((key, label, split, version, source, WindowPosition), PredictionResult) -> a whole recording's vectors (its
+    sum over patches / their count) or its ``Failure``; a window of a longer recording goes on, keyed by the
+    recording, to the "parts" output."""
 
     def process(self, element):
-        (key, label, split, source, position), result = element
+        (key, label, split, version, source, position), result = element
         inference = result.inference
         if not position.whole:
-            yield beam.pvalue.TaggedOutput("parts", (key, (label, split, source, position, inference)))
+            yield beam.pvalue.TaggedOutput("parts", (key, (label, split, version, source, position, inference)))
         elif isinstance(inference, EmbeddingFailure):
             yield beam.pvalue.TaggedOutput(FAILED, Failure(key, source, "embed", inference.error_type,
-                                                           inference.message))
+                                                           inference.message, version))
         else:
-            yield (key, label, split), {name: (v / position.n_patches).astype(np.float32)
+            yield (key, label, split, version), {name: (v / position.n_patches).astype(np.float32)
                                         for name, v in inference.items()}
 
 
 class _PoolPartsFn(WorkerDoFn):
-    """(key, [(label, split, source, WindowPosition, sum or failure), ...]) -> the recording's mean vectors, its
-    ``Failure``, or nothing (decoding stopped part-way; the decoder recorded why)."""
+    """(key, [(label, split, version, source, WindowPosition, sum or failure), ...]) -> the recording's mean
+    vectors, its ``Failure``, or nothing (decoding stopped part-way; the decoder recorded why)."""
 
     def process(self, element):
         key, parts = element
         parts = list(parts)
-        label, split, source = parts[0][:3]
+        label, split, version, source = parts[0][:4]
         pooled = pool_windows((position, result) for *_, position, result in parts)
         if isinstance(pooled, EmbeddingFailure):
-            yield beam.pvalue.TaggedOutput(FAILED, Failure(key, source, "embed", pooled.error_type, pooled.message))
+            yield beam.pvalue.TaggedOutput(FAILED, Failure(key, source, "embed", pooled.error_type, pooled.message,
+                                                           version))
         elif pooled is not None:
-            yield (key, label, split), pooled
+            yield (key, label, split, version), pooled
 
 
 class PoolRecordings(beam.PTransform):
-    """Embedded windows -> ``{"embedded": ((key, label, split), {output: mean vector}), "failed": Failure}``."""
+    """Embedded windows -> ``{"embedded": ((key, label, split, version), {output: mean vector}), "failed":
+    Failure}``."""
 
     def expand(self, windows):
         split = windows | "Whole recordings" >> beam.ParDo(_SplitWindowsFn()).with_outputs(
@@ -113,23 +116,23 @@ class PoolRecordings(beam.PTransform):
 
 
 class DecodeWindowsFn(DecodeAudioFn):
-    """``DecodeAudioFn`` with ``(key, label, split, source, WindowPosition)`` meta."""
+    """``DecodeAudioFn`` with ``(key, label, split, version, source, WindowPosition)`` meta."""
 
     def process(self, record: Record):
-        for output in super().process(record):
+        for output in with_version_and_source(super().process(record), record):
             if isinstance(output, beam.pvalue.TaggedOutput):
                 yield output
             else:
                 meta, window = output
-                yield (*meta, record.origin, WindowPosition(window.first_patch, window.n_patches, window.last)), window
+                yield (*meta, WindowPosition(window.first_patch, window.n_patches, window.last)), window
 
 
 class EmbedRecordings(beam.PTransform):
-    """Records -> ``{"embedded": ((key, label, split), {output: mean vector}), "failed": Failure}``: each recording
-    decoded in windows (``DecodeWindowsFn``), each window embedded by ``handler`` (a keyed ``ModelHandler`` whose
-    inference for a window is ``{output: sum over its patches}``, batching ``batch_patches`` patches at a time),
-    the windows pooled (``PoolRecordings``). A window holds at most ``batch_patches`` patches, so that each fits a
-    batch."""
+    """Records -> ``{"embedded": ((key, label, split, version), {output: mean vector}), "failed": Failure}``:
+    each recording decoded in windows (``DecodeWindowsFn``), each window embedded by ``handler`` (a keyed
+    ``ModelHandler`` whose inference for a window is ``{output: sum over its patches}``, batching ``batch_patches``
+    patches at a time), the windows pooled (``PoolRecordings``). A window holds at most ``batch_patches`` patches,
+    so that each fits a batch."""
 
     def __init__(self, handler, prep: AudioPreprocessing, max_seconds: float, batch_patches: int):
         super().__init__()

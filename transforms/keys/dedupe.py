@@ -40,7 +40,7 @@ from transforms.keys.spill import scratch_folder, spill, unspill
 from transforms.schema.layout import COMMITS_DIR, FEATURES_DIR
 from transforms.worker.process import WorkerDoFn
 from transforms.write import commit_checks
-from transforms.write.commit_format import Commit
+from transforms.write.commit_format import Commit, current_commits
 from transforms.write.committers import FailureCommitFn
 
 __all__ = ["ResolveDuplicates", "CountRepeatedKeys", "keep_one_copy"]
@@ -65,6 +65,7 @@ class _ListCommitsFn(WorkerDoFn):
 
     def process(self, _, barrier=None, distinct_keys=None):
         commits, unreadable = commit_checks.read_commit_records(self._output)
+        commits = current_commits(commits)  # a replaced commit's records are in its replacement
         if not unreadable and distinct_keys is not None and sum(c.records for c in commits) == distinct_keys:
             return
         yield from sorted([FileSystems.join(self._output, c.marker) for c in commits] + unreadable)
@@ -140,8 +141,9 @@ class _DropCopiesFn(WorkerDoFn):
     """(commit id, [(drop, conflicting), ...]) -> the commit rewritten without them; outputs (1, copies dropped,
     smallest key dropped) and, tagged ``conflicts``, ``(key, (label, split))`` of each conflicting copy."""
 
-    def __init__(self, output: str):
+    def __init__(self, output: str, generation: int):
         self._output = output
+        self._generation = generation
 
     def process(self, element):
         commit_id, decisions = element
@@ -157,7 +159,7 @@ class _DropCopiesFn(WorkerDoFn):
             key, label, split = keys[pos]
             yield beam.pvalue.TaggedOutput("conflicts", (key, (label, split)))
         dropped = [keys[pos][0] for pos in drop - conflicting]
-        commit_checks.drop_records(self._output, commit, drop)
+        commit_checks.drop_records(self._output, commit, drop, self._generation)
         yield 1, len(drop), min(dropped) if dropped else None
 
 
@@ -186,15 +188,17 @@ class ResolveDuplicates(beam.PTransform):
     ``(commits rewritten, copies dropped, smallest key dropped)``, ready once every commit is rewritten and
     every conflict committed.
 
-    ``distinct_keys``: optionally, a one-element PCollection, the number of distinct input keys; when the
-    commits hold exactly that many records, no key repeats and nothing more is read."""
+    ``distinct_keys``: optionally, a one-element PCollection, the number of distinct keys the set should hold;
+    when the commits hold exactly that many records, no key repeats and nothing more is read. Commits are
+    rewritten (and conflicts committed) for feature set ``generation`` (``commit_checks.drop_records``)."""
 
-    def __init__(self, output: str, records_per_commit: int, distinct_keys=None):
+    def __init__(self, output: str, records_per_commit: int, distinct_keys=None, generation: int = 1):
         super().__init__()
         self._output = output
         self._scratch = scratch_folder(output, "duplicates")
         self._records_per_commit = records_per_commit
         self._distinct_keys = distinct_keys
+        self._generation = generation
 
     def expand(self, barrier):
         distinct = () if self._distinct_keys is None else (beam.pvalue.AsSingleton(self._distinct_keys),)
@@ -208,9 +212,11 @@ class ResolveDuplicates(beam.PTransform):
             | "Group buckets" >> beam.GroupByKey()
             | "Keep one copy" >> beam.ParDo(_KeepOneCopyFn())
             | "Group by commit" >> beam.GroupByKey()
-            | "Drop copies" >> beam.ParDo(_DropCopiesFn(self._output)).with_outputs("conflicts", main="summaries")
+            | "Drop copies" >> beam.ParDo(_DropCopiesFn(self._output, self._generation)).with_outputs(
+                "conflicts", main="summaries")
         )
-        commit_failures = FailureCommitFn(self._output, records_per_commit=self._records_per_commit)
+        commit_failures = FailureCommitFn(self._output, records_per_commit=self._records_per_commit,
+                                          generation=self._generation)
         conflicts = (
             dropped.conflicts
             | "Group conflicts" >> beam.GroupByKey()

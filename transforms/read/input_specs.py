@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from apache_beam.io.filesystems import FileSystems
 
+from transforms.read.versions import version_of
 from transforms.schema.elements import SourceFile
 from transforms.worker.process import ready_process
 
@@ -131,12 +132,13 @@ def label_from_path(root: str, uri: str) -> str | None:
 
 
 def list_source_files(spec: InputSpec) -> Iterator[SourceFile]:
-    """List the files of one input spec with their labels and format (``AUTO``: each file's own), in a stable
-    order."""
+    """List the files of one input spec with their labels, format (``AUTO``: each file's own) and source version, in
+    a stable order."""
     ready_process()
     (result,) = FileSystems.match([local_path(spec.pattern)])
     root = local_path(spec.root)
-    for path in sorted(m.path for m in result.metadata_list):
-        auto = {AUTO: "image", AUTO_TEXT: "text"}.get(spec.format)  # audio reads extensions as images do
-        fmt = detect_format(path, auto) if auto else spec.format
-        yield SourceFile(path, label_from_path(root, path) if fmt == "files" else None, fmt)
+    auto = {AUTO: "image", AUTO_TEXT: "text"}.get(spec.format)  # audio reads extensions as images do
+    for m in sorted(result.metadata_list, key=lambda m: m.path):
+        fmt = detect_format(m.path, auto) if auto else spec.format
+        yield SourceFile(m.path, label_from_path(root, m.path) if fmt == "files" else None, fmt,
+                         version_of(m.size_in_bytes, m.last_updated_in_seconds))

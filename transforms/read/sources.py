@@ -33,6 +33,7 @@ from transforms.read import tables, tar_shards, tfrecords
 from transforms.read.files import lazy_file, open_regular, read_whole
 from transforms.read.input_specs import InputSpec, list_source_files
 from transforms.read.tables import InputFields
+from transforms.read.versions import manifest_row_versions
 from transforms.schema.elements import (
     FAILED,
     METRICS_NAMESPACE,
@@ -54,7 +55,16 @@ MAX_FIELD_CHARS = 1024  # the longest label or split value kept; a longer one is
 
 def expand_source(source: SourceFile, fields: InputFields, chunk_bytes: int):
     """One listed file -> its units of reading work (``FileRef``, tar or TFRecord chunks, text ``Record``s)
-    and ``Failure``s, as a pure generator over the file's contents."""
+    and ``Failure``s, as a pure generator over the file's contents. Each carries its source version: a manifest
+    row's is the version of the file it names, anything else's the listed file's (``versions.py``)."""
+    if source.format == "manifest":
+        yield from manifest_row_versions(_units_of(source, fields, chunk_bytes), source.version)
+    else:
+        for unit in _units_of(source, fields, chunk_bytes):
+            yield unit if unit.version is not None else unit._replace(version=source.version)
+
+
+def _units_of(source: SourceFile, fields: InputFields, chunk_bytes: int):
     if source.format == "files":
         yield FileRef(record_key(source.uri), source.uri, source.label)
         return
@@ -76,15 +86,19 @@ def expand_source(source: SourceFile, fields: InputFields, chunk_bytes: int):
 
 def read_unit(unit, fields: InputFields) -> Iterator[Record | Failure]:
     """One unit of reading work -> its ``Record``s (and ``Failure``s for what cannot be read, or whose label or
-    split is longer than ``MAX_FIELD_CHARS``: no such value reaches the manifest or a summary)."""
+    split is longer than ``MAX_FIELD_CHARS``: no such value reaches the manifest or a summary), each with the
+    unit's source version."""
     for item in _read_unit(unit, fields):
+        if item.version is None and unit.version is not None:
+            item = item._replace(version=unit.version)
         too_long = isinstance(item, Record) and next(
             ((name, value) for name, value in (("label", item.label), ("split", item.split))
              if value is not None and len(value) > MAX_FIELD_CHARS), None)
         if too_long:
             name, value = too_long
             yield Failure(item.key, item.origin, "read", "FieldTooLong",
-                          f"its {name} is {len(value):,} characters, over {MAX_FIELD_CHARS:,}: {value[:60]!r}...")
+                          f"its {name} is {len(value):,} characters, over {MAX_FIELD_CHARS:,}: {value[:60]!r}...",
+                          item.version)
         else:
             yield item
 
@@ -94,7 +108,7 @@ def _read_unit(unit, fields: InputFields) -> Iterator[Record | Failure]:
         yield unit
     elif isinstance(unit, FileRef):
         read = lazy_file if fields.modality == "audio" else read_whole
-        yield Record(unit.key, read(unit.uri, fields.max_input_bytes), unit.label, unit.split, unit.uri)
+        yield Record(unit.key, read(unit.uri, fields.max_input_bytes), unit.label, unit.split, unit.uri, unit.version)
     elif isinstance(unit, tar_shards.TarChunk):
         with open_regular(unit.uri) as f:
             yield from tar_shards.read_tar_chunk(f, unit, fields)
@@ -134,8 +148,8 @@ class ExpandSourceFn(WorkerDoFn):
             for unit in expand_source(source, self._fields, self._chunk_bytes):
                 yield beam.pvalue.TaggedOutput(FAILED, unit) if isinstance(unit, Failure) else unit
         except Exception as e:  # a file we cannot read is this file's failure, not the job's
-            yield beam.pvalue.TaggedOutput(FAILED, Failure.from_exception(source.uri, source.uri, "read",
-                                                                          _describe(e)))
+            failure = Failure.from_exception(source.uri, source.uri, "read", _describe(e))
+            yield beam.pvalue.TaggedOutput(FAILED, failure.with_version(source.version))
 
 
 SKIPPED = "skipped"  # tag of the keys a resumed run does not read again
@@ -185,7 +199,8 @@ class ReadUnitFn(WorkerDoFn):
             source = unit.origin if isinstance(unit, Record) else unit.uri
             for key in keys:
                 if key not in seen and not is_done(key):
-                    yield beam.pvalue.TaggedOutput(FAILED, Failure.from_exception(key, source, "read", _describe(e)))
+                    failure = Failure.from_exception(key, source, "read", _describe(e)).with_version(unit.version)
+                    yield beam.pvalue.TaggedOutput(FAILED, failure)
                 elif key not in seen:
                     yield beam.pvalue.TaggedOutput(SKIPPED, key)
 
@@ -200,14 +215,18 @@ def _keyed_unit(unit, modality: str = "image"):
 
 class ReadRecords(beam.PTransform):
     """Input specs -> ``{"sources": SourceFile, "units": units of reading work, "records": Record,
-    "failed": Failure, "skipped": key}``.
+    "failed": Failure, "skipped": key}``, and with ``done_commits`` also ``"stale"`` and ``"retained"``.
 
-    ``done_commits``: an optional PCollection of ``(Commit, keys)`` of the verified commits of an earlier run
-    of the same job, whose keys are skipped; the join that finds them keeps its scratch files in ``scratch``
-    (``done_keys.py``), which it then needs."""
+    ``done_commits``: an optional PCollection of ``(Commit, [(key, version), ...])`` of the verified commits of an
+    earlier run of the same job: the records whose inputs are listed at the same source version are skipped;
+    the commits' stale records (their input changed, or is gone) come out as ``(commit id, (positions, changed,
+    removed))`` decisions for ``done_keys.DropStaleRecords``; with ``keep_removed``, records whose input is gone
+    stay, and ``"retained"`` counts them. The join keeps its scratch files in ``scratch`` (``done_keys.py``),
+    which it then needs."""
 
     def __init__(self, specs: Sequence[InputSpec], fields: InputFields = InputFields(),
-                 chunk_bytes: int = DEFAULT_CHUNK_BYTES, done_commits=None, scratch: str | None = None):
+                 chunk_bytes: int = DEFAULT_CHUNK_BYTES, done_commits=None, scratch: str | None = None,
+                 keep_removed: bool = False):
         super().__init__()
         if done_commits is not None and not scratch:
             raise ValueError("skipping done keys needs a scratch folder")
@@ -216,6 +235,7 @@ class ReadRecords(beam.PTransform):
         self._chunk_bytes = chunk_bytes
         self._done_commits = done_commits
         self._scratch = scratch
+        self._keep_removed = keep_removed
 
     def expand(self, pbegin):
         sources = (
@@ -232,17 +252,22 @@ class ReadRecords(beam.PTransform):
         units = (expanded.units, expanded[FAILED]) | "Every unit" >> beam.Flatten()  # failures may be done too
         modality = self._fields.modality
         grouped = [units | "Key units" >> beam.Map(lambda u: (_keyed_unit(u, modality)[0], (UNIT, u)))]
+        matched = {}
         if self._done_commits is not None:
-            grouped.append(
-                units
-                | "Keys of units" >> beam.Map(_keyed_unit, modality)
-                | "Done keys of units" >> done_keys.DoneKeysOfUnits(self._done_commits, self._scratch)
-                | "Tag done keys" >> beam.MapTuple(lambda uid, fps: (uid, (done_keys.DONE, fps))))
+            matched = (units
+                       | "Keys of units" >> beam.Map(lambda u: (*_keyed_unit(u, modality), u.version))
+                       | "Match committed records" >> done_keys.MatchCommitted(self._done_commits, self._scratch,
+                                                                              self._keep_removed))
+            grouped.append(matched[done_keys.DONE]
+                           | "Tag done keys" >> beam.MapTuple(lambda uid, fps: (uid, (done_keys.DONE, fps))))
         read = (
             grouped
             | "Units and done keys" >> beam.Flatten()
             | "Spread reading over workers" >> beam.GroupByKey()
             | "Read records" >> beam.ParDo(ReadUnitFn(self._fields)).with_outputs(FAILED, SKIPPED, main="records")
         )
-        return {"sources": sources, "units": expanded.units, "records": read.records, FAILED: read[FAILED],
-                SKIPPED: read[SKIPPED]}
+        out = {"sources": sources, "units": expanded.units, "records": read.records, FAILED: read[FAILED],
+               SKIPPED: read[SKIPPED]}
+        if matched:
+            out.update({done_keys.STALE: matched[done_keys.STALE], done_keys.RETAINED: matched[done_keys.RETAINED]})
+        return out

@@ -57,6 +57,7 @@ class TarChunk(NamedTuple):
 
     uri: str
     samples: tuple[TarSample, ...]
+    version: str | None = None  # the shard's source version (``transforms/read/versions.py``)
 
 
 def payload_extensions(modality: str) -> tuple[str, ...]:

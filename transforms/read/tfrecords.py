@@ -42,6 +42,7 @@ class TFRecordChunk(NamedTuple):
     end: int          # byte offset just past its last frame
     first_index: int  # record number of its first frame in the file
     count: int
+    version: str | None = None  # the file's source version (``transforms/read/versions.py``)
 
 
 def index_tfrecord(uri: str, fileobj, chunk_bytes: int) -> Iterator[TFRecordChunk | Failure]:

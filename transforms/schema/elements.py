@@ -27,6 +27,7 @@ class SourceFile(NamedTuple):
     uri: str
     label: str | None
     format: str = "files"
+    version: str | None = None  # the file's source version when it was listed (``transforms/read/versions.py``)
 
 
 class FileRef(NamedTuple):
@@ -36,6 +37,7 @@ class FileRef(NamedTuple):
     uri: str
     label: str | None
     split: str | None = None
+    version: str | None = None  # the file's source version (``transforms/read/versions.py``)
 
 
 class NotARegularFile(OSError):
@@ -89,6 +91,7 @@ class Record(NamedTuple):
     label: str | None
     split: str | None = None
     source: str | None = None
+    version: str | None = None  # the source version of what it was read from (``transforms/read/versions.py``)
 
     @property
     def origin(self) -> str:
@@ -109,13 +112,21 @@ class Failure(NamedTuple):
     stage: str
     error_type: str
     message: str
+    version: str | None = None  # the source version of the input that failed, when known
 
     @property
     def reason(self) -> str:
         return f"{self.stage}: {self.error_type}"
 
     def to_json(self) -> str:
-        return json.dumps(self._asdict(), ensure_ascii=False, sort_keys=True)
+        fields = self._asdict()
+        if fields["version"] is None:
+            del fields["version"]
+        return json.dumps(fields, ensure_ascii=False, sort_keys=True)
+
+    def with_version(self, version: str | None) -> Failure:
+        """This failure, with the source version of its input unless it has one."""
+        return self if self.version is not None or version is None else self._replace(version=version)
 
     @classmethod
     def from_exception(cls, key: str, source: str, stage: str, error: BaseException) -> Failure:

@@ -16,8 +16,8 @@
 from __future__ import annotations
 
 __all__ = ["FORMAT_VERSION", "FEATURES_DIR", "ERRORS_DIR", "COMMITS_DIR", "PENDING_DIR", "RETIRED_DIR",
-           "LEASE_NAME", "RUN_NAME", "MANIFEST_NAME", "SHARD_PREFIX", "SHARD_SUFFIX", "PARQUET_SUFFIX", "FORMATS",
-           "shard_format", "join"]
+           "LEASE_NAME", "RUN_NAME", "UPDATE_NAME", "MANIFEST_NAME", "SHARD_PREFIX", "SHARD_SUFFIX", "PARQUET_SUFFIX",
+           "FORMATS", "shard_format", "join"]
 
 FORMAT_VERSION = 1
 FEATURES_DIR = "features"
@@ -28,6 +28,7 @@ RETIRED_DIR = "retired"    # commit records of damaged files, moved out of commi
 LEASE_NAME = "lease.json"  # the live run's claim on OUTDIR (owner, heartbeat); absent when none runs
 RUN_NAME = "run.json"      # the settings a run was started with (what --resume must match)
 MANIFEST_NAME = "manifest.json"
+UPDATE_NAME = "update.json"  # an --update in progress: the generation it makes (gone once it is published)
 SHARD_PREFIX = "part"
 SHARD_SUFFIX = ".tfrecord"
 PARQUET_SUFFIX = ".parquet"

@@ -27,7 +27,7 @@ class Manifest:
     backbone: Mapping            # name, weights_sha256, preprocessing, ...
     outputs: Sequence[OutputSpec]
     labels: Sequence[str]
-    counts: Mapping[str, int]    # inputs = embedded + failed + duplicates
+    counts: Mapping[str, int]    # inputs + retained = embedded + failed + duplicates
     shards: Sequence[str]        # relative to the feature set's root
     inputs: Mapping              # the input spec as given at launch
     error_files: Sequence[str] = ()
@@ -42,6 +42,8 @@ class Manifest:
     redone_records: int = 0      # the inputs of those commits, done again by the last run (where known)
     parquet_shards: Sequence[str] = ()  # the same records as Parquet (--format parquet), relative to the root
     runtime: Mapping = field(default_factory=dict)  # how the forward pass ran: the CPU, oneDNN, precision
+    generation: int = 1          # 1 for a fresh run, one more for each --update
+    generations: Sequence[Mapping] = ()  # per generation: generation, created, new, changed, removed, kept
 
     @property
     def formats(self) -> tuple[str, ...]:
@@ -68,6 +70,8 @@ class Manifest:
             "error_files": list(self.error_files),
             "inputs": dict(self.inputs),
             "runtime": dict(self.runtime),
+            "generation": self.generation,
+            "generations": [dict(g) for g in self.generations],
         }
         return json.dumps(d, indent=2, sort_keys=False) + "\n"
 
@@ -95,6 +99,8 @@ class Manifest:
             redone_records=int(d.get("redone_records", 0)),
             parquet_shards=tuple(d.get("parquet_shards", ())),
             runtime=d.get("runtime", {}),
+            generation=int(d.get("generation", 1)),
+            generations=tuple(d.get("generations", ())),
         )
 
 

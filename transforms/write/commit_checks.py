@@ -41,6 +41,7 @@ from transforms.write.commit_format import (
     commit_files,
     key_line,
     keys_path,
+    parse_key_entries,
     parse_key_lines,
     place_file,
     write_atomically,
@@ -48,7 +49,8 @@ from transforms.write.commit_format import (
 from transforms.write.shards import rewrite_without
 
 __all__ = ["read_commits", "read_commit_records", "uncommitted_files", "failure_reasons", "verify_commit",
-           "verified_keys", "read_commit_keys", "retire_commit", "drop_records", "conflict_failure", "VerifyCommitFn",
+           "verified_keys", "verified_entries", "read_commit_keys", "read_commit_entries", "retire_commit",
+           "drop_records", "replacement_id", "delete_commit", "conflict_failure", "VerifyCommitFn",
            "DUPLICATE_CONFLICT", "REDONE"]
 
 DUPLICATE_CONFLICT = "ConflictingDuplicates"  # error type of a key whose copies disagree on label or split
@@ -116,12 +118,18 @@ def _check_file(output: str, rel: str, size: int, sha256: str) -> str | None:
 def verify_commit(output: str, commit: Commit) -> str | None:
     """Why the committed file or its keys file is not the one committed (missing, another size, another
     sha256), or None."""
-    return verified_keys(output, commit)[0]
+    return verified_entries(output, commit)[0]
 
 
 def verified_keys(output: str, commit: Commit) -> tuple[str | None, list[str]]:
-    """(``verify_commit``'s answer, the commit's keys when both files check out): its keys file is read once,
-    to check and to parse (one commit's keys: bounded)."""
+    """(``verify_commit``'s answer, the commit's keys when both files check out)."""
+    problem, entries = verified_entries(output, commit)
+    return problem, [key for key, _ in entries]
+
+
+def verified_entries(output: str, commit: Commit) -> tuple[str | None, list[tuple[str, str | None]]]:
+    """(``verify_commit``'s answer, the (key, source version) of each of its records when both files check out):
+    its keys file is read once, to check and to parse (one commit's keys: bounded)."""
     for file in commit.files:
         problem = _check_file(output, file.path, file.bytes, file.sha256)
         if problem:
@@ -136,7 +144,7 @@ def verified_keys(output: str, commit: Commit) -> tuple[str | None, list[str]]:
     if hashlib.sha256(data).hexdigest() != commit.keys_sha256:
         return f"{commit.keys_path} fails its sha256", []
     try:
-        return None, [key for key, _, _ in parse_key_lines(data)]
+        return None, [(key, version) for key, _, _, version in parse_key_entries(data)]
     except CommitRecordError as e:
         return f"{commit.keys_path} is damaged ({e})", []
 
@@ -170,41 +178,74 @@ def read_commit_keys(output: str, commit: Commit) -> list[tuple[str, str | None,
         return parse_key_lines(f.read())
 
 
+def read_commit_entries(output: str, commit: Commit) -> list[tuple[str, str | None, str | None, str | None]]:
+    """The (key, label, split, source version) of each record of a commit, in its file's order."""
+    with FileSystems.open(FileSystems.join(output, commit.keys_path), compression_type="uncompressed") as f:
+        return parse_key_entries(f.read())
+
+
+def delete_commit(output: str, commit: Commit) -> None:
+    """A commit gone: its record first (a crash in between leaves uncommitted files, which a later run deletes),
+    then its keys file and data files; idempotent."""
+    marker = FileSystems.join(output, commit.marker)
+    if FileSystems.exists(marker):
+        FileSystems.delete([marker])
+    present = [FileSystems.join(output, p) for p in (commit.keys_path, *(f.path for f in commit.files))
+               if FileSystems.exists(FileSystems.join(output, p))]
+    if present:
+        FileSystems.delete(present)
+
+
 def _read_file(output: str, rel: str) -> bytes:
     with FileSystems.open(FileSystems.join(output, rel), compression_type="uncompressed") as f:
         return f.read()
 
 
-def drop_records(output: str, commit: Commit, drop: set[int]) -> Commit | None:
-    """The commit without the records at positions ``drop``: each of its files (every format), its keys file and
-    its record are written again (each atomically); None when nothing is left (record, keys file and files
-    deleted, the record first)."""
-    keys = read_commit_keys(output, commit)
-    if set(range(len(keys))) <= drop:
-        FileSystems.delete([FileSystems.join(output, commit.marker)])  # the record first: a crash in between
-        present = [FileSystems.join(output, p)  # leaves uncommitted files
-                   for p in (commit.keys_path, *(f.path for f in commit.files))
-                   if FileSystems.exists(FileSystems.join(output, p))]
-        if present:
-            FileSystems.delete(present)
+def replacement_id(commit_id: str, generation: int) -> str:
+    """The id of the commit that holds the rest of ``commit_id`` in ``generation``: the same every time it is
+    asked, so an update done again after a crash rewrites the same replacement."""
+    return hashlib.sha256(f"{commit_id}:{generation}".encode("ascii")).hexdigest()[:32]
+
+
+def drop_records(output: str, commit: Commit, drop: set[int], generation: int = 1,
+                 stale: dict | None = None) -> Commit | None:
+    """The commit without the records at positions ``drop``.
+
+    A commit of ``generation`` is rewritten in place: each of its files (every format), its keys file and its
+    record again (each atomically); when nothing is left it is deleted (the record first), unless it replaces an
+    older commit, which it must go on hiding. A commit of an older generation is left as it is (that
+    generation's manifest lists it): the rest goes to a new commit of ``generation`` that ``replaces`` it.
+    ``stale``: why the records are dropped (``{"changed": n, "removed": m}``), added up in the commit record of a
+    replacement. Returns the commit that now holds the rest (None: deleted)."""
+    entries = parse_key_entries(_read_file(output, commit.keys_path))
+    kept = [i for i in range(len(entries)) if i not in drop]
+    replacing = commit.generation < generation
+    if not kept and not replacing and not commit.replaces:
+        delete_commit(output, commit)
         return None
-    kept = [i for i in range(len(keys)) if i not in drop]
     labels, splits, reasons = set(), set(), {}
     if commit.kind == ERRORS_DIR:
         lines = _read_file(output, commit.path).decode("utf-8").splitlines()
         for i in kept:
             failure = Failure(**json.loads(lines[i]))
-            count, example = reasons.get(failure.reason, (0, keys[i][0]))
-            reasons[failure.reason] = [count + 1, min(example, keys[i][0])]
+            count, example = reasons.get(failure.reason, (0, entries[i][0]))
+            reasons[failure.reason] = [count + 1, min(example, entries[i][0])]
     for i in kept:
-        _, label, split = keys[i]
+        _, label, split, _ = entries[i]
         labels.update(v for v in (label,) if v is not None)
         splits.update(v for v in (split,) if v is not None)
-    placed = [place_file(output, commit.id, f.path, data=rewrite_without(_read_file(output, f.path), f.path, drop))
+    new_id = replacement_id(commit.id, generation) if replacing else commit.id
+    placed = [place_file(output, new_id, f.path.replace(commit.id, new_id) if replacing else f.path,
+                         data=rewrite_without(_read_file(output, f.path), f.path, drop))
               for f in commit.files]
-    return commit_files(output, commit.id, commit.kind, placed, b"".join(key_line(*keys[i]) for i in kept),
+    dropped = dict(commit.stale) if commit.replaces and not replacing else {}
+    for why, n in (stale or {}).items():
+        dropped[why] = dropped.get(why, 0) + n
+    return commit_files(output, new_id, commit.kind, placed, b"".join(key_line(*entries[i]) for i in kept),
                         records=len(kept), labels=tuple(sorted(labels)), splits=tuple(sorted(splits)),
-                        reasons=reasons)
+                        reasons=reasons, generation=max(generation, commit.generation),
+                        replaces=commit.id if replacing else commit.replaces,
+                        stale=dropped if (replacing or commit.replaces) else {})
 
 
 def conflict_failure(key: str, metas: Sequence[tuple]) -> Failure:
@@ -226,7 +267,8 @@ def data_paths_of(commit_id: str) -> list[str]:
 
 
 class VerifyCommitFn(WorkerDoFn):
-    """Commit record path -> ``(Commit, its keys)``, when its files are still the ones committed; otherwise the
+    """Commit record path -> ``(Commit, [(key, source version), ...])``, when its files are still the ones
+    committed; otherwise the
     commit is retired (``retire_commit``) and its record count goes to ``redone``: its inputs are done again."""
 
     def __init__(self, output: str):
@@ -244,9 +286,9 @@ class VerifyCommitFn(WorkerDoFn):
             self._retired.inc()
             yield beam.pvalue.TaggedOutput(REDONE, 0)
             return
-        problem, keys = verified_keys(self._output, commit)
+        problem, entries = verified_entries(self._output, commit)
         if problem is None:
-            yield commit, keys
+            yield commit, entries
             return
         retire_commit(self._output, commit.marker, [f.path for f in commit.files], problem)
         self._retired.inc()

@@ -6,12 +6,20 @@ name, then renamed):
 1. its data file gets its final name (``features/part-<id>.tfrecord`` or ``errors/part-<id>.jsonl``); with
    ``--format parquet`` the same records go to ``features/part-<id>.parquet`` too (or only there), and every
    file of the commit is renamed first;
-2. its keys go to a side file ``commits/<id>.keys``: one JSON line ``[key, label, split]`` per record, in the
-   file's order;
+2. its keys go to a side file ``commits/<id>.keys``: one JSON line ``[key, label, split, version]`` per record,
+   in the file's order (``version``: the record's source version, ``transforms/read/versions.py``; absent in
+   sets made before versions were recorded);
 3. then a marker ``commits/<id>.json``: the commit record. It is a summary whose size does not grow with the
    records: the file, its size and sha256 (so a resumed run can tell that the file is still the one
    committed), the keys file's size and sha256, the record count, and the labels, splits and failure reasons
-   in it (a Parquet copy's size and sha256 under ``also``).
+   in it (a Parquet copy's size and sha256 under ``also``), and the generation of the feature set it was made
+   for (``--update`` makes a new one).
+
+A commit of an older generation is never changed in place: the manifest of that generation lists its files.
+When an update drops records from it, the rest go to a new commit of the update's generation that ``replaces``
+it (saying how many it dropped, and why: ``stale``), and the old one is deleted only once the new manifest is
+written; until then readers of the old manifest read it, and the job reads the replacement
+(``current_commits``).
 
 A file without a marker was never committed: readers ignore it and a resumed run deletes it. The keys files
 tell a resumed run what is done and the de-duplication which keys repeat, both read on the workers; the
@@ -34,7 +42,8 @@ from transforms.schema.layout import COMMITS_DIR, ERRORS_DIR, FEATURES_DIR, PEND
 from transforms.worker.storage import is_remote
 
 __all__ = ["Commit", "CommittedFile", "CommitRecordError", "place_file", "commit_files", "write_atomically",
-           "keys_path", "key_line", "parse_key_lines", "KEYS_SUFFIX"]
+           "keys_path", "key_line", "parse_key_lines", "parse_key_entries", "current_commits", "superseded_commits",
+           "KEYS_SUFFIX"]
 
 KEYS_SUFFIX = ".keys"
 
@@ -67,6 +76,9 @@ class Commit:
     keys_bytes: int | None = None  # the same for its keys file
     keys_sha256: str | None = None
     also: tuple[CommittedFile, ...] = ()  # the same records in other formats (a Parquet shard)
+    generation: int = 1       # the feature set generation it was committed for
+    replaces: str | None = None  # the id of an older generation's commit it holds the rest of
+    stale: dict = field(default_factory=dict)  # records dropped from what it replaces: "changed", "removed"
 
     @property
     def files(self) -> tuple[CommittedFile, ...]:
@@ -78,7 +90,8 @@ class Commit:
                            "bytes": self.bytes, "sha256": self.sha256, "keys_bytes": self.keys_bytes,
                            "keys_sha256": self.keys_sha256, "labels": list(self.labels),
                            "splits": list(self.splits), "reasons": self.reasons,
-                           "also": [f._asdict() for f in self.also]}, ensure_ascii=False)
+                           "also": [f._asdict() for f in self.also], "generation": self.generation,
+                           "replaces": self.replaces, "stale": self.stale}, ensure_ascii=False)
 
     @classmethod
     def from_json(cls, text: str) -> Commit:
@@ -89,7 +102,9 @@ class Commit:
                          tuple(d.get("labels", ())), tuple(d.get("splits", ())), dict(d.get("reasons", {})),
                          d["bytes"], d["sha256"], d["keys_bytes"], d["keys_sha256"],
                          tuple(CommittedFile(str(f["path"]), int(f["bytes"]), str(f["sha256"]))
-                               for f in d.get("also", ())))
+                               for f in d.get("also", ())),
+                         int(d.get("generation", 1)), d.get("replaces"),
+                         {str(k): int(v) for k, v in d.get("stale", {}).items()})
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise CommitRecordError(f"not a commit record ({type(e).__name__}: {e})") from None
         if commit.records < 0 or commit.kind not in (FEATURES_DIR, ERRORS_DIR):
@@ -113,20 +128,38 @@ def keys_path(commit_id: str) -> str:
     return f"{COMMITS_DIR}/{commit_id}{KEYS_SUFFIX}"
 
 
-def key_line(key: str, label: str | None = None, split: str | None = None) -> bytes:
+def key_line(key: str, label: str | None = None, split: str | None = None, version: str | None = None) -> bytes:
     """One record's line in a keys file."""
-    return (json.dumps([key, label, split], ensure_ascii=False) + "\n").encode("utf-8")
+    return (json.dumps([key, label, split, version], ensure_ascii=False) + "\n").encode("utf-8")
 
 
-def parse_key_lines(data: bytes) -> list[tuple[str, str | None, str | None]]:
-    """A keys file's (key, label, split) entries, in order; ``CommitRecordError`` when it is damaged."""
+def parse_key_entries(data: bytes) -> list[tuple[str, str | None, str | None, str | None]]:
+    """A keys file's (key, label, split, version) entries, in order (version None where a line has none);
+    ``CommitRecordError`` when it is damaged."""
     try:
         entries = [tuple(json.loads(line)) for line in data.decode("utf-8").splitlines()]
     except (ValueError, UnicodeDecodeError) as e:
         raise CommitRecordError(f"not a keys file ({type(e).__name__}: {e})") from None
-    if any(len(e) != 3 or not isinstance(e[0], str) for e in entries):
-        raise CommitRecordError("not a keys file (an entry is not [key, label, split])")
-    return entries
+    if any(len(e) not in (3, 4) or not isinstance(e[0], str) for e in entries):
+        raise CommitRecordError("not a keys file (an entry is not [key, label, split, version])")
+    return [(*e, None) if len(e) == 3 else e for e in entries]
+
+
+def parse_key_lines(data: bytes) -> list[tuple[str, str | None, str | None]]:
+    """A keys file's (key, label, split) entries, in order; ``CommitRecordError`` when it is damaged."""
+    return [e[:3] for e in parse_key_entries(data)]
+
+
+def superseded_commits(commits) -> set[str]:
+    """The ids of commits that another of ``commits`` replaces."""
+    return {c.replaces for c in commits if c.replaces}
+
+
+def current_commits(commits) -> list:
+    """``commits`` without those another one replaces: what the feature set holds once its next manifest is
+    written."""
+    gone = superseded_commits(commits)
+    return [c for c in commits if c.id not in gone]
 
 
 def write_atomically(path: str, pending: str, data: bytes) -> None:

@@ -49,8 +49,9 @@ class CommitFn(WorkerDoFn):
     kind = ""
 
     def __init__(self, output_dir: str, records_per_commit: int = DEFAULT_RECORDS_PER_COMMIT,
-                 seconds_per_commit: float = DEFAULT_SECONDS_PER_COMMIT):
+                 seconds_per_commit: float = DEFAULT_SECONDS_PER_COMMIT, generation: int = 1):
         self._output = output_dir
+        self._generation = generation
         self._every = records_per_commit
         self._seconds = seconds_per_commit
         self._commits = Metrics.counter(METRICS_NAMESPACE, f"{self.kind}_files_committed")
@@ -83,8 +84,8 @@ class CommitFn(WorkerDoFn):
             self._open()
         for _, _, _, writer in self._open_files:
             self.wrote(writer.add(element))
-        key, label, split = self.meta(element)
-        self._keys.append(key_line(key, label, split))
+        key, label, split, version = self.meta(element)
+        self._keys.append(key_line(key, label, split, version))
         if label is not None:
             self._labels.add(label)
         if split is not None:
@@ -106,7 +107,8 @@ class CommitFn(WorkerDoFn):
         self._open_files = None
         commit = commit_files(self._output, self._id, self.kind, placed, b"".join(self._keys),
                               records=len(self._keys), labels=tuple(sorted(self._labels)),
-                              splits=tuple(sorted(self._splits)), reasons=self._reasons)
+                              splits=tuple(sorted(self._splits)), reasons=self._reasons,
+                              generation=self._generation)
         self._keys = []
         self._commits.inc()
         return commit
@@ -118,8 +120,8 @@ class CommitFn(WorkerDoFn):
         """The writer of one of a commit's files (``transforms/write/shards.py``)."""
         raise NotImplementedError
 
-    def meta(self, element) -> tuple[str, str | None, str | None]:
-        """The element's (key, label, split), for the keys file."""
+    def meta(self, element) -> tuple[str, str | None, str | None, str | None]:
+        """The element's (key, label, split, source version), for the keys file."""
         raise NotImplementedError
 
     def wrote(self, size: int) -> None:
@@ -130,7 +132,7 @@ class CommitFn(WorkerDoFn):
 
 
 class FeatureCommitFn(CommitFn):
-    """``((key, label, split), {output: vector})`` -> committed ``features/part-<id>.tfrecord`` shards (and
+    """``((key, label, split, version), {output: vector})`` -> committed ``features/part-<id>.tfrecord`` shards (and
     ``.parquet`` shards of the same records, with ``formats`` naming parquet)."""
 
     kind = FEATURES_DIR
@@ -150,8 +152,8 @@ class FeatureCommitFn(CommitFn):
         return feature_shard(shard_format(suffix), stream, self._outputs)
 
     def meta(self, element):
-        (key, label, split), _ = element
-        return key, label, split
+        (key, label, split, *version), _ = element
+        return key, label, split, version[0] if version else None
 
     def wrote(self, size):
         self._bytes.inc(size)
@@ -181,7 +183,7 @@ class FailureCommitFn(CommitFn):
         return _FailureLines(shard)
 
     def meta(self, failure: Failure):
-        return failure.key, None, None
+        return failure.key, None, None, failure.version
 
     def note(self, failure: Failure):
         count, example = self._reasons.get(failure.reason, (0, None))

@@ -64,13 +64,13 @@ class HashingFile:
 
 
 class TFRecordShard:
-    """``((key, label, split), {output: vector})`` elements as framed Examples; returns each record's size."""
+    """``((key, label, split, ...), {output: vector})`` elements as framed Examples; returns each record's size."""
 
     def __init__(self, stream, outputs: Sequence[OutputSpec]):
         self._stream, self._outputs = stream, tuple(outputs)
 
     def add(self, element) -> int:
-        (key, label, split), vectors = element
+        (key, label, split, *_), vectors = element
         data = frame(encode_example(key, label, vectors, self._outputs, split))
         self._stream.write(data)
         return len(data)
@@ -111,10 +111,10 @@ class ParquetShard:
 
 
 def rows_table(elements, outputs: Sequence[OutputSpec]):
-    """``((key, label, split), {output: vector})`` elements as one Arrow table of the Parquet schema."""
-    keys = [k for (k, _, _), _ in elements]
-    labels = [label for (_, label, _), _ in elements]
-    splits = [split for (_, _, split), _ in elements]
+    """``((key, label, split, ...), {output: vector})`` elements as one Arrow table of the Parquet schema."""
+    keys = [meta[0] for meta, _ in elements]
+    labels = [meta[1] for meta, _ in elements]
+    splits = [meta[2] for meta, _ in elements]
     vectors = {o.name: np.stack([np.asarray(v[o.name], np.float32).reshape(-1) for _, v in elements])
                for o in outputs}
     for o in outputs:

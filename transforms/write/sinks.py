@@ -20,14 +20,17 @@ __all__ = ["CommitFeatures", "CommitFailures", "WriteFailures"]
 
 
 class CommitFeatures(beam.PTransform):
-    """``((key, label, split), {output: vector})`` -> committed ``OUTDIR/features/part-<id>.tfrecord`` shards
-    of about ``records_per_shard`` records each (and ``.parquet`` shards of the same records when ``formats``
-    names parquet); returns the PCollection of their ``Commit`` records."""
+    """``((key, label, split, version), {output: vector})`` -> committed ``OUTDIR/features/part-<id>.tfrecord``
+    shards of about ``records_per_shard`` records each (and ``.parquet`` shards of the same records when
+    ``formats`` names parquet), made for feature set ``generation``; returns the PCollection of their ``Commit``
+    records."""
 
     def __init__(self, output_dir: str, outputs: Sequence[OutputSpec],
-                 records_per_shard: int = DEFAULT_RECORDS_PER_COMMIT, formats: Sequence[str] = ("tfrecord",)):
+                 records_per_shard: int = DEFAULT_RECORDS_PER_COMMIT, formats: Sequence[str] = ("tfrecord",),
+                 generation: int = 1):
         super().__init__()
-        self._fn = FeatureCommitFn(output_dir, outputs, formats, records_per_commit=records_per_shard)
+        self._fn = FeatureCommitFn(output_dir, outputs, formats, records_per_commit=records_per_shard,
+                                   generation=generation)
 
     def expand(self, embedded):
         return embedded | "Write and commit shards" >> beam.ParDo(self._fn)
@@ -36,9 +39,9 @@ class CommitFeatures(beam.PTransform):
 class CommitFailures(beam.PTransform):
     """``Failure`` -> committed ``OUTDIR/errors/part-<id>.jsonl`` dead letters; returns their ``Commit``s."""
 
-    def __init__(self, output_dir: str, records_per_file: int = DEFAULT_RECORDS_PER_COMMIT):
+    def __init__(self, output_dir: str, records_per_file: int = DEFAULT_RECORDS_PER_COMMIT, generation: int = 1):
         super().__init__()
-        self._fn = FailureCommitFn(output_dir, records_per_commit=records_per_file)
+        self._fn = FailureCommitFn(output_dir, records_per_commit=records_per_file, generation=generation)
 
     def expand(self, failures):
         return failures | "Write and commit dead letters" >> beam.ParDo(self._fn)

@@ -151,16 +151,19 @@ def test_the_resume_join_shuffles_references_not_fingerprints(tmp_path, monkeypa
     from transforms.keys import done_keys
 
     monkeypatch.setattr(spill, "INLINE_BYTES", 0)
-    units = [(f"unit{u}", [f"u{u}#{i}" for i in range(300)]) for u in range(4)]
-    done = [(None, [f"u{u}#{i}" for u in (0, 2) for i in range(0, 300, 3)])]  # (its commit, its keys)
+    from transforms.write.commit_format import Commit
+
+    units = [(f"unit{u}", [f"u{u}#{i}" for i in range(300)], "v") for u in range(4)]
+    commit = Commit("c" * 32, "features", "features/part-c.tfrecord", 200)
+    done = [(commit, [(f"u{u}#{i}", "v") for u in (0, 2) for i in range(0, 300, 3)])]  # (its commit, its entries)
     sizes, joined, found = str(tmp_path / "sizes.json"), str(tmp_path / "joined.json"), str(tmp_path / "found.json")
     with beam.Pipeline(options=PipelineOptions(IN_PROCESS)) as p:
         matched = (p | "Units" >> beam.Create(units)
-                   | "Done keys" >> done_keys.DoneKeysOfUnits(p | "Commits" >> beam.Create(done),
-                                                          str(tmp_path / "scratch")))
+                   | "Done keys" >> done_keys.MatchCommitted(p | "Commits" >> beam.Create(done),
+                                                         str(tmp_path / "scratch")))[done_keys.DONE]
         _ = (matched | beam.Map(lambda e: len(registry.get_coder(object).encode(e)))
              | "Joined" >> beam.combiners.ToList() | beam.Map(lambda s: open(joined, "w").write(json.dumps(s))))
-        _ = (matched | beam.GroupByKey()
+        _ = (matched | beam.MapTuple(lambda uid, fps: (uid, fps)) | beam.GroupByKey()
              | beam.MapTuple(lambda uid, packs: (uid, len(done_keys.done_set(packs))))
              | "Found" >> beam.combiners.ToList() | beam.Map(lambda f: open(found, "w").write(json.dumps(f))))
         _measure_into(p, "Done keys/Group buckets", sizes)

@@ -17,6 +17,7 @@ from transforms.read import files, tar_shards
 from transforms.read.input_specs import InputSpec, list_source_files
 from transforms.read.sources import UNIT, ReadRecords, ReadUnitFn, expand_source, read_unit, unit_keys
 from transforms.read.tables import InputFields
+from transforms.read.versions import file_version
 from transforms.schema.elements import FAILED, LazyFile, NotARegularFile, Record, SourceFile, payload_bytes
 
 AUDIO = InputFields(modality="audio")
@@ -69,9 +70,10 @@ def test_a_manifest_names_recordings_with_their_labels_and_splits(clips):
     assert spec.format == "manifest"
     got = _records(spec, AUDIO)
     assert got == [Record(str(clips / "jazz/a.wav"), LazyFile(str(clips / "jazz/a.wav"), len(CLIPS["jazz/a.wav"])),
-                          "swing", "train", str(clips / "jazz/a.wav")),
+                          "swing", "train", str(clips / "jazz/a.wav"), file_version(str(clips / "jazz/a.wav"))),
                    Record(str(clips / "rock/c.mp3"), LazyFile(str(clips / "rock/c.mp3"), len(CLIPS["rock/c.mp3"])),
-                          None, "test", str(clips / "rock/c.mp3"))]
+                          None, "test", str(clips / "rock/c.mp3"), file_version(str(clips / "rock/c.mp3")))]
+    # each row's version is that of the file it names, not the manifest's
 
 
 def test_a_recording_over_the_limit_is_refused_from_its_size_and_a_big_one_is_never_read(tmp_path, monkeypatch):

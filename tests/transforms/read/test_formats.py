@@ -17,6 +17,7 @@ from transforms.read import tables, tar_shards, tfrecords
 from transforms.read.input_specs import InputSpec, detect_format, list_source_files
 from transforms.read.sources import ReadRecords
 from transforms.read.tables import InputFields, RowError
+from transforms.read.versions import file_version
 from transforms.schema import framing
 from transforms.schema.elements import Failure, FileRef, Record
 
@@ -83,8 +84,10 @@ def test_text_inputs_become_text_records_through_the_pipeline(tmp_path):
     path.write_text("id,text,label\n7,hello world,greeting\n,second,\n", encoding="utf-8")
     with TestPipeline() as p:
         read = p | ReadRecords([InputSpec.glob(str(path), "text")])
-        assert_that(read["records"], equal_to([Record(f"{path}#id=7", "hello world", "greeting", None, str(path)),
-                                                Record(f"{path}#row=1", "second", None, None, str(path))]),
+        version = file_version(str(path))  # a table's rows take the table's version
+        assert_that(read["records"], equal_to([Record(f"{path}#id=7", "hello world", "greeting", None, str(path),
+                                                      version),
+                                               Record(f"{path}#row=1", "second", None, None, str(path), version)]),
                     label="records")
         assert_that(read["failed"], equal_to([]), label="failures")
 

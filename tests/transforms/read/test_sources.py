@@ -15,6 +15,7 @@ from transforms.read import files, input_specs
 from transforms.read.input_specs import InputSpec, label_from_path, list_source_files
 from transforms.read.sources import UNIT, ExpandSourceFn, ReadUnitFn
 from transforms.read.tables import InputFields
+from transforms.read.versions import file_version
 from transforms.schema.elements import FAILED, FileRef, Record, SourceFile
 
 
@@ -198,8 +199,9 @@ def test_a_file_uri_of_another_host_is_refused():
 def test_a_folder_or_file_with_glob_characters_is_listed_literally(bracketed):
     folder = str(bracketed)
     found = list(list_source_files(InputSpec.directory(folder)))
-    assert found == [SourceFile(f"{folder}/a*b?.jpg", None), SourceFile(f"{folder}/cats/c[1].png", "cats")]
-    assert list(list_source_files(InputSpec.file(f"{folder}/a*b?.jpg"))) == [SourceFile(f"{folder}/a*b?.jpg", None)]
+    a, c = f"{folder}/a*b?.jpg", f"{folder}/cats/c[1].png"
+    assert found == [SourceFile(a, None, "files", file_version(a)), SourceFile(c, "cats", "files", file_version(c))]
+    assert list(list_source_files(InputSpec.file(a))) == [SourceFile(a, None, "files", file_version(a))]
 
 
 def test_specs_of_file_uris_list_the_same_paths_as_plain_paths(bracketed):
@@ -250,8 +252,11 @@ def test_a_unit_is_read_without_the_keys_an_earlier_run_committed(tmp_path):
     found = str(tmp_path / "found.json")
     scratch = str(tmp_path / "scratch")
     with beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as p:
-        _ = ((p | "Units" >> beam.Create([(done_keys.unit_id(chunk, keys), keys), ("other", ["elsewhere#0"])]))
-             | done_keys.DoneKeysOfUnits(p | "Commits" >> beam.Create([(done, [keys[1], keys[4]])]), scratch)
+        matched = ((p | "Units" >> beam.Create([(done_keys.unit_id(chunk, keys), keys, "v1"),
+                                                ("other", ["elsewhere#0"], "v1")]))
+                   | done_keys.MatchCommitted(
+                       p | "Commits" >> beam.Create([(done, [(keys[1], "v1"), (keys[4], "v1")])]), scratch))
+        _ = (matched[done_keys.DONE]
              | beam.combiners.ToList()
              | beam.Map(lambda pairs: open(found, "w").write(
                  json.dumps([(uid, [c.hex() for c in fps]) for uid, fps in pairs]))))

@@ -157,7 +157,7 @@ def build_extraction(p: beam.Pipeline, config: ExtractConfig, progress_dir: str 
         retained = read[RETAINED]
     _counted(read["sources"], progress_dir, "listed")
     _counted(read["units"], progress_dir, "expected", weight=_records_in)  # inputs known once files are expanded
-    _counted(read[SKIPPED], progress_dir, "skipped")
+    _counted(read[SKIPPED], progress_dir, "skipped", weight=len)  # a tuple of keys per unit
     records = _counted(read["records"], progress_dir, "read")
     extracted = records | "Extract features" >> ExtractFeatures(config.backbone, config.embed)
     _counted(extracted["embedded"], progress_dir, "embedded")
@@ -171,10 +171,12 @@ def build_extraction(p: beam.Pipeline, config: ExtractConfig, progress_dir: str 
     # Counted where they are produced: a Flatten of the records would make the runner materialise every payload.
     n_read = read["records"] | "Count records read" >> beam.combiners.Count.Globally()
     n_unreadable = read[FAILED] | "Count unreadable" >> beam.combiners.Count.Globally()
-    n_skipped = read[SKIPPED] | "Count skipped" >> beam.combiners.Count.Globally()
+    n_skipped = (read[SKIPPED]
+                 | "Skipped per unit" >> beam.Map(len)
+                 | "Count skipped" >> beam.CombineGlobally(sum))
     repeated = ((read["records"] | "Keys read" >> beam.Map(lambda r: r.key),
                  read[FAILED] | "Keys unreadable" >> beam.Map(lambda f: f.key),
-                 read[SKIPPED])  # packed where produced: no Flatten of single keys
+                 read[SKIPPED])  # packed where produced: no Flatten of single keys (skipped: tuples of them)
                 | "Repeated keys" >> CountRepeatedKeys(scratch_folder(config.output, "repeats")))
     n_commits = ((feature_commits, error_commits, dropped)  # stale records are dropped by then too
                  | "Every commit of the run" >> beam.Flatten()

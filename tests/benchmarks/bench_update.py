@@ -10,7 +10,9 @@ measured and not the model):
 3. the night: a new file of ``--new`` x N records arrives, the first small file is rewritten with other records
    (every record in it changed), the second is deleted;
 4. ``featurebeam extract --update`` on the same OUTDIR, and checks its generation's counts (new, changed,
-   removed, kept) and that the features hold each current key once.
+   removed, kept) and that the features hold each current key once;
+5. the same two commands on an archive of 10 records: what each costs whatever the archive (starting the
+   command, the workers, TensorFlow), so the time the archive's size adds can be told apart.
 
 It reports each run's wall time and the peak resident memory (VmHWM) of the launcher and of its largest other
 process, and the update's time as a fraction of the fresh run's:
@@ -71,6 +73,21 @@ def keys_once(output: str) -> int:
     return total
 
 
+def fixed_costs(workdir: str, model: str) -> dict[str, float]:
+    """Wall seconds of a fresh extraction and of an update (one new record) on an archive of 10 records."""
+    archive, output = os.path.join(workdir, "ten"), os.path.join(workdir, "ten-out")
+    shutil.rmtree(archive, ignore_errors=True)
+    shutil.rmtree(output, ignore_errors=True)
+    os.makedirs(archive)
+    write_file(os.path.join(archive, "ten.tfrecord"), 10)
+    base = [sys.executable, "-m", "pipeline", "extract", "--input", os.path.join(archive, "*.tfrecord"),
+            "--output", output, "--backbone", model, "--quiet"]
+    fresh_s, _, _ = run(base)
+    write_file(os.path.join(archive, "one.tfrecord"), 1)
+    update_s, _, _ = run([*base, "--update"])
+    return {"fresh": fresh_s, "update": update_s}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=lambda s: int(float(s)), default=1_000_000)
@@ -112,6 +129,7 @@ def main() -> None:
         held = keys_once(output)
         if held != n + new - removed:
             raise AssertionError(f"the set holds {held} records, expected {n + new - removed}")
+        floor = fixed_costs(workdir, model)
         rows = []
         for name, seconds, memory in (("fresh", fresh_s, fresh_mem), ("update", update_s, update_mem)):
             launcher, worker, _ = split_peaks(memory)
@@ -125,9 +143,12 @@ def main() -> None:
         largest = [max(r["launcher_mb"], r["largest_worker_mb"]) for r in rows]
         print(f"\nupdate / fresh: {update_s / fresh_s:.3f} of the time; largest process "
               f"{largest[1] / largest[0]:.3f}x")
+        print(f"the same commands on 10 records: fresh {floor['fresh']:.1f} s, update {floor['update']:.1f} s; "
+              f"above those, the update takes {(update_s - floor['update']) / (fresh_s - floor['fresh']):.3f} "
+              "of the fresh run's time")
         if args.json:
             print(json.dumps({"records": n, "new": new, "changed": changed, "removed": removed, "runs": rows,
-                              "time_fraction": update_s / fresh_s}))
+                              "time_fraction": update_s / fresh_s, "ten_records": floor}))
     finally:
         if not args.keep and not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -111,6 +111,18 @@ def _rows(packs, tag: bytes):
     return [rest for t, *rest in packs if t == tag]
 
 
+def _fingerprint_set(columns) -> set[bytes]:
+    """The fingerprints of several pack columns as one set (a bucket's share of the keys: hashing beats sorting
+    16-byte values, which numpy compares byte by byte)."""
+    return {fp for data in columns for fp in as_fingerprints(data).tolist()}
+
+
+def _member(column_bytes: bytes, of: set[bytes]) -> np.ndarray:
+    """Which fingerprints of a pack column are in ``of``, as a boolean array."""
+    fps = as_fingerprints(column_bytes).tolist()
+    return np.fromiter((fp in of for fp in fps), dtype=bool, count=len(fps))
+
+
 def match_bucket(packs, keep_removed: bool = False):
     """One bucket's packs (their columns) -> ``(DONE, unit id, fingerprints of its done keys)`` for each unit with
     any, ``(STALE, commit id, (positions, changed, removed))`` for each commit with stale records to drop, and
@@ -119,11 +131,9 @@ def match_bucket(packs, keep_removed: bool = False):
     wanted, committed = _rows(packs, _WANTED), _rows(packs, _COMMITTED)
     if not committed:
         return
-    wanted_keys = np.concatenate([as_fingerprints(w[1]) for w in wanted]) if wanted else np.array([], FINGERPRINT)
-    wanted_kvs = np.concatenate([as_fingerprints(w[2]) for w in wanted]) if wanted else np.array([], FINGERPRINT)
-    committed_kvs = np.unique(np.concatenate([as_fingerprints(c[2]) for c in committed]))
+    committed_kvs = _fingerprint_set(c[2] for c in committed)
     for ids, fps, kvs, local in wanted:
-        hit = np.isin(as_fingerprints(kvs), committed_kvs)
+        hit = _member(kvs, committed_kvs)
         if not hit.any():
             continue
         ids, fps, local = json.loads(ids), as_fingerprints(fps)[hit], column(local, np.int32)[hit]
@@ -132,12 +142,15 @@ def match_bucket(packs, keep_removed: bool = False):
         starts = np.flatnonzero(np.r_[True, local[1:] != local[:-1]])
         for start, end in zip(starts, np.r_[starts[1:], len(local)], strict=True):
             yield DONE, ids[local[start]], fps[start:end].tobytes()
+    del committed_kvs
+    wanted_kvs, wanted_keys = _fingerprint_set(w[2] for w in wanted), None
     retained = 0
     for commit_id, fps, kvs, positions in committed:
-        stale = ~np.isin(as_fingerprints(kvs), wanted_kvs)
+        stale = ~_member(kvs, wanted_kvs)
         if not stale.any():
             continue
-        listed = np.isin(as_fingerprints(fps)[stale], wanted_keys)
+        wanted_keys = _fingerprint_set(w[1] for w in wanted) if wanted_keys is None else wanted_keys
+        listed = _member(as_fingerprints(fps)[stale].tobytes(), wanted_keys)
         positions = column(positions, np.int32)[stale]
         if keep_removed:
             retained += int((~listed).sum())

@@ -12,7 +12,6 @@ worker with numpy.
 from __future__ import annotations
 
 import hashlib
-from collections import defaultdict
 from collections.abc import Iterator
 
 import numpy as np
@@ -52,27 +51,33 @@ def in_global_window(value) -> WindowedValue:
 class Packs:
     """Rows of a fingerprint and further columns (more fingerprints, or int32) gathered per bucket. ``add``
     returns every pack once ``rows`` rows are held (else nothing), ``drain`` the rest. A pack is
-    ``(bucket, (column bytes, ...))``: the fingerprints, then each column as bytes (``column`` reads one back)."""
+    ``(bucket, (column bytes, ...))``: the fingerprints, then each column as bytes (``column`` reads one back);
+    packs come in bucket order, rows in the order they were added. Rows are held column by column and sorted
+    into buckets at once when drained (numpy), so adding one costs a few list appends."""
 
     def __init__(self, columns=(), rows: int = PACK_ROWS):
         self._dtypes = (FINGERPRINT, *(np.dtype(c) for c in columns))
         self._rows = rows
-        self._held = 0
-        self._cols = defaultdict(lambda: [[] for _ in self._dtypes])
+        self._cols = [[] for _ in self._dtypes]
 
     def add(self, fp: bytes, *values) -> list:
-        cols = self._cols[bucket_of(fp)]
-        for column, value in zip(cols, (fp, *values), strict=True):
+        for column, value in zip(self._cols, (fp, *values), strict=True):
             column.append(value)
-        self._held += 1
-        return list(self.drain()) if self._held >= self._rows else []
+        return list(self.drain()) if len(self._cols[0]) >= self._rows else []
 
     def drain(self) -> Iterator:
-        for b in sorted(self._cols):
-            cols = self._cols.pop(b)
-            yield b, tuple(b"".join(c) if dtype == FINGERPRINT else np.asarray(c, dtype=dtype).tobytes()
-                           for c, dtype in zip(cols, self._dtypes, strict=True))
-        self._held = 0
+        cols, self._cols = self._cols, [[] for _ in self._dtypes]
+        if not cols[0]:
+            return
+        arrays = [np.frombuffer(b"".join(c), FINGERPRINT) if dtype == FINGERPRINT else np.asarray(c, dtype=dtype)
+                  for c, dtype in zip(cols, self._dtypes, strict=True)]
+        buckets = np.frombuffer(arrays[0].tobytes(), np.uint8)[::FINGERPRINT.itemsize] % BUCKETS
+        order = np.argsort(buckets, kind="stable")
+        ordered = buckets[order]
+        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+        for start, end in zip(starts, np.r_[starts[1:], len(order)], strict=True):
+            rows = order[start:end]
+            yield int(ordered[start]), tuple(a[rows].tobytes() for a in arrays)
 
 
 def column(data: bytes, dtype) -> np.ndarray:
@@ -87,8 +92,9 @@ def repeats(fps: np.ndarray) -> int:
 
 class PackKeysFn(WorkerDoFn):
     """Keys -> ``(bucket, pack)`` of their fingerprints, per bundle, each pack spilled under ``scratch``
-    (``transforms.keys.spill``). ``keys_of``: an element's keys (default: the element is one key); ``tag``: a first
-    column put before the fingerprints, to tell packs of several sources apart in one bucket."""
+    (``transforms.keys.spill``). ``keys_of``: an element's keys (default: the element is one key, or a tuple of
+    them); ``tag``: a first column put before the fingerprints, to tell packs of several sources apart in one
+    bucket."""
 
     def __init__(self, scratch: str, keys_of=None, tag: bytes | None = None):
         self._scratch = scratch
@@ -99,7 +105,8 @@ class PackKeysFn(WorkerDoFn):
         self._packs = Packs()
 
     def process(self, element):
-        for key in self._keys_of(element) if self._keys_of else (element,):
+        keys = self._keys_of(element) if self._keys_of else element if isinstance(element, tuple) else (element,)
+        for key in keys:
             yield from self._spilled(self._packs.add(fingerprint(key)))
 
     def finish_bundle(self):

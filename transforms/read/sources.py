@@ -152,13 +152,13 @@ class ExpandSourceFn(WorkerDoFn):
             yield beam.pvalue.TaggedOutput(FAILED, failure.with_version(source.version))
 
 
-SKIPPED = "skipped"  # tag of the keys a resumed run does not read again
+SKIPPED = "skipped"  # tag of the keys a resumed run does not read again (a tuple per unit)
 
 
 class ReadUnitFn(WorkerDoFn):
     """(unit id, [(UNIT, unit) or (DONE, done fingerprints, inline or spilled), ...]) -> ``Record``s of each unit;
     what cannot be read goes to ``failed``, the keys among the done fingerprints (committed by an earlier run) to
-    ``skipped``: a unit whose keys are all done is not even opened."""
+    ``skipped``, as one tuple per unit: a unit whose keys are all done is not even opened."""
 
     def __init__(self, fields: InputFields):
         self._fields = fields
@@ -179,16 +179,14 @@ class ReadUnitFn(WorkerDoFn):
         is_done = (lambda key: fingerprint(key) in done) if done else (lambda key: False)
         if done and all(is_done(k) for k in keys):
             self._skipped.inc(len(keys))
-            for key in keys:
-                yield beam.pvalue.TaggedOutput(SKIPPED, key)
+            yield beam.pvalue.TaggedOutput(SKIPPED, tuple(keys))
             return
-        seen = set()  # one unit's keys: bounded by the unit
+        seen, skipped = set(), []  # one unit's keys: bounded by the unit
         try:
             for item in read_unit(unit, self._fields):
                 seen.add(item.key)
                 if is_done(item.key):
-                    self._skipped.inc()
-                    yield beam.pvalue.TaggedOutput(SKIPPED, item.key)
+                    skipped.append(item.key)
                 elif isinstance(item, Failure):
                     yield beam.pvalue.TaggedOutput(FAILED, item)
                 else:
@@ -202,7 +200,10 @@ class ReadUnitFn(WorkerDoFn):
                     failure = Failure.from_exception(key, source, "read", _describe(e)).with_version(unit.version)
                     yield beam.pvalue.TaggedOutput(FAILED, failure)
                 elif key not in seen:
-                    yield beam.pvalue.TaggedOutput(SKIPPED, key)
+                    skipped.append(key)
+        if skipped:
+            self._skipped.inc(len(skipped))
+            yield beam.pvalue.TaggedOutput(SKIPPED, tuple(skipped))
 
 
 UNIT = "unit"
@@ -215,7 +216,8 @@ def _keyed_unit(unit, modality: str = "image"):
 
 class ReadRecords(beam.PTransform):
     """Input specs -> ``{"sources": SourceFile, "units": units of reading work, "records": Record,
-    "failed": Failure, "skipped": key}``, and with ``done_commits`` also ``"stale"`` and ``"retained"``.
+    "failed": Failure, "skipped": the keys of a unit skipped, as a tuple}``, and with ``done_commits`` also
+    ``"stale"`` and ``"retained"``.
 
     ``done_commits``: an optional PCollection of ``(Commit, [(key, version), ...])`` of the verified commits of an
     earlier run of the same job: the records whose inputs are listed at the same source version are skipped;

@@ -137,12 +137,14 @@ def parse_key_entries(data: bytes) -> list[tuple[str, str | None, str | None, st
     """A keys file's (key, label, split, version) entries, in order (version None where a line has none);
     ``CommitRecordError`` when it is damaged."""
     try:
-        entries = [tuple(json.loads(line)) for line in data.decode("utf-8").splitlines()]
+        lines = data.decode("utf-8").splitlines()
+        entries = json.loads("[" + ",".join(lines) + "]")  # one parse: a line's own would cost twice as much
     except (ValueError, UnicodeDecodeError) as e:
         raise CommitRecordError(f"not a keys file ({type(e).__name__}: {e})") from None
-    if any(len(e) not in (3, 4) or not isinstance(e[0], str) for e in entries):
+    if len(entries) != len(lines) or any(not isinstance(e, list) or len(e) not in (3, 4) or not isinstance(e[0], str)
+                                         for e in entries):
         raise CommitRecordError("not a keys file (an entry is not [key, label, split, version])")
-    return [(*e, None) if len(e) == 3 else e for e in entries]
+    return [(*e, None) if len(e) == 3 else tuple(e) for e in entries]
 
 
 def parse_key_lines(data: bytes) -> list[tuple[str, str | None, str | None]]:

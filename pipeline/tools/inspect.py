@@ -36,6 +36,7 @@ from transforms.schema.fields import FeatureRecord
 from transforms.schema.layout import PARQUET_SUFFIX, SHARD_SUFFIX, shard_format
 from transforms.schema.manifest import Manifest
 from transforms.schema.parquet import iter_parquet
+from transforms.write.generations import update_in_progress
 
 __all__ = ["Inspection", "inspect_feature_set", "format_inspection"]
 
@@ -50,6 +51,7 @@ class Inspection:
     labels: collections.Counter = field(default_factory=collections.Counter)
     samples: list = field(default_factory=list)
     problems: list = field(default_factory=list)
+    updating: int | None = None  # the generation an update under way (or interrupted) makes
 
     @property
     def records(self) -> int:
@@ -199,7 +201,8 @@ def inspect_feature_set(root: str, samples: int = 3, bucket_rows: int = BUCKET_R
 
     ``bucket_rows`` bounds how many key fingerprints the duplicate check holds in memory at once."""
     manifest = read_feature_manifest(root)
-    result = Inspection(root, manifest)
+    updating = update_in_progress(root)
+    result = Inspection(root, manifest, updating=updating if (updating or 0) > manifest.generation else None)
     problem = _ProblemLog(result.problems)
     _check_records(root, manifest, result, samples, bucket_rows, problem)
     check_twins_listed(manifest, problem)
@@ -235,7 +238,15 @@ def format_inspection(result: Inspection, check: bool) -> str:
     lines = [f"feature set {result.root}",
              f"  created    {m.created}, format version {m.format_version}",
              f"  backbone   {m.backbone.get('name')} (weights sha256 {str(m.backbone.get('weights_sha256'))[:16]}...)",
-             f"  counts     inputs {c.get('inputs')}, embedded {c.get('embedded')}, failed {c.get('failed')}"]
+             f"  counts     inputs {c.get('inputs')}, embedded {c.get('embedded')}, failed {c.get('failed')}"
+             + (f", retained {c['retained']} (inputs gone, kept by --keep-removed)" if c.get("retained") else "")]
+    if m.generation > 1 and m.generations:
+        g = m.generations[-1]
+        lines.insert(2, f"  generation {m.generation} ({g.get('created', '?')}): "
+                        + ", ".join(f"{g.get(k, 0):,} {k}" for k in ("new", "changed", "removed", "kept")))
+    if result.updating:
+        lines.insert(2, f"  updating   an update to generation {result.updating} is under way or was interrupted "
+                        "(--update finishes it); this is the last published generation")
     for o in m.outputs:
         lines.append(f"  output     {o.name}: {o.dim} x {o.dtype} ({o.layer}, pooling {o.pooling}), "
                      f"Example key {o.example_key!r}")

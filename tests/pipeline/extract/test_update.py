@@ -16,7 +16,7 @@ from PIL import Image
 from pipeline.extract.config import ExtractConfig
 from pipeline.extract.job import run_extraction
 from pipeline.extract.launch import generation_to_make
-from pipeline.tools.inspect import inspect_feature_set
+from pipeline.tools.inspect import format_inspection, inspect_feature_set
 from tests.fakes import MEAN_COLOUR, MeanColourBackbone
 from transforms.embed.settings import EmbedSettings
 from transforms.read.input_specs import InputSpec
@@ -112,7 +112,10 @@ def test_an_update_equals_a_fresh_extraction_of_the_inputs_as_they_are_now(tmp_p
     assert {k: updated.generations[1][k] for k in ("generation", "new", "changed", "removed", "kept")} == {
         "generation": 2, "new": 3, "changed": 3, "removed": 2, "kept": 31 - 3 - 2}
     assert updated.counts == fresh.counts == {"inputs": 32, "embedded": 32, "failed": 0, "duplicates": 0}
-    assert inspect_feature_set(config.output).problems == []
+    inspected = inspect_feature_set(config.output)
+    assert inspected.problems == [] and inspected.updating is None
+    assert "  generation 2 (" in format_inspection(inspected, check=True)
+    assert "3 new, 3 changed, 2 removed, 26 kept" in format_inspection(inspected, check=True)
 
     commits = commit_checks.read_commits(config.output)
     made = [c for c in commits if c.generation == 2 and not c.replaces]
@@ -201,7 +204,9 @@ def test_an_update_killed_at_any_point_leaves_the_last_generation_and_finishes_w
     else:  # the last generation is what readers see, intact
         assert read_manifest(config.output).generation == 1
         _same_set(_held(config.output), published)
-        assert inspect_feature_set(config.output).problems == []
+        inspected = inspect_feature_set(config.output)
+        assert inspected.problems == [] and inspected.updating == 2
+        assert "an update to generation 2 is under way or was interrupted" in format_inspection(inspected, True)
         assert any(c.generation == 2 for c in commit_checks.read_commits(config.output))  # work in progress
 
     finished = _update(config) if point != "after-the-manifest" else None

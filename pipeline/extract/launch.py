@@ -97,6 +97,9 @@ def generation_to_make(config: ExtractConfig) -> int:
     if published is not None and made > published:
         raise ConfigError(f"an update of {config.output} to generation {made} was interrupted; run it with "
                           "--update again to finish it")
+    if published is not None and published > 1:  # resuming would rewrite a published generation in place
+        raise ConfigError(f"{config.output} holds a finished feature set, generation {published}: there is nothing "
+                          "to resume; use --update to bring it up to date with its inputs")
     return made
 
 

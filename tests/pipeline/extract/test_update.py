@@ -321,3 +321,5 @@ def test_an_interrupted_update_is_finished_by_update_not_resume(tmp_path, archiv
         generation_to_make(dataclasses.replace(config, resume=True))
     assert read_manifest(config.output).generation == 1  # untouched
     assert _update(config).generation == 2 and generations.update_in_progress(config.output) is None
+    with pytest.raises(ConfigError, match="holds a finished feature set, generation 2: there is nothing to resume"):
+        generation_to_make(dataclasses.replace(config, resume=True))

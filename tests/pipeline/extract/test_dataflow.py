@@ -261,7 +261,8 @@ EXAMPLES = {"input": "gs://bucket/images/", "output": "gs://bucket/features", "b
             "uri_field": "path", "label_field": "class", "text_field": "body", "records_per_shard": "5000",
             "batch_size": "64", "gpu": "nvidia-l4", "model_copies": "2", "mixed_precision": "true",
             "precision": "float16",
-            "max_image_pixels": "50000000", "overwrite": "false", "resume": "true"}
+            "max_image_pixels": "50000000", "overwrite": "false", "resume": "true", "update": "true",
+            "keep_removed": "false"}
 
 
 def test_each_flex_template_parameter_is_a_featurebeam_flag():
@@ -270,6 +271,7 @@ def test_each_flex_template_parameter_is_a_featurebeam_flag():
 
     from pipeline.extract.command import extract_parser
     from pipeline.extract.flex_template import extract_args
+    from pipeline.extract.options import UPDATE_FLAG
     from pipeline.flags import split_flags
 
     parameters = json.load(open(METADATA))["parameters"]
@@ -285,6 +287,8 @@ def test_each_flex_template_parameter_is_a_featurebeam_flag():
     assert (own.input, own.layer, own.records_per_shard, own.gpu, own.model_copies) == (
         ["gs://bucket/images/"], ["features.18"], 5000, "nvidia-l4", 2)
     assert (own.mixed_precision, own.overwrite, own.resume, own.input_format) == (True, False, True, "tar")
+    assert (own.update, own.keep_removed) == (True, False)  # Beam's own --update is never set
+    assert "--update" not in args and UPDATE_FLAG in args
 
 
 @pytest.mark.slow

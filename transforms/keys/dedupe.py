@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -37,13 +38,14 @@ from transforms.keys.fingerprints import (
     repeats,
 )
 from transforms.keys.spill import scratch_folder, spill, unspill
-from transforms.schema.layout import COMMITS_DIR, FEATURES_DIR
+from transforms.schema.elements import Failure
+from transforms.schema.layout import FEATURES_DIR
 from transforms.worker.process import WorkerDoFn
 from transforms.write import commit_checks
-from transforms.write.commit_format import Commit, current_commits
+from transforms.write.commit_format import current_commits
 from transforms.write.committers import FailureCommitFn
 
-__all__ = ["ResolveDuplicates", "CountRepeatedKeys", "keep_one_copy"]
+__all__ = ["ResolveDuplicates", "CountRepeatedKeys", "keep_one_copy", "conflict_failure"]
 
 _EMBEDDED, _FAILED = 0, 1  # ranks: an embedded copy is kept over a failed one
 
@@ -80,8 +82,7 @@ class _CopiesFn(WorkerDoFn):
         self._scratch = scratch
 
     def process(self, marker: str):
-        with FileSystems.open(marker, compression_type="uncompressed") as f:
-            commit = Commit.from_json(f.read().decode("utf-8"))
+        commit = commit_checks.read_commit(marker)
         rank = _EMBEDDED if commit.kind == FEATURES_DIR else _FAILED
         packs = Packs(columns=(FINGERPRINT, np.int32), rows=1 << 62)
         for pos, (key, label, split) in enumerate(commit_checks.read_commit_keys(self._output, commit)):
@@ -151,9 +152,7 @@ class _DropCopiesFn(WorkerDoFn):
         for d, c in decisions:
             drop |= d
             conflicting |= c
-        marker = FileSystems.join(self._output, COMMITS_DIR, f"{commit_id}.json")
-        with FileSystems.open(marker, compression_type="uncompressed") as f:
-            commit = Commit.from_json(f.read().decode("utf-8"))
+        commit = commit_checks.read_commit_by_id(self._output, commit_id)
         keys = commit_checks.read_commit_keys(self._output, commit)
         for pos in sorted(conflicting):
             key, label, split = keys[pos]
@@ -161,6 +160,15 @@ class _DropCopiesFn(WorkerDoFn):
         dropped = [keys[pos][0] for pos in drop - conflicting]
         commit_checks.drop_records(self._output, commit, drop, self._generation)
         yield 1, len(drop), min(dropped) if dropped else None
+
+
+def conflict_failure(key: str, metas: Sequence[tuple]) -> Failure:
+    """The failure of a key whose embedded copies disagree on label or split (``metas``: their (label, split))."""
+    shown = sorted({f"label {label!r}" + (f", split {split!r}" if split is not None else "")
+                    for label, split in metas})
+    return Failure(key, key, "dedupe", commit_checks.DUPLICATE_CONFLICT,
+                   f"the input appears {len(metas)} times with different labels or splits ({'; '.join(shown)[:300]});"
+                   " none is kept: make its copies agree or remove all but one")
 
 
 class _SummaryFn(beam.CombineFn):
@@ -220,7 +228,7 @@ class ResolveDuplicates(beam.PTransform):
         conflicts = (
             dropped.conflicts
             | "Group conflicts" >> beam.GroupByKey()
-            | "One failure per key" >> beam.MapTuple(commit_checks.conflict_failure)
+            | "One failure per key" >> beam.MapTuple(conflict_failure)
             | "Commit conflicts" >> beam.ParDo(commit_failures)
             | "Conflicts committed" >> beam.Map(lambda _: (0, 0, None))
         )

@@ -25,7 +25,6 @@ import json
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.io.filesystems import FileSystems
 
 from transforms.keys.fingerprints import (
     FINGERPRINT,
@@ -37,10 +36,8 @@ from transforms.keys.fingerprints import (
     in_global_window,
 )
 from transforms.keys.spill import spill, unspill
-from transforms.schema.layout import COMMITS_DIR
 from transforms.worker.process import WorkerDoFn
 from transforms.write import commit_checks
-from transforms.write.commit_format import Commit
 
 __all__ = ["MatchCommitted", "DropStaleRecords", "unit_id", "match_bucket", "done_set", "version_fingerprint",
            "DONE", "STALE", "RETAINED"]
@@ -222,9 +219,7 @@ class _DropStaleFn(WorkerDoFn):
         for positions, c, r in decisions:
             drop.update(int(p) for p in column(positions, np.int32))
             changed, removed = changed + c, removed + r
-        marker = FileSystems.join(self._output, COMMITS_DIR, f"{commit_id}.json")
-        with FileSystems.open(marker, compression_type="uncompressed") as f:
-            commit = Commit.from_json(f.read().decode("utf-8"))
+        commit = commit_checks.read_commit_by_id(self._output, commit_id)
         commit_checks.drop_records(self._output, commit, drop, self._generation,
                                    {"changed": changed, "removed": removed})
         yield len(drop)

@@ -42,18 +42,28 @@ from transforms.write.commit_format import (
     key_line,
     keys_path,
     parse_key_entries,
-    parse_key_lines,
     place_file,
     write_atomically,
 )
 from transforms.write.shards import rewrite_without
 
-__all__ = ["read_commits", "read_commit_records", "uncommitted_files", "failure_reasons", "verify_commit",
-           "verified_keys", "verified_entries", "read_commit_keys", "read_commit_entries", "retire_commit",
-           "drop_records", "replacement_id", "delete_commit", "conflict_failure", "VerifyCommitFn",
-           "DUPLICATE_CONFLICT", "REDONE"]
+__all__ = ["read_commit", "read_commit_by_id", "read_commits", "read_commit_records", "uncommitted_files",
+           "failure_reasons", "verify_commit", "verified_keys", "verified_entries", "read_commit_keys",
+           "read_commit_entries", "retire_commit", "drop_records", "replacement_id", "delete_commit",
+           "VerifyCommitFn", "DUPLICATE_CONFLICT", "REDONE"]
 
 DUPLICATE_CONFLICT = "ConflictingDuplicates"  # error type of a key whose copies disagree on label or split
+
+
+def read_commit(path: str) -> Commit:
+    """One commit record, by its path; ``CommitRecordError`` (or ``UnicodeDecodeError``) when it is not one."""
+    with FileSystems.open(path, compression_type="uncompressed") as f:
+        return Commit.from_json(f.read().decode("utf-8"))
+
+
+def read_commit_by_id(output: str, commit_id: str) -> Commit:
+    """The commit record of ``commit_id`` in OUTDIR."""
+    return read_commit(FileSystems.join(output, COMMITS_DIR, f"{commit_id}.json"))
 
 
 def read_commit_records(output: str) -> tuple[list[Commit], list[str]]:
@@ -63,8 +73,7 @@ def read_commit_records(output: str) -> tuple[list[Commit], list[str]]:
     commits, unreadable = [], []
     for path in sorted(m.path for m in match.metadata_list):
         try:
-            with FileSystems.open(path, compression_type="uncompressed") as f:
-                commits.append(Commit.from_json(f.read().decode("utf-8")))
+            commits.append(read_commit(path))
         except (CommitRecordError, UnicodeDecodeError):
             unreadable.append(path)
     return commits, unreadable
@@ -174,8 +183,7 @@ def retire_commit(output: str, marker: str, data_paths: Sequence[str], reason: s
 
 def read_commit_keys(output: str, commit: Commit) -> list[tuple[str, str | None, str | None]]:
     """The (key, label, split) of each record of a commit, in its file's order (one commit: bounded)."""
-    with FileSystems.open(FileSystems.join(output, commit.keys_path), compression_type="uncompressed") as f:
-        return parse_key_lines(f.read())
+    return [entry[:3] for entry in read_commit_entries(output, commit)]
 
 
 def read_commit_entries(output: str, commit: Commit) -> list[tuple[str, str | None, str | None, str | None]]:
@@ -248,15 +256,6 @@ def drop_records(output: str, commit: Commit, drop: set[int], generation: int = 
                         stale=dropped if (replacing or commit.replaces) else {})
 
 
-def conflict_failure(key: str, metas: Sequence[tuple]) -> Failure:
-    """The failure of a key whose embedded copies disagree on label or split (``metas``: their (label, split))."""
-    shown = sorted({f"label {label!r}" + (f", split {split!r}" if split is not None else "")
-                    for label, split in metas})
-    return Failure(key, key, "dedupe", DUPLICATE_CONFLICT,
-                   f"the input appears {len(metas)} times with different labels or splits ({'; '.join(shown)[:300]});"
-                   " none is kept: make its copies agree or remove all but one")
-
-
 REDONE = "redone"  # tag of the record counts of earlier commits found damaged and retired
 
 
@@ -278,8 +277,7 @@ class VerifyCommitFn(WorkerDoFn):
     def process(self, marker_path: str):
         rel = marker_path[len(self._output.rstrip("/")) + 1:]
         try:
-            with FileSystems.open(marker_path, compression_type="uncompressed") as f:
-                commit = Commit.from_json(f.read().decode("utf-8"))
+            commit = read_commit(marker_path)
         except (CommitRecordError, UnicodeDecodeError) as e:
             commit_id = rel.rsplit("/", 1)[-1].removesuffix(".json")
             retire_commit(self._output, rel, data_paths_of(commit_id), f"unreadable commit record: {e}")

@@ -109,14 +109,15 @@ def _write_manifest(_, config: ExtractConfig, created: str, n_read, n_unreadable
     """Once every commit is de-duplicated (the ``resolved`` side input): read the commit records, earlier runs'
     included, and write the manifest; then the commits that an update replaced go."""
     ready_process()
-    all_commits = current_commits(commit_checks.read_commits(config.output))
+    commits = commit_checks.read_commits(config.output)
+    all_commits = current_commits(commits)
     earlier = read_manifest(config.output).generations if config.update else ()
     _, _, example = resolved
     manifest = manifest_from_commits(config, all_commits, n_read + n_unreadable + n_skipped, created, n_skipped,
                                      (repeated, example if repeated else None), len(redone), sum(redone),
                                      sum(retained), earlier)
     path = write_manifest(config.output, manifest)
-    delete_replaced(config.output, config.generation)
+    delete_replaced(config.output, config.generation, commits)
     end_update(config.output)
     return path
 

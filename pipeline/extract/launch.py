@@ -80,9 +80,9 @@ def configure(options: PipelineOptions) -> ExtractConfig:
 
 
 def generation_to_make(config: ExtractConfig) -> int:
-    """The feature set generation the run makes: an update, the published one + 1; a resumed run, the one its
-    commits were made for. ``ConfigError`` for an update of an OUTDIR with no finished set, and for ``--resume``
-    of an interrupted update (``--update`` finishes that)."""
+    """The feature set generation the run makes: an update, the published one + 1; a resumed run, the first.
+    ``ConfigError`` for an update of an OUTDIR with no finished set, and for ``--resume`` of an interrupted update
+    (``--update`` finishes that) or of a set an update made."""
     manifest_path = FileSystems.join(config.output, MANIFEST_NAME)
     published = read_manifest(config.output).generation if FileSystems.exists(manifest_path) else None
     if config.update:
@@ -91,16 +91,14 @@ def generation_to_make(config: ExtractConfig) -> int:
                               f"({MANIFEST_NAME}); drop --update to make one, or use --resume to finish an "
                               "interrupted run")
         return published + 1
-    commits, _ = commit_checks.read_commit_records(config.output)
-    made = max((c.generation for c in commits), default=1)
-    made = max(made, update_in_progress(config.output) or 0)
-    if published is not None and made > published:
-        raise ConfigError(f"an update of {config.output} to generation {made} was interrupted; run it with "
+    updating = update_in_progress(config.output)  # said before its first commit, unsaid once it is published
+    if published is not None and updating is not None and updating > published:
+        raise ConfigError(f"an update of {config.output} to generation {updating} was interrupted; run it with "
                           "--update again to finish it")
     if published is not None and published > 1:  # resuming would rewrite a published generation in place
         raise ConfigError(f"{config.output} holds a finished feature set, generation {published}: there is nothing "
                           "to resume; use --update to bring it up to date with its inputs")
-    return made
+    return 1
 
 
 def prepare_output(config: ExtractConfig) -> tuple[str, ...]:
@@ -117,10 +115,10 @@ def prepare_output(config: ExtractConfig) -> tuple[str, ...]:
         with FileSystems.create(FileSystems.join(config.output, RUN_NAME)) as f:
             f.write(json.dumps(run_settings(config), indent=2).encode("utf-8"))
         return ()
-    if config.update:
-        delete_replaced(config.output, config.generation - 1)
-        start_update(config.output, config.generation)
     done, unreadable = commit_checks.read_commit_records(config.output)
+    if config.update:
+        done = delete_replaced(config.output, config.generation - 1, done)
+        start_update(config.output, config.generation)
     leftovers = commit_checks.uncommitted_files(config.output, done)
     stale = [FileSystems.join(config.output, name) for name in (MANIFEST_NAME,)
              if not config.update and FileSystems.exists(FileSystems.join(config.output, name))]

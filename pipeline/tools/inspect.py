@@ -28,6 +28,7 @@ from pipeline.tools.manifest_checks import (
     check_error_files,
     check_shards_on_disk,
     check_twins_listed,
+    commit_records,
     short_error,
 )
 from pipeline.train.feature_sets import read_feature_manifest
@@ -206,9 +207,10 @@ def inspect_feature_set(root: str, samples: int = 3, bucket_rows: int = BUCKET_R
     problem = _ProblemLog(result.problems)
     _check_records(root, manifest, result, samples, bucket_rows, problem)
     check_twins_listed(manifest, problem)
-    check_shards_on_disk(root, manifest, problem)
+    records = commit_records(root, problem)  # read once for both checks
+    check_shards_on_disk(root, manifest, records, problem)
     check_error_files(root, manifest, problem)
-    check_commit_records(root, manifest, problem)
+    check_commit_records(manifest, records, problem)
     check_counts(manifest.counts, result.records, problem)
     problem.close()
     return result

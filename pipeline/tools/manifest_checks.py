@@ -14,7 +14,7 @@ from transforms.schema.manifest import Manifest
 from transforms.write.generations import update_in_progress
 
 __all__ = ["check_twins_listed", "check_shards_on_disk", "check_error_files", "check_commit_records",
-           "commits_not_judged", "check_counts", "short_error", "Problem"]
+           "commit_records", "commits_not_judged", "check_counts", "short_error", "Problem"]
 
 Problem = Callable[[str, str], None]  # problem(kind, message)
 
@@ -32,27 +32,26 @@ def check_twins_listed(manifest: Manifest, problem: Problem) -> None:
             problem("formats", f"{orphan}: the manifest lists no TFRecord shard of its commit")
 
 
-def check_shards_on_disk(root: str, manifest: Manifest, problem: Problem) -> None:
+def check_shards_on_disk(root: str, manifest: Manifest, records: dict[str, dict], problem: Problem) -> None:
     """Every file in ``features/`` is a shard the manifest lists, or one of an update's that the manifest's
     generation does not hold: its commits (``commits_not_judged``) and, while it is under way or was interrupted,
-    the files it wrote and did not commit yet (the next run deletes those)."""
+    the files it wrote and did not commit yet (the next run deletes those). ``records``: ``commit_records``."""
     from apache_beam.io.filesystems import FileSystems
 
     listed = set(manifest.shards) | set(manifest.parquet_shards)
+    elsewhere = {path for name in commits_not_judged(records, manifest) for path in _files_of(records[name])}
+    updating = (update_in_progress(root) or 0) > manifest.generation
+    named = {path for record in records.values() for path in _files_of(record)}
     try:
-        records = _commit_records(root)
-        elsewhere = {path for record in commits_not_judged(records, manifest) for path in _files_of(record)}
-        updating = (update_in_progress(root) or 0) > manifest.generation
-        named = {path for record in records.values() for path in _files_of(record)}
         (match,) = FileSystems.match([FileSystems.join(root, FEATURES_DIR, "*")])
-        prefix = root.rstrip("/") + "/"
-        for m in match.metadata_list:
-            rel = m.path[len(prefix):] if m.path.startswith(prefix) else m.path
-            if rel in listed or rel in elsewhere or (updating and rel not in named):
-                continue
-            problem("unlisted", f"{rel}: a shard on disk that the manifest does not list")
     except Exception:  # listing is advisory; the records themselves are checked apart
-        pass
+        return
+    prefix = root.rstrip("/") + "/"
+    for m in match.metadata_list:
+        rel = m.path[len(prefix):] if m.path.startswith(prefix) else m.path
+        if rel in listed or rel in elsewhere or (updating and rel not in named):
+            continue
+        problem("unlisted", f"{rel}: a shard on disk that the manifest does not list")
 
 
 def check_error_files(root: str, manifest: Manifest, problem: Problem) -> None:
@@ -71,15 +70,22 @@ def check_error_files(root: str, manifest: Manifest, problem: Problem) -> None:
         problem("count", f"the error files hold {failed_lines} dead letters, the manifest counts {counts['failed']}")
 
 
-def _commit_records(root: str) -> dict[str, dict]:
-    """Every commit record in the set, by path, as JSON."""
+def commit_records(root: str, problem: Problem) -> dict[str, dict]:
+    """Every readable commit record in the set, by path, as JSON; one that cannot be read is a problem of the set."""
     from apache_beam.io.filesystems import FileSystems
 
-    (match,) = FileSystems.match([FileSystems.join(root, COMMITS_DIR, "*.json")])
     records = {}
+    try:
+        (match,) = FileSystems.match([FileSystems.join(root, COMMITS_DIR, "*.json")])
+    except Exception as e:
+        problem("unlisted", f"{COMMITS_DIR}/: cannot be listed ({short_error(e)})")
+        return records
     for m in match.metadata_list:
-        with FileSystems.open(m.path, compression_type="uncompressed") as f:
-            records[m.path] = json.loads(f.read().decode("utf-8"))
+        try:
+            with FileSystems.open(m.path, compression_type="uncompressed") as f:
+                records[m.path] = json.loads(f.read().decode("utf-8"))
+        except Exception as e:
+            problem("unlisted", f"{COMMITS_DIR}/: a commit record cannot be read ({short_error(e)})")
     return records
 
 
@@ -87,30 +93,27 @@ def _files_of(record: dict) -> list[str]:
     return [record.get("path")] + [also.get("path") for also in record.get("also", ())]
 
 
-def commits_not_judged(records: dict[str, dict], manifest: Manifest) -> list[dict]:
-    """Commit records that the manifest's generation does not hold, and rightly: those of an update in progress
-    (a later generation), those an update replaced once its manifest is written (they are deleted next), and
-    replacements left with no records."""
+def commits_not_judged(records: dict[str, dict], manifest: Manifest) -> set[str]:
+    """The paths of commit records that the manifest's generation does not hold, and rightly: those of an update
+    in progress (a later generation), those an update replaced once its manifest is written (they are deleted
+    next), and replacements left with no records."""
     replaced = {r["replaces"] for r in records.values()
                 if r.get("replaces") and r.get("generation", 1) <= manifest.generation}
-    return [r for r in records.values()
-            if r.get("generation", 1) > manifest.generation or r.get("id") in replaced or r.get("records") == 0]
+    return {path for path, r in records.items()
+            if r.get("generation", 1) > manifest.generation or r.get("id") in replaced or r.get("records") == 0}
 
 
-def check_commit_records(root: str, manifest: Manifest, problem: Problem) -> None:
-    """Every file a commit record names is one the manifest lists, but for ``commits_not_judged``."""
+def check_commit_records(manifest: Manifest, records: dict[str, dict], problem: Problem) -> None:
+    """Every file a commit record names is one the manifest lists, but for ``commits_not_judged``.
+    ``records``: ``commit_records``."""
     listed_files = set(manifest.shards) | set(manifest.parquet_shards) | set(manifest.error_files)
-    try:
-        records = _commit_records(root)
-        skipped = {id(r) for r in commits_not_judged(records, manifest)}
-        for path, record in records.items():
-            if id(record) in skipped:
-                continue
-            for named in _files_of(record):
-                if named not in listed_files:
-                    problem("unlisted", f"{path}: a commit record of {named}, which the manifest does not list")
-    except Exception as e:  # a damaged commit record is itself a problem of the set
-        problem("unlisted", f"{COMMITS_DIR}/: a commit record cannot be read ({short_error(e)})")
+    skipped = commits_not_judged(records, manifest)
+    for path, record in records.items():
+        if path in skipped:
+            continue
+        for named in _files_of(record):
+            if named not in listed_files:
+                problem("unlisted", f"{path}: a commit record of {named}, which the manifest does not list")
 
 
 def check_counts(counts: dict, records: int, problem: Problem) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.schema.layout import COMMITS_DIR, PENDING_DIR, UPDATE_NAME
-from transforms.write.commit_checks import data_paths_of, delete_commit, read_commit_records, retire_commit
+from transforms.write.commit_checks import data_paths_of, delete_commit, retire_commit
 from transforms.write.commit_format import Commit, write_atomically
 
 __all__ = ["generation_counts", "delete_replaced", "is_published", "start_update", "update_in_progress",
@@ -44,26 +44,25 @@ def is_published(commit: Commit, published_generation: int | None) -> bool:
     return published_generation is not None and commit.generation <= published_generation
 
 
-def delete_replaced(output: str, published_generation: int) -> int:
-    """Delete the commits that a commit of a published generation replaces, then the replacements left with no
-    records (they only hid what they replaced); idempotent, and safe to repeat after a crash at any point.
-    Returns how many commits went."""
-    commits, _ = read_commit_records(output)
+def delete_replaced(output: str, published_generation: int, commits: list[Commit]) -> list[Commit]:
+    """Delete the commits (of ``commits``, OUTDIR's records as read) that a commit of a published generation
+    replaces, then the replacements left with no records (they only hid what they replaced); idempotent, and safe
+    to repeat after a crash at any point. Returns the commits left."""
     by_id = {c.id: c for c in commits}  # one OUTDIR's commit records: a summary per ~10,000 records
-    gone = 0
+    gone = set()
     for c in commits:
         if not (c.replaces and is_published(c, published_generation)):
             continue
         replaced = by_id.get(c.replaces)
         if replaced is not None:
             delete_commit(output, replaced)
-            gone += 1
+            gone.add(replaced.id)
         else:  # its record went before a crash: what is left of its files goes as a damaged commit's would
             retire_commit(output, f"{COMMITS_DIR}/{c.replaces}.json", data_paths_of(c.replaces), "replaced")
         if c.records == 0:
             delete_commit(output, c)
-            gone += 1
-    return gone
+            gone.add(c.id)
+    return [c for c in commits if c.id not in gone]
 
 
 def start_update(output: str, generation: int) -> None:

@@ -108,7 +108,7 @@ def _read_unit(unit, fields: InputFields) -> Iterator[Record | Failure]:
         yield unit
     elif isinstance(unit, FileRef):
         read = lazy_file if fields.modality == "audio" else read_whole
-        yield Record(unit.key, read(unit.uri, fields.max_input_bytes), unit.label, unit.split, unit.uri, unit.version)
+        yield Record(unit.key, read(unit.uri, fields.max_input_bytes), unit.label, unit.split, unit.uri)
     elif isinstance(unit, tar_shards.TarChunk):
         with open_regular(unit.uri) as f:
             yield from tar_shards.read_tar_chunk(f, unit, fields)

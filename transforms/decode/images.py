@@ -20,9 +20,14 @@ from transforms.schema.elements import FAILED, METRICS_NAMESPACE, Failure, Recor
 from transforms.worker.process import WorkerDoFn
 
 __all__ = ["DecodeImageFn", "ImagePreprocessing", "ImageDecodeError", "decode_image", "resize_and_crop",
-           "DEFAULT_MAX_PIXELS"]
+           "DEFAULT_MAX_PIXELS", "SHORTER_SIDE", "CROP_TO_ASPECT_RATIO", "keras_crop_box"]
 
 DEFAULT_MAX_PIXELS = 100_000_000  # larger images are refused before decoding (decompression bombs)
+
+# How an image is brought to the backbone's size (``ImagePreprocessing.fit``).
+SHORTER_SIDE = "shorter_side"                  # torchvision: resize the shorter side (PIL, antialiased), centre-crop
+CROP_TO_ASPECT_RATIO = "crop_to_aspect_ratio"  # Keras' Resizing (KerasHub's image converters): the largest centred
+#                                                window of the target's shape, resized with TensorFlow's kernels
 
 
 class ImageDecodeError(ValueError):
@@ -31,11 +36,15 @@ class ImageDecodeError(ValueError):
 
 @dataclass(frozen=True)
 class ImagePreprocessing:
-    """A backbone's eval transform: resize the shorter side, centre-crop, then ``(x * scale - mean) / std``.
+    """A backbone's eval transform: the geometry (``fit``), then ``(x * scale - mean) / std``.
 
-    ``mean`` and ``std`` are per channel in the scaled units (torchvision: scale 1/255, ImageNet mean/std;
-    EfficientNet-Lite: scale 1, mean 127, std 128). ``bgr``: the channels are reversed before ``mean`` and
-    ``std`` apply (Caffe-style models: ResNet50, VGG), so those are in BGR order.
+    ``fit`` SHORTER_SIDE resizes the shorter side to ``resize_shorter`` with PIL's ``resample`` filter, then
+    centre-crops ``crop`` (torchvision's eval transform); CROP_TO_ASPECT_RATIO cuts the largest centred square and
+    resizes it to ``crop`` as Keras' ``Resizing(crop_to_aspect_ratio=True)`` does (TensorFlow's ``resample``
+    kernel, ``antialias`` as given), which is what KerasHub's image converters run. Either way the pixels are
+    rounded to uint8 here. ``mean`` and ``std`` are per channel in the scaled units (torchvision: scale 1/255,
+    ImageNet mean/std; EfficientNet-Lite: scale 1, mean 127, std 128). ``bgr``: the channels are reversed before
+    ``mean`` and ``std`` apply (Caffe-style models: ResNet50, VGG), so those are in BGR order.
     """
 
     resize_shorter: int = 256
@@ -45,13 +54,19 @@ class ImagePreprocessing:
     mean: tuple = (0.485, 0.456, 0.406)
     std: tuple = (0.229, 0.224, 0.225)
     bgr: bool = False
+    fit: str = SHORTER_SIDE
+    antialias: bool = False
 
     def describe(self) -> dict:
+        if self.fit == CROP_TO_ASPECT_RATIO:
+            geometry = {"fit": "centre crop to a square, then resize (Keras Resizing, crop_to_aspect_ratio)",
+                        "size": self.crop, "resample": f"TensorFlow {self.resample}", "antialias": self.antialias}
+        else:
+            geometry = {"resize_shorter_side": self.resize_shorter, "resample": f"PIL {self.resample}",
+                        "center_crop": self.crop}
         return {
             "channels": "BGR" if self.bgr else "RGB",
-            "resize_shorter_side": self.resize_shorter,
-            "resample": f"PIL {self.resample}",
-            "center_crop": self.crop,
+            **geometry,
             "scale": self.scale,
             "mean": list(self.mean),
             "std": list(self.std),
@@ -76,7 +91,33 @@ def _resample_filter(name: str):
     return {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}[name]
 
 
+def keras_crop_box(height: int, width: int, target_height: int, target_width: int) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the window Keras' ``crop_to_aspect_ratio`` keeps: the largest of the target's
+    shape, centred, in Keras' own integer arithmetic."""
+    crop_height = max(min(height, int(float(width * target_height) / target_width)), 1)
+    crop_width = max(min(width, int(float(height * target_width) / target_height)), 1)
+    return int(float(height - crop_height) / 2), int(float(width - crop_width) / 2), crop_height, crop_width
+
+
+def crop_to_aspect_and_resize(pixels: np.ndarray, prep: ImagePreprocessing) -> np.ndarray:
+    """Keras' ``Resizing(crop_to_aspect_ratio=True)`` on one (H, W, 3) image, rounded -> (crop, crop, 3) uint8."""
+    import tensorflow as tf
+
+    top, left, height, width = keras_crop_box(pixels.shape[0], pixels.shape[1], prep.crop, prep.crop)
+    window = np.ascontiguousarray(pixels[top:top + height, left:left + width], dtype=np.float32)
+    resized = tf.image.resize(window, (prep.crop, prep.crop), method=prep.resample, antialias=prep.antialias)
+    return np.clip(np.floor(resized.numpy() + 0.5), 0, 255).astype(np.uint8)
+
+
 def resize_and_crop(image, prep: ImagePreprocessing) -> np.ndarray:
+    """The geometry of ``prep`` on a PIL RGB image -> (crop, crop, 3) uint8 (``crop_to_aspect_and_resize`` for
+    CROP_TO_ASPECT_RATIO)."""
+    if prep.fit == CROP_TO_ASPECT_RATIO:
+        return crop_to_aspect_and_resize(np.asarray(image, dtype=np.uint8), prep)
+    return _shorter_side_and_crop(image, prep)
+
+
+def _shorter_side_and_crop(image, prep: ImagePreprocessing) -> np.ndarray:
     """torchvision's ``Resize(shorter)`` + ``CenterCrop(crop)`` on a PIL RGB image -> (crop, crop, 3) uint8.
 
     When the resized image would be huge (an absurd aspect ratio: 100000x10 resizes to 2560000x256), only the
@@ -118,8 +159,9 @@ DRAFT_MARGIN = 2
 
 
 def reduce_jpeg_decoding(image, prep: ImagePreprocessing) -> None:
-    """Let a large JPEG decode at reduced scale when the backbone needs far fewer pixels (no-op otherwise)."""
-    if image.format != "JPEG":
+    """Let a large JPEG decode at reduced scale when the backbone needs far fewer pixels (no-op otherwise, and
+    for CROP_TO_ASPECT_RATIO, whose resize need not antialias)."""
+    if image.format != "JPEG" or prep.fit != SHORTER_SIDE:
         return
     width, height = image.size
     factor = DRAFT_MARGIN * prep.resize_shorter / max(1, min(width, height))

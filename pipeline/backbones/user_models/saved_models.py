@@ -6,13 +6,14 @@ from __future__ import annotations
 import os
 import tempfile
 
+from pipeline.backbones.packing import pack_directory, unpack_directory
 from pipeline.backbones.spec import BackboneSpec, BackboneUnavailableError, sha256_of
 from pipeline.backbones.uint8_input import with_uint8_input
 from pipeline.backbones.user_models import keras_models as km
 from transforms.decode.images import ImagePreprocessing
 from transforms.worker.storage import is_remote
 
-__all__ = ["is_saved_model", "pack_directory", "unpack_directory", "saved_model_outputs", "resolve", "build"]
+__all__ = ["is_saved_model", "saved_model_outputs", "resolve", "build"]
 
 
 def is_saved_model(path: str) -> bool:
@@ -24,38 +25,6 @@ def is_saved_model(path: str) -> bool:
         return FileSystems.exists(FileSystems.join(path.rstrip("/"), "saved_model.pb"))
     except Exception:
         return False
-
-
-def pack_directory(folder: str) -> str:
-    """A SavedModel directory as one reproducible tar (sorted members, no owners or times): the artifact that is
-    hashed and staged."""
-    import tarfile
-
-    handle, path = tempfile.mkstemp(prefix="featurebeam-savedmodel-", suffix=".tar")
-    os.close(handle)
-    with tarfile.open(path, "w") as tar:
-        for root, dirs, files in os.walk(folder):
-            dirs.sort()
-            for name in sorted(files):
-                full = os.path.join(root, name)
-                info = tar.gettarinfo(full, arcname=os.path.relpath(full, folder))
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                info.mtime = 0
-                with open(full, "rb") as f:
-                    tar.addfile(info, f)
-    return path
-
-
-def unpack_directory(data: bytes) -> str:
-    """The staged tar back into a private directory (members that would land outside it are refused)."""
-    import io
-    import tarfile
-
-    folder = tempfile.mkdtemp(prefix="featurebeam-savedmodel-")
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        tar.extractall(folder, filter="data")
-    return folder
 
 
 def saved_model_outputs(folder: str) -> tuple[int, dict[str, tuple]]:

@@ -247,3 +247,43 @@ def test_what_featurebeam_cannot_embed_is_one_line_at_launch(handle, message, pr
                  *IN_PROCESS]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err and err.startswith("featurebeam extract: error:")
+
+
+@pytest.mark.slow
+def test_a_head_trained_on_preset_features_serves_raw_images_as_backbone_then_head(presets, sample_photos,
+                                                                                   tmp_path):
+    """extract -> train -> the serving model: on the PNGs' bytes it gives what the preset's model (on
+    featurebeam's decoding) and the trained head give computed apart; its geometry is TensorFlow's own resize in
+    both places (here bilinear, antialiased, down from 96x72 crops of two photos)."""
+    import keras
+    import tensorflow as tf
+    from PIL import Image
+
+    labelled = tmp_path / "labelled"
+    for name, data in sample_photos.items():
+        (labelled / name[:-4]).mkdir(parents=True)
+        photo = Image.open(io.BytesIO(data)).convert("RGB")
+        for i in range(12):
+            left, top = 20 * i, 15 * (i % 5)
+            photo.crop((left, top, left + 96, top + 72)).save(labelled / name[:-4] / f"{i:02d}.png")
+
+    from pipeline.backbones.registry import resolve_backbone
+    from pipeline.train.config import TrainConfig
+    from pipeline.train.run import run_training
+
+    features, model_dir = str(tmp_path / "features"), str(tmp_path / "model")
+    backbone = f"hub:{presets['dinov2']}"
+    assert main(["extract", "--input", str(labelled), "--output", features, "--backbone", backbone,
+                 *IN_PROCESS]) == 0
+    report = run_training(TrainConfig(features=(features,), output=model_dir, heads=("linear",)), log=lambda m: None)
+    head = keras.saving.load_model(os.path.join(model_dir, "heads", report["best_head"], "head.keras"),
+                                   safe_mode=True)
+    serving = tf.saved_model.load(os.path.join(model_dir, "serving"))
+
+    spec = resolve_backbone(backbone)
+    raw = [p.read_bytes() for p in sorted(labelled.rglob("*.png"))[::4]]
+    images = np.stack([decode_image(data, spec.preprocessing) for data in raw])
+    apart = head(spec.load(["cls_token"])(images)["cls_token"]).numpy()
+    served = serving.signatures["serving_default"](image_bytes=tf.constant(raw))
+    np.testing.assert_allclose(served["probabilities"].numpy(), apart, atol=1e-5)
+    assert [b.decode() for b in served["label"].numpy()] == [report["classes"][i] for i in apart.argmax(1)]

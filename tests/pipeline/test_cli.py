@@ -28,9 +28,8 @@ def one_image(tmp_path, sample_photos):
 
 @pytest.mark.parametrize("extra, message", [
     (["--backbone", "resnet9000"], "unknown backbone 'resnet9000'; available: efficientnet_lite0, minilm_l6, "
-                                   "mobilenet_v2, musicnn_msd, musicnn_mtt, keras:NAME (keras.applications), a "
-                                   ".keras/.h5 model file or a "
-                                   "SavedModel directory"),
+                                   "mobilenet_v2, musicnn_msd, musicnn_mtt, keras:NAME (keras.applications), "
+                                   "hub:PRESET (KerasHub), a .keras/.h5 model file or a SavedModel directory"),
     (["--layer", "features.99"], "backbone mobilenet_v2 has no layer 'features.99'"),
     (["--batch-size", "0"], "--batch-size must be at least 1"),
     (["--no-such-flag", "1"], "unknown option '--no-such-flag'"),

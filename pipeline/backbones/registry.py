@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 
-from pipeline.backbones.hub import image_presets
+from pipeline.backbones.hub import preset_backbones
 from pipeline.backbones.hub.presets import HUB_PREFIX
 from pipeline.backbones.ports import efficientnet_lite0, minilm, mobilenet_v2, musicnn
 from pipeline.backbones.spec import BackboneSpec, UnknownBackboneError
@@ -29,11 +29,12 @@ def available_backbones() -> list[str]:
 
 
 def resolve_backbone(name: str, weights: str | None = None, preprocessing: str | None = None,
-                     fold_batchnorm: bool = True) -> BackboneSpec:
+                     fold_batchnorm: bool = True, tower: str | None = None) -> BackboneSpec:
     """Find and hash the backbone's artifact; raise a one-line error when the name or weights are unknown.
 
     ``name``: an embedded backbone, ``keras:NAME`` (``weights``: a weights file, or None for ImageNet weights
-    downloaded here), or a ``.keras``/``.h5`` model file (``preprocessing``: one of PREPROCESSING_MODES).
+    downloaded here), a ``.keras``/``.h5`` model file (``preprocessing``: one of PREPROCESSING_MODES), or
+    ``hub:PRESET`` (``tower``: which of a CLIP preset's towers, image by default).
     ``fold_batchnorm`` (keras: backbones and model files): BatchNorm folded into the convolution before it;
     the embedded ports are always folded and a SavedModel runs as exported, so turning it off is refused there."""
     if preprocessing is not None and preprocessing not in PREPROCESSING_MODES:
@@ -44,7 +45,10 @@ def resolve_backbone(name: str, weights: str | None = None, preprocessing: str |
             raise UnknownBackboneError(f"{name} brings its weights and its preprocessing (its image converter); "
                                        "--weights, --preprocessing and --no-fold-batchnorm are for keras: backbones "
                                        "and model files")
-        return image_presets.resolve(name[len(HUB_PREFIX):])
+        return preset_backbones.resolve(name[len(HUB_PREFIX):], tower or "image")
+    if tower is not None:
+        raise UnknownBackboneError(f"--tower is for hub: presets with an image and a text tower (CLIP); {name} has "
+                                   "one")
     if name.startswith(keras_applications.KERAS_PREFIX):
         if preprocessing is not None:
             raise UnknownBackboneError(f"{name} brings its family's preprocessing; --preprocessing is for model files")
@@ -83,7 +87,7 @@ def resolve_described(described: Mapping) -> BackboneSpec:
     if options.get("kind") == "model_file":
         return resolve_backbone(described["name"], preprocessing=options.get("preprocessing"), fold_batchnorm=fold)
     if options.get("kind") == "hub":
-        return resolve_backbone(described["name"])
+        return resolve_backbone(described["name"], tower=options.get("tower", "image"))
     if options.get("kind") == "saved_model":
         return resolve_backbone(described["name"], preprocessing=options.get("preprocessing"))
     return resolve_backbone(described["name"])

@@ -51,7 +51,8 @@ def configure(options: PipelineOptions) -> ExtractConfig:
     check_flags(options)
     o = options.view_as(ExtractOptions)
     use_storage_options(options, o.storage_retry_seconds)
-    backbone = resolve_backbone(o.backbone, o.weights, o.preprocessing, fold_batchnorm=not o.no_fold_batchnorm)
+    backbone = resolve_backbone(o.backbone, o.weights, o.preprocessing, fold_batchnorm=not o.no_fold_batchnorm,
+                                tower=o.tower)
     inputs = tuple(resolve_input(uri, o.input_format, backbone.modality) for uri in o.input)
     check_formats(inputs, backbone.modality, backbone.name)
     formats = parse_formats(o.format)

@@ -87,7 +87,11 @@ def _backbone_flags(parser) -> None:
     """Which backbone, which layers, and how each becomes a vector."""
     parser.add_argument("--backbone", default="mobilenet_v2",
                         help="mobilenet_v2 (default), efficientnet_lite0, minilm_l6 (text), keras:NAME for any "
-                             "keras.applications model, or a .keras/.h5 model file (local or gs://)")
+                             "keras.applications model, hub:PRESET for a KerasHub preset (a name, kaggle://, hf:// "
+                             "or a preset directory), or a .keras/.h5 model file (local or gs://)")
+    parser.add_argument("--tower", choices=("image", "text"), default=None,
+                        help="hub: presets with an image and a text tower (CLIP): which one embeds the inputs "
+                             "(default: image)")
     parser.add_argument("--weights", metavar="PATH",
                         help="keras:NAME backbones: a .weights.h5 of that architecture (local or gs://); "
                              "default: ImageNet weights, downloaded at launch")

@@ -146,7 +146,10 @@ def layers_parser() -> argparse.ArgumentParser:
                     description="The layers of a backbone worth extracting, with their output shapes and the bytes "
                                 "each adds to a feature record after pooling.")
     parser.add_argument("--backbone", default="mobilenet_v2",
-                        help=f"one of {', '.join(available_backbones())}, keras:NAME, or a .keras/.h5 model file")
+                        help=f"one of {', '.join(available_backbones())}, keras:NAME, hub:PRESET, or a .keras/.h5 "
+                             "model file")
+    parser.add_argument("--tower", choices=("image", "text"), default=None,
+                        help="hub: presets with an image and a text tower (CLIP): which one (default: image)")
     parser.add_argument("--weights", metavar="PATH", help="keras:NAME backbones: a .weights.h5 of that architecture")
     parser.add_argument("--preprocessing", choices=("tf", "torch", "caffe", "raw"), default=None)
     parser.add_argument("--all", action="store_true", help="every layer, not only those worth extracting from")
@@ -159,7 +162,7 @@ def cmd_layers(argv: Sequence[str]) -> int:
     from pipeline.tools.layers import format_layers
 
     args = layers_parser().parse_args(argv)
-    spec = resolve_backbone(args.backbone, args.weights, args.preprocessing)
+    spec = resolve_backbone(args.backbone, args.weights, args.preprocessing, tower=args.tower)
     print(format_layers(spec, args.pooling, args.all))
     return 0
 

@@ -8,6 +8,8 @@ for the preset (``featurebeam layers``, ``--layer``):
 - ``cls_token``: the class token of the final, normalised sequence (ViT, DINOv2);
 - ``patch_tokens``: the final sequence's patch tokens, one vector per patch (``--pooling avg``: their mean);
 - ``block_<i>``: the token sequence after encoder block ``i`` (1-based; pooled over its tokens).
+
+``converter_preprocessing(converter)``: a preset's image converter as featurebeam's ``ImagePreprocessing``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import NamedTuple
 
-__all__ = ["Tower", "TOWERS", "image_tower"]
+from pipeline.backbones.spec import UnknownBackboneError
+from transforms.decode.images import CROP_TO_ASPECT_RATIO, ImagePreprocessing
+
+__all__ = ["Tower", "TOWERS", "image_tower", "converter_preprocessing"]
 
 
 class Tower(NamedTuple):
@@ -62,3 +67,34 @@ TOWERS = {"ViTBackbone": _vit, "DINOV2Backbone": _dinov2, "CLIPBackbone": _clip}
 def image_tower(backbone) -> Tower:
     """The image tower of a KerasHub backbone of one of ``TOWERS``' classes."""
     return TOWERS[type(backbone).__name__](backbone)
+
+
+_RESAMPLE = ("bilinear", "bicubic", "nearest", "lanczos3", "lanczos5", "area")
+
+
+def converter_preprocessing(converter, name: str) -> ImagePreprocessing:
+    """A KerasHub ``ImageConverter`` as featurebeam's preprocessing: ``x * scale + offset`` per channel is
+    ``(x - mean) / std`` with ``mean = -offset / scale`` and ``std = 1 / scale``."""
+    size = converter.image_size
+    if size is None or size[0] != size[1]:
+        raise UnknownBackboneError(f"preset {name} resizes images to {size}; featurebeam needs a square size")
+    if converter.pad_to_aspect_ratio:
+        raise UnknownBackboneError(f"preset {name} pads images to its aspect ratio; featurebeam crops to it only")
+    if converter.interpolation not in _RESAMPLE:
+        raise UnknownBackboneError(f"preset {name} resizes with {converter.interpolation!r}, which featurebeam "
+                                   f"does not reproduce ({', '.join(_RESAMPLE)})")
+    scale = _per_channel(1.0 if converter.scale is None else converter.scale)
+    offset = _per_channel(0.0 if converter.offset is None else converter.offset)
+    if any(s == 0 for s in scale):
+        raise UnknownBackboneError(f"preset {name} scales a channel by 0")
+    return ImagePreprocessing(resize_shorter=int(size[0]), crop=int(size[0]), resample=converter.interpolation,
+                              scale=1.0, mean=tuple(-o / s for o, s in zip(offset, scale, strict=True)),
+                              std=tuple(1.0 / s for s in scale), fit=CROP_TO_ASPECT_RATIO,
+                              antialias=bool(converter.antialias))
+
+
+def _per_channel(value) -> tuple[float, float, float]:
+    values = [float(v) for v in value] if isinstance(value, (list, tuple)) else [float(value)] * 3
+    if len(values) != 3:
+        raise UnknownBackboneError(f"a per-channel value of {len(values)} channels: featurebeam reads RGB")
+    return tuple(values)

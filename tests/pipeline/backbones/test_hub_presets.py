@@ -33,11 +33,31 @@ def _converter_args(mean, std, interpolation, antialias=False):
             "antialias": antialias}
 
 
+def clip_tokenizer():
+    """A small CLIP tokenizer: every letter alone and word-final, a few words and their merges; the end token has
+    the largest id, as in CLIP's own vocabulary (its text tower pools there)."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocabulary = {"<|startoftext|>": 0}
+    for token in [*letters, *(c + "</w>" for c in letters), ".</w>", "!</w>", "th", "the</w>", "ca", "cat</w>", "do",
+                  "dog</w>", "ph", "pho", "phot", "photo</w>", "of</w>", "é", "é</w>"]:
+        vocabulary.setdefault(token, len(vocabulary))
+    vocabulary["<|endoftext|>"] = len(vocabulary)
+    merges = ["t h", "th e</w>", "c a", "ca t</w>", "d o", "do g</w>", "p h", "ph o", "pho t", "phot o</w>",
+              "o f</w>"]
+    tokenizer = keras_hub.models.CLIPTokenizer(vocabulary=None, merges=None)
+    # KerasHub 0.32 builds its Python tokenizer from attributes that only its tensorflow-text path sets
+    tokenizer.vocabulary, tokenizer.merges = vocabulary, merges
+    tokenizer._set_vocabulary_and_merges_tokenizers(vocabulary, merges)
+    tokenizer._update_special_token_ids()
+    return tokenizer
+
+
 def _clip():
     vision = keras_hub.models.CLIPVisionEncoder(patch_size=8, hidden_dim=16, num_layers=2, num_heads=2,
                                                 intermediate_dim=32, image_shape=(SIZE, SIZE, 3))
-    text = keras_hub.models.CLIPTextEncoder(vocabulary_size=50, embedding_dim=16, hidden_dim=16, num_layers=2,
-                                            num_heads=2, intermediate_dim=32, max_sequence_length=8)
+    text = keras_hub.models.CLIPTextEncoder(vocabulary_size=len(clip_tokenizer().vocabulary), embedding_dim=16,
+                                            hidden_dim=16, num_layers=2, num_heads=2, intermediate_dim=32,
+                                            max_sequence_length=12)
     backbone = keras_hub.models.CLIPBackbone(vision, text, projection_dim=12)
     return backbone, keras_hub.layers.CLIPImageConverter(**_converter_args(CLIP_MEAN, CLIP_STD, "bicubic"))
 
@@ -73,6 +93,7 @@ def presets(tmp_path_factory):
         folders[name] = str(root / name)
         backbone.save_to_preset(folders[name])
         converter.save_to_preset(folders[name])
+    clip_tokenizer().save_to_preset(folders["clip"])
     return folders
 
 
@@ -287,3 +308,46 @@ def test_a_head_trained_on_preset_features_serves_raw_images_as_backbone_then_he
     served = serving.signatures["serving_default"](image_bytes=tf.constant(raw))
     np.testing.assert_allclose(served["probabilities"].numpy(), apart, atol=1e-5)
     assert [b.decode() for b in served["label"].numpy()] == [report["classes"][i] for i in apart.argmax(1)]
+
+
+TEXTS = ["The cat.", "a photo of a dog!", "THE   DOG", "", "café", "a photo of the cat of the dog of the cat of a dog"]
+
+
+def test_the_text_towers_tokens_are_keras_hubs_own_with_its_start_and_end_tokens(presets):
+    """Featurebeam's tokenizer JSON (what the workers run) against KerasHub's CLIPTokenizer on the same texts,
+    and cut as KerasHub's preprocessor cuts them: at the text tower's sequence length, end token kept."""
+    from tokenizers import Tokenizer
+
+    from pipeline.backbones.registry import resolve_backbone
+
+    spec = resolve_backbone(f"hub:{presets['clip']}", tower="text")
+    assert spec.modality == "text" and spec.preprocessing.max_length == 12
+    ours = Tokenizer.from_str(spec.read_asset("tokenizer").decode("utf-8"))
+    ours.enable_truncation(spec.preprocessing.max_length)
+    theirs = clip_tokenizer()
+    for text in TEXTS:
+        expected = [theirs.start_token_id, *np.asarray(theirs(text)).tolist()][:11] + [theirs.end_token_id]
+        assert ours.encode(text).ids == expected, text
+
+
+@pytest.mark.slow
+def test_texts_through_the_pipeline_equal_keras_hubs_text_embeddings(presets, tmp_path):
+    import json
+
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
+    out = str(tmp_path / "features")
+    assert main(["extract", "--input", str(texts), "--output", out, "--backbone", f"hub:{presets['clip']}",
+                 "--tower", "text", "--layer", "text_embedding", "--layer", "pooled", *IN_PROCESS]) == 0
+    manifest = read_manifest(out)
+    assert manifest.backbone["modality"] == "text" and manifest.backbone["options"]["tower"] == "text"
+    records = {int(r.key.rsplit("=", 1)[1]): r for p in shard_paths(out, manifest)
+               for r in read_records(p, manifest.outputs)}
+    backbone, tokenizer = keras_hub.models.Backbone.from_preset(presets["clip"]), clip_tokenizer()
+    packer = keras_hub.layers.StartEndPacker(12, tokenizer.start_token_id, tokenizer.end_token_id, pad_value=0)
+    ids = np.asarray(packer([np.asarray(tokenizer(t)).tolist() for t in TEXTS]))
+    embeddings = np.asarray(backbone.get_text_embeddings(ids))
+    pooled = np.asarray(backbone.text_pooler(backbone.text_encoder({"token_ids": ids}), ids))
+    for i in range(len(TEXTS)):
+        np.testing.assert_allclose(records[i].vectors["text_embedding"], embeddings[i], atol=1e-5, err_msg=TEXTS[i])
+        np.testing.assert_allclose(records[i].vectors["pooled"], pooled[i], atol=1e-5, err_msg=TEXTS[i])

@@ -44,6 +44,14 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sweep-layers", action="store_true",
                         help="train a linear probe on every extracted layer, report which transfers best "
                              "(layer_sweep.json, layer_sweep.png), then train the heads on that layer")
+    parser.add_argument("--zero-shot", action="store_true",
+                        help="also (or, for a set without labels, only) a zero-shot head made from the text tower "
+                             "of the CLIP preset the image features came from (hub:...): no labels needed")
+    parser.add_argument("--classes", metavar="A,B,...",
+                        help="--zero-shot: the class names, comma-separated (the set's labels when it has them)")
+    parser.add_argument("--template", action="append", metavar="TEXT",
+                        help="--zero-shot: a prompt with {} where the class name goes (repeatable: the prompts "
+                             "are averaged; default: 'a photo of a {}.')")
     parser.add_argument("--overwrite", action="store_true")
     return parser
 
@@ -57,11 +65,13 @@ def cmd_train(argv: Sequence[str]) -> int:
 
     args, beam_argv = split_flags(train_parser(), argv)
     use_storage_flags(beam_argv)
+    zero_shot = _zero_shot_flags(args)
     config = TrainConfig(features=tuple(args.features), output=absolute(args.output),
                          heads=tuple(dict.fromkeys(args.head or ["linear"])), output_name=args.output_name,
                          test_features=tuple(args.test_features), validation_fraction=args.validation_fraction,
                          class_weights=args.class_weights, standardize=args.standardize,
-                         memory_limit_mb=args.memory_limit_mb, seed=args.seed, overwrite=args.overwrite)
+                         memory_limit_mb=args.memory_limit_mb, seed=args.seed, overwrite=args.overwrite,
+                         **zero_shot)
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     if args.sweep_layers:
         if args.output_name:
@@ -73,3 +83,19 @@ def cmd_train(argv: Sequence[str]) -> int:
     if report.get("layer_sweep"):
         print(format_layer_sweep(report["layer_sweep"], config.output))
     return 0
+
+
+def _zero_shot_flags(args) -> dict:
+    """--zero-shot, --classes and --template as TrainConfig fields; either of the last two alone is refused."""
+    from pipeline.train.zero_shot import DEFAULT_TEMPLATES
+
+    if not args.zero_shot:
+        if args.classes or args.template:
+            raise UsageError("--classes and --template are for --zero-shot")
+        return {}
+    if not args.classes:
+        raise UsageError("--zero-shot needs --classes A,B,... (the class names its prompts are made of)")
+    if args.sweep_layers:
+        raise UsageError("--zero-shot scores the image_embedding layer; leave out --sweep-layers")
+    classes = tuple(name.strip() for name in args.classes.split(","))
+    return {"zero_shot": classes, "templates": tuple(args.template or DEFAULT_TEMPLATES)}

@@ -29,6 +29,8 @@ class TrainConfig:
     dropout: float = 0.5
     max_epochs: int = 100
     seed: int = 0
+    zero_shot: tuple[str, ...] = ()  # class names: a zero-shot head from a CLIP preset's text tower (zero_shot.py)
+    templates: tuple[str, ...] = ()  # its prompts, "{}" for the class name (default: zero_shot.DEFAULT_TEMPLATES)
 
     def validate(self) -> None:
         if not self.features:

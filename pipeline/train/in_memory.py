@@ -124,7 +124,10 @@ def _labelled_in_key_order(sources, rule: SplitRule, first: str) -> tuple[Featur
 
 
 def train_in_memory(config: TrainConfig, rule: SplitRule, sources, test_sources, report: dict, write_head,
-                    log) -> list[str]:
+                    log, fixed=None) -> list[str]:
+    """Fit ``config.heads`` (and make the ``fixed`` ones: ``{name: classes -> (model, hyper-parameters)}``) on the
+    labelled records, score each on every split, write each; returns the classes."""
+    fixed = fixed or {}
     table, classes, unlabelled = _labelled_in_key_order(sources, rule, config.features[0])
     y, part = label_index(table.labels, classes), rule.split_of(table.keys, table.splits)
 
@@ -138,11 +141,19 @@ def train_in_memory(config: TrainConfig, rule: SplitRule, sources, test_sources,
     tests = {"test": test_split(load_table(test_sources), classes)} if test_sources else {}
     if (part == TEST).any():
         tests[SPLIT_TEST] = (split(part == TEST), {})
-    for name in config.heads:
-        log(f"featurebeam train: fitting the {name} head on {len(train.y)} records "
-            f"({len(val.y)} for validation, {len(classes)} classes)")
-        model, hyper, curves, val_probabilities = (fit_linear(config, rule, train, val, both, len(classes))
-                                                   if name == "linear" else fit_mlp(config, train, val, len(classes)))
+
+    def fit(name):
+        if name in fixed:  # made, not fitted (a zero-shot head): scored alike
+            model, hyper = fixed[name](classes)
+            return model, hyper, {}, predict(model, val.x)
+        if name == "linear":
+            return fit_linear(config, rule, train, val, both, len(classes))
+        return fit_mlp(config, train, val, len(classes))
+
+    for name in (*config.heads, *fixed):
+        log(f"featurebeam train: {'making' if name in fixed else 'fitting'} the {name} head on {len(train.y)} "
+            f"records ({len(val.y)} for validation, {len(classes)} classes)")
+        model, hyper, curves, val_probabilities = fit(name)
         splits = {"train": evaluation.split_metrics(train.y, predict(model, train.x), classes),
                   "validation": scored(val, val_probabilities, classes)}
         for split_name, (held, extra) in tests.items():

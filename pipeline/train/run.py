@@ -9,7 +9,8 @@
    splits the same;
 4. fit each requested head (``in_memory.py``, ``streamed.py``; the linear probe's C by cross-validation,
    ``probe.py``), evaluate it on train, validation and the test sets (in memory, the wrong validation and test
-   records too, a capped list: ``evaluation.misclassified``);
+   records too, a capped list: ``evaluation.misclassified``); a zero-shot head (``zero_shot.py``) is made,
+   not fitted, and scored beside them, or alone for a set without labels;
 5. write MODELDIR: ``metrics.json``, ``model.json``, ``heads/<name>/head.keras`` and plots, and
    ``serving/``, the SavedModel of frozen backbone + preprocessing + the best head by validation accuracy.
    A gs:// or s3:// MODELDIR is written locally first and copied there at the end
@@ -19,6 +20,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -30,6 +32,7 @@ from pipeline.train.feature_sets import FeatureSetError, open_feature_sets
 from pipeline.train.in_memory import train_in_memory
 from pipeline.train.splits import split_rule
 from pipeline.train.streamed import train_streamed
+from pipeline.train.zero_shot import ZERO_SHOT, check_zero_shot, make_zero_shot
 
 __all__ = ["run_training", "check_training", "train_into", "library_versions"]
 
@@ -103,6 +106,9 @@ def check_training(config: TrainConfig) -> Checked:
                 or t.output != output:
             raise FeatureSetError(f"{t.root}: test features come from another backbone or output than "
                                   f"{sources[0].root}")
+    if config.zero_shot:
+        labels = sorted({label for s in sources for label in s.manifest.labels})
+        check_zero_shot(sources[0].manifest.backbone, output, config.zero_shot, config.templates, labels)
     # The serving model needs the very weights the features came from: check before any training.
     backbone = resolve_described(sources[0].manifest.backbone)
     if backbone.weights_sha256 != sources[0].manifest.backbone.get("weights_sha256"):
@@ -128,8 +134,16 @@ def train_into(config: TrainConfig, checked: Checked, folder: str, log=print) ->
               "mode": "in memory" if in_memory else "streamed", "versions": library_versions(), "heads": {}}
 
     train = train_in_memory if in_memory else train_streamed
-    classes = train(config, rule, sources, test_sources, report, _head_writer(folder), log)
-    best = max(report["heads"], key=lambda n: report["heads"][n]["splits"]["validation"].get("accuracy", 0.0))
+    fixed = {ZERO_SHOT: functools.partial(make_zero_shot, backbone, config.templates)} if config.zero_shot else {}
+    if fixed and not any(s.manifest.labels for s in sources):  # nothing to fit or to score: the zero-shot head alone
+        log(f"featurebeam train: no labels; the zero-shot head of {len(config.zero_shot)} classes alone")
+        classes = list(config.zero_shot)
+        model, hyper = fixed[ZERO_SHOT](classes)
+        report["heads"][ZERO_SHOT] = {"hyperparameters": hyper, "splits": {}}
+        _head_writer(folder)(ZERO_SHOT, model, report["heads"][ZERO_SHOT], {}, classes)
+    else:
+        classes = train(config, rule, sources, test_sources, report, _head_writer(folder), log, fixed)
+    best = max(report["heads"], key=lambda n: report["heads"][n]["splits"].get("validation", {}).get("accuracy", 0.0))
     report.update(classes=classes, best_head=best, seconds=round(time.monotonic() - checked.start, 2))
 
     head = keras.saving.load_model(os.path.join(folder, "heads", best, "head.keras"), safe_mode=True)

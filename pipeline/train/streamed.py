@@ -46,7 +46,7 @@ def _fit(name: str, config: TrainConfig, data: dict, dim: int, n_classes: int, n
 
 
 def train_streamed(config: TrainConfig, rule: SplitRule, sources, test_sources, report: dict, write_head,
-                   log) -> list[str]:
+                   log, fixed=None) -> list[str]:
     classes = sorted({label for s in sources for label in s.manifest.labels})
     if len(classes) < 2:
         raise FeatureSetError(f"{config.features[0]}: training needs at least two labels, found {classes}")
@@ -64,9 +64,14 @@ def train_streamed(config: TrainConfig, rule: SplitRule, sources, test_sources, 
     if {str(n).strip().lower() for s in sources for n in s.manifest.splits} & set(TEST_NAMES):
         held_out[SPLIT_TEST] = stream_examples(sources, classes, rule, (TEST,), BATCH)
     n_train = int(n_records * (1 - rule.fraction))
-    for name in config.heads:
-        log(f"featurebeam train: fitting the {name} head on streamed features ({n_records} records)")
-        model, hyper, curves = _fit(name, config, data, dim, len(classes), n_train, cw)
+    fixed = fixed or {}
+    for name in (*config.heads, *fixed):
+        log(f"featurebeam train: {'making' if name in fixed else 'fitting'} the {name} head on streamed features "
+            f"({n_records} records)")
+        if name in fixed:  # made, not fitted (a zero-shot head): scored alike
+            model, hyper, curves = *fixed[name](classes), {}
+        else:
+            model, hyper, curves = _fit(name, config, data, dim, len(classes), n_train, cw)
         splits = {"validation": _metrics(data["validation"], model, classes)}
         for split_name, ds in held_out.items():
             splits[split_name] = _metrics(ds, model, classes)

@@ -12,7 +12,8 @@ def format_training(report: dict, output: str) -> str:
     for name, head in report["heads"].items():
         parts = [f"{split} {m['accuracy']:.4f} ({m['examples']})" for split, m in head["splits"].items()
                  if m.get("examples")]
-        lines.append(f"  {name:7s} accuracy: " + ", ".join(parts))
+        lines.append(f"  {name:7s} accuracy: " + ", ".join(parts) if parts
+                     else f"  {name:7s} not scored (no labelled records)")
         unseen = head["splits"].get("test", {}).get("unseen_labels")
         if unseen:
             lines.append(f"  {name:7s} test labels never seen in training (not scored): "

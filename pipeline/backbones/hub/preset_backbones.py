@@ -8,6 +8,7 @@ reproducible tar, hashed and staged like the weights of any other backbone; a wo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -20,7 +21,7 @@ from pipeline.backbones.spec import BackboneSpec, BackboneUnavailableError, Unkn
 from pipeline.backbones.uint8_input import with_uint8_input
 from transforms.decode.tokenize import TextPreprocessing
 
-__all__ = ["TOWER_CHOICES", "resolve", "build", "load_preset"]
+__all__ = ["TOWER_CHOICES", "resolve", "build", "unpacked_preset", "load_preset"]
 
 TOWER_CHOICES = ("image", "text")
 
@@ -88,15 +89,22 @@ def _text_side(backbone, directory: str):
             {"tokenizer": (path, sha256_of(path))}, "its tokenizer's (byte-level BPE, start and end tokens)")
 
 
+@contextlib.contextmanager
+def unpacked_preset(spec: BackboneSpec):
+    """The preset directory of a hub spec, unpacked from the staged tar (hash-checked), for the ``with`` block."""
+    directory = unpack_directory(spec.read_weights())
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def load_preset(spec: BackboneSpec):
     """The KerasHub backbone of a hub spec, with its weights, from the staged tar (hash-checked)."""
     import keras_hub
 
-    directory = unpack_directory(spec.read_weights())
-    try:
+    with unpacked_preset(spec) as directory:
         return keras_hub.models.Backbone.from_preset(directory)
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 def build(spec: BackboneSpec, layers: tuple):

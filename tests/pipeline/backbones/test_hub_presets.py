@@ -8,7 +8,6 @@ converter (geometry, scale, offset) and its model called on the same files.
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 
@@ -16,106 +15,12 @@ import numpy as np
 import pytest
 
 from pipeline.cli import main
+from tests.hub_presets import MAKERS, SIZE, keras_hub, pixels_of
 from transforms.decode.images import decode_image
 from transforms.schema.example import read_records
 from transforms.schema.manifest import read_manifest, shard_paths
 
-keras_hub = pytest.importorskip("keras_hub")
-
 IN_PROCESS = ["--runner=FnApiRunner", "--quiet"]
-SIZE = 32
-CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
-
-
-def _converter_args(mean, std, interpolation, antialias=False):
-    return {"image_size": (SIZE, SIZE), "scale": [1 / (255 * s) for s in std],
-            "offset": [-m / s for m, s in zip(mean, std, strict=True)], "interpolation": interpolation,
-            "antialias": antialias}
-
-
-def clip_tokenizer():
-    """A small CLIP tokenizer: every letter alone and word-final, a few words and their merges; the end token has
-    the largest id, as in CLIP's own vocabulary (its text tower pools there)."""
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    vocabulary = {"<|startoftext|>": 0}
-    for token in [*letters, *(c + "</w>" for c in letters), ".</w>", "!</w>", "th", "the</w>", "ca", "cat</w>", "do",
-                  "dog</w>", "ph", "pho", "phot", "photo</w>", "of</w>", "é", "é</w>"]:
-        vocabulary.setdefault(token, len(vocabulary))
-    vocabulary["<|endoftext|>"] = len(vocabulary)
-    merges = ["t h", "th e</w>", "c a", "ca t</w>", "d o", "do g</w>", "p h", "ph o", "pho t", "phot o</w>",
-              "o f</w>"]
-    tokenizer = keras_hub.models.CLIPTokenizer(vocabulary=None, merges=None)
-    # KerasHub 0.32 builds its Python tokenizer from attributes that only its tensorflow-text path sets
-    tokenizer.vocabulary, tokenizer.merges = vocabulary, merges
-    tokenizer._set_vocabulary_and_merges_tokenizers(vocabulary, merges)
-    tokenizer._update_special_token_ids()
-    return tokenizer
-
-
-def _clip():
-    vision = keras_hub.models.CLIPVisionEncoder(patch_size=8, hidden_dim=16, num_layers=2, num_heads=2,
-                                                intermediate_dim=32, image_shape=(SIZE, SIZE, 3))
-    text = keras_hub.models.CLIPTextEncoder(vocabulary_size=len(clip_tokenizer().vocabulary), embedding_dim=16,
-                                            hidden_dim=16, num_layers=2, num_heads=2, intermediate_dim=32,
-                                            max_sequence_length=12)
-    backbone = keras_hub.models.CLIPBackbone(vision, text, projection_dim=12)
-    return backbone, keras_hub.layers.CLIPImageConverter(**_converter_args(CLIP_MEAN, CLIP_STD, "bicubic"))
-
-
-def _dinov2():
-    backbone = keras_hub.models.DINOV2Backbone(patch_size=8, num_layers=2, hidden_dim=16, num_heads=2,
-                                               intermediate_dim=32, image_shape=(SIZE, SIZE, 3),
-                                               position_embedding_shape=(SIZE, SIZE), num_register_tokens=2)
-    converter = keras_hub.layers.DINOV2ImageConverter(
-        **_converter_args((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear", antialias=True))
-    return backbone, converter
-
-
-def _vit():
-    backbone = keras_hub.models.ViTBackbone(image_shape=(SIZE, SIZE, 3), patch_size=8, num_layers=2, num_heads=2,
-                                            hidden_dim=16, mlp_dim=32)
-    return backbone, keras_hub.layers.ViTImageConverter(image_size=(SIZE, SIZE), scale=1 / 127.5, offset=-1)
-
-
-MAKERS = {"clip": _clip, "dinov2": _dinov2, "vit": _vit}
-
-
-@pytest.fixture(scope="module")
-def presets(tmp_path_factory):
-    """{name: a preset directory}, each saved by KerasHub from a randomly initialised model."""
-    import keras
-
-    root = tmp_path_factory.mktemp("presets")
-    folders = {}
-    for seed, (name, make) in enumerate(MAKERS.items()):
-        keras.utils.set_random_seed(seed)
-        backbone, converter = make()
-        folders[name] = str(root / name)
-        backbone.save_to_preset(folders[name])
-        converter.save_to_preset(folders[name])
-    clip_tokenizer().save_to_preset(folders["clip"])
-    return folders
-
-
-@pytest.fixture(scope="module")
-def pictures(tmp_path_factory, sample_photos):
-    """PNGs of exactly the presets' size (no resize: KerasHub's float pixels are featurebeam's uint8 ones), and
-    the original photos (427x640 JPEGs: cropped to a square and resized)."""
-    from PIL import Image
-
-    folder = tmp_path_factory.mktemp("pictures")
-    for name, data in sample_photos.items():
-        photo = Image.open(io.BytesIO(data)).convert("RGB")
-        (folder / name).write_bytes(data)
-        for i, box in enumerate(((0, 0, 200, 200), (150, 100, 420, 370))):
-            photo.crop(box).resize((SIZE, SIZE)).save(folder / f"{name[:-4]}-{i}.png")
-    return folder
-
-
-def _pixels(path) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)
 
 
 def _keras_hub_vectors(directory: str, pixels: np.ndarray) -> dict[str, np.ndarray]:
@@ -147,7 +52,7 @@ def test_the_geometry_is_the_preset_converters_own_rounded_to_uint8(name, preset
     converter = keras_hub.layers.ImageConverter.from_preset(presets[name])
     for path in sorted(pictures.iterdir()):
         ours = decode_image(path.read_bytes(), spec.preprocessing)
-        theirs = np.asarray(converter.resizing(_pixels(path)[None]))[0]
+        theirs = np.asarray(converter.resizing(pixels_of(path)[None]))[0]
         np.testing.assert_array_equal(ours, np.clip(np.floor(theirs + 0.5), 0, 255).astype(np.uint8),
                                       err_msg=path.name)
         normalised = spec.preprocessing.normalize(tf.constant(ours[None])).numpy()
@@ -172,7 +77,7 @@ def test_features_through_the_pipeline_equal_keras_hubs_model_on_its_own_preproc
     exact = [r for r in records if r.key.endswith(".png")]
     assert len(exact) == 4
     for record in exact:  # the same pixels in: the same vectors out
-        expected = _keras_hub_vectors(presets[name], _pixels(record.key))
+        expected = _keras_hub_vectors(presets[name], pixels_of(record.key))
         for layer in layers:
             scale = max(1.0, float(np.abs(expected[layer]).max()))
             np.testing.assert_allclose(record.vectors[layer], expected[layer], atol=1e-4 * scale, rtol=0,
@@ -271,22 +176,12 @@ def test_what_featurebeam_cannot_embed_is_one_line_at_launch(handle, message, pr
 
 
 @pytest.mark.slow
-def test_a_head_trained_on_preset_features_serves_raw_images_as_backbone_then_head(presets, sample_photos,
-                                                                                   tmp_path):
+def test_a_head_trained_on_preset_features_serves_raw_images_as_backbone_then_head(presets, labelled, tmp_path):
     """extract -> train -> the serving model: on the PNGs' bytes it gives what the preset's model (on
     featurebeam's decoding) and the trained head give computed apart; its geometry is TensorFlow's own resize in
     both places (here bilinear, antialiased, down from 96x72 crops of two photos)."""
     import keras
     import tensorflow as tf
-    from PIL import Image
-
-    labelled = tmp_path / "labelled"
-    for name, data in sample_photos.items():
-        (labelled / name[:-4]).mkdir(parents=True)
-        photo = Image.open(io.BytesIO(data)).convert("RGB")
-        for i in range(12):
-            left, top = 20 * i, 15 * (i % 5)
-            photo.crop((left, top, left + 96, top + 72)).save(labelled / name[:-4] / f"{i:02d}.png")
 
     from pipeline.backbones.registry import resolve_backbone
     from pipeline.train.config import TrainConfig
@@ -308,46 +203,3 @@ def test_a_head_trained_on_preset_features_serves_raw_images_as_backbone_then_he
     served = serving.signatures["serving_default"](image_bytes=tf.constant(raw))
     np.testing.assert_allclose(served["probabilities"].numpy(), apart, atol=1e-5)
     assert [b.decode() for b in served["label"].numpy()] == [report["classes"][i] for i in apart.argmax(1)]
-
-
-TEXTS = ["The cat.", "a photo of a dog!", "THE   DOG", "", "café", "a photo of the cat of the dog of the cat of a dog"]
-
-
-def test_the_text_towers_tokens_are_keras_hubs_own_with_its_start_and_end_tokens(presets):
-    """Featurebeam's tokenizer JSON (what the workers run) against KerasHub's CLIPTokenizer on the same texts,
-    and cut as KerasHub's preprocessor cuts them: at the text tower's sequence length, end token kept."""
-    from tokenizers import Tokenizer
-
-    from pipeline.backbones.registry import resolve_backbone
-
-    spec = resolve_backbone(f"hub:{presets['clip']}", tower="text")
-    assert spec.modality == "text" and spec.preprocessing.max_length == 12
-    ours = Tokenizer.from_str(spec.read_asset("tokenizer").decode("utf-8"))
-    ours.enable_truncation(spec.preprocessing.max_length)
-    theirs = clip_tokenizer()
-    for text in TEXTS:
-        expected = [theirs.start_token_id, *np.asarray(theirs(text)).tolist()][:11] + [theirs.end_token_id]
-        assert ours.encode(text).ids == expected, text
-
-
-@pytest.mark.slow
-def test_texts_through_the_pipeline_equal_keras_hubs_text_embeddings(presets, tmp_path):
-    import json
-
-    texts = tmp_path / "texts.jsonl"
-    texts.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
-    out = str(tmp_path / "features")
-    assert main(["extract", "--input", str(texts), "--output", out, "--backbone", f"hub:{presets['clip']}",
-                 "--tower", "text", "--layer", "text_embedding", "--layer", "pooled", *IN_PROCESS]) == 0
-    manifest = read_manifest(out)
-    assert manifest.backbone["modality"] == "text" and manifest.backbone["options"]["tower"] == "text"
-    records = {int(r.key.rsplit("=", 1)[1]): r for p in shard_paths(out, manifest)
-               for r in read_records(p, manifest.outputs)}
-    backbone, tokenizer = keras_hub.models.Backbone.from_preset(presets["clip"]), clip_tokenizer()
-    packer = keras_hub.layers.StartEndPacker(12, tokenizer.start_token_id, tokenizer.end_token_id, pad_value=0)
-    ids = np.asarray(packer([np.asarray(tokenizer(t)).tolist() for t in TEXTS]))
-    embeddings = np.asarray(backbone.get_text_embeddings(ids))
-    pooled = np.asarray(backbone.text_pooler(backbone.text_encoder({"token_ids": ids}), ids))
-    for i in range(len(TEXTS)):
-        np.testing.assert_allclose(records[i].vectors["text_embedding"], embeddings[i], atol=1e-5, err_msg=TEXTS[i])
-        np.testing.assert_allclose(records[i].vectors["pooled"], pooled[i], atol=1e-5, err_msg=TEXTS[i])

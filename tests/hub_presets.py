@@ -1,6 +1,7 @@
 """Tiny KerasHub presets for the tests of ``hub:`` backbones: randomly initialised CLIP (with a small tokenizer),
 DINOv2 (with register tokens) and ViT, of 32x32 images, saved as KerasHub saves presets (``save_to_preset``): no
-download is possible offline. The fixtures that save them are in ``tests/pipeline/backbones/conftest.py``."""
+download is possible offline. And a small BERT with its WordPiece tokenizer. The fixtures that save them are in
+``tests/pipeline/backbones/conftest.py``."""
 
 from __future__ import annotations
 
@@ -63,7 +64,18 @@ def tiny_vit():
     return backbone, keras_hub.layers.ViTImageConverter(image_size=(SIZE, SIZE), scale=1 / 127.5, offset=-1)
 
 
-MAKERS = {"clip": tiny_clip, "dinov2": tiny_dinov2, "vit": tiny_vit}
+def tiny_bert():
+    """A small uncased BERT and its WordPiece tokenizer (KerasHub's defaults: lower case, accents kept)."""
+    vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "dog", "a", "photo", "of", "!", ".",
+                  ",", "'", "t", "s", "don", "caf", "##e", "##é", "東", "京", "st", "##ra", "##ss", "##e", "is", "big"]
+    tokenizer = keras_hub.models.BertTokenizer(vocabulary=vocabulary, lowercase=True)
+    backbone = keras_hub.models.BertBackbone(vocabulary_size=len(vocabulary), num_layers=2, num_heads=2,
+                                             hidden_dim=16, intermediate_dim=32, max_sequence_length=12)
+    return backbone, tokenizer
+
+
+MAKERS = {"clip": tiny_clip, "dinov2": tiny_dinov2, "vit": tiny_vit, "bert": tiny_bert}  # (backbone, preprocessing)
+IMAGE_PRESETS = ("clip", "dinov2", "vit")
 
 
 def pixels_of(path) -> np.ndarray:

@@ -22,16 +22,14 @@ __all__ = ["ZERO_SHOT", "DEFAULT_TEMPLATES", "check_zero_shot", "class_embedding
 ZERO_SHOT = "zero_shot"
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 EMBEDDING_LAYER = "image_embedding"
+CLIP = "CLIPBackbone"  # the presets with an image and a text tower in one space
 
 
 def check_zero_shot(backbone: Mapping, output, classes: Sequence[str], templates: Sequence[str],
                     labels: Sequence[str]) -> None:
     """One line for features a zero-shot head cannot score, or class names and templates it cannot use."""
-    from pipeline.backbones.hub.text_towers import TEXT_TOWERS
-
     options = backbone.get("options") or {}
-    if options.get("kind") != "hub" or options.get("class_name") not in TEXT_TOWERS \
-            or options.get("tower", "image") != "image":
+    if options.get("kind") != "hub" or options.get("class_name") != CLIP or options.get("tower", "image") != "image":
         raise FeatureSetError(f"--zero-shot needs image features of a hub: preset with a text tower (CLIP, e.g. "
                               f"--backbone hub:clip_vit_base_patch32); these come from {backbone.get('name')}")
     if output.layer != EMBEDDING_LAYER:
@@ -57,7 +55,7 @@ def class_embeddings(spec, classes: Sequence[str], templates: Sequence[str]) -> 
 
     with unpacked_preset(spec) as directory:
         backbone = keras_hub.models.Backbone.from_preset(directory)
-        tokenizer = Tokenizer.from_str(tokenizer_json(directory))
+        tokenizer = Tokenizer.from_str(tokenizer_json(directory, CLIP))
     length = sequence_length(backbone)
     tokenizer.enable_truncation(length)
     prompts = [template.format(name) for name in classes for template in templates]

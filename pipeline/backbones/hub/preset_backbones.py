@@ -2,8 +2,9 @@
 
 The image tower's preprocessing is the preset's image converter (``image_towers.converter_preprocessing``): its
 geometry runs on the workers to uint8, its scale and offset in the graph. The text tower's is the preset's
-tokenizer (``text_towers.tokenizer_json``), run on the workers to token ids. The preset directory travels as one
-reproducible tar, hashed and staged like the weights of any other backbone; a worker rebuilds the preset from it.
+tokenizer (``text_towers.tokenizer_json``: CLIP's, BERT's), run on the workers to token ids. The preset directory
+travels as one reproducible tar, hashed and staged like the weights of any other backbone; a worker rebuilds the
+preset from it.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ def resolve(handle: str, tower: str = "image") -> BackboneSpec:
     if tower == "image" and not os.path.isfile(os.path.join(directory, presets.IMAGE_CONVERTER_FILE)):
         raise UnknownBackboneError(f"preset {handle} has no {presets.IMAGE_CONVERTER_FILE}: its preprocessing is "
                                    "unknown (save the preset's image converter with it)")
+    if tower == "text" and not presets.has_tokenizer(directory):
+        raise UnknownBackboneError(f"preset {handle} has no tokenizer: its text preprocessing is unknown (save the "
+                                   "preset's tokenizer with it)")
     try:
         backbone = keras_hub.models.Backbone.from_preset(directory, load_weights=False)
         described = _image_side(backbone, directory, handle) if tower == "image" else _text_side(backbone, directory)
@@ -77,16 +81,15 @@ def _image_side(backbone, directory: str, handle: str):
 
 
 def _text_side(backbone, directory: str):
-    if not os.path.isfile(os.path.join(directory, "tokenizer.json")):
-        raise UnknownBackboneError(f"preset {directory} has no tokenizer.json: its text preprocessing is unknown "
-                                   "(save the preset's tokenizer with it)")
+    class_name = type(backbone).__name__
     handle, path = tempfile.mkstemp(prefix="featurebeam-tokenizer-", suffix=".json")
     with os.fdopen(handle, "w", encoding="utf-8") as f:
-        f.write(tokenizer_json(directory))
-    tower = text_tower(backbone)
-    table = {name: tuple(int(d) for d in output.shape[1:]) for name, output in tower.output.items()}
-    return (TextPreprocessing(max_length=sequence_length(backbone)), table, "text_embedding",
-            {"tokenizer": (path, sha256_of(path))}, "its tokenizer's (byte-level BPE, start and end tokens)")
+        f.write(tokenizer_json(directory, class_name))
+    length = sequence_length(backbone)
+    table = {name: tuple(length if d is None else int(d) for d in output.shape[1:])
+             for name, output in text_tower(backbone).output.items()}
+    return (TextPreprocessing(max_length=length), table, TEXT_TOWERS[class_name].default,
+            {"tokenizer": (path, sha256_of(path))}, f"its tokenizer's ({class_name.replace('Backbone', '')})")
 
 
 @contextlib.contextmanager

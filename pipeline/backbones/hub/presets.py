@@ -1,14 +1,14 @@
 """A KerasHub preset, resolved once at launch to a local preset directory.
 
-A handle is a preset directory (local, ``gs://``, ``s3://``), or anything ``keras_hub`` loads by itself: a
-built-in preset name (``clip_vit_base_patch32``), ``kaggle://OWNER/MODEL/keras/VARIANT`` or ``hf://OWNER/NAME``.
+A handle is a preset directory (local, ``gs://``, ``s3://``; KerasHub's own format, or a Hugging Face checkpoint
+that KerasHub converts), or anything ``keras_hub`` loads by itself: a built-in preset name
+(``clip_vit_base_patch32``), ``kaggle://OWNER/MODEL/keras/VARIANT`` or ``hf://OWNER/NAME``.
 Those are downloaded here, by KerasHub, and saved as a preset directory (``save_to_preset``); the directory then
 travels as one tar hashed at launch (``pipeline.backbones.packing``): workers never contact a hub.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 
@@ -16,7 +16,7 @@ from pipeline.backbones.spec import BackboneUnavailableError, UnknownBackboneErr
 from transforms.worker.storage import is_remote
 
 __all__ = ["HUB_PREFIX", "CONFIG_FILE", "IMAGE_CONVERTER_FILE", "local_preset",
-           "preset_class", "download_preset", "backbone_files", "require_keras_hub", "first_line"]
+           "preset_class", "has_tokenizer", "download_preset", "backbone_files", "require_keras_hub", "first_line"]
 
 HUB_PREFIX = "hub:"
 CONFIG_FILE = "config.json"               # the backbone's architecture (every preset has one)
@@ -94,13 +94,22 @@ def _copy_remote(uri: str) -> str:
 
 
 def preset_class(directory: str) -> str:
-    """The backbone class a preset's ``config.json`` names (``CLIPBackbone``), read without KerasHub."""
+    """The backbone class of a local preset, as KerasHub's own loader names it: a KerasHub preset's
+    ``config.json`` says it, a Hugging Face checkpoint's architecture maps to it (BERT, ViT, ...)."""
+    require_keras_hub()
+    from keras_hub.src.utils.preset_utils import get_preset_loader
+
     try:
-        with open(os.path.join(directory, CONFIG_FILE)) as f:
-            config = json.load(f)
-        return str(config["class_name"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UnknownBackboneError(f"{directory}/{CONFIG_FILE} names no KerasHub backbone class ({e})") from None
+        return get_preset_loader(directory).check_backbone_class().__name__
+    except Exception as e:
+        raise UnknownBackboneError(f"{directory} names no backbone class KerasHub knows: {type(e).__name__}: "
+                                   f"{first_line(e)}") from None
+
+
+def has_tokenizer(directory: str) -> bool:
+    """Whether a local preset holds a tokenizer (KerasHub's ``tokenizer.json``, or a Hugging Face checkpoint's
+    vocabulary)."""
+    return any(os.path.isfile(os.path.join(directory, name)) for name in ("tokenizer.json", "vocab.txt"))
 
 
 def first_line(error: BaseException) -> str:

@@ -18,10 +18,10 @@ def presets(tmp_path_factory):
     folders = {}
     for seed, (name, make) in enumerate(MAKERS.items()):
         keras.utils.set_random_seed(seed)
-        backbone, converter = make()
+        backbone, preprocessing = make()  # an image converter, or a text model's tokenizer
         folders[name] = str(root / name)
         backbone.save_to_preset(folders[name])
-        converter.save_to_preset(folders[name])
+        preprocessing.save_to_preset(folders[name])
     clip_tokenizer().save_to_preset(folders["clip"])
     return folders
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from pipeline.cli import main
-from tests.hub_presets import MAKERS, SIZE, keras_hub, pixels_of
+from tests.hub_presets import IMAGE_PRESETS, SIZE, keras_hub, pixels_of
 from transforms.decode.images import decode_image
 from transforms.schema.example import read_records
 from transforms.schema.manifest import read_manifest, shard_paths
@@ -39,7 +39,7 @@ def _keras_hub_vectors(directory: str, pixels: np.ndarray) -> dict[str, np.ndarr
     return {name: np.asarray(v)[0] for name, v in vectors.items()}
 
 
-@pytest.mark.parametrize("name", sorted(MAKERS))
+@pytest.mark.parametrize("name", IMAGE_PRESETS)
 def test_the_geometry_is_the_preset_converters_own_rounded_to_uint8(name, presets, pictures):
     """Every picture, square or not, larger or smaller: decoded by featurebeam, it equals KerasHub's converter's
     resize (Keras' ``Resizing``, crop to the aspect ratio) rounded to uint8, and the in-graph arithmetic equals
@@ -60,7 +60,7 @@ def test_the_geometry_is_the_preset_converters_own_rounded_to_uint8(name, preset
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(MAKERS))
+@pytest.mark.parametrize("name", IMAGE_PRESETS)
 def test_features_through_the_pipeline_equal_keras_hubs_model_on_its_own_preprocessing(name, presets, pictures,
                                                                                         tmp_path):
     from pipeline.backbones.registry import resolve_backbone

@@ -36,7 +36,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["TokenizerPlan", "plan_tokenizer", "graph_tokenizer", "KEEP", "SET_APART", "LOOK_UP"]
+__all__ = ["TokenizerPlan", "plan_tokenizer", "graph_tokenizer", "unsupported", "UnsupportedTokenizerError", "KEEP",
+           "SET_APART", "LOOK_UP"]
 
 KEEP, SET_APART, LOOK_UP = 0, 1, 2  # what a code point becomes: itself, " itself ", its entry in the table
 _UNICODE_SIZE = 0x110000
@@ -67,17 +68,45 @@ class TokenizerPlan:
     after: tuple[int, ...]
 
 
+class UnsupportedTokenizerError(ValueError):
+    """A ``tokenizer.json`` the graph tokenizer cannot run (another model than WordPiece, say); the message says
+    what."""
+
+
+def unsupported(tokenizer_json: str) -> str | None:
+    """Why the graph tokenizer cannot run ``tokenizer_json``, or None when it can (quick: no plan is made)."""
+    from tokenizers import Tokenizer
+
+    try:
+        _check_supported(json.loads(tokenizer_json))
+        normalizer = Tokenizer.from_str(tokenizer_json).normalizer
+        _check_drops_controls([cp for cp in range(1, 32) if normalizer.normalize_str(chr(cp)) == ""],
+                              json.loads(tokenizer_json))
+    except UnsupportedTokenizerError as e:
+        return str(e)
+    return None
+
+
+def _check_drops_controls(dropped: list[int], config: dict) -> None:
+    if len(dropped) <= len(config.get("added_tokens", [])):
+        raise UnsupportedTokenizerError(
+            "tokenizer.json: its normalizer keeps control characters; the graph tokenizer needs "
+            f"{len(config.get('added_tokens', [])) + 1} it drops")
+
+
 def _check_supported(config: dict) -> None:
-    kinds = {"normalizer": "BertNormalizer", "pre_tokenizer": "BertPreTokenizer", "model": "WordPiece",
+    kinds = {"model": "WordPiece", "normalizer": "BertNormalizer", "pre_tokenizer": "BertPreTokenizer",
              "post_processor": "TemplateProcessing"}
     for part, kind in kinds.items():
         found = (config.get(part) or {}).get("type")
         if found != kind:
-            raise ValueError(f"tokenizer.json: {part} is {found}; the graph tokenizer supports {kind} only")
+            raise UnsupportedTokenizerError(f"tokenizer.json: {part} is {found}; the graph tokenizer supports {kind} "
+                                            "only")
     for token in config.get("added_tokens", []):
         if token.get("normalized") or token.get("lstrip") or token.get("rstrip") or token.get("single_word"):
-            raise ValueError(f"tokenizer.json: added token {token['content']!r} is matched after normalisation or "
-                             "with stripping; the graph tokenizer matches added tokens as written only")
+            raise UnsupportedTokenizerError(f"tokenizer.json: added token {token['content']!r} is matched after "
+                                            "normalisation or with stripping; the graph tokenizer matches added "
+                                            "tokens as written only")
 
 
 def _template(post_processor: dict) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -116,10 +145,8 @@ def plan_tokenizer(tokenizer_json: str) -> TokenizerPlan:
     texts = _code_point_texts(tokenizer.normalizer, tokenizer.pre_tokenizer)
     vocabulary = dict(config["model"]["vocab"])
     dropped = [cp for cp in range(1, 32) if texts[cp] == ""]
+    _check_drops_controls(dropped, config)
     added = sorted((token["content"] for token in config.get("added_tokens", [])), key=len, reverse=True)
-    if len(dropped) <= len(added):
-        raise ValueError("tokenizer.json: its normalizer keeps control characters; the graph tokenizer needs "
-                         f"{len(added) + 1} it drops")
     specials = {token: chr(cp) for token, cp in zip(added, dropped, strict=False)}
     for token, char in specials.items():
         texts[ord(char)] = f" {char} "

@@ -33,7 +33,17 @@ from collections.abc import Sequence
 
 from transforms.schema.fields import OutputSpec
 
-__all__ = ["export_serving_model"]
+__all__ = ["export_serving_model", "unservable"]
+
+
+def unservable(backbone_spec) -> str | None:
+    """Why no serving model can take this backbone's raw inputs, or None: a text backbone whose tokenizer the
+    graph tokenizer cannot run (a byte-level BPE, as CLIP's)."""
+    if backbone_spec.modality != "text":
+        return None
+    from pipeline.serving.graph_tokenizer import unsupported
+
+    return unsupported(backbone_spec.read_asset("tokenizer").decode("utf-8"))
 
 
 def export_serving_model(path: str, backbone_spec, output: OutputSpec, head, classes: Sequence[str],

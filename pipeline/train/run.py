@@ -121,7 +121,7 @@ def train_into(config: TrainConfig, checked: Checked, folder: str, log=print) ->
     """Train and evaluate the heads and export the serving model into a local folder; returns the metrics."""
     import keras
 
-    from pipeline.serving.model import export_serving_model
+    from pipeline.serving.model import export_serving_model, unservable
 
     sources, test_sources, backbone = checked.sources, checked.test_sources, checked.backbone
     output = sources[0].output
@@ -146,9 +146,13 @@ def train_into(config: TrainConfig, checked: Checked, folder: str, log=print) ->
     best = max(report["heads"], key=lambda n: report["heads"][n]["splits"].get("validation", {}).get("accuracy", 0.0))
     report.update(classes=classes, best_head=best, seconds=round(time.monotonic() - checked.start, 2))
 
-    head = keras.saving.load_model(os.path.join(folder, "heads", best, "head.keras"), safe_mode=True)
-    export_serving_model(os.path.join(folder, "serving"), backbone, output, head, classes)
-    serving = "serving"
+    serving, reason = "serving", unservable(backbone)
+    if reason:  # the heads stand; predict needs features then, not raw inputs
+        log(f"featurebeam train: no serving model: {reason}")
+        serving = None
+    else:
+        head = keras.saving.load_model(os.path.join(folder, "heads", best, "head.keras"), safe_mode=True)
+        export_serving_model(os.path.join(folder, "serving"), backbone, output, head, classes)
     report["serving"] = serving
     model_spec = {"backbone": backbone.describe(), "preprocessing": dataclasses.asdict(backbone.preprocessing),
                   "output": output.to_json(), "classes": classes, "head": best, "serving": serving}

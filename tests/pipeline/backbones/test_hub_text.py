@@ -137,3 +137,23 @@ def test_keras_hubs_minilm_from_the_hugging_face_checkpoint_equals_featurebeams_
     assert 1e-4 < np.abs(converted - expected).max() < 1e-3 and (converted * expected).sum(1).min() > 0.99999
     monkeypatch.setattr(bert_backbone, "gelu_approximate", lambda x: keras.activations.gelu(x, approximate=False))
     np.testing.assert_allclose(sentences("exact-gelu"), expected, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_heads_on_a_bpe_text_tower_train_without_a_serving_model_and_say_why(presets, tmp_path, capsys):
+    """The graph tokenizer of serving models runs WordPiece only: heads on CLIP's text embeddings are trained and
+    written, the missing serving model is said in one line, and predict refuses the model directory in one."""
+    source = tmp_path / "texts.jsonl"
+    rows = [{"text": f"{word} {i}", "label": word} for word in ("cat", "dog") for i in range(10)]
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    features, model = str(tmp_path / "features"), str(tmp_path / "model")
+    assert main(["extract", "--input", str(source), "--output", features, "--backbone", f"hub:{presets['clip']}",
+                 "--tower", "text", *IN_PROCESS]) == 0
+    capsys.readouterr()
+    assert main(["train", "--features", features, "--output", model]) == 0
+    captured = capsys.readouterr()
+    assert "no serving model: tokenizer.json: model is BPE; the graph tokenizer supports WordPiece only" in captured.err
+    assert f"head {model}/heads/linear/head.keras" in captured.out
+    assert json.loads(open(f"{model}/model.json").read())["serving"] is None
+    assert main(["predict", "--model", model, "--input", str(source), "--output", str(tmp_path / "p")]) == 2
+    assert "has no serving model" in capsys.readouterr().err

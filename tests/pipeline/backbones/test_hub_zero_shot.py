@@ -58,6 +58,9 @@ def test_a_zero_shot_head_serves_and_predicts_clips_cosine_softmax_computed_apar
     got = np.array([[r["probabilities"][c] for c in classes] for r in exact])
     np.testing.assert_allclose(got, apart, atol=1e-4)
     assert [r["predicted"] for r in exact] == [classes[i] for i in apart.argmax(1)]
+    page = str(tmp_path / "report.html")
+    assert main(["report", features, "--model", model, "--html", page]) == 0  # a model like any other
+    assert "zero_shot" in open(page, encoding="utf-8").read()
 
 
 def test_zero_shot_needs_clip_image_embeddings_and_the_sets_labels(presets, tmp_path, capsys):

@@ -83,6 +83,9 @@ def check_finetune(config: FinetuneConfig) -> Checked:
     if backbone.modality != "image":
         raise ConfigError(f"backbone {backbone.name} is a {backbone.modality} backbone; finetune trains image "
                           "backbones")
+    if (backbone.options or {}).get("kind") == "hub":
+        raise ConfigError(f"backbone {backbone.name} is a KerasHub transformer; finetune cuts convolutional backbones "
+                          "between feature maps: train heads on its features instead")
     layer = backbone.default_layer
     output = OutputSpec(layer, layer, "avg", pooled_dim(backbone.layer_shapes[layer], "avg"))
     head, head_classes = None, ()

@@ -203,3 +203,11 @@ def test_a_head_trained_on_preset_features_serves_raw_images_as_backbone_then_he
     served = serving.signatures["serving_default"](image_bytes=tf.constant(raw))
     np.testing.assert_allclose(served["probabilities"].numpy(), apart, atol=1e-5)
     assert [b.decode() for b in served["label"].numpy()] == [report["classes"][i] for i in apart.argmax(1)]
+
+
+def test_finetune_refuses_a_preset_in_one_line(presets, pictures, tmp_path, capsys):
+    assert main(["finetune", "--input", str(pictures), "--output", str(tmp_path / "m"), "--backbone",
+                 f"hub:{presets['vit']}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is a KerasHub transformer; finetune cuts convolutional backbones" in err
+    assert not (tmp_path / "m").exists()

@@ -21,6 +21,7 @@ __all__ = ["HUB_PREFIX", "CONFIG_FILE", "IMAGE_CONVERTER_FILE", "local_preset",
 HUB_PREFIX = "hub:"
 CONFIG_FILE = "config.json"               # the backbone's architecture (every preset has one)
 IMAGE_CONVERTER_FILE = "image_converter.json"
+OBJECT_STORES = ("gs", "s3")  # a preset directory there is copied; kaggle://, hf://, ... are KerasHub's to fetch
 TASK_FILES = ("task.json", "task.weights")  # a task's head (a classifier's), left out of the backbone's artifact
 
 
@@ -37,7 +38,7 @@ def require_keras_hub():
 
 def local_preset(handle: str) -> str:
     """A local preset directory for ``handle``: itself, a copy of a remote one, or KerasHub's download saved."""
-    if is_remote(handle):
+    if is_remote(handle) and handle.split("://", 1)[0].lower() in OBJECT_STORES:
         return _copy_remote(handle)
     if os.path.isdir(handle):
         if not os.path.isfile(os.path.join(handle, CONFIG_FILE)):
@@ -53,8 +54,12 @@ def download_preset(handle: str) -> str:
     its cache: its backbone and, where the preset has them, its image converter and tokenizer are fetched by
     loading them (a preset's files never change, so the directory packs to the same hash at every launch)."""
     keras_hub = require_keras_hub()
-    from keras_hub.src.utils.preset_utils import get_file
+    from keras_hub.src.utils.preset_utils import BUILTIN_PRESETS, get_file
 
+    if "://" not in handle and handle not in BUILTIN_PRESETS:
+        raise BackboneUnavailableError(f"no KerasHub preset is named {handle!r} (keras-hub {keras_hub.__version__}); "
+                                       "give a preset name it lists, a kaggle:// or hf:// handle, or a preset "
+                                       "directory")
     try:
         keras_hub.models.Backbone.from_preset(handle)
     except Exception as e:

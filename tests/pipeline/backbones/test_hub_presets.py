@@ -150,6 +150,8 @@ def test_a_preset_name_is_downloaded_by_keras_hub_at_launch_and_packed_from_its_
     assert {path for _, path in fetched} >= {"config.json", "model.weights.h5", "image_converter.json"}
     assert spec.name == "hub:clip_vit_base_patch32" and spec.layer_shapes["image_embedding"] == (12,)
     assert spec.weights_sha256 == resolve_backbone("hub:clip_vit_base_patch32").weights_sha256
+    handle = "kaggle://keras/clip/keras/clip_vit_base_patch32/2"  # the handle itself: KerasHub's to fetch too
+    assert resolve_backbone(f"hub:{handle}").weights_sha256 == spec.weights_sha256
 
 
 @pytest.mark.parametrize("handle, message", [
@@ -157,6 +159,7 @@ def test_a_preset_name_is_downloaded_by_keras_hub_at_launch_and_packed_from_its_
     ("{no_converter}", "has no image_converter.json: its preprocessing is unknown"),
     ("{missing}/nothing-here", "does not exist"),
     ("{empty}", "is not a KerasHub preset directory (it has no config.json)"),
+    ("clip_vit_base_patch1024", "no KerasHub preset is named 'clip_vit_base_patch1024'"),
 ])
 def test_what_featurebeam_cannot_embed_is_one_line_at_launch(handle, message, presets, tmp_path, capsys):
     import keras

@@ -42,7 +42,8 @@ def resolve_backbone(name: str, weights: str | None = None, preprocessing: str |
                                    f"{', '.join(PREPROCESSING_MODES)}")
     if name.startswith(HUB_PREFIX):
         if weights is not None or preprocessing is not None or not fold_batchnorm:
-            raise UnknownBackboneError(f"{name} brings its weights and its preprocessing (its image converter); "
+            raise UnknownBackboneError(f"{name} brings its weights and its preprocessing (its image converter or "
+                                       "tokenizer); "
                                        "--weights, --preprocessing and --no-fold-batchnorm are for keras: backbones "
                                        "and model files")
         return preset_backbones.resolve(name[len(HUB_PREFIX):], tower or "image")

@@ -10,6 +10,7 @@ import argparse
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipeline.backbones.hub.presets import TOWERS
 from pipeline.extract.embedding import add_embedding_flags
 from transforms.embed.pooling import POOLINGS
 from transforms.read.input_specs import FORMATS
@@ -89,7 +90,7 @@ def _backbone_flags(parser) -> None:
                         help="mobilenet_v2 (default), efficientnet_lite0, minilm_l6 (text), keras:NAME for any "
                              "keras.applications model, hub:PRESET for a KerasHub preset (a name, kaggle://, hf:// "
                              "or a preset directory), or a .keras/.h5 model file (local or gs://)")
-    parser.add_argument("--tower", choices=("image", "text"), default=None,
+    parser.add_argument("--tower", choices=TOWERS, default=None,
                         help="hub: presets with an image and a text tower (CLIP): which one embeds the inputs "
                              "(default: image)")
     parser.add_argument("--weights", metavar="PATH",

@@ -77,11 +77,11 @@ def unsupported(tokenizer_json: str) -> str | None:
     """Why the graph tokenizer cannot run ``tokenizer_json``, or None when it can (quick: no plan is made)."""
     from tokenizers import Tokenizer
 
+    config = json.loads(tokenizer_json)
     try:
-        _check_supported(json.loads(tokenizer_json))
+        _check_supported(config)
         normalizer = Tokenizer.from_str(tokenizer_json).normalizer
-        _check_drops_controls([cp for cp in range(1, 32) if normalizer.normalize_str(chr(cp)) == ""],
-                              json.loads(tokenizer_json))
+        _check_drops_controls([cp for cp in range(1, 32) if normalizer.normalize_str(chr(cp)) == ""], config)
     except UnsupportedTokenizerError as e:
         return str(e)
     return None

@@ -139,6 +139,7 @@ def cmd_bench(argv: Sequence[str]) -> int:
 
 
 def layers_parser() -> argparse.ArgumentParser:
+    from pipeline.backbones.hub.presets import TOWERS
     from pipeline.backbones.registry import available_backbones
     from transforms.embed.pooling import POOLINGS
 
@@ -148,7 +149,7 @@ def layers_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backbone", default="mobilenet_v2",
                         help=f"one of {', '.join(available_backbones())}, keras:NAME, hub:PRESET, or a .keras/.h5 "
                              "model file")
-    parser.add_argument("--tower", choices=("image", "text"), default=None,
+    parser.add_argument("--tower", choices=TOWERS, default=None,
                         help="hub: presets with an image and a text tower (CLIP): which one (default: image)")
     parser.add_argument("--weights", metavar="PATH", help="keras:NAME backbones: a .weights.h5 of that architecture")
     parser.add_argument("--preprocessing", choices=("tf", "torch", "caffe", "raw"), default=None)

@@ -22,9 +22,7 @@ from pipeline.backbones.spec import BackboneSpec, BackboneUnavailableError, Unkn
 from pipeline.backbones.uint8_input import with_uint8_input
 from transforms.decode.tokenize import TextPreprocessing
 
-__all__ = ["TOWER_CHOICES", "resolve", "build", "unpacked_preset", "load_preset"]
-
-TOWER_CHOICES = ("image", "text")
+__all__ = ["resolve", "build", "unpacked_preset", "load_preset"]
 
 
 def resolve(handle: str, tower: str = "image") -> BackboneSpec:
@@ -118,10 +116,12 @@ def build(spec: BackboneSpec, layers: tuple):
     backbone = load_preset(spec)
     if spec.modality == "text":
         tower = text_tower(backbone)
-        core = keras.Model(tower.inputs, {layer: tower.output[layer] for layer in layers})
-        core.trainable = False
-        return core
-    tower = image_tower(backbone)
-    core = keras.Model(tower.images, {layer: tower.outputs[layer] for layer in layers})
+        inputs, outputs = tower.inputs, tower.output
+    else:
+        tower = image_tower(backbone)
+        inputs, outputs = tower.images, tower.outputs
+    core = keras.Model(inputs, {layer: outputs[layer] for layer in layers})
     core.trainable = False
+    if spec.modality == "text":
+        return core
     return with_uint8_input(spec.preprocessing, spec.name, lambda normalised: core(normalised, training=False))

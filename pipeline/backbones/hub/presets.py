@@ -15,12 +15,13 @@ import tempfile
 from pipeline.backbones.spec import BackboneUnavailableError, UnknownBackboneError
 from transforms.worker.storage import is_remote
 
-__all__ = ["HUB_PREFIX", "CONFIG_FILE", "IMAGE_CONVERTER_FILE", "local_preset",
+__all__ = ["HUB_PREFIX", "TOWERS", "CONFIG_FILE", "IMAGE_CONVERTER_FILE", "local_preset",
            "preset_class", "has_tokenizer", "download_preset", "backbone_files", "require_keras_hub", "first_line"]
 
 HUB_PREFIX = "hub:"
 CONFIG_FILE = "config.json"               # the backbone's architecture (every preset has one)
 IMAGE_CONVERTER_FILE = "image_converter.json"
+TOWERS = ("image", "text")  # --tower: which tower of a preset embeds the inputs
 OBJECT_STORES = ("gs", "s3")  # a preset directory there is copied; kaggle://, hf://, ... are KerasHub's to fetch
 TASK_FILES = ("task.json", "task.weights")  # a task's head (a classifier's), left out of the backbone's artifact
 

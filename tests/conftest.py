@@ -7,6 +7,7 @@ import io
 import os
 import pathlib
 import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from tests import object_storage
 from tests.tiers import *  # noqa: F403  (the tiers' hooks and fixtures)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("FEATUREBEAM_CACHE_DIR", tempfile.mkdtemp(prefix="featurebeam-cache-"))  # not the user's
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

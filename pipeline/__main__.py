@@ -1,5 +1,5 @@
 import sys
 
-from pipeline.cli import main
+from pipeline.cli import run
 
-sys.exit(main())
+sys.exit(run())

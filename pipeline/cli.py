@@ -24,10 +24,11 @@ import os
 import sys
 from collections.abc import Sequence
 
+from pipeline import process_exit  # first: its exit handler runs after every other one
 from pipeline.errors import ConfigError, UsageError
 from pipeline.logs import quiet_beam
 
-__all__ = ["main", "COMMANDS"]
+__all__ = ["main", "run", "COMMANDS"]
 
 # name: (module, function, what it does)
 COMMANDS = {
@@ -57,6 +58,14 @@ def usage() -> str:
     lines = [f"  {name:<8} {about}" for name, (_, _, about) in COMMANDS.items()]
     return (f"usage: featurebeam {{{','.join(COMMANDS)}}} ...\n\n" + "\n".join(lines) +
             "\n\nRun 'featurebeam COMMAND --help' for a command's options.")
+
+
+def run() -> int:
+    """The ``featurebeam`` command: ``main`` on this process's arguments; the process then leaves without tearing
+    every module down (``pipeline.process_exit``)."""
+    code = main()
+    process_exit.leave_with(code)
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

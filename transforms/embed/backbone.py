@@ -27,6 +27,7 @@ from transforms.embed.protocol import Backbone
 from transforms.embed.settings import EmbedSettings
 from transforms.schema.elements import METRICS_NAMESPACE
 from transforms.worker.cpu import use_onednn
+from transforms.worker.lean_import import import_tensorflow
 from transforms.worker.process import ready_process
 
 __all__ = ["BackboneHandler", "LoadedBackbone", "configure_tensorflow_threads", "use_gpu_memory_growth"]
@@ -110,8 +111,7 @@ class BackboneHandler(ModelHandler[np.ndarray, PredictionResult, LoadedBackbone]
     def load_model(self) -> LoadedBackbone:
         use_onednn(self._settings.onednn)  # read by TensorFlow when this process first imports it
         ready_process()
-        import tensorflow as tf
-
+        tf = import_tensorflow()
         configure_tensorflow_threads(self._settings.threads)
         gpus = use_gpu_memory_growth()
         outputs = self._settings.outputs

@@ -30,7 +30,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.extract.config import ExtractConfig
-from pipeline.extract.launch import prepare_output
+from pipeline.extract.launch import EarlierRun, prepare_output
 from pipeline.extract.lease import OutputLease
 from pipeline.extract.progress import ProgressLine, rate_unit
 from pipeline.extract.runtime import LOCAL_RUNNERS, runner_name
@@ -38,6 +38,7 @@ from transforms.embed.extract import ExtractFeatures
 from transforms.keys.dedupe import CountRepeatedKeys, ResolveDuplicates
 from transforms.keys.done_keys import RETAINED, STALE, DropStaleRecords
 from transforms.keys.spill import clear_scratch, scratch_folder
+from transforms.keys.whole_containers import KEPT, KeepWholeContainers
 from transforms.read.sources import SKIPPED, ReadRecords, unit_keys
 from transforms.schema.elements import FAILED
 from transforms.schema.layout import ERRORS_DIR, FEATURES_DIR, shard_format
@@ -122,10 +123,10 @@ def _write_manifest(_, config: ExtractConfig, created: str, n_read, n_unreadable
     return path
 
 
-def _counted(pcoll, progress_dir, stage: str, weight=None):
+def _counted(pcoll, progress_dir, stage: str, weight=None, label: str | None = None):
     if not progress_dir:
         return pcoll
-    return pcoll | f"Progress: {stage}" >> beam.ParDo(CountProgress(progress_dir, stage, weight=weight))
+    return pcoll | f"Progress: {label or stage}" >> beam.ParDo(CountProgress(progress_dir, stage, weight=weight))
 
 
 def _records_in(unit) -> int:
@@ -133,23 +134,28 @@ def _records_in(unit) -> int:
 
 
 def build_extraction(p: beam.Pipeline, config: ExtractConfig, progress_dir: str | None = None,
-                     done_commits: tuple[str, ...] = ()) -> None:
+                     earlier: EarlierRun = EarlierRun()) -> None:
     """Add the whole extraction job to ``p``; with ``progress_dir``, its steps also report progress there.
 
-    ``done_commits``: commit records of an earlier run of the same job; each is verified on the workers, the
-    keys of those whose files check out are skipped, the others are retired and their inputs done again."""
-    verified, redone = None, None
-    if not done_commits:
+    ``earlier``: commit records of an earlier run of the same job; each is verified on the workers, the
+    keys of those whose files check out are skipped, the others are retired and their inputs done again (and
+    whether an update keeps unchanged containers whole)."""
+    verified, redone, keep_whole = None, None, None
+    if not earlier.commits:
         redone = p | "No earlier commits" >> beam.Create([])
     else:
+        verify = commit_checks.VerifyCommitFn(config.output, parse=not earlier.whole_containers)
         checked = (p
-                   | "Earlier commit records" >> beam.Create(list(done_commits))
+                   | "Earlier commit records" >> beam.Create(list(earlier.commits))
                    | "Spread checks over workers" >> beam.Reshuffle()
-                   | "Verify earlier commits" >> beam.ParDo(commit_checks.VerifyCommitFn(config.output)).with_outputs(
-                       commit_checks.REDONE, main="commits"))
+                   | "Verify earlier commits" >> beam.ParDo(verify).with_outputs(commit_checks.REDONE, main="commits"))
         verified, redone = checked.commits, checked[commit_checks.REDONE]
+        if earlier.whole_containers:
+            damaged = redone | "Count damaged commits" >> beam.combiners.Count.Globally()
+            keep_whole = KeepWholeContainers(config.output, verified, damaged)
     read = p | "Read records" >> ReadRecords(config.inputs, config.fields, config.chunk_bytes, verified,
-                                             scratch_folder(config.output, "resume"), config.keep_removed)
+                                             scratch_folder(config.output, "resume"), config.keep_removed, keep_whole)
+    kept_whole = read.get(KEPT) or (p | "No containers kept whole" >> beam.Create([]))
     if verified is None:
         dropped = p | "No stale records" >> beam.Create([])
         retained = p | "None retained" >> beam.Create([])
@@ -159,6 +165,8 @@ def build_extraction(p: beam.Pipeline, config: ExtractConfig, progress_dir: str 
     _counted(read["sources"], progress_dir, "listed")
     _counted(read["units"], progress_dir, "expected", weight=_records_in)  # inputs known once files are expanded
     _counted(read[SKIPPED], progress_dir, "skipped", weight=len)  # a tuple of keys per unit
+    for stage in ("expected", "skipped"):  # a record count per container kept whole
+        _counted(kept_whole, progress_dir, stage, weight=int, label=f"{stage} (kept whole)")
     records = _counted(read["records"], progress_dir, "read")
     extracted = records | "Extract features" >> ExtractFeatures(config.backbone, config.embed)
     _counted(extracted["embedded"], progress_dir, "embedded")
@@ -172,8 +180,8 @@ def build_extraction(p: beam.Pipeline, config: ExtractConfig, progress_dir: str 
     # Counted where they are produced: a Flatten of the records would make the runner materialise every payload.
     n_read = read["records"] | "Count records read" >> beam.combiners.Count.Globally()
     n_unreadable = read[FAILED] | "Count unreadable" >> beam.combiners.Count.Globally()
-    n_skipped = (read[SKIPPED]
-                 | "Skipped per unit" >> beam.Map(len)
+    n_skipped = ((read[SKIPPED] | "Skipped per unit" >> beam.Map(len), kept_whole)
+                 | "Skipped and kept whole" >> beam.Flatten()
                  | "Count skipped" >> beam.CombineGlobally(sum))
     repeated = ((read["records"] | "Keys read" >> beam.Map(lambda r: r.key),
                  read[FAILED] | "Keys unreadable" >> beam.Map(lambda f: f.key),
@@ -253,22 +261,22 @@ def run_extraction(config: ExtractConfig, options: PipelineOptions, progress: bo
 
     if options.view_as(TestOptions).dry_run or options.view_as(GoogleCloudOptions).template_location:
         launching = config.template_launch and not options.view_as(TestOptions).dry_run
-        done_commits = prepare_output(config) if launching else ()
+        earlier = prepare_output(config) if launching else EarlierRun()
         with beam.Pipeline(options=options) as p:
-            build_extraction(p, config, done_commits=done_commits)
+            build_extraction(p, config, earlier=earlier)
         return None
     with OutputLease(config.output, takeover=config.resume or config.update or config.overwrite, log=log), \
             _local_memory(runner_name(options) in LOCAL_RUNNERS):
-        done_commits = prepare_output(config)
+        earlier = prepare_output(config)
         if progress and runner_name(options) in LOCAL_RUNNERS:  # the workers share this machine
             with tempfile.TemporaryDirectory(prefix="featurebeam-progress-") as progress_dir:
                 unit = rate_unit(config.backbone.modality)
                 with ProgressLine(progress_dir, log_every=progress_every, unit=unit), \
                         beam.Pipeline(options=options) as p:
-                    build_extraction(p, config, progress_dir, done_commits)
+                    build_extraction(p, config, progress_dir, earlier)
         else:
             with beam.Pipeline(options=options) as p:
-                build_extraction(p, config, done_commits=done_commits)
+                build_extraction(p, config, earlier=earlier)
     manifest = read_manifest(config.output)
     counts = manifest.counts
     if counts["inputs"] + counts.get("retained", 0) != counts["embedded"] + counts["failed"] + counts.get(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+from typing import NamedTuple
 
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
@@ -43,7 +44,7 @@ from transforms.write import commit_checks
 from transforms.write.commit_format import current_commits
 from transforms.write.generations import delete_replaced, start_update, update_in_progress
 
-__all__ = ["configure", "prepare_output", "resolve_outputs"]
+__all__ = ["configure", "prepare_output", "resolve_outputs", "EarlierRun"]
 
 
 def configure(options: PipelineOptions) -> ExtractConfig:
@@ -102,7 +103,16 @@ def generation_to_make(config: ExtractConfig) -> int:
     return 1
 
 
-def prepare_output(config: ExtractConfig) -> tuple[str, ...]:
+class EarlierRun(NamedTuple):
+    """What a run builds on: the commit records of an earlier run of the same job (``--resume``, ``--update``), and
+    whether the update may keep unchanged containers whole (``transforms/keys/whole_containers.py``): it starts
+    from a published generation, not an interrupted update, and every commit of it has a sources file."""
+
+    commits: tuple[str, ...] = ()
+    whole_containers: bool = False
+
+
+def prepare_output(config: ExtractConfig) -> EarlierRun:
     """Ready OUTDIR for the run; returns the commit records to resume from (none for a fresh run).
 
     Fresh (``--overwrite``, or an empty OUTDIR): earlier outputs go, the run's settings are recorded.
@@ -115,8 +125,9 @@ def prepare_output(config: ExtractConfig) -> tuple[str, ...]:
             clear_previous_outputs(config.output)
         with FileSystems.create(FileSystems.join(config.output, RUN_NAME)) as f:
             f.write(json.dumps(run_settings(config), indent=2).encode("utf-8"))
-        return ()
+        return EarlierRun()
     done, unreadable = commit_checks.read_commit_records(config.output)
+    interrupted = update_in_progress(config.output) is not None
     if config.update:
         done = delete_replaced(config.output, config.generation - 1, done)
         start_update(config.output, config.generation)
@@ -125,7 +136,10 @@ def prepare_output(config: ExtractConfig) -> tuple[str, ...]:
              if not config.update and FileSystems.exists(FileSystems.join(config.output, name))]
     if leftovers or stale:
         FileSystems.delete(leftovers + stale)
-    return tuple(sorted([FileSystems.join(config.output, c.marker) for c in current_commits(done)] + unreadable))
+    current = current_commits(done)
+    whole = config.update and not interrupted and not unreadable and all(c.sources_sha256 for c in current)
+    return EarlierRun(tuple(sorted([FileSystems.join(config.output, c.marker) for c in current] + unreadable)),
+                      whole)
 
 
 def resolve_outputs(backbone: Backbone, layers: list[str], pooling: str, dtype: str = "float32",

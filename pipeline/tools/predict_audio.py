@@ -52,7 +52,7 @@ class VectorClassifier(ServingModelHandler):
 
 
 class ClassifyRecordings(beam.PTransform):
-    """Records -> ``{"classified": ((key, label, split, version), PredictionResult), "failed": Failure}``."""
+    """Records -> ``{"classified": ((key, label, split, version, source), PredictionResult), "failed": Failure}``."""
 
     def __init__(self, serving_path: str, prep: AudioPreprocessing, batch_size: int,
                  max_seconds: float = DEFAULT_MAX_AUDIO_SECONDS):

@@ -22,8 +22,9 @@ __all__ = ["ExtractFeatures"]
 
 
 class ExtractFeatures(beam.PTransform):
-    """Records -> ``{"embedded": ((key, label, split, version), {output: vector}), "failed": Failure}``, where
-    ``version`` is the record's source version (``transforms/read/versions.py``), which its commit records.
+    """Records -> ``{"embedded": ((key, label, split, version, source), {output: vector}), "failed": Failure}``,
+    where ``version`` is the record's source version (``transforms/read/versions.py``) and ``source`` the file it was
+    read from, which its commit records.
 
     1. decode each image to the backbone's fixed uint8 input, tokenise each text for a text backbone, or decode
        each recording to windows of 3-s patches of samples for an audio backbone (bad inputs go to ``failed``);
@@ -93,8 +94,8 @@ class _TokenizeKeepingSourceFn(TokenizeFn):
 
 
 class _KeepVectorsFn(WorkerDoFn):
-    """((key, label, split, version, source), PredictionResult) -> ((key, label, split, version), vectors), or a
-    ``Failure`` for an input the backbone failed on."""
+    """((key, label, split, version, source), PredictionResult) -> ((key, label, split, version, source), vectors),
+    or a ``Failure`` for an input the backbone failed on."""
 
     def process(self, element):
         (key, label, split, version, source), result = element
@@ -102,4 +103,4 @@ class _KeepVectorsFn(WorkerDoFn):
             yield beam.pvalue.TaggedOutput(FAILED, Failure(key, source, "embed", result.inference.error_type,
                                                            result.inference.message, version))
         else:
-            yield (key, label, split, version), result.inference
+            yield (key, label, split, version, source), result.inference

@@ -77,8 +77,8 @@ class _SplitWindowsFn(WorkerDoFn):
             yield beam.pvalue.TaggedOutput(FAILED, Failure(key, source, "embed", inference.error_type,
                                                            inference.message, version))
         else:
-            yield (key, label, split, version), {name: (v / position.n_patches).astype(np.float32)
-                                        for name, v in inference.items()}
+            yield (key, label, split, version, source), {name: (v / position.n_patches).astype(np.float32)
+                                                for name, v in inference.items()}
 
 
 class _PoolPartsFn(WorkerDoFn):
@@ -94,11 +94,11 @@ class _PoolPartsFn(WorkerDoFn):
             yield beam.pvalue.TaggedOutput(FAILED, Failure(key, source, "embed", pooled.error_type, pooled.message,
                                                            version))
         elif pooled is not None:
-            yield (key, label, split, version), pooled
+            yield (key, label, split, version, source), pooled
 
 
 class PoolRecordings(beam.PTransform):
-    """Embedded windows -> ``{"embedded": ((key, label, split, version), {output: mean vector}), "failed":
+    """Embedded windows -> ``{"embedded": ((key, label, split, version, source), {output: mean vector}), "failed":
     Failure}``."""
 
     def expand(self, windows):
@@ -128,7 +128,7 @@ class DecodeWindowsFn(DecodeAudioFn):
 
 
 class EmbedRecordings(beam.PTransform):
-    """Records -> ``{"embedded": ((key, label, split, version), {output: mean vector}), "failed": Failure}``:
+    """Records -> ``{"embedded": ((key, label, split, version, source), {output: mean vector}), "failed": Failure}``:
     each recording decoded in windows (``DecodeWindowsFn``), each window embedded by ``handler`` (a keyed
     ``ModelHandler`` whose inference for a window is ``{output: sum over its patches}``, batching ``batch_patches``
     patches at a time), the windows pooled (``PoolRecordings``). A window holds at most ``batch_patches`` patches,

@@ -158,7 +158,7 @@ class _DropCopiesFn(WorkerDoFn):
             key, label, split = keys[pos]
             yield beam.pvalue.TaggedOutput("conflicts", (key, (label, split)))
         dropped = [keys[pos][0] for pos in drop - conflicting]
-        commit_checks.drop_records(self._output, commit, drop, self._generation)
+        commit_checks.drop_records(self._output, commit, drop, self._generation, copies=True)
         yield 1, len(drop), min(dropped) if dropped else None
 
 

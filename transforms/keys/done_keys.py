@@ -90,7 +90,8 @@ class _WantedFn(WorkerDoFn):
 
 class _CommittedFn(WorkerDoFn):
     """(a verified earlier ``Commit``, its (key, version) entries) -> ``(bucket, pack)`` per bucket its keys fall
-    in, a pack's columns ``(COMMITTED, commit id, key fingerprints, key-and-version fingerprints, positions)``."""
+    in, a pack's columns ``(COMMITTED, commit id, key fingerprints, key-and-version fingerprints, positions)``; an
+    entry None stays out of the join (its container is kept whole: ``whole_containers.py``)."""
 
     def __init__(self, scratch: str):
         self._scratch = scratch
@@ -98,8 +99,9 @@ class _CommittedFn(WorkerDoFn):
     def process(self, verified):
         commit, entries = verified
         packs = Packs(columns=(FINGERPRINT, np.int32), rows=1 << 62)
-        for pos, (key, version) in enumerate(entries):
-            packs.add(fingerprint(key), version_fingerprint(key, version), pos)
+        for pos, entry in enumerate(entries):
+            if entry is not None:
+                packs.add(fingerprint(entry[0]), version_fingerprint(*entry), pos)
         for bucket, columns in packs.drain():
             yield bucket, spill(self._scratch, (_COMMITTED, commit.id.encode("ascii"), *columns))
 

@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms.keys import done_keys
+from transforms.keys import done_keys, whole_containers
 from transforms.keys.fingerprints import fingerprint
 from transforms.read import tables, tar_shards, tfrecords
 from transforms.read.files import lazy_file, open_regular, read_whole
@@ -224,11 +224,12 @@ class ReadRecords(beam.PTransform):
     the commits' stale records (their input changed, or is gone) come out as ``(commit id, (positions, changed,
     removed))`` decisions for ``done_keys.DropStaleRecords``; with ``keep_removed``, records whose input is gone
     stay, and ``"retained"`` counts them. The join keeps its scratch files in ``scratch`` (``done_keys.py``),
-    which it then needs."""
+    which it then needs. ``keep_whole`` (an update of a finished set): the listed containers it keeps whole are
+    neither read nor joined, and ``"kept"`` gives their record counts (``whole_containers.py``)."""
 
     def __init__(self, specs: Sequence[InputSpec], fields: InputFields = InputFields(),
                  chunk_bytes: int = DEFAULT_CHUNK_BYTES, done_commits=None, scratch: str | None = None,
-                 keep_removed: bool = False):
+                 keep_removed: bool = False, keep_whole: whole_containers.KeepWholeContainers | None = None):
         super().__init__()
         if done_commits is not None and not scratch:
             raise ValueError("skipping done keys needs a scratch folder")
@@ -238,6 +239,7 @@ class ReadRecords(beam.PTransform):
         self._done_commits = done_commits
         self._scratch = scratch
         self._keep_removed = keep_removed
+        self._keep_whole = keep_whole
 
     def expand(self, pbegin):
         sources = (
@@ -245,8 +247,13 @@ class ReadRecords(beam.PTransform):
             | "Input specs" >> beam.Create(self._specs)
             | "List input files" >> beam.FlatMap(list_source_files)
         )
+        to_read, done_commits, kept = sources, self._done_commits, None
+        if self._keep_whole is not None:
+            whole = sources | "Keep whole containers" >> self._keep_whole
+            to_read, done_commits, kept = (whole[whole_containers.TO_READ], whole["commits"],
+                                           whole[whole_containers.KEPT])
         expanded = (
-            sources
+            to_read
             | "Spread files over workers" >> beam.Reshuffle()
             | "Expand manifests and archives" >> beam.ParDo(
                 ExpandSourceFn(self._fields, self._chunk_bytes)).with_outputs(FAILED, main="units")
@@ -255,10 +262,10 @@ class ReadRecords(beam.PTransform):
         modality = self._fields.modality
         grouped = [units | "Key units" >> beam.Map(lambda u: (_keyed_unit(u, modality)[0], (UNIT, u)))]
         matched = {}
-        if self._done_commits is not None:
+        if done_commits is not None:
             matched = (units
                        | "Keys of units" >> beam.Map(lambda u: (*_keyed_unit(u, modality), u.version))
-                       | "Match committed records" >> done_keys.MatchCommitted(self._done_commits, self._scratch,
+                       | "Match committed records" >> done_keys.MatchCommitted(done_commits, self._scratch,
                                                                               self._keep_removed))
             grouped.append(matched[done_keys.DONE]
                            | "Tag done keys" >> beam.MapTuple(lambda uid, fps: (uid, (done_keys.DONE, fps))))
@@ -272,4 +279,6 @@ class ReadRecords(beam.PTransform):
                SKIPPED: read[SKIPPED]}
         if matched:
             out.update({done_keys.STALE: matched[done_keys.STALE], done_keys.RETAINED: matched[done_keys.RETAINED]})
+        if kept is not None:
+            out[whole_containers.KEPT] = kept
         return out

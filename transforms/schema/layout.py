@@ -8,7 +8,8 @@
       lease.json        the live run's claim on OUTDIR; absent when none runs
       features/         part-<id>.tfrecord (and/or .parquet) shards
       errors/           part-<id>.jsonl dead-letter files, one failure a line
-      commits/          <id>.json commit record and <id>.keys keys file per committed file
+      commits/          <id>.json commit record, <id>.keys keys file and <id>.sources sources file per
+                        committed file
       retired/          commit records of damaged files, moved aside by ``--resume``
       .pending/         files being written; never read
 """

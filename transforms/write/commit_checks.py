@@ -34,15 +34,16 @@ from transforms.schema.layout import (
     SHARD_PREFIX,
 )
 from transforms.worker.process import WorkerDoFn
+from transforms.write import commit_sources
 from transforms.write.commit_format import (
-    KEYS_SUFFIX,
+    SIDE_SUFFIXES,
     Commit,
     CommitRecordError,
     commit_files,
     key_line,
-    keys_path,
     parse_key_entries,
     place_file,
+    side_paths,
     write_atomically,
 )
 from transforms.write.shards import rewrite_without
@@ -89,11 +90,11 @@ def read_commits(output: str) -> list[Commit]:
 
 def uncommitted_files(output: str, commits: Iterable[Commit]) -> list[str]:
     """Files in features/, errors/, the pending folder (at any depth: the shuffles' scratch files too) and keys
-    files in commits/ that no commit record names (a crash's leftovers)."""
-    named = {FileSystems.join(output, p) for c in commits for p in (*(f.path for f in c.files), c.keys_path)}
+    and sources files in commits/ that no commit record names (a crash's leftovers)."""
+    named = {FileSystems.join(output, p) for c in commits for p in (*(f.path for f in c.files), *c.side_paths)}
     leftovers = []
     for folder, pattern in ((FEATURES_DIR, "*"), (ERRORS_DIR, "*"), (PENDING_DIR, "**"),
-                            (COMMITS_DIR, f"*{KEYS_SUFFIX}")):
+                            *((COMMITS_DIR, f"*{suffix}") for suffix in SIDE_SUFFIXES)):
         (match,) = FileSystems.match([FileSystems.join(output, folder, pattern)])
         leftovers += [m.path for m in match.metadata_list if m.path not in named]
     return sorted(leftovers)
@@ -125,9 +126,8 @@ def _check_file(output: str, rel: str, size: int, sha256: str) -> str | None:
 
 
 def verify_commit(output: str, commit: Commit) -> str | None:
-    """Why the committed file or its keys file is not the one committed (missing, another size, another
-    sha256), or None."""
-    return verified_entries(output, commit)[0]
+    """Why a commit's files are not the ones committed (missing, another size or sha256), or None."""
+    return verified_entries(output, commit, parse=False)[0]
 
 
 def verified_keys(output: str, commit: Commit) -> tuple[str | None, list[str]]:
@@ -136,9 +136,9 @@ def verified_keys(output: str, commit: Commit) -> tuple[str | None, list[str]]:
     return problem, [key for key, _ in entries]
 
 
-def verified_entries(output: str, commit: Commit) -> tuple[str | None, list[tuple[str, str | None]]]:
-    """(``verify_commit``'s answer, the (key, source version) of each of its records when both files check out):
-    its keys file is read once, to check and to parse (one commit's keys: bounded)."""
+def verified_entries(output: str, commit: Commit, parse: bool = True) -> tuple[str | None, list | None]:
+    """(``verify_commit``'s answer, the (key, source version) of each of its records when its files check out, or
+    None without ``parse``): its keys file is read once, to check and to parse (one commit's keys: bounded)."""
     for file in commit.files:
         problem = _check_file(output, file.path, file.bytes, file.sha256)
         if problem:
@@ -152,6 +152,9 @@ def verified_entries(output: str, commit: Commit) -> tuple[str | None, list[tupl
         return f"{commit.keys_path} has {len(data)} bytes, {commit.keys_bytes} were committed", []
     if hashlib.sha256(data).hexdigest() != commit.keys_sha256:
         return f"{commit.keys_path} fails its sha256", []
+    problem = commit_sources.check_sources(output, commit)
+    if problem or not parse:
+        return problem, [] if problem else None
     try:
         return None, [(key, version) for key, _, _, version in parse_key_entries(data)]
     except CommitRecordError as e:
@@ -159,9 +162,9 @@ def verified_entries(output: str, commit: Commit) -> tuple[str | None, list[tupl
 
 
 def retire_commit(output: str, marker: str, data_paths: Sequence[str], reason: str) -> None:
-    """Move a commit record out of ``commits/`` into ``retired/`` (with why), then delete its file(s) and keys
-    file: what it held is no longer committed, so a resumed run does it again. ``marker`` and ``data_paths`` are
-    relative."""
+    """Move a commit record out of ``commits/`` into ``retired/`` (with why), then delete its file(s), keys file
+    and sources file: what it held is no longer committed, so a resumed run does it again. ``marker`` and
+    ``data_paths`` are relative."""
     source = FileSystems.join(output, marker)
     name = marker.rsplit("/", 1)[-1]
     try:
@@ -175,7 +178,7 @@ def retire_commit(output: str, marker: str, data_paths: Sequence[str], reason: s
         write_atomically(FileSystems.join(output, RETIRED_DIR, name), pending, note)
         FileSystems.delete([source])
     commit_id = name.removesuffix(".json")
-    present = [FileSystems.join(output, p) for p in (*data_paths, keys_path(commit_id))
+    present = [FileSystems.join(output, p) for p in (*data_paths, *side_paths(commit_id))
                if FileSystems.exists(FileSystems.join(output, p))]
     if present:
         FileSystems.delete(present)
@@ -198,7 +201,7 @@ def delete_commit(output: str, commit: Commit) -> None:
     marker = FileSystems.join(output, commit.marker)
     if FileSystems.exists(marker):
         FileSystems.delete([marker])
-    present = [FileSystems.join(output, p) for p in (commit.keys_path, *(f.path for f in commit.files))
+    present = [FileSystems.join(output, p) for p in (*commit.side_paths, *(f.path for f in commit.files))
                if FileSystems.exists(FileSystems.join(output, p))]
     if present:
         FileSystems.delete(present)
@@ -216,7 +219,7 @@ def replacement_id(commit_id: str, generation: int) -> str:
 
 
 def drop_records(output: str, commit: Commit, drop: set[int], generation: int = 1,
-                 stale: dict | None = None) -> Commit | None:
+                 stale: dict | None = None, copies: bool = False) -> Commit | None:
     """The commit without the records at positions ``drop``.
 
     A commit of ``generation`` is rewritten in place: each of its files (every format), its keys file and its
@@ -224,7 +227,8 @@ def drop_records(output: str, commit: Commit, drop: set[int], generation: int = 
     older commit, which it must go on hiding. A commit of an older generation is left as it is (that
     generation's manifest lists it): the rest goes to a new commit of ``generation`` that ``replaces`` it.
     ``stale``: why the records are dropped (``{"changed": n, "removed": m}``), added up in the commit record of a
-    replacement. Returns the commit that now holds the rest (None: deleted)."""
+    replacement; ``copies``: the records are copies of keys held twice (``commit_sources.runs_without``). Returns
+    the commit that now holds the rest (None: deleted)."""
     entries = parse_key_entries(_read_file(output, commit.keys_path))
     kept = [i for i in range(len(entries)) if i not in drop]
     replacing = commit.generation < generation
@@ -249,7 +253,9 @@ def drop_records(output: str, commit: Commit, drop: set[int], generation: int = 
     dropped = dict(commit.stale) if commit.replaces and not replacing else {}
     for why, n in (stale or {}).items():
         dropped[why] = dropped.get(why, 0) + n
-    return commit_files(output, new_id, commit.kind, placed, b"".join(key_line(*entries[i]) for i in kept),
+    runs = commit_sources.read_runs(output, commit)
+    sources = None if runs is None else commit_sources.runs_without(runs, drop, copies).to_bytes()
+    return commit_files(output, new_id, commit.kind, placed, b"".join(key_line(*entries[i]) for i in kept), sources,
                         records=len(kept), labels=tuple(sorted(labels)), splits=tuple(sorted(splits)),
                         reasons=reasons, generation=max(generation, commit.generation),
                         replaces=commit.id if replacing else commit.replaces,
@@ -266,12 +272,13 @@ def data_paths_of(commit_id: str) -> list[str]:
 
 
 class VerifyCommitFn(WorkerDoFn):
-    """Commit record path -> ``(Commit, [(key, source version), ...])``, when its files are still the ones
-    committed; otherwise the
-    commit is retired (``retire_commit``) and its record count goes to ``redone``: its inputs are done again."""
+    """Commit record path -> ``(Commit, [(key, source version), ...])`` (``parse``; else ``(Commit, None)``), when its
+    files are still the ones committed; otherwise the commit is retired (``retire_commit``) and its record count
+    goes to ``redone``: its inputs are done again."""
 
-    def __init__(self, output: str):
+    def __init__(self, output: str, parse: bool = True):
         self._output = output
+        self._parse = parse
         self._retired = Metrics.counter(METRICS_NAMESPACE, "earlier_commits_retired")
 
     def process(self, marker_path: str):
@@ -284,7 +291,7 @@ class VerifyCommitFn(WorkerDoFn):
             self._retired.inc()
             yield beam.pvalue.TaggedOutput(REDONE, 0)
             return
-        problem, entries = verified_entries(self._output, commit)
+        problem, entries = verified_entries(self._output, commit, self._parse)
         if problem is None:
             yield commit, entries
             return

@@ -8,12 +8,13 @@ name, then renamed):
    file of the commit is renamed first;
 2. its keys go to a side file ``commits/<id>.keys``: one JSON line ``[key, label, split, version]`` per record,
    in the file's order (``version``: the record's source version, ``transforms/read/versions.py``; absent in
-   sets made before versions were recorded);
+   sets made before versions were recorded), and which containers its records came from to
+   ``commits/<id>.sources`` (``commit_sources.py``; absent in sets made before);
 3. then a marker ``commits/<id>.json``: the commit record. It is a summary whose size does not grow with the
    records: the file, its size and sha256 (so a resumed run can tell that the file is still the one
-   committed), the keys file's size and sha256, the record count, and the labels, splits and failure reasons
-   in it (a Parquet copy's size and sha256 under ``also``), and the generation of the feature set it was made
-   for (``--update`` makes a new one).
+   committed), the keys and sources files' sizes and sha256, the record count, and the labels, splits and
+   failure reasons in it (a Parquet copy's size and sha256 under ``also``), and the generation of the feature
+   set it was made for (``--update`` makes a new one).
 
 A commit of an older generation is never changed in place: the manifest of that generation lists its files.
 When an update drops records from it, the rest go to a new commit of the update's generation that ``replaces``
@@ -40,12 +41,14 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.schema.layout import COMMITS_DIR, ERRORS_DIR, FEATURES_DIR, PENDING_DIR
 from transforms.worker.storage import is_remote
+from transforms.write.commit_sources import SOURCES_SUFFIX, sources_path
 
 __all__ = ["Commit", "CommittedFile", "CommitRecordError", "place_file", "commit_files", "write_atomically",
-           "keys_path", "key_line", "parse_key_lines", "parse_key_entries", "current_commits", "superseded_commits",
-           "KEYS_SUFFIX"]
+           "keys_path", "side_paths", "key_line", "parse_key_lines", "parse_key_entries", "current_commits",
+           "superseded_commits", "KEYS_SUFFIX", "SIDE_SUFFIXES"]
 
 KEYS_SUFFIX = ".keys"
+SIDE_SUFFIXES = (KEYS_SUFFIX, SOURCES_SUFFIX)  # a commit's files in commits/ besides its record
 
 
 class CommitRecordError(ValueError):
@@ -79,6 +82,8 @@ class Commit:
     generation: int = 1       # the feature set generation it was committed for
     replaces: str | None = None  # the id of an older generation's commit it holds the rest of
     stale: dict = field(default_factory=dict)  # records dropped from what it replaces: "changed", "removed"
+    sources_bytes: int | None = None  # its sources file's size and sha256 (None: made before there were any)
+    sources_sha256: str | None = None
 
     @property
     def files(self) -> tuple[CommittedFile, ...]:
@@ -91,7 +96,8 @@ class Commit:
                            "keys_sha256": self.keys_sha256, "labels": list(self.labels),
                            "splits": list(self.splits), "reasons": self.reasons,
                            "also": [f._asdict() for f in self.also], "generation": self.generation,
-                           "replaces": self.replaces, "stale": self.stale}, ensure_ascii=False)
+                           "replaces": self.replaces, "stale": self.stale, "sources_bytes": self.sources_bytes,
+                           "sources_sha256": self.sources_sha256}, ensure_ascii=False)
 
     @classmethod
     def from_json(cls, text: str) -> Commit:
@@ -104,7 +110,8 @@ class Commit:
                          tuple(CommittedFile(str(f["path"]), int(f["bytes"]), str(f["sha256"]))
                                for f in d.get("also", ())),
                          int(d.get("generation", 1)), d.get("replaces"),
-                         {str(k): int(v) for k, v in d.get("stale", {}).items()})
+                         {str(k): int(v) for k, v in d.get("stale", {}).items()},
+                         d.get("sources_bytes"), d.get("sources_sha256"))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise CommitRecordError(f"not a commit record ({type(e).__name__}: {e})") from None
         if commit.records < 0 or commit.kind not in (FEATURES_DIR, ERRORS_DIR):
@@ -122,10 +129,20 @@ class Commit:
         """Its keys file's path, relative to OUTDIR."""
         return keys_path(self.id)
 
+    @property
+    def side_paths(self) -> tuple[str, ...]:
+        """Its files in ``commits/`` besides its record: the keys file, and the sources file if it has one."""
+        return side_paths(self.id)[:1 if self.sources_sha256 is None else 2]
+
 
 def keys_path(commit_id: str) -> str:
     """A commit's keys file, relative to OUTDIR."""
     return f"{COMMITS_DIR}/{commit_id}{KEYS_SUFFIX}"
+
+
+def side_paths(commit_id: str) -> tuple[str, str]:
+    """Where a commit's keys and sources files are, relative to OUTDIR, by its id."""
+    return keys_path(commit_id), sources_path(commit_id)
 
 
 def key_line(key: str, label: str | None = None, split: str | None = None, version: str | None = None) -> bytes:
@@ -185,13 +202,17 @@ def place_file(output: str, commit_id: str, rel: str, pending: str | None = None
     return CommittedFile(rel, len(data), hashlib.sha256(data).hexdigest())
 
 
-def commit_files(output: str, commit_id: str, kind: str, files, keys: bytes, **summary) -> Commit:
-    """Commit placed data files (``place_file``; the first one is the commit's ``path``): then its keys file,
-    then the commit record, each whole or not at all. ``summary``: the ``Commit`` fields records, labels,
-    splits, reasons."""
+def commit_files(output: str, commit_id: str, kind: str, files, keys: bytes, sources: bytes | None = None,
+                 **summary) -> Commit:
+    """Commit placed data files (``place_file``; the first one is the commit's ``path``): then its keys file and
+    its ``sources`` file (``commit_sources.py``; None: none), then the commit record, each whole or not at all.
+    ``summary``: the ``Commit`` fields records, labels, splits, reasons."""
     first, *also = files
     pending = FileSystems.join(output, PENDING_DIR, commit_id)
     write_atomically(FileSystems.join(output, keys_path(commit_id)), pending + KEYS_SUFFIX, keys)
+    if sources is not None:
+        write_atomically(FileSystems.join(output, sources_path(commit_id)), pending + SOURCES_SUFFIX, sources)
+        summary.update(sources_bytes=len(sources), sources_sha256=hashlib.sha256(sources).hexdigest())
     commit = Commit(commit_id, kind, first.path, bytes=first.bytes, sha256=first.sha256, keys_bytes=len(keys),
                     keys_sha256=hashlib.sha256(keys).hexdigest(), also=tuple(also), **summary)
     write_atomically(FileSystems.join(output, commit.marker), pending + ".json", commit.to_json().encode("utf-8"))

@@ -31,6 +31,7 @@ from transforms.schema.layout import (
 )
 from transforms.worker.process import WorkerDoFn
 from transforms.write.commit_format import Commit, commit_files, key_line, place_file
+from transforms.write.commit_sources import Runs, container_of
 from transforms.write.shards import HashingFile, JsonLinesShard, feature_shard
 
 __all__ = ["CommitFn", "FeatureCommitFn", "FailureCommitFn", "dead_letter",
@@ -78,14 +79,16 @@ class CommitFn(WorkerDoFn):
             self._open_files.append((suffix, pending, stream, self.writer(suffix, stream)))
         self._opened = time.monotonic()
         self._keys, self._labels, self._splits, self._reasons = [], set(), set(), {}  # keys: one commit's lines
+        self._runs = Runs()  # which containers they came from
 
     def process(self, element):
         if self._open_files is None:
             self._open()
         for _, _, _, writer in self._open_files:
             self.wrote(writer.add(element))
-        key, label, split, version = self.meta(element)
+        key, label, split, version, source = self.meta(element)
         self._keys.append(key_line(key, label, split, version))
+        self._runs.add(container_of(key, source, self.kind == ERRORS_DIR), version)
         if label is not None:
             self._labels.add(label)
         if split is not None:
@@ -105,7 +108,7 @@ class CommitFn(WorkerDoFn):
             rel = f"{self.kind}/{SHARD_PREFIX}-{self._id}{suffix}"
             placed.append(place_file(self._output, self._id, rel, pending, size=stream.size, sha256=stream.sha256))
         self._open_files = None
-        commit = commit_files(self._output, self._id, self.kind, placed, b"".join(self._keys),
+        commit = commit_files(self._output, self._id, self.kind, placed, b"".join(self._keys), self._runs.to_bytes(),
                               records=len(self._keys), labels=tuple(sorted(self._labels)),
                               splits=tuple(sorted(self._splits)), reasons=self._reasons,
                               generation=self._generation)
@@ -120,8 +123,9 @@ class CommitFn(WorkerDoFn):
         """The writer of one of a commit's files (``transforms/write/shards.py``)."""
         raise NotImplementedError
 
-    def meta(self, element) -> tuple[str, str | None, str | None, str | None]:
-        """The element's (key, label, split, source version), for the keys file."""
+    def meta(self, element) -> tuple[str, str | None, str | None, str | None, str | None]:
+        """The element's (key, label, split, source version, the file it was read from), for the keys and sources
+        files."""
         raise NotImplementedError
 
     def wrote(self, size: int) -> None:
@@ -132,8 +136,8 @@ class CommitFn(WorkerDoFn):
 
 
 class FeatureCommitFn(CommitFn):
-    """``((key, label, split, version), {output: vector})`` -> committed ``features/part-<id>.tfrecord`` shards (and
-    ``.parquet`` shards of the same records, with ``formats`` naming parquet)."""
+    """``((key, label, split, version, source), {output: vector})`` -> committed ``features/part-<id>.tfrecord``
+    shards (and ``.parquet`` shards of the same records, with ``formats`` naming parquet)."""
 
     kind = FEATURES_DIR
 
@@ -152,8 +156,9 @@ class FeatureCommitFn(CommitFn):
         return feature_shard(shard_format(suffix), stream, self._outputs)
 
     def meta(self, element):
-        (key, label, split, *version), _ = element
-        return key, label, split, version[0] if version else None
+        (key, label, split, *read_from), _ = element  # (version, source), when known
+        version, source = (*read_from, None, None)[:2]
+        return key, label, split, version, source
 
     def wrote(self, size):
         self._bytes.inc(size)
@@ -183,7 +188,7 @@ class FailureCommitFn(CommitFn):
         return _FailureLines(shard)
 
     def meta(self, failure: Failure):
-        return failure.key, None, None, failure.version
+        return failure.key, None, None, failure.version, failure.source
 
     def note(self, failure: Failure):
         count, example = self._reasons.get(failure.reason, (0, None))

@@ -20,10 +20,10 @@ __all__ = ["CommitFeatures", "CommitFailures", "WriteFailures"]
 
 
 class CommitFeatures(beam.PTransform):
-    """``((key, label, split, version), {output: vector})`` -> committed ``OUTDIR/features/part-<id>.tfrecord``
-    shards of about ``records_per_shard`` records each (and ``.parquet`` shards of the same records when
-    ``formats`` names parquet), made for feature set ``generation``; returns the PCollection of their ``Commit``
-    records."""
+    """``((key, label, split, version, source), {output: vector})`` -> committed
+    ``OUTDIR/features/part-<id>.tfrecord`` shards of about ``records_per_shard`` records each (and ``.parquet``
+    shards of the same records when ``formats`` names parquet), made for feature set ``generation``; returns the
+    PCollection of their ``Commit`` records."""
 
     def __init__(self, output_dir: str, outputs: Sequence[OutputSpec],
                  records_per_shard: int = DEFAULT_RECORDS_PER_COMMIT, formats: Sequence[str] = ("tfrecord",),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import pytest
 
 from transforms.keys import spill
@@ -15,3 +18,13 @@ def every_pack_spilled(monkeypatch):
     monkeypatch.setattr(spill, "INLINE_BYTES", 0)
     monkeypatch.setattr(spill, "_read", lambda pack: read.append(pack.path) or real(pack))
     return read
+
+
+@pytest.fixture
+def archive(tmp_path, colours):
+    """A copy of ``colours`` in two class folders, to change between runs (the ``--update`` tests)."""
+    root = tmp_path / "archive"
+    for i, name in enumerate(sorted(os.listdir(colours))):
+        (root / ("warm" if i % 2 else "cool")).mkdir(parents=True, exist_ok=True)
+        shutil.copy(colours / name, root / ("warm" if i % 2 else "cool") / name)
+    return root

@@ -164,7 +164,7 @@ def test_a_retried_bundles_second_copy_keeps_the_embedded_one(tmp_path, colours,
     for path in (copy.path, copy.marker, copy.keys_path):
         assert not os.path.exists(os.path.join(out, path))
     assert sorted(os.listdir(os.path.join(out, COMMITS_DIR))) == sorted(
-        name for c in kept for name in (f"{c.id}.json", f"{c.id}.keys"))
+        name for c in kept for name in (f"{c.id}.json", f"{c.id}.keys", f"{c.id}.sources"))
     assert resolve_in(out) == (0, 0, None)  # nothing left to resolve
 
 

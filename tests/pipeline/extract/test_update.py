@@ -67,16 +67,6 @@ def _colour(path, rgb, size=(40, 30)):
     Image.new("RGB", size, rgb).save(path)
 
 
-@pytest.fixture
-def archive(tmp_path, colours):
-    """A copy of ``colours`` in two class folders, to change between runs."""
-    root = tmp_path / "archive"
-    for i, name in enumerate(sorted(os.listdir(colours))):
-        (root / ("warm" if i % 2 else "cool")).mkdir(parents=True, exist_ok=True)
-        shutil.copy(colours / name, root / ("warm" if i % 2 else "cool") / name)
-    return root
-
-
 def _change(root):
     """A night's changes: 3 new files, 1 rewritten with other pixels, 1 with the same bytes and a new modification
     time, 2 deleted, the broken file fixed. Returns the keys of each kind."""
@@ -225,7 +215,8 @@ def test_an_update_killed_at_any_point_leaves_the_last_generation_and_finishes_w
         os.path.basename(s) for s in read_manifest(config.output).shards)
     assert sorted(os.listdir(os.path.join(config.output, ERRORS_DIR))) == sorted(
         os.path.basename(s) for s in read_manifest(config.output).error_files)
-    assert all(name.endswith((".json", ".keys")) for name in os.listdir(os.path.join(config.output, COMMITS_DIR)))
+    assert all(name.endswith((".json", ".keys", ".sources"))
+               for name in os.listdir(os.path.join(config.output, COMMITS_DIR)))
 
 
 def test_a_tar_shard_rewritten_is_embedded_again_and_the_others_are_kept(tmp_path, archive, worker_env):

@@ -3,8 +3,9 @@
 1. ``ReadRecords`` lists the inputs on the workers with their source versions, expands manifests and archives,
    spreads the reading (on ``--resume`` and ``--update``, the earlier commits are verified first, and the
    records of those that check out are skipped there when their input is listed at the same version, by a
-   join; the same join finds the committed records that are stale, which ``DropStaleRecords`` drops); every
-   input's key is counted by fingerprint, so keys given more than once are known;
+   join; the same join finds the committed records that are stale, which ``DropStaleRecords`` drops; an update
+   keeps unchanged containers whole, unread, ``KeepWholeContainers``); every input's key is counted by
+   fingerprint, so keys given more than once are known;
 2. ``ExtractFeatures`` decodes to the backbone's fixed uint8 input and embeds in batches (``RunInference``);
 3. ``CommitFeatures`` writes and commits ``features/part-<id>.tfrecord`` shards (and ``.parquet`` ones),
    ``CommitFailures`` the dead letters in ``errors/``, each with a commit record in ``commits/`` (see

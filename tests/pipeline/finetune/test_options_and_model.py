@@ -83,6 +83,23 @@ def test_mobilenet_splits_at_a_block_into_a_bottom_and_top_that_compute_the_back
     np.testing.assert_allclose(finetuned_backbone(split)(images)["features.18"].numpy(), whole, atol=1e-5)
 
 
+def test_a_top_reaching_down_to_a_strided_depthwise_convolution_gets_its_gradient(mobilenet_spec):
+    """MobileNetV2's strided depthwise convolutions run as grouped convolutions, which CPU TensorFlow cannot
+    differentiate by itself (``padded_depthwise``): a top of five blocks trains features.14's too."""
+    import tensorflow as tf
+
+    from pipeline.finetune.model import split_backbone
+
+    split = split_backbone(mobilenet_spec, "features.18", 5)
+    layer = split.top.get_layer("features.14.depthwise")
+    assert type(layer).__name__ == "PaddedDepthwiseConv2D" and layer.trainable
+    x = tf.random.stateless_uniform((2, *split.cut_shape), seed=(1, 2))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(split.top(x, training=False) ** 2)
+    gradient = np.asarray(tape.gradient(loss, layer.kernel))
+    assert np.isfinite(gradient).all() and np.abs(gradient).max() > 0
+
+
 def test_the_cache_on_disk_reads_back_what_the_bottom_gave(tmp_path):
     from pipeline.finetune.cache import build_cache
 

@@ -8,14 +8,15 @@ import pytest
 from transforms.decode.images import decode_image
 
 
-@pytest.fixture(scope="module")
-def core(mobilenet_spec):
-    """The port without the uint8 front end: normalised float input, as the reference was fed."""
+@pytest.fixture(scope="module", params=[True, False], ids=["grouped", "pad-then-depthwise"])
+def core(mobilenet_spec, request):
+    """The port without the uint8 front end: normalised float input, as the reference was fed; its strided
+    depthwise convolutions in either form (``padded_depthwise``)."""
     from pipeline.backbones.ports.mobilenet_v2 import build_mobilenet_v2
     from pipeline.backbones.ports.torch_weights import read_legacy_state_dict
 
     weights = read_legacy_state_dict(mobilenet_spec.weights_path)
-    return build_mobilenet_v2(weights, outputs=("features.18", "classifier"))
+    return build_mobilenet_v2(weights, outputs=("features.18", "classifier"), grouped=request.param)
 
 
 def _top5(logits):
@@ -36,7 +37,7 @@ def test_logits_and_pooled_features_match_torchvision(core, reference):
 def test_batchnorm_exists_only_folded(core):
     kinds = {type(layer).__name__ for layer in core.layers}
     assert "BatchNormalization" not in kinds
-    assert {"Conv2D", "DepthwiseConv2D", "ReLU", "Add"} <= kinds
+    assert {"Conv2D", "DepthwiseConv2D", "PaddedDepthwiseConv2D", "ReLU", "Add"} <= kinds
     assert not core.trainable_weights
 
 

@@ -7,8 +7,8 @@ depthwise convolution (2.21 aborts when oneDNN fuses one given explicit padding 
 depthwise convolution is also a grouped one, a group per channel: ``conv2d`` with a (kh, kw, 1, channels) filter.
 Under oneDNN that computes the same numbers with the padding inside the convolution, 30-45 % faster than the pad
 and the depthwise convolution (MobileNetV2's four such layers, batch 32). TensorFlow's Eigen kernels (oneDNN off)
-run grouped convolutions about 5x slower than depthwise ones, and a GPU has no padding copy to save, so there the
-layer pads and runs the depthwise convolution as before. CPU TensorFlow has no gradient for a grouped convolution,
+run grouped convolutions about 5x slower than depthwise ones, so there, and on a GPU (not measured), the layer pads
+and runs the depthwise convolution as before. CPU TensorFlow has no gradient for a grouped convolution,
 so the grouped form takes the depthwise convolution's gradient (fine-tuning trains these layers).
 """
 

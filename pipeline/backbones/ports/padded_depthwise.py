@@ -66,13 +66,11 @@ class PaddedDepthwiseConv2D(keras.layers.DepthwiseConv2D):
         self.pad, self.grouped = int(pad), bool(grouped)
 
     def call(self, inputs):
-        kernel = tf.convert_to_tensor(self.kernel)
-        if self.grouped:
-            y = padded_depthwise(inputs, kernel, self.strides[0], self.pad)
-        else:
-            y = tf.nn.depthwise_conv2d(tf.pad(inputs, _paddings(self.pad)), kernel, [1, *self.strides, 1], "VALID")
+        if not self.grouped:  # the padding step, then Keras' own depthwise convolution
+            return super().call(tf.pad(inputs, _paddings(self.pad)))
+        y = padded_depthwise(inputs, tf.convert_to_tensor(self.kernel), self.strides[0], self.pad)
         y = tf.nn.bias_add(y, tf.convert_to_tensor(self.bias)) if self.use_bias else y
-        return self.activation(y) if self.activation is not None else y
+        return self.activation(y)
 
     def compute_output_shape(self, input_shape):
         batch, height, width, _ = input_shape

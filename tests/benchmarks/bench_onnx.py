@@ -17,7 +17,8 @@ names (TF "same" padding, as the port).
 
 ONNX Runtime is timed twice: with its default thread pool, whose threads spin while they wait for work, and
 without spinning, which is faster on a machine that other work shares. Each row's rate is the median of
-``--reps`` interleaved spans (the engine that goes first rotates), with the CPU milliseconds per item beside it:
+``--reps`` interleaved spans (the engine that goes first rotates), after one untimed span of each, with the CPU
+milliseconds per item beside it:
 
     python tests/benchmarks/bench_onnx.py [--reps 7] [--seconds 2] [--threads 2] [--onnx-venv DIR]
 """
@@ -297,13 +298,16 @@ def run(a, python: str, work: str) -> None:
         ort_version = loaded.pop("ort")
         fb = featurebeam_function(spec, a.threads)
         ours = np.asarray(fb(feeds))
-        fb(feeds)  # warm-up (each ORT session was run once at load)
-        engines = ["featurebeam", *loaded]
+        span = {"featurebeam": functools.partial(_rate, functools.partial(fb, feeds), a.seconds),
+                **{v: functools.partial(ask, time=name, variant=v, seconds=a.seconds) for v in loaded}}
+        engines = list(span)
+        for e in engines:  # one untimed span each: the first calls of either engine are slower than the rest
+            span[e]()
         spans = {e: [] for e in engines}
         for r in range(a.reps):  # rotate which engine goes first
             for e in engines[r % len(engines):] + engines[:r % len(engines)]:
-                spans[e].append(_rate(functools.partial(fb, feeds), a.seconds) if e == "featurebeam"
-                                else ask(time=name, variant=e, seconds=a.seconds)["rate"])
+                rate = span[e]()
+                spans[e].append(rate["rate"] if isinstance(rate, dict) else rate)
         med = {e: [statistics.median(x[i] for x in spans[e]) for i in (0, 1)] for e in engines}
         for variant, info in loaded.items():
             rel = float(np.abs(ours - np.load(info["vectors"])).max() / np.abs(ours).max())

@@ -59,12 +59,22 @@ def test_bad_files_raise_a_reason_a_person_understands(data, reason):
         decode_image(data, PREP)
 
 
-def test_normalisation_in_graph_matches_numpy():
+@pytest.mark.parametrize("prep", [PREP, ImagePreprocessing(scale=1.0, mean=(127.0,) * 3, std=(128.0,) * 3),
+                                  ImagePreprocessing(scale=1.0, mean=(103.939, 116.779, 123.68), std=(1.0,) * 3,
+                                                     bgr=True)], ids=["torchvision", "efficientnet-lite", "caffe-bgr"])
+def test_normalisation_in_graph_matches_numpy_with_or_without_a_fixed_width(prep):
+    """Row-wise where the width is fixed (compiled for the backbone's input), per channel where it is not: both
+    give numpy's values, and the same bits."""
     import tensorflow as tf
 
-    pixels = np.random.default_rng(0).integers(0, 256, (2, 4, 4, 3), dtype=np.uint8)
-    expected = (pixels / 255.0 - np.array(PREP.mean)) / np.array(PREP.std)
-    np.testing.assert_allclose(PREP.normalize(tf.constant(pixels)).numpy(), expected, atol=1e-6)
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
+    rgb = pixels[..., ::-1] if prep.bgr else pixels
+    expected = (rgb * np.float32(prep.scale) - np.float32(prep.mean)) / np.float32(prep.std)  # in float32
+    fixed = tf.function(prep.normalize, input_signature=[tf.TensorSpec((None, 5, 7, 3), tf.uint8)])
+    free = tf.function(prep.normalize, input_signature=[tf.TensorSpec((None, None, None, 3), tf.uint8)])
+    np.testing.assert_allclose(fixed(pixels).numpy(), expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(fixed(pixels).numpy(), free(pixels).numpy())
+    np.testing.assert_array_equal(prep.normalize(tf.constant(pixels)).numpy(), fixed(pixels).numpy())
 
 
 def test_large_jpegs_decode_at_reduced_scale_with_nearly_the_same_result(sample_photos, mobilenet):

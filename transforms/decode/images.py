@@ -79,7 +79,7 @@ class ImagePreprocessing:
         Where the width and channels are fixed (a backbone's input always is), each image is viewed as rows of
         width x channels values, with ``mean`` and ``1 / std`` tiled to a row. TensorFlow's CPU kernels broadcast
         a 3-vector along the last axis slowly: for 32 images of 224 x 224 that took 16-23 ms against 4 ms this
-        way, and MobileNetV2's forward pass ran 1.06x faster. Dividing by ``std`` is multiplying by its
+        way, and MobileNetV2's forward pass ran 1.05x faster. Dividing by ``std`` is multiplying by its
         reciprocal, as TensorFlow's graph optimizer rewrote the division before, so the values are the same bit
         for bit. The BGR flip is ``tf.reverse`` for the same reason (the reversed slice ``x[..., ::-1]`` took 36 ms
         there, this 3)."""

@@ -19,6 +19,7 @@ import sys
 import time
 
 import numpy as np
+from bench_onnx import BATCH, featurebeam_function
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -33,22 +34,17 @@ def per_channel(prep, images_uint8):
     return (x - tf.constant(prep.mean, tf.float32)) / tf.constant(prep.std, tf.float32)
 
 
-def load(spec, normalize, batch: int):
-    """The backbone's compiled function, loaded as a worker loads it, with ``normalize`` in its graph."""
+def load(spec, normalize):
+    """The backbone's compiled function as ``featurebeam bench`` builds it, with ``normalize`` in its graph."""
     from transforms.decode.images import ImagePreprocessing
-    from transforms.embed.backbone import BackboneHandler
-    from transforms.embed.settings import EmbedSettings
-    from transforms.schema.fields import OutputSpec
 
-    layer = spec.default_layer
-    output = OutputSpec(layer, layer, "avg", int(spec.layer_shapes[layer][-1]))
     row_wise = ImagePreprocessing.normalize
     ImagePreprocessing.normalize = normalize
     try:
-        model = BackboneHandler(spec, EmbedSettings((output,), batch_size=batch, threads=2)).load_model()
+        function = featurebeam_function(spec, threads=2)
     finally:
         ImagePreprocessing.normalize = row_wise
-    return lambda images: np.asarray(model(images)[layer])
+    return lambda images: np.asarray(function({"images": images}))
 
 
 def main() -> None:
@@ -56,7 +52,6 @@ def main() -> None:
     ap.add_argument("--backbone", default="mobilenet_v2")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--calls", type=int, default=4, help="calls of a batch per form and round")
-    ap.add_argument("--batch", type=int, default=32)
     a = ap.parse_args()
     sys.path.insert(0, REPO)
     from pipeline.backbones.registry import resolve_backbone
@@ -65,10 +60,9 @@ def main() -> None:
 
     use_onednn("auto")  # as every featurebeam command does, before TensorFlow is imported
     spec = resolve_backbone(a.backbone)
-    forms = {"per channel": load(spec, per_channel, a.batch),
-             "row-wise": load(spec, ImagePreprocessing.normalize, a.batch)}
+    forms = {"per channel": load(spec, per_channel), "row-wise": load(spec, ImagePreprocessing.normalize)}
     crop = spec.preprocessing.crop
-    images = np.random.default_rng(0).integers(0, 256, (a.batch, crop, crop, 3), dtype=np.uint8)
+    images = np.random.default_rng(0).integers(0, 256, (BATCH, crop, crop, 3), dtype=np.uint8)
     vectors = {name: f(images) for name, f in forms.items()}
     difference = float(np.abs(vectors["per channel"] - vectors["row-wise"]).max())
     wall, cpu = {name: [] for name in forms}, {name: [] for name in forms}
@@ -77,9 +71,9 @@ def main() -> None:
             start, start_cpu = time.perf_counter(), time.process_time()
             for _ in range(a.calls):
                 forms[name](images)
-            wall[name].append(a.calls * a.batch / (time.perf_counter() - start))
-            cpu[name].append(a.calls * a.batch / (time.process_time() - start_cpu))
-    print(f"{a.backbone}, batch {a.batch}, {a.rounds} alternating rounds of {a.calls} calls; {cpu_kind().describe()}; "
+            wall[name].append(a.calls * BATCH / (time.perf_counter() - start))
+            cpu[name].append(a.calls * BATCH / (time.process_time() - start_cpu))
+    print(f"{a.backbone}, batch {BATCH}, {a.rounds} alternating rounds of {a.calls} calls; {cpu_kind().describe()}; "
           f"vectors' max difference {difference:g}")
     print("form          images/s (wall)  images per CPU-second")
     for name in forms:

@@ -226,6 +226,11 @@ def _rate(call, seconds: float) -> tuple[float, float]:
     return done * BATCH / (time.perf_counter() - start), (time.process_time() - start_cpu) * 1e3 / (done * BATCH)
 
 
+def _ort_rate(ask, name: str, variant: str, seconds: float) -> tuple[float, float]:
+    """``_rate`` of one ORT session, timed by the ONNX side's process."""
+    return tuple(ask(time=name, variant=variant, seconds=seconds)["rate"])
+
+
 # ---------------------------------------------------------------- featurebeam side (the project's interpreter)
 
 def inputs_for(spec, rng) -> dict[str, np.ndarray]:
@@ -299,15 +304,14 @@ def run(a, python: str, work: str) -> None:
         fb = featurebeam_function(spec, a.threads)
         ours = np.asarray(fb(feeds))
         span = {"featurebeam": functools.partial(_rate, functools.partial(fb, feeds), a.seconds),
-                **{v: functools.partial(ask, time=name, variant=v, seconds=a.seconds) for v in loaded}}
+                **{v: functools.partial(_ort_rate, ask, name, v, a.seconds) for v in loaded}}
         engines = list(span)
         for e in engines:  # one untimed span each: the first calls of either engine are slower than the rest
             span[e]()
         spans = {e: [] for e in engines}
         for r in range(a.reps):  # rotate which engine goes first
             for e in engines[r % len(engines):] + engines[:r % len(engines)]:
-                rate = span[e]()
-                spans[e].append(rate["rate"] if isinstance(rate, dict) else rate)
+                spans[e].append(span[e]())
         med = {e: [statistics.median(x[i] for x in spans[e]) for i in (0, 1)] for e in engines}
         for variant, info in loaded.items():
             rel = float(np.abs(ours - np.load(info["vectors"])).max() / np.abs(ours).max())

@@ -24,26 +24,28 @@ from bench_onnx import BATCH, featurebeam_function
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def per_channel(prep, images_uint8):
-    """The normalisation as it ran before: the per-channel constants broadcast along the last axis."""
-    import tensorflow as tf
+def per_channel(spec):
+    """``spec`` with its normalisation as it ran before: the per-channel constants broadcast along the last axis."""
+    import dataclasses
 
-    x = tf.cast(images_uint8, tf.float32) * prep.scale
-    if prep.bgr:
-        x = x[..., ::-1]
-    return (x - tf.constant(prep.mean, tf.float32)) / tf.constant(prep.std, tf.float32)
-
-
-def load(spec, normalize):
-    """The backbone's compiled function as ``featurebeam bench`` builds it, with ``normalize`` in its graph."""
     from transforms.decode.images import ImagePreprocessing
 
-    row_wise = ImagePreprocessing.normalize
-    ImagePreprocessing.normalize = normalize
-    try:
-        function = featurebeam_function(spec, threads=2)
-    finally:
-        ImagePreprocessing.normalize = row_wise
+    class PerChannel(ImagePreprocessing):
+        def normalize(self, images_uint8):
+            import tensorflow as tf
+
+            x = tf.cast(images_uint8, tf.float32) * self.scale
+            if self.bgr:
+                x = x[..., ::-1]
+            return (x - tf.constant(self.mean, tf.float32)) / tf.constant(self.std, tf.float32)
+
+    fields = {f.name: getattr(spec.preprocessing, f.name) for f in dataclasses.fields(spec.preprocessing)}
+    return dataclasses.replace(spec, preprocessing=PerChannel(**fields))
+
+
+def load(spec):
+    """The backbone's compiled function as ``featurebeam bench`` builds it."""
+    function = featurebeam_function(spec, threads=2)
     return lambda images: np.asarray(function({"images": images}))
 
 
@@ -55,12 +57,11 @@ def main() -> None:
     a = ap.parse_args()
     sys.path.insert(0, REPO)
     from pipeline.backbones.registry import resolve_backbone
-    from transforms.decode.images import ImagePreprocessing
     from transforms.worker.cpu import cpu_kind, use_onednn
 
     use_onednn("auto")  # as every featurebeam command does, before TensorFlow is imported
     spec = resolve_backbone(a.backbone)
-    forms = {"per channel": load(spec, per_channel), "row-wise": load(spec, ImagePreprocessing.normalize)}
+    forms = {"per channel": load(per_channel(spec)), "row-wise": load(spec)}
     crop = spec.preprocessing.crop
     images = np.random.default_rng(0).integers(0, 256, (BATCH, crop, crop, 3), dtype=np.uint8)
     vectors = {name: f(images) for name, f in forms.items()}
